@@ -1,0 +1,54 @@
+"""From a composed config to a finished task, with user mistakes reported in one sentence."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from hydra.errors import InstantiationException
+from omegaconf import DictConfig
+
+from gdm.config_tree import print_config_tree
+from gdm.errors import GdmError
+from gdm.tasks.train import train
+
+log = logging.getLogger("gdm")
+
+TASKS = {"train": train}
+
+
+def quiet_duplicate_logs() -> None:
+    """The `lightning` package adds its own stderr handler even when Hydra has configured the root
+    logger, so every Lightning message would print twice."""
+    if logging.getLogger().hasHandlers():
+        logging.getLogger("lightning").handlers.clear()
+
+
+def user_error(err: BaseException) -> GdmError | None:
+    """The GdmError behind `err`, if it is (or wraps) one."""
+    while err is not None:
+        if isinstance(err, GdmError):
+            return err
+        err = err.__cause__ or (err.__context__ if isinstance(err, InstantiationException) else None)
+    return None
+
+
+def run(cfg: DictConfig) -> float | None:
+    if cfg.task not in TASKS:
+        raise GdmError(f"task={cfg.task} is not a task; choose one of {', '.join(TASKS)}.")
+    quiet_duplicate_logs()
+    if cfg.get("print_config", True):
+        print_config_tree(cfg)
+    return TASKS[cfg.task](cfg)
+
+
+def main(cfg: DictConfig) -> float | None:
+    """Hydra's task function: a user mistake prints one line and exits with status 2."""
+    try:
+        return run(cfg)
+    except Exception as err:
+        mistake = user_error(err)
+        if mistake is None:
+            raise
+        log.error(str(mistake))
+        sys.exit(2)

@@ -1,0 +1,1 @@
+"""Trainer-level callbacks: image grids, the run summary, the config inside checkpoints."""

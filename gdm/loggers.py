@@ -1,0 +1,71 @@
+"""Weights & Biases that never hangs: online only with credentials and a reachable server.
+
+`mode: auto` (the default) runs online when an API key is configured (WANDB_API_KEY or
+`wandb login`) and the W&B host answers within a few seconds; otherwise it runs offline and
+says, in one line, how to upload the run later. `WANDB_MODE` in the environment wins.
+"""
+
+from __future__ import annotations
+
+import logging
+import netrc
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+from lightning.pytorch.loggers import WandbLogger
+
+from gdm.errors import GdmError
+
+log = logging.getLogger(__name__)
+MODES = ("auto", "online", "offline", "disabled")
+
+
+def _base_url() -> str:
+    return os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+
+
+def has_credentials() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(_base_url()).hostname
+    try:
+        return netrc.netrc(os.environ.get("NETRC")).authenticators(host) is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def reachable(timeout: float = 3.0) -> bool:
+    url = urlparse(_base_url())
+    try:
+        with socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout):
+            return True
+    except OSError:
+        return False
+
+
+def resolve_mode(mode: str) -> tuple[str, str | None]:
+    """The W&B mode to use, and why it is offline when it falls back."""
+    env = os.environ.get("WANDB_MODE")
+    if env:
+        mode = {"dryrun": "offline", "run": "online"}.get(env, env)
+    if mode not in MODES:
+        raise GdmError(f"logger.wandb.mode='{mode}' is not a W&B mode; choose one of {', '.join(MODES)}.")
+    if mode != "auto":
+        return mode, None
+    if not has_credentials():
+        return "offline", "no W&B credentials (set WANDB_API_KEY or run `wandb login`)"
+    if not reachable():
+        return "offline", f"{_base_url()} is not reachable"
+    return "online", None
+
+
+def wandb_logger(save_dir: str, project: str = "gdm", mode: str = "auto", **kwargs) -> WandbLogger:
+    mode, reason = resolve_mode(mode)
+    Path(save_dir).mkdir(parents=True, exist_ok=True)
+    # `mode` goes straight to wandb.init; WandbLogger(offline=True) would set WANDB_MODE for the whole process.
+    logger = WandbLogger(save_dir=save_dir, project=project, mode=mode, **kwargs)
+    if reason:
+        log.warning(f"W&B offline: {reason}; upload later with `wandb sync {Path(save_dir) / 'wandb'}/offline-run-*`.")
+    return logger

@@ -1,0 +1,84 @@
+"""Adversarial losses and penalties.
+
+Each loss is a pair of functions on discriminator logits: `d_loss(real_logits, fake_logits)` and
+`g_loss(fake_logits)`. The names are the values of `model.loss`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gdm.errors import GdmError
+
+Tensor = torch.Tensor
+
+
+@dataclass(frozen=True)
+class AdversarialLoss:
+    d_loss: Callable[[Tensor, Tensor], Tensor]
+    g_loss: Callable[[Tensor], Tensor]
+    gradient_penalty_weight: float = 0.0  # WGAN-GP's lambda; 0 for the others
+
+
+def _vanilla_d(real: Tensor, fake: Tensor) -> Tensor:
+    return F.softplus(-real).mean() + F.softplus(fake).mean()  # BCE(real, 1) + BCE(fake, 0)
+
+
+def _vanilla_g(fake: Tensor) -> Tensor:
+    return F.softplus(-fake).mean()  # non-saturating: maximise log D(G(z))
+
+
+def _lsgan_d(real: Tensor, fake: Tensor) -> Tensor:
+    return 0.5 * ((real - 1).pow(2).mean() + fake.pow(2).mean())
+
+
+def _lsgan_g(fake: Tensor) -> Tensor:
+    return 0.5 * (fake - 1).pow(2).mean()
+
+
+def _hinge_d(real: Tensor, fake: Tensor) -> Tensor:
+    return F.relu(1 - real).mean() + F.relu(1 + fake).mean()
+
+
+def _wasserstein_d(real: Tensor, fake: Tensor) -> Tensor:
+    return fake.mean() - real.mean()
+
+
+def _wasserstein_g(fake: Tensor) -> Tensor:
+    return -fake.mean()
+
+
+LOSSES: dict[str, AdversarialLoss] = {
+    "vanilla": AdversarialLoss(_vanilla_d, _vanilla_g),
+    "lsgan": AdversarialLoss(_lsgan_d, _lsgan_g),
+    "hinge": AdversarialLoss(_hinge_d, _wasserstein_g),  # the hinge G loss is -D(G(z))
+    "wgan-gp": AdversarialLoss(_wasserstein_d, _wasserstein_g, gradient_penalty_weight=10.0),
+}
+
+
+def get_loss(name: str) -> AdversarialLoss:
+    if name not in LOSSES:
+        raise GdmError(f"model.loss='{name}' is not a known GAN loss; choose one of {', '.join(LOSSES)}.")
+    return LOSSES[name]
+
+
+def gradient_penalty(discriminator: nn.Module, real: Tensor, fake: Tensor) -> Tensor:
+    """WGAN-GP (Gulrajani et al. 2017): E[(||grad D(x_hat)||_2 - 1)^2] on real/fake interpolates."""
+    alpha = torch.rand(real.shape[0], 1, 1, 1, device=real.device, dtype=real.dtype)
+    x_hat = (alpha * real.detach() + (1 - alpha) * fake.detach()).requires_grad_(True)
+    (grad,) = torch.autograd.grad(discriminator(x_hat).sum(), x_hat, create_graph=True)
+    return (grad.flatten(1).norm(2, dim=1) - 1).pow(2).mean()
+
+
+def r1_penalty(real_logits: Tensor, real: Tensor) -> Tensor:
+    """R1 (Mescheder et al. 2018): E[||grad D(x)||^2] on real data; the caller scales it by gamma / 2.
+
+    `real` must have had requires_grad set before `real_logits` were computed from it.
+    """
+    (grad,) = torch.autograd.grad(real_logits.sum(), real, create_graph=True)
+    return grad.flatten(1).pow(2).sum(dim=1).mean()

@@ -1,0 +1,1 @@
+"""Sample-quality metrics: FID through torchmetrics, with Inception or domain feature networks."""

@@ -1,0 +1,66 @@
+"""FID of a model's samples against a real split, as a Lightning callback run at each validation.
+
+- Real statistics are computed once per run (torchmetrics keeps them with
+  `reset_real_features=False`); only the generated side is recomputed at each evaluation.
+- Generated samples are numbers 0..num_samples-1 of the model's seeded sample sequence, so the
+  value does not depend on batch size. Under DDP each process takes every world_size-th sample
+  and every world_size-th real image, and torchmetrics sums the statistics across processes.
+- Both sides go through `gdm.images.to_uint8`, the rounding of the saved PNGs.
+- Logged as `val/fid_<features>`, e.g. `val/fid_digits`: a domain FID is never named like the
+  standard Inception one.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from torch import nn
+from torchmetrics.image.fid import FrechetInceptionDistance
+
+from gdm.images import to_uint8
+from gdm.metrics.features import build_features
+
+
+def fid_metric(features: nn.Module) -> FrechetInceptionDistance:
+    return FrechetInceptionDistance(feature=features, reset_real_features=False, normalize=False)
+
+
+class FID(L.Callback):
+    def __init__(self, features: str = "digits", num_samples: int = 1000, real_split: str = "train",
+                 seed: int = 0, batch_size: int = 250, inception_weights: str | None = None):
+        self.features = features
+        self.name = f"val/fid_{features}"
+        self.num_samples, self.real_split, self.seed, self.batch_size = num_samples, real_split, seed, batch_size
+        self.inception_weights = inception_weights
+        self.metric: FrechetInceptionDistance | None = None
+        self.real_ready = False
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.metric is None:
+            self.metric = fid_metric(build_features(self.features, self.inception_weights))
+        self.metric.to(pl_module.device)
+
+    @torch.no_grad()
+    def _update_real(self, trainer: L.Trainer, device: torch.device) -> None:
+        dataset = trainer.datamodule.split(self.real_split)
+        mine = range(trainer.global_rank, len(dataset), trainer.world_size)
+        for start in range(0, len(mine), self.batch_size):
+            images = torch.stack([dataset[i]["image"] for i in mine[start:start + self.batch_size]])
+            self.metric.update(to_uint8(images).to(device), real=True)
+        self.real_ready = True
+
+    @torch.no_grad()
+    def compute(self, trainer: L.Trainer, pl_module) -> torch.Tensor:
+        """FID now: samples of `pl_module.generate` against the real split."""
+        if not self.real_ready:
+            self._update_real(trainer, pl_module.device)
+        self.metric.reset()  # drops the generated side only
+        mine = torch.arange(trainer.global_rank, self.num_samples, trainer.world_size)
+        for indices in mine.split(self.batch_size):
+            self.metric.update(to_uint8(pl_module.generate(indices, seed=self.seed)), real=False)
+        return self.metric.compute()
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        pl_module.log(self.name, self.compute(trainer, pl_module), on_epoch=True, sync_dist=False)

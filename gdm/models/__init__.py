@@ -1,0 +1,1 @@
+"""LightningModules, one per model family. They know nothing of Hydra or of data modules."""

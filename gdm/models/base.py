@@ -1,0 +1,42 @@
+"""What every gdm model shares: declared batch needs, seeded generation, and images to show."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import lightning as L
+import numpy as np
+import torch
+
+
+def latent_noise(indices: Sequence[int] | torch.Tensor, dim: int, seed: int) -> torch.Tensor:
+    """One standard-normal latent per sample index, each from its own seeded generator.
+
+    Sample i gets the same latent whatever the batch size or the number of processes that share
+    the work, so a metric over samples 0..N-1 does not depend on how it was batched.
+    """
+    if isinstance(indices, torch.Tensor):
+        indices = indices.tolist()
+    # torch's CPU generator keeps only 32 bits of a seed: hash (seed, index) into them properly.
+    seeds = [int(np.random.SeedSequence([seed, i]).generate_state(1)[0]) for i in indices]
+    rows = [torch.randn(dim, generator=torch.Generator().manual_seed(s)) for s in seeds]
+    return torch.stack(rows) if rows else torch.empty(0, dim)
+
+
+class GenerativeModule(L.LightningModule):
+    """Base of all gdm models.
+
+    A model says which batch keys it needs (`requires`), can draw sample i of a fixed, seeded
+    sequence (`generate`), and names the image grids worth looking at (`visuals`). Metrics and
+    callbacks only use these three, so they work for every model family.
+    """
+
+    requires: frozenset[str] = frozenset({"image"})
+
+    def generate(self, indices: Sequence[int] | torch.Tensor, seed: int = 0) -> torch.Tensor:
+        """Samples number `indices` of the model's seeded sample sequence, as images in [-1, 1]."""
+        raise NotImplementedError
+
+    def visuals(self) -> dict[str, tuple[torch.Tensor, int]]:
+        """Named image sets in [-1, 1] to save and log as grids, each with its number of columns."""
+        return {}

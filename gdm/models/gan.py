@@ -1,0 +1,147 @@
+"""Generative adversarial network with manual optimization: one optimizer per network.
+
+Each training batch makes one discriminator update, and every `n_critic`-th batch also one
+generator update. Lightning's `trainer.global_step` counts optimizer steps, so a batch with both
+updates advances it by 2: `trainer.max_steps` = 2 x the number of batches when n_critic = 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from gdm.errors import GdmError
+from gdm.losses import get_loss, gradient_penalty, r1_penalty
+from gdm.models.base import GenerativeModule, latent_noise
+
+NetFactory = Callable[..., nn.Module]
+
+
+class GAN(GenerativeModule):
+    def __init__(
+        self,
+        image_shape: tuple[int, int, int],
+        generator: NetFactory,
+        discriminator: NetFactory,
+        num_classes: int | None = None,
+        latent_dim: int = 100,
+        loss: str = "vanilla",
+        n_critic: int = 1,
+        lr_g: float = 2e-4,
+        lr_d: float = 2e-4,
+        betas: Sequence[float] = (0.5, 0.999),
+        gp_weight: float | None = None,
+        r1_gamma: float = 0.0,
+        ema_decay: float | None = None,
+        channels_last: bool = False,
+        num_visuals: int = 64,
+        visual_seed: int = 1234,
+    ):
+        super().__init__()
+        self.save_hyperparameters(ignore=["generator", "discriminator"])
+        self.automatic_optimization = False
+        self.adversarial = get_loss(loss)
+        if n_critic < 1:
+            raise GdmError(f"model.n_critic={n_critic} must be at least 1 (discriminator updates per generator update).")
+        self.gp_weight = self.adversarial.gradient_penalty_weight if gp_weight is None else gp_weight
+        self.latent_dim, self.n_critic, self.r1_gamma = latent_dim, n_critic, r1_gamma
+        self.channels_last = channels_last
+        self.generator = generator(image_shape=image_shape, latent_dim=latent_dim)
+        self.discriminator = discriminator(image_shape=image_shape)
+        penalty = f"model.loss={loss}" if self.gp_weight > 0 else f"model.r1_gamma={r1_gamma}" if r1_gamma > 0 else None
+        if penalty and any(isinstance(m, nn.BatchNorm2d) for m in self.discriminator.modules()):
+            raise GdmError(
+                f"{penalty} uses a per-sample gradient penalty, which batch norm in the discriminator "
+                "breaks: set model.discriminator.norm=layer (or none)."
+            )
+        # The EMA copy of G (Karras et al.) lives in the state dict, so checkpoints keep it.
+        self.generator_ema = (
+            AveragedModel(self.generator, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
+            if ema_decay else None
+        )
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
+
+    # ---- training -------------------------------------------------------------------------
+
+    def configure_optimizers(self):
+        betas = tuple(self.hparams.betas)
+        opt_g = torch.optim.Adam(self.generator.parameters(), lr=self.hparams.lr_g, betas=betas)
+        opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=self.hparams.lr_d, betas=betas)
+        return opt_g, opt_d
+
+    def training_step(self, batch: dict, batch_idx: int) -> None:
+        opt_g, opt_d = self.optimizers()
+        real = batch["image"]
+        if self.channels_last:
+            real = real.contiguous(memory_format=torch.channels_last)
+        g_turn = (batch_idx + 1) % self.n_critic == 0
+        z = torch.randn(real.shape[0], self.latent_dim, device=real.device)
+        # One G forward per batch: D sees it detached, and on G's turn its graph serves G's update.
+        with torch.set_grad_enabled(g_turn):
+            fake = self.generator(z)
+
+        if self.r1_gamma > 0:
+            real.requires_grad_(True)
+        real_logits = self.discriminator(real)
+        fake_logits = self.discriminator(fake.detach())
+        d_loss = self.adversarial.d_loss(real_logits, fake_logits)
+        logs = {"train/d_loss": d_loss.detach()}
+        if self.gp_weight > 0:
+            gp = gradient_penalty(self.discriminator, real, fake)
+            d_loss = d_loss + self.gp_weight * gp
+            logs["train/gp"] = gp.detach()
+        if self.r1_gamma > 0:
+            r1 = r1_penalty(real_logits, real)
+            d_loss = d_loss + 0.5 * self.r1_gamma * r1
+            logs["train/r1"] = r1.detach()
+        opt_d.zero_grad(set_to_none=True)
+        self.manual_backward(d_loss)
+        opt_d.step()
+
+        if g_turn:
+            # D's weights need no gradient for G's update: toggling skips that work.
+            with self.toggled_optimizer(opt_g):
+                g_loss = self.adversarial.g_loss(self.discriminator(fake))
+                opt_g.zero_grad(set_to_none=True)
+                self.manual_backward(g_loss)
+                opt_g.step()
+            if self.generator_ema is not None:
+                self.generator_ema.update_parameters(self.generator)
+            logs["train/g_loss"] = g_loss.detach()
+        logs["train/d_real"] = real_logits.detach().mean()
+        logs["train/d_fake"] = fake_logits.detach().mean()
+        self.log_dict(logs, on_step=True, on_epoch=False)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        # The sample-quality metrics (FID) run as callbacks at the end of validation; here the
+        # discriminator's view of held-out real images tracks its overfitting.
+        real = batch["image"]
+        if self.channels_last:
+            real = real.contiguous(memory_format=torch.channels_last)
+        self.log("val/d_real", self.discriminator(real).mean(), on_epoch=True, batch_size=real.shape[0])
+
+    # ---- sampling -------------------------------------------------------------------------
+
+    @property
+    def sampler(self) -> nn.Module:
+        """The generator used for samples and metrics: the EMA copy when enabled."""
+        return self.generator_ema.module if self.generator_ema is not None else self.generator
+
+    @torch.no_grad()
+    def generate(self, indices: Sequence[int] | torch.Tensor, seed: int = 0) -> torch.Tensor:
+        z = latent_noise(indices, self.latent_dim, seed).to(self.device)
+        sampler = self.sampler
+        was_training = sampler.training
+        sampler.eval()
+        try:
+            return sampler(z).float()
+        finally:
+            sampler.train(was_training)
+
+    def visuals(self) -> dict[str, tuple[torch.Tensor, int]]:
+        n = self.hparams.num_visuals
+        return {"samples": (self.generate(range(n), seed=self.hparams.visual_seed), int(n**0.5))}

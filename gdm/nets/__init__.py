@@ -1,0 +1,1 @@
+"""Plain nn.Modules: generators, discriminators, classifiers. They know nothing of Lightning."""

@@ -1,0 +1,96 @@
+"""DCGAN generator and discriminator (Radford et al. 2016), sized from the image shape.
+
+The generator maps a latent vector to a 4x4 map and doubles the resolution with strided
+transposed convolutions until it reaches the image size; the discriminator mirrors it. With a
+64x64 image and ngf = ndf = 64 these are exactly the nets of the PyTorch DCGAN example.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm as apply_spectral_norm
+
+from gdm.errors import GdmError
+from gdm.nets.init import init_normal
+
+
+def num_doublings(size: int) -> int:
+    """How many stride-2 stages take 4x4 to `size` x `size`."""
+    n = math.log2(size / 4) if size >= 8 else -1
+    if n < 1 or n != int(n) or size > 1024:
+        raise GdmError(
+            f"DCGAN nets need a square image whose side is a power of two from 8 to 1024, got {size}: "
+            "set data.image_size to one (e.g. 16, 32 or 64)."
+        )
+    return int(n)
+
+
+def norm_layer(kind: str, channels: int) -> nn.Module:
+    layers = {
+        "batch": lambda: nn.BatchNorm2d(channels),
+        "instance": lambda: nn.InstanceNorm2d(channels, affine=True),
+        "layer": lambda: nn.GroupNorm(1, channels),
+        "none": nn.Identity,
+    }
+    if kind not in layers:
+        raise GdmError(f"norm='{kind}' is not a known normalisation; choose one of {', '.join(layers)}.")
+    return layers[kind]()
+
+
+class DCGANGenerator(nn.Module):
+    """z (N, latent_dim) -> images (N, C, H, W) in [-1, 1]."""
+
+    def __init__(self, image_shape: tuple[int, int, int], latent_dim: int = 100, ngf: int = 64,
+                 norm: str = "batch", init_std: float = 0.02):
+        super().__init__()
+        channels, height, width = image_shape
+        if height != width:
+            raise GdmError(f"DCGAN nets need square images, got {height}x{width}: set data.image_size.")
+        n_up = num_doublings(height)
+        self.latent_dim = latent_dim
+        width_mult = min(2 ** (n_up - 1), 8)
+        ch = ngf * width_mult
+        layers: list[nn.Module] = [
+            nn.ConvTranspose2d(latent_dim, ch, 4, 1, 0, bias=False), norm_layer(norm, ch), nn.ReLU(True),
+        ]
+        for i in range(n_up - 1):
+            out = ngf * min(2 ** (n_up - 2 - i), 8)
+            layers += [nn.ConvTranspose2d(ch, out, 4, 2, 1, bias=False), norm_layer(norm, out), nn.ReLU(True)]
+            ch = out
+        layers += [nn.ConvTranspose2d(ch, channels, 4, 2, 1, bias=False), nn.Tanh()]
+        self.main = nn.Sequential(*layers)
+        init_normal(self, init_std)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.main(z.view(z.shape[0], -1, 1, 1))
+
+
+class DCGANDiscriminator(nn.Module):
+    """images (N, C, H, W) -> real/fake logits (N,). No sigmoid: the loss decides."""
+
+    def __init__(self, image_shape: tuple[int, int, int], ndf: int = 64, norm: str = "batch",
+                 spectral_norm: bool = False, init_std: float = 0.02):
+        super().__init__()
+        channels, height, width = image_shape
+        if height != width:
+            raise GdmError(f"DCGAN nets need square images, got {height}x{width}: set data.image_size.")
+        n_down = num_doublings(height)
+        layers: list[nn.Module] = [nn.Conv2d(channels, ndf, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, True)]
+        ch = ndf
+        for _ in range(n_down - 1):
+            out = min(ch * 2, ndf * 8)
+            layers += [nn.Conv2d(ch, out, 4, 2, 1, bias=False), norm_layer(norm, out), nn.LeakyReLU(0.2, True)]
+            ch = out
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Conv2d(ch, 1, 4, 1, 0, bias=False)
+        self.feature_channels = ch
+        init_normal(self, init_std)
+        if spectral_norm:
+            for m in [m for m in self.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]:
+                apply_spectral_norm(m)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(images)).flatten()

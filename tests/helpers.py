@@ -1,0 +1,27 @@
+"""Helpers for tests that compose Hydra configs in-process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+
+# Overrides that shrink any run to seconds while still training, validating, scoring FID and saving.
+TINY = [
+    "trainer.max_epochs=1",
+    "++trainer.limit_train_batches=2",
+    "++trainer.limit_val_batches=1",
+    "trainer.accelerator=cpu",
+    "metrics.fid.num_samples=40",
+    "print_config=false",
+]
+
+
+def compose_config(overrides: list[str], output_dir: Path) -> DictConfig:
+    """The config `python run.py OVERRIDES` would get, with its run directory at `output_dir`."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("config", overrides=[*overrides, f"paths.output_dir={output_dir}"])

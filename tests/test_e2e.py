@@ -1,0 +1,169 @@
+"""End-to-end runs: every model config with every data config it supports, every experiment
+config, the debug configs, and `run.py` itself as a user types it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import CONF, ROOT, TINY, compose_config
+
+from gdm.app import run, user_error
+from gdm.data.digits import DigitsDataModule
+from gdm.errors import GdmError
+from gdm.images import load_png
+
+MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+DEBUGS = sorted(p.stem for p in (CONF / "debug").glob("*.yaml"))
+
+
+def data_overrides(data: str, image_folder: Path) -> list[str]:
+    if data == "image_folder":
+        return ["data=image_folder", f"data.root={image_folder}", "data.image_size=16", "data.num_workers=0",
+                "data.batch_size=8", "data.fid_features=digits"]
+    return [f"data={data}", "data.image_size=16"]
+
+
+def check_run_dir(run_dir: Path, monitor: str) -> dict:
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "finished"
+    assert summary["best"]["metric"] == monitor and summary["best"]["value"] > 0
+    assert summary["final"][monitor] > 0
+    assert summary["global_step"] > 0 and summary["wall_seconds"] > 0
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert (run_dir / "checkpoints" / "best.ckpt").is_file()
+    assert (run_dir / "config.yaml").is_file()
+    grid = load_png(run_dir / "samples" / "samples_last.png", channels=3)
+    assert grid.float().std() > 5, "the sample grid is a flat image"
+    return summary
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("data", ["digits", "image_folder"])
+def test_every_model_with_every_data(model, data, tmp_path, image_folder):
+    cfg = compose_config([f"model={model}", *data_overrides(data, image_folder), *TINY, "logger=csv"], tmp_path)
+    best = run(cfg)
+    summary = check_run_dir(tmp_path, cfg.monitor)
+    assert best == pytest.approx(summary["best"]["value"])
+    assert (tmp_path / "csv").is_dir()
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment(experiment, tmp_path):
+    cfg = compose_config([f"experiment={experiment}", *TINY, "logger=none"], tmp_path)
+    run(cfg)
+    check_run_dir(tmp_path, cfg.monitor)
+
+
+@pytest.mark.parametrize("debug", DEBUGS)
+def test_every_debug_config(debug, tmp_path):
+    cfg = compose_config([f"debug={debug}", "data.image_size=16", "++trainer.limit_train_batches=2",
+                          "++trainer.limit_val_batches=1", "trainer.max_epochs=1", "metrics.fid.num_samples=40",
+                          "print_config=false"], tmp_path)
+    run(cfg)
+    assert (tmp_path / "summary.json").is_file()
+
+
+def test_checkpoint_holds_config_and_ema(tmp_path):
+    cfg = compose_config(["data.image_size=16", "model.ema_decay=0.9", *TINY, "logger=none"], tmp_path)
+    run(cfg)
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["gdm_config"]["model"]["ema_decay"] == 0.9
+    assert any(k.startswith("generator_ema.") for k in ckpt["state_dict"])
+    assert len(ckpt["optimizer_states"]) == 2
+
+
+def test_loggers(tmp_path):
+    """W&B offline lands in the run dir with the sample grid as an image; TensorBoard writes events."""
+    cfg = compose_config(["data.image_size=16", *TINY, "logger=wandb", "logger.wandb.mode=offline"], tmp_path / "w")
+    run(cfg)
+    offline = list((tmp_path / "w" / "wandb").glob("offline-run-*"))
+    assert len(offline) == 1 and list(offline[0].glob("run-*.wandb"))
+    pngs = list(offline[0].glob("files/media/images/**/*.png"))
+    assert pngs and load_png(pngs[0], channels=3).float().std() > 5  # uint8 grid, not all black
+    cfg = compose_config(["data.image_size=16", *TINY, "logger=tensorboard"], tmp_path / "t")
+    run(cfg)
+    assert list((tmp_path / "t" / "tensorboard").rglob("events.out.tfevents.*"))
+
+
+def test_model_and_data_mismatch_is_one_sentence(tmp_path):
+    cfg = compose_config(["data.image_size=24", *TINY, "logger=none"], tmp_path)
+    with pytest.raises(Exception) as caught:  # noqa: B017 - Hydra wraps it in an InstantiationException
+        run(cfg)
+    mistake = user_error(caught.value)
+    assert isinstance(mistake, GdmError) and "set data.image_size to one" in str(mistake)
+
+
+def test_same_seed_same_fid(tmp_path):
+    results = [run(compose_config(["data.image_size=16", *TINY, "logger=none", "seed=7"], tmp_path / str(i)))
+               for i in range(2)]
+    assert results[0] == pytest.approx(results[1], rel=1e-5)
+
+
+# ---- run.py as a user types it --------------------------------------------------------------
+
+
+def run_py(*args: str, env_extra: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(env_extra or {})
+    return subprocess.run([sys.executable, "run.py", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_help_lists_groups_and_options():
+    out = run_py("--help").stdout
+    for line in ("model: gan", "data: digits, image_folder", "logger: csv, none, tensorboard, wandb"):
+        assert line in out
+    assert "debug: fast_dev_run, limit, overfit, profiler" in out
+
+
+def test_cfg_job_prints_composed_config():
+    out = run_py("--cfg", "job", "model.loss=hinge", "seed=3").stdout
+    assert "loss: hinge" in out and "seed: 3" in out and "_target_: gdm.models.gan.GAN" in out
+
+
+@pytest.mark.slow
+def test_run_py_default_offline_wandb(tmp_path):
+    """`python run.py` with no W&B credentials: runs offline, says how to sync, fills the run dir."""
+    home = tmp_path / "home"
+    home.mkdir()
+    run_dir = tmp_path / "run"
+    proc = run_py("model=gan", "data=digits", "trainer.max_epochs=1", "+trainer.limit_train_batches=3",
+                  "model.loss=hinge", "seed=3", "metrics.fid.num_samples=100", f"hydra.run.dir={run_dir}",
+                  env_extra={"HOME": str(home), "WANDB_BASE_URL": "http://127.0.0.1:9"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = proc.stdout + proc.stderr
+    assert "W&B offline: no W&B credentials" in log and "wandb sync" in log
+    assert f"run directory: {run_dir}" in log and "final val/fid_digits" in log
+    summary = check_run_dir(run_dir, "val/fid_digits")
+    assert summary["batches"] == 3
+    assert list((run_dir / "wandb").glob("offline-run-*"))
+    assert (run_dir / ".hydra" / "config.yaml").is_file() and "loss: hinge" in (run_dir / "config.yaml").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["data=image_folder", "data.root=/no/such/folder"], "data.root=/no/such/folder is not a folder"),
+        (["model.loss=nope"], "model.loss='nope' is not a known GAN loss"),
+        (["metrics.fid.features=nope"], "metrics.fid.features='nope' is not a known feature network"),
+    ],
+)
+def test_user_mistakes_get_one_sentence(args, message, tmp_path):
+    proc = run_py(*args, "logger=none", f"hydra.run.dir={tmp_path}", timeout=120)
+    assert proc.returncode == 2
+    assert message in proc.stderr + proc.stdout
+    assert "Traceback" not in proc.stderr
+
+
+def test_digits_reals_match_saved_pngs():
+    """The real digits are on the 8-bit grid, so FID's quantization leaves them unchanged."""
+    images = DigitsDataModule(image_size=16).split("val").images
+    assert torch.equal(images, (images * 127.5 + 127.5).round() / 127.5 - 1)

@@ -1,0 +1,241 @@
+"""The GAN LightningModule: seeded generation, EMA sampler, config errors, and real training steps."""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import lightning as L
+import pytest
+import torch
+from torch import nn
+
+from gdm.data.digits import DigitsDataModule
+from gdm.errors import GdmError
+from gdm.models.gan import GAN
+from gdm.nets.dcgan import DCGANDiscriminator, DCGANGenerator
+
+SHAPE = (1, 16, 16)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_gan(d_norm: str = "batch", seed: int = 0, **kwargs) -> GAN:
+    torch.manual_seed(seed)
+    kwargs.setdefault("latent_dim", 16)
+    return GAN(SHAPE, generator=partial(DCGANGenerator, ngf=8),
+               discriminator=partial(DCGANDiscriminator, ndf=8, norm=d_norm), **kwargs)
+
+
+@pytest.fixture(scope="module")
+def digits16() -> DigitsDataModule:
+    dm = DigitsDataModule(image_size=16, batch_size=32)
+    dm.setup()
+    return dm
+
+
+def fit(model: GAN, datamodule, batches: int, val_batches: int = 0) -> L.Trainer:
+    trainer = L.Trainer(max_epochs=1, limit_train_batches=batches, limit_val_batches=val_batches,
+                        num_sanity_val_steps=0, accelerator="cpu", devices=1, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(model, datamodule=datamodule)
+    return trainer
+
+
+def snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def changed(before: dict[str, torch.Tensor], module: nn.Module) -> bool:
+    return any(not torch.equal(before[k], v) for k, v in module.state_dict().items()
+               if v.is_floating_point() and "running" not in k)
+
+
+# ---- sampling -------------------------------------------------------------------------------
+
+
+def test_generate_is_deterministic_and_batch_independent():
+    gan = make_gan()
+    images = gan.generate(range(8), seed=0)
+    assert images.shape == (8, *SHAPE)
+    assert images.dtype == torch.float32
+    assert images.min() >= -1 and images.max() <= 1
+    assert torch.equal(gan.generate(range(8), seed=0), images)
+    halves = torch.cat([gan.generate(range(4), seed=0), gan.generate(range(4, 8), seed=0)])
+    torch.testing.assert_close(halves, images, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(gan.generate(range(8), seed=1), images)
+    torch.testing.assert_close(gan.generate(torch.tensor([5, 2]), seed=0), images[[5, 2]], rtol=1e-5, atol=1e-6)
+
+
+def test_generate_uses_eval_mode_and_restores_training():
+    gan = make_gan()
+    gan.train()
+    bn = next(m for m in gan.generator.modules() if isinstance(m, nn.BatchNorm2d))
+    running = bn.running_mean.clone()
+    gan.generate(range(4))
+    assert gan.generator.training
+    assert torch.equal(bn.running_mean, running)  # eval mode: no batch-statistics update
+    gan.eval()
+    gan.generate(range(4))
+    assert not gan.generator.training
+
+
+def test_generate_does_not_build_a_graph():
+    gan = make_gan()
+    assert not gan.generate(range(2)).requires_grad
+
+
+def test_visuals():
+    gan = make_gan(num_visuals=16, visual_seed=7)
+    visuals = gan.visuals()
+    assert set(visuals) == {"samples"}
+    images, nrow = visuals["samples"]
+    assert images.shape == (16, *SHAPE) and nrow == 4
+    assert torch.equal(images, gan.generate(range(16), seed=7))
+
+
+def test_sampler_without_ema_is_the_generator():
+    gan = make_gan()
+    assert gan.generator_ema is None
+    assert gan.sampler is gan.generator
+
+
+def test_sampler_with_ema_is_the_ema_copy():
+    gan = make_gan(ema_decay=0.5)
+    assert gan.sampler is gan.generator_ema.module
+    assert gan.sampler is not gan.generator
+    assert any(k.startswith("generator_ema.") for k in gan.state_dict())  # checkpoints keep it
+    # generate() draws from the EMA copy: change G alone and the samples stay put.
+    before = gan.generate(range(4))
+    with torch.no_grad():
+        for p in gan.generator.parameters():
+            p.add_(0.1)
+    assert torch.equal(gan.generate(range(4)), before)
+
+
+def test_ema_update_rule():
+    gan = make_gan(ema_decay=0.75)
+    ema = gan.generator_ema.module
+    w_g = gan.generator.main[0].weight
+    w_e = ema.main[0].weight
+    torch.testing.assert_close(w_e, w_g)
+    with torch.no_grad():
+        w_g.fill_(1.0)
+    gan.generator_ema.update_parameters(gan.generator)  # the first update copies
+    torch.testing.assert_close(w_e, torch.ones_like(w_e))
+    with torch.no_grad():
+        w_g.fill_(3.0)
+    gan.generator_ema.update_parameters(gan.generator)  # 0.75 * 1 + 0.25 * 3
+    torch.testing.assert_close(w_e, torch.full_like(w_e, 1.5))
+
+
+def test_channels_last_gives_the_same_samples():
+    plain = make_gan(seed=3)
+    cl = make_gan(seed=3, channels_last=True)
+    assert cl.generator.main[0].weight.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(cl.generate(range(4)), plain.generate(range(4)), rtol=1e-4, atol=1e-5)
+
+
+def test_hyperparameters_saved_without_nets():
+    gan = make_gan(loss="hinge", n_critic=3, lr_d=1e-4)
+    assert gan.hparams.loss == "hinge"
+    assert gan.hparams.n_critic == 3
+    assert gan.hparams.lr_d == 1e-4
+    assert "generator" not in gan.hparams and "discriminator" not in gan.hparams
+    opt_g, opt_d = gan.configure_optimizers()
+    assert opt_d.param_groups[0]["lr"] == 1e-4 and opt_g.param_groups[0]["lr"] == 2e-4
+    assert opt_g.param_groups[0]["betas"] == (0.5, 0.999)
+    assert {id(p) for p in opt_g.param_groups[0]["params"]} == {id(p) for p in gan.generator.parameters()}
+    assert {id(p) for p in opt_d.param_groups[0]["params"]} == {id(p) for p in gan.discriminator.parameters()}
+
+
+# ---- configuration errors -------------------------------------------------------------------
+
+
+def test_wgan_gp_with_batch_norm_discriminator_raises():
+    with pytest.raises(GdmError, match="norm=layer"):
+        make_gan(loss="wgan-gp", d_norm="batch")
+
+
+def test_wgan_gp_defaults_and_overrides():
+    assert make_gan(loss="wgan-gp", d_norm="layer").gp_weight == 10.0
+    assert make_gan(loss="wgan-gp", d_norm="batch", gp_weight=0.0).gp_weight == 0.0
+    assert make_gan(loss="hinge").gp_weight == 0.0
+    with pytest.raises(GdmError, match="batch norm"):
+        make_gan(loss="hinge", d_norm="batch", gp_weight=1.0)
+
+
+@pytest.mark.parametrize("n_critic", [0, -1])
+def test_n_critic_below_one_raises(n_critic):
+    with pytest.raises(GdmError, match=f"n_critic={n_critic}"):
+        make_gan(n_critic=n_critic)
+
+
+def test_unknown_loss_raises():
+    with pytest.raises(GdmError, match="vanilla"):
+        make_gan(loss="nope")
+
+
+# ---- training -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("loss", "d_norm", "extra"), [
+    ("vanilla", "batch", {}),
+    ("lsgan", "batch", {}),
+    ("hinge", "batch", {}),
+    ("wgan-gp", "layer", {}),
+    ("vanilla", "layer", {"r1_gamma": 1.0}),
+])
+def test_training_steps(digits16, loss, d_norm, extra):
+    gan = make_gan(d_norm=d_norm, loss=loss, **extra)
+    g_before, d_before = snapshot(gan.generator), snapshot(gan.discriminator)
+    trainer = fit(gan, digits16, batches=2)
+    assert trainer.global_step == 4  # n_critic = 1: a D and a G step per batch
+    assert changed(g_before, gan.generator)
+    assert changed(d_before, gan.discriminator)
+    metrics = trainer.callback_metrics
+    for key in ("train/d_loss", "train/g_loss", "train/d_real", "train/d_fake"):
+        assert math.isfinite(metrics[key].item()), key
+    assert ("train/gp" in metrics) == (loss == "wgan-gp")
+    assert ("train/r1" in metrics) == ("r1_gamma" in extra)
+    if "train/gp" in metrics:
+        assert metrics["train/gp"].item() >= 0
+    if "train/r1" in metrics:
+        assert metrics["train/r1"].item() > 0
+    # Every parameter stays finite.
+    assert all(torch.isfinite(p).all() for p in gan.parameters())
+
+
+def test_n_critic_two_steps_d_every_batch_and_g_every_other(digits16):
+    gan = make_gan(n_critic=2, ema_decay=0.9)
+    g_before, d_before = snapshot(gan.generator), snapshot(gan.discriminator)
+    trainer = fit(gan, digits16, batches=4)
+    assert trainer.global_step == 6  # 4 D steps + 2 G steps
+    opt_g, opt_d = trainer.optimizers
+    g_steps = {int(opt_g.state[p]["step"]) for p in gan.generator.parameters()}
+    d_steps = {int(opt_d.state[p]["step"]) for p in gan.discriminator.parameters()}
+    assert g_steps == {2}
+    assert d_steps == {4}
+    assert changed(g_before, gan.generator)
+    assert changed(d_before, gan.discriminator)
+    # The EMA copy was updated (twice, once per G step) and is not the raw generator.
+    assert gan.generator_ema.n_averaged.item() == 2
+    assert not torch.equal(gan.generator_ema.module.main[0].weight, gan.generator.main[0].weight)
+
+
+def test_validation_logs_discriminator_view(digits16):
+    gan = make_gan()
+    trainer = fit(gan, digits16, batches=1, val_batches=2)
+    assert "val/d_real" in trainer.callback_metrics
+    assert math.isfinite(trainer.callback_metrics["val/d_real"].item())
+
+
+def test_r1_with_batch_norm_is_refused():
+    with pytest.raises(GdmError, match="model.r1_gamma=1.0 uses a per-sample gradient penalty"):
+        make_gan(d_norm="batch", r1_gamma=1.0)
