@@ -69,8 +69,10 @@ class GAN(GenerativeModule):
 
     def configure_optimizers(self):
         betas = tuple(self.hparams.betas)
-        opt_g = torch.optim.Adam(self.generator.parameters(), lr=self.hparams.lr_g, betas=betas)
-        opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=self.hparams.lr_d, betas=betas)
+        # Fused Adam updates all parameters in one kernel: several times faster than per-tensor.
+        fused = self.device.type in ("cpu", "cuda")
+        opt_g = torch.optim.Adam(self.generator.parameters(), lr=self.hparams.lr_g, betas=betas, fused=fused)
+        opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=self.hparams.lr_d, betas=betas, fused=fused)
         return opt_g, opt_d
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
