@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig
@@ -17,11 +18,14 @@ log = logging.getLogger("gdm")
 TASKS = {"train": train}
 
 
-def quiet_duplicate_logs() -> None:
+def quiet_lightning() -> None:
     """The `lightning` package adds its own stderr handler even when Hydra has configured the root
-    logger, so every Lightning message would print twice."""
+    logger, so every Lightning message would print twice; and with an OnExceptionCheckpoint it warns
+    on every fresh `fit` that there is no checkpoint to resume from."""
     if logging.getLogger().hasHandlers():
         logging.getLogger("lightning").handlers.clear()
+    warnings.filterwarnings("ignore", message=r".*ckpt_path=None\)` was called without a model")
+    warnings.filterwarnings("ignore", message=r".*there is no last checkpoint available")
 
 
 def user_error(err: BaseException) -> GdmError | None:
@@ -36,7 +40,7 @@ def user_error(err: BaseException) -> GdmError | None:
 def run(cfg: DictConfig) -> float | None:
     if cfg.task not in TASKS:
         raise GdmError(f"task={cfg.task} is not a task; choose one of {', '.join(TASKS)}.")
-    quiet_duplicate_logs()
+    quiet_lightning()
     if cfg.get("print_config", True):
         print_config_tree(cfg)
     return TASKS[cfg.task](cfg)
