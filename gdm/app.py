@@ -7,6 +7,7 @@ import sys
 import warnings
 
 from hydra.errors import InstantiationException
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig
 
 from gdm.config_tree import print_config_tree
@@ -28,10 +29,11 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*there is no last checkpoint available")
 
 
-def user_error(err: BaseException) -> GdmError | None:
-    """The GdmError behind `err`, if it is (or wraps) one."""
+def user_error(err: BaseException) -> Exception | None:
+    """The user mistake behind `err`, if it is (or wraps) one: ours, or Lightning's configuration
+    complaints (e.g. `trainer=gpu` on a machine without a GPU)."""
     while err is not None:
-        if isinstance(err, GdmError):
+        if isinstance(err, (GdmError, MisconfigurationException)):
             return err
         err = err.__cause__ or (err.__context__ if isinstance(err, InstantiationException) else None)
     return None

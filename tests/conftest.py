@@ -14,6 +14,17 @@ def _offline(monkeypatch, tmp_path):
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small convolutions run fastest, and disturb a shared machine least, on one thread."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def image_folder(tmp_path) -> Path:
     """A tiny labelled image folder: two classes of 12 RGB 20x20 PNGs."""

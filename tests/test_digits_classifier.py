@@ -11,13 +11,7 @@ from gdm.metrics.digits_classifier import WEIGHTS, accuracy, digit_split, load_d
 from gdm.metrics.features import DigitFeatures
 from gdm.nets.digit_classifier import DigitClassifier
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

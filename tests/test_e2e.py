@@ -167,3 +167,12 @@ def test_digits_reals_match_saved_pngs():
     """The real digits are on the 8-bit grid, so FID's quantization leaves them unchanged."""
     images = DigitsDataModule(image_size=16).split("val").images
     assert torch.equal(images, (images * 127.5 + 127.5).round() / 127.5 - 1)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_gpu_trainer_without_gpu_is_one_sentence(tmp_path):
+    proc = run_py("trainer=gpu", "logger=none", f"hydra.run.dir={tmp_path}", timeout=120)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert "GPU" in proc.stderr + proc.stdout

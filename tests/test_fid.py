@@ -23,13 +23,7 @@ from gdm.nets.dcgan import DCGANDiscriminator, DCGANGenerator
 SCALE = 10.0  # pixel = 128 + SCALE * feature
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small convolutions run fastest, and disturb a shared machine least, on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class PixelFeatures(nn.Module):

@@ -18,12 +18,7 @@ from gdm.nets.dcgan import DCGANDiscriminator, DCGANGenerator
 SHAPE = (1, 16, 16)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_gan(d_norm: str = "batch", seed: int = 0, **kwargs) -> GAN:

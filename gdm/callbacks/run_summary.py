@@ -30,6 +30,11 @@ class RunSummary(L.Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module) -> None:
         self.start = time.time()
         self.summary = {"status": "running", "monitor": self.monitor, "mode": self.mode, "best": None, "final": {}}
+        if trainer.ckpt_path and self.path.is_file():
+            # Resuming in the same run directory: the best so far still counts.
+            previous = json.loads(self.path.read_text())
+            if previous.get("monitor") == self.monitor:
+                self.summary["best"] = previous.get("best")
 
     def _better(self, value: float) -> bool:
         best = self.summary.get("best")
