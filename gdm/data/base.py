@@ -1,0 +1,64 @@
+"""What every gdm data module shares: named splits, loaders, and the facts a model is sized from."""
+
+from __future__ import annotations
+
+import lightning as L
+from torch.utils.data import DataLoader, Dataset
+
+SPLITS = ("train", "val", "test")
+
+
+class SplitDataModule(L.LightningDataModule):
+    """A data module with train / val / test datasets built by `build_splits()`.
+
+    Subclasses set `image_shape` (C, H, W), `num_classes` (None when unlabelled) and `provides`
+    (the keys of a batch) in `__init__`, so they are known before any data is loaded.
+    """
+
+    image_shape: tuple[int, int, int]
+    num_classes: int | None = None
+    provides: frozenset[str] = frozenset({"image"})
+
+    def __init__(self, batch_size: int = 64, num_workers: int = 0, pin_memory: bool = False,
+                 fid_features: str = "inception"):
+        super().__init__()
+        # The FID feature network that suits this data; `metrics.fid.features` defaults to it.
+        self.fid_features = fid_features
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.datasets: dict[str, Dataset] = {}
+
+    def build_splits(self) -> dict[str, Dataset]:
+        raise NotImplementedError
+
+    def setup(self, stage: str | None = None) -> None:
+        if not self.datasets:
+            self.datasets = self.build_splits()
+
+    def split(self, name: str) -> Dataset:
+        """The dataset of one split ('train', 'val' or 'test') without random augmentation, as metrics
+        need it; loads the data on first use. Training batches may come from an augmented variant."""
+        self.setup()
+        return self.datasets[name]
+
+    def dataloader(self, split: str, shuffle: bool = False, drop_last: bool = False,
+                   batch_size: int | None = None) -> DataLoader:
+        return DataLoader(
+            self.split(split),
+            batch_size=batch_size or self.batch_size,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self.dataloader("train", shuffle=True, drop_last=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.dataloader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self.dataloader("test")

@@ -1,0 +1,118 @@
+"""Any folder tree of images, e.g. `data=image_folder data.root=DIR`.
+
+If every image sits in a first-level sub-folder and there are at least two of them, the
+sub-folder names are class labels (torchvision's ImageFolder layout); otherwise the data is
+unlabelled. Problems with the folder (missing, empty, an unreadable file) stop the run before
+training with one sentence naming the path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+from torchvision.transforms import v2
+
+from gdm.data.base import SplitDataModule
+from gdm.data.digits import split_indices
+from gdm.errors import GdmError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def find_images(root: str | Path, key: str = "data.root") -> list[Path]:
+    """All image files under `root`, sorted; a clear error if there is no such folder or no image."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise GdmError(f"{key}={root} is not a folder: point {key} at a folder of images.")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    if not files:
+        raise GdmError(f"{key}={root} contains no images ({', '.join(IMAGE_EXTENSIONS)}): add images or fix the path.")
+    return files
+
+
+def verify_images(files: list[Path]) -> None:
+    for path in files:
+        try:
+            with Image.open(path) as img:
+                img.verify()
+        except (OSError, UnidentifiedImageError, SyntaxError) as err:
+            raise GdmError(f"Cannot read image {path} ({err}): remove or replace the file.") from None
+
+
+def image_transform(image_size: int, load_size: int | None, channels: int, train: bool,
+                    random_crop: bool, flip: bool) -> v2.Compose:
+    """Resize the short side to `load_size`, crop `image_size` (random when training), optional flip."""
+    steps: list = [v2.ToImage(), v2.Resize(load_size or image_size, antialias=True)]
+    steps.append(v2.RandomCrop(image_size) if train and random_crop else v2.CenterCrop(image_size))
+    if train and flip:
+        steps.append(v2.RandomHorizontalFlip())
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize([0.5] * channels, [0.5] * channels)]
+    return v2.Compose(steps)
+
+
+class ImageFileDataset(Dataset):
+    def __init__(self, files: list[Path], labels: list[int] | None, transform, channels: int):
+        self.files, self.labels, self.transform = files, labels, transform
+        self.mode = "L" if channels == 1 else "RGB"  # also resolves palette, alpha and CMYK files
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> dict:
+        with Image.open(self.files[index]) as img:
+            item = {"image": self.transform(img.convert(self.mode))}
+        if self.labels is not None:
+            item["label"] = self.labels[index]
+        return item
+
+
+def class_labels(root: Path, files: list[Path]) -> tuple[list[int] | None, list[str]]:
+    """Labels from first-level sub-folder names, or None when the tree is not class-structured."""
+    tops = [f.relative_to(root).parts for f in files]
+    if any(len(parts) < 2 for parts in tops):
+        return None, []
+    classes = sorted({parts[0] for parts in tops})
+    if len(classes) < 2:
+        return None, []
+    index = {c: i for i, c in enumerate(classes)}
+    return [index[parts[0]] for parts in tops], classes
+
+
+class ImageFolderDataModule(SplitDataModule):
+    def __init__(self, root: str, image_size: int = 64, load_size: int | None = None, channels: int = 3,
+                 random_crop: bool = False, flip: bool = True, val_fraction: float = 0.05,
+                 test_fraction: float = 0.05, split_seed: int = 0, verify: bool = True,
+                 batch_size: int = 64, num_workers: int = 2, pin_memory: bool = False,
+                 fid_features: str = "inception"):
+        super().__init__(batch_size, num_workers, pin_memory, fid_features)
+        self.root = Path(root).expanduser()
+        self.image_shape = (channels, image_size, image_size)
+        self.image_size, self.load_size, self.channels = image_size, load_size, channels
+        self.random_crop, self.flip = random_crop, flip
+        self.val_fraction, self.test_fraction, self.split_seed = val_fraction, test_fraction, split_seed
+        # Scan now, so a bad folder fails before the model is even built.
+        self.files = find_images(self.root)
+        if verify:
+            verify_images(self.files)
+        self.labels, self.classes = class_labels(self.root, self.files)
+        self.num_classes = len(self.classes) if self.labels is not None else None
+        self.provides = frozenset({"image", "label"} if self.labels is not None else {"image"})
+
+    def build_splits(self) -> dict[str, ImageFileDataset]:
+        parts = split_indices(len(self.files), self.val_fraction, self.test_fraction, self.split_seed)
+        datasets = {}
+        for name, idx in parts.items():
+            files = [self.files[i] for i in idx.tolist()]
+            labels = [self.labels[i] for i in idx.tolist()] if self.labels is not None else None
+            for augment in (False, True) if name == "train" else (False,):
+                transform = image_transform(self.image_size, self.load_size, self.channels, augment,
+                                            self.random_crop, self.flip)
+                key = f"{name}_augmented" if augment else name
+                datasets[key] = ImageFileDataset(files, labels, transform, self.channels)
+        return datasets
+
+    def train_dataloader(self):
+        return self.dataloader("train_augmented", shuffle=True, drop_last=True)
