@@ -52,6 +52,11 @@ class RunSummary(L.Callback):
                                     "global_step": trainer.global_step, "epoch": trainer.current_epoch}
         self._write(trainer)
 
+    def on_test_end(self, trainer: L.Trainer, pl_module) -> None:
+        if self.summary:
+            self.summary["test"] = {k: _number(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+            self._write(trainer)
+
     def on_fit_end(self, trainer: L.Trainer, pl_module) -> None:
         if self.summary:
             self.summary["status"] = "interrupted" if trainer.interrupted else "finished"

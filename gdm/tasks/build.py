@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -11,13 +12,18 @@ from gdm.data.base import SplitDataModule
 from gdm.errors import GdmError
 from gdm.models.base import GenerativeModule
 
+# `_convert_="all"`: pass plain lists and dicts, never OmegaConf containers, so hyperparameters stored in
+# checkpoints load with torch.load(weights_only=True).
+
 
 def build_datamodule(cfg: DictConfig) -> SplitDataModule:
-    return instantiate(cfg.data)
+    return instantiate(cfg.data, _convert_="all")
 
 
 def build_model(cfg: DictConfig, datamodule: SplitDataModule) -> GenerativeModule:
-    model = instantiate(cfg.model, image_shape=tuple(datamodule.image_shape), num_classes=datamodule.num_classes)
+    # Sized from the data: the shape is passed in Python, not merged into the config.
+    make_model = instantiate(cfg.model, _partial_=True, _convert_="all")
+    model = make_model(image_shape=tuple(int(n) for n in datamodule.image_shape), num_classes=datamodule.num_classes)
     missing = model.requires - datamodule.provides
     if missing:
         raise GdmError(
@@ -30,7 +36,7 @@ def build_model(cfg: DictConfig, datamodule: SplitDataModule) -> GenerativeModul
 def _instantiate_group(group: DictConfig | None) -> list:
     if not group:
         return []
-    return [instantiate(node) for node in group.values() if node is not None and "_target_" in node]
+    return [instantiate(node, _convert_="all") for node in group.values() if node is not None and "_target_" in node]
 
 
 def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
@@ -44,4 +50,9 @@ def build_loggers(cfg: DictConfig) -> list:
 
 
 def build_trainer(cfg: DictConfig, callbacks: list, loggers: list) -> L.Trainer:
+    if cfg.trainer.get("accelerator") in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise GdmError(
+            f"trainer.accelerator={cfg.trainer.accelerator} but this machine has no usable GPU: use trainer=cpu, "
+            "or trainer=default (it picks a GPU when there is one)."
+        )
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)

@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 import lightning as L
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from omegaconf import DictConfig, OmegaConf
 
 from gdm.tasks.build import build_callbacks, build_datamodule, build_loggers, build_model, build_trainer
@@ -29,6 +30,9 @@ def train(cfg: DictConfig) -> float | None:
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
         resume = {"ckpt_path": cfg.ckpt_path} if cfg.get("ckpt_path") else {}
         trainer.fit(model, datamodule=datamodule, **resume)
+        if cfg.get("test_after_fit", True) and is_overridden("test_step", model) and not trainer.interrupted:
+            best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+            trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
     finally:
         finish_loggers(loggers)
 

@@ -1,0 +1,77 @@
+"""Decoder likelihoods p(x | z) for 8-bit images, as per-image log-probabilities in nats.
+
+Images arrive in [-1, 1] on the 8-bit grid (k / 127.5 - 1). Each likelihood works on pixels in
+[0, 1] and reports log p(x | z) so that -log p is a negative log-likelihood *of the 8-bit image*:
+
+- `gaussian` (continuous): pixels are uniformly dequantized, y = (k + u) / 256 with u ~ U(0, 1), and
+  log P(k) >= E_u[log p(y)] - D log 256 (Theis et al. 2016), so the reported figures are bounds on the
+  discrete likelihood, comparable across models and with bits/dim in the literature. The variance is
+  fixed (`std`) or learned per pixel (decoder emits mean and log-variance).
+- `bernoulli`: the pixel intensity in [0, 1] is the Bernoulli target (binary cross-entropy). For
+  grey-level data this is not a normalised likelihood, so its "NLL" is a training criterion only.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from gdm.errors import GdmError
+
+LOG_256 = math.log(256.0)
+
+
+def pixel_levels(images: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] images on the 8-bit grid -> integer levels 0..255 (as floats)."""
+    return ((images + 1) * 127.5).round().clamp(0, 255)
+
+
+class Bernoulli:
+    params_per_channel = 1
+
+    def targets(self, images: torch.Tensor) -> torch.Tensor:
+        return pixel_levels(images) / 255.0
+
+    def log_prob(self, targets: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        return -F.binary_cross_entropy_with_logits(params, targets, reduction="none").flatten(1).sum(1)
+
+    def mean(self, params: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(params)
+
+
+class Gaussian:
+    """Per-pixel Gaussian on dequantized [0, 1] pixels; `std=None` learns a log-variance per pixel."""
+
+    LOGVAR_RANGE = (-10.0, 2.0)  # keeps the learned variance finite; sd from 0.0067 to 2.7
+
+    def __init__(self, std: float | None = None):
+        self.std = std
+        self.params_per_channel = 1 if std is not None else 2
+
+    def targets(self, images: torch.Tensor) -> torch.Tensor:
+        return (pixel_levels(images) + torch.rand_like(images)) / 256.0
+
+    def split(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.std is not None:
+            return params, torch.full_like(params, 2 * math.log(self.std))
+        mean, logvar = params.chunk(2, dim=1)
+        return mean, logvar.clamp(*self.LOGVAR_RANGE)
+
+    def log_prob(self, targets: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        mean, logvar = self.split(params)
+        log_density = -0.5 * ((targets - mean) ** 2 * torch.exp(-logvar) + logvar + math.log(2 * math.pi))
+        # density of the dequantized pixel in [0, 1] -> bound on the probability of its 8-bit level
+        return log_density.flatten(1).sum(1) - LOG_256 * targets[0].numel()
+
+    def mean(self, params: torch.Tensor) -> torch.Tensor:
+        return self.split(params)[0].clamp(0, 1)
+
+
+def build_likelihood(name: str, std: float | None = None):
+    if name == "bernoulli":
+        return Bernoulli()
+    if name == "gaussian":
+        return Gaussian(std)
+    raise GdmError(f"model.likelihood='{name}' is not a known likelihood; choose bernoulli or gaussian.")

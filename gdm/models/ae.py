@@ -1,0 +1,79 @@
+"""Deterministic autoencoder, trained on the reconstruction negative log-likelihood.
+
+To generate, it samples its latent space from a full-covariance Gaussian fitted to the codes of
+the training split (refitted at the start of every validation, so samples and FID always use the
+current encoder) and decodes the samples, as in Ghosh et al. 2020 ("From variational to
+deterministic autoencoders", ex-post density estimation with one Gaussian).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch.utils.data import DataLoader
+
+from gdm.models.autoencoder import AutoencoderModule
+from gdm.models.base import latent_noise
+
+
+class AE(AutoencoderModule):
+    def __init__(self, image_shape: tuple[int, int, int], num_classes: int | None = None, latent_dim: int = 16,
+                 width: int = 32, likelihood: str = "gaussian", likelihood_std: float | None = 0.1,
+                 lr: float = 1e-3, num_visuals: int = 64, visual_seed: int = 1234):
+        super().__init__(image_shape, latent_dim, width, likelihood, likelihood_std, lr,
+                         encoder_outputs=latent_dim, num_visuals=num_visuals, visual_seed=visual_seed)
+        self.save_hyperparameters()
+        # The fitted latent Gaussian lives in the state dict, so a checkpoint generates as trained.
+        self.register_buffer("latent_mean", torch.zeros(latent_dim))
+        self.register_buffer("latent_scale_tril", torch.eye(latent_dim))
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        return self.encoder(images)
+
+    def recon_nll(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        params = self.decoder(self.encoder(images))
+        return -self.likelihood.log_prob(self.likelihood.targets(images), params), params
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        nll, _ = self.recon_nll(batch["image"])
+        loss = nll.mean()
+        self.log("train/recon", loss.detach())
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self.remember_visual_inputs(batch, batch_idx)
+        images = batch["image"]
+        nll, params = self.recon_nll(images)
+        mse = (self.likelihood.mean(params) - (images + 1) / 2).pow(2).mean()
+        self.log_dict({"val/recon": nll.mean(), "val/mse": mse}, batch_size=images.shape[0])
+
+    @torch.no_grad()
+    def fit_latent_gaussian(self, loader: DataLoader) -> None:
+        total = torch.zeros((), device=self.device, dtype=torch.float64)
+        s1 = torch.zeros(self.latent_dim, device=self.device, dtype=torch.float64)
+        s2 = torch.zeros(self.latent_dim, self.latent_dim, device=self.device, dtype=torch.float64)
+        for batch in loader:
+            z = self.encode(batch["image"].to(self.device)).double()
+            total += z.shape[0]
+            s1 += z.sum(0)
+            s2 += z.T @ z
+        reduce = self.trainer.strategy.reduce if self._trainer is not None else (lambda t, **_: t)
+        total, s1, s2 = (reduce(t, reduce_op="sum") for t in (total, s1, s2))
+        mean = s1 / total
+        cov = (s2 - total * torch.outer(mean, mean)) / (total - 1)
+        cov += 1e-6 * torch.eye(self.latent_dim, device=cov.device, dtype=cov.dtype)
+        self.latent_mean.copy_(mean.float())
+        self.latent_scale_tril.copy_(torch.linalg.cholesky(cov).float())
+
+    def on_validation_epoch_start(self) -> None:
+        datamodule = self.trainer.datamodule
+        train = datamodule.split("train")
+        rank, world = self.trainer.global_rank, self.trainer.world_size
+        mine = torch.utils.data.Subset(train, range(rank, len(train), world))
+        self.fit_latent_gaussian(DataLoader(mine, batch_size=256))
+
+    @torch.no_grad()
+    def generate(self, indices: Sequence[int] | torch.Tensor, seed: int = 0) -> torch.Tensor:
+        eps = latent_noise(indices, self.latent_dim, seed).to(self.device)
+        return self.decode(self.latent_mean + eps @ self.latent_scale_tril.T)

@@ -1,0 +1,56 @@
+"""What the AE and the VAE share: conv encoder/decoder, likelihood, optimizer, and image grids of
+reconstructions, samples and latent interpolations."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from gdm.likelihoods import build_likelihood
+from gdm.models.base import GenerativeModule
+from gdm.nets.conv_autoencoder import ConvDecoder, ConvEncoder
+
+
+class AutoencoderModule(GenerativeModule):
+    def __init__(self, image_shape: tuple[int, int, int], latent_dim: int, width: int, likelihood: str,
+                 likelihood_std: float | None, lr: float, encoder_outputs: int, num_visuals: int,
+                 visual_seed: int):
+        super().__init__()
+        self.latent_dim, self.lr = latent_dim, lr
+        self.num_visuals, self.visual_seed = num_visuals, visual_seed
+        self.num_pixels = math.prod(image_shape)
+        self.likelihood = build_likelihood(likelihood, likelihood_std)
+        self.encoder = ConvEncoder(image_shape, encoder_outputs, width)
+        self.decoder = ConvDecoder(image_shape, latent_dim, width, self.likelihood.params_per_channel)
+        self.visual_inputs: torch.Tensor | None = None  # the first validation images, for the grids
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """The deterministic code of each image (the posterior mean for the VAE)."""
+        raise NotImplementedError
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Codes -> the decoder's mean image in [-1, 1]."""
+        return self.likelihood.mean(self.decoder(z)) * 2 - 1
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=self.lr)
+
+    def remember_visual_inputs(self, batch: dict, batch_idx: int) -> None:
+        if batch_idx == 0:
+            self.visual_inputs = batch["image"][:32].detach()
+
+    @torch.no_grad()
+    def visuals(self) -> dict[str, tuple[torch.Tensor, int]]:
+        n = self.num_visuals
+        grids = {"samples": (self.generate(range(n), seed=self.visual_seed), int(n**0.5))}
+        x = self.visual_inputs
+        if x is not None and len(x) >= 2:
+            recon = self.decode(self.encode(x))
+            grids["reconstructions"] = (torch.stack([x, recon], 1).flatten(0, 1), 8)  # input | reconstruction
+            pairs = min(8, len(x) // 2)
+            z_a, z_b = self.encode(x[0:2 * pairs:2]), self.encode(x[1:2 * pairs:2])
+            t = torch.linspace(0, 1, 8, device=x.device).view(1, 8, 1)
+            z = z_a[:, None] * (1 - t) + z_b[:, None] * t  # row i: from input 2i to input 2i+1
+            grids["interpolations"] = (self.decode(z.flatten(0, 1)), 8)
+        return grids

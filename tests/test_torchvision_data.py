@@ -1,0 +1,55 @@
+"""torchvision datasets: no download unless asked, a clear sentence when missing, and a working
+module on MNIST-format files written here (no network)."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gdm.data.torchvision_sets import TorchvisionDataModule
+from gdm.errors import GdmError
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    magic = 0x0800 | {3: 0x03, 1: 0x01}[array.ndim]  # unsigned bytes, ndim dimensions
+    with open(path, "wb") as f:
+        f.write(struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in array.shape))
+        f.write(array.astype(np.uint8).tobytes())
+
+
+def fake_mnist(root: Path, n_train: int = 50, n_test: int = 20) -> Path:
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10)
+    return root
+
+
+@pytest.mark.parametrize("name", ["mnist", "cifar10"])
+def test_missing_dataset_is_one_sentence(name, tmp_path):
+    with pytest.raises(GdmError) as err:
+        TorchvisionDataModule(name, root=str(tmp_path / name))
+    message = str(err.value)
+    assert f"{name} is not in data.root={tmp_path / name}" in message and "data.download=true" in message
+    assert not any((tmp_path / name).rglob("*.gz"))  # nothing was fetched
+
+
+def test_mnist_files_make_a_32px_labelled_module(tmp_path):
+    data = TorchvisionDataModule("mnist", root=str(fake_mnist(tmp_path)), image_size=32, num_workers=0,
+                                 batch_size=8)
+    assert data.image_shape == (1, 32, 32) and data.provides == {"image", "label"}
+    assert (len(data.split("train")), len(data.split("val")), len(data.split("test"))) == (45, 5, 20)
+    batch = next(iter(data.train_dataloader()))
+    assert batch["image"].shape == (8, 1, 32, 32)
+    assert batch["image"].min() >= -1 and batch["image"].max() <= 1
+    assert batch["label"].dtype.is_floating_point is False
+
+
+def test_unknown_name(tmp_path):
+    with pytest.raises(GdmError, match="data.name='svhn' is not a known torchvision dataset"):
+        TorchvisionDataModule("svhn", root=str(tmp_path))
