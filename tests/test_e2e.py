@@ -192,3 +192,15 @@ def test_vae_run_reports_iwae_nll_below_its_elbo_bound(tmp_path):
     assert summary["monitor"] == "val/elbo" and summary["mode"] == "max"
     assert test["test/nll_iwae"] <= -test["test/elbo"]
     assert test["test/bpd"] == pytest.approx(-test["test/elbo"] / (16 * 16 * math.log(2)), rel=1e-4)
+
+
+def test_vae_on_mnist_files(tmp_path):
+    """`model=vae data=mnist` where the data is present (MNIST-format files written by the test)."""
+    from test_torchvision_data import fake_mnist
+
+    root = fake_mnist(tmp_path / "mnist", n_train=200, n_test=40)
+    cfg = compose_config(["model=vae", "data=mnist", f"data.root={root}", "data.num_workers=0",
+                          "metrics.fid.features=digits", "model.iwae_k=5", *TINY, "logger=none"], tmp_path / "run")
+    run(cfg)
+    summary = check_run_dir(tmp_path / "run", "val/elbo", check_grid=False)
+    assert summary["test"]["test/nll_iwae"] > 0
