@@ -67,7 +67,7 @@ def get_loss(name: str) -> AdversarialLoss:
     return LOSSES[name]
 
 
-def gradient_penalty(discriminator: nn.Module, real: Tensor, fake: Tensor) -> Tensor:
+def gradient_penalty(discriminator: Callable[[Tensor], Tensor] | nn.Module, real: Tensor, fake: Tensor) -> Tensor:
     """WGAN-GP (Gulrajani et al. 2017): E[(||grad D(x_hat)||_2 - 1)^2] on real/fake interpolates."""
     alpha = torch.rand(real.shape[0], 1, 1, 1, device=real.device, dtype=real.dtype)
     x_hat = (alpha * real.detach() + (1 - alpha) * fake.detach()).requires_grad_(True)

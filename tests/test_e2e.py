@@ -122,7 +122,7 @@ def run_py(*args: str, env_extra: dict | None = None, timeout: int = 300) -> sub
 
 def test_help_lists_groups_and_options():
     out = run_py("--help").stdout
-    for line in ("model: ae, gan, vae", "data: cifar10, digits, image_folder, mnist",
+    for line in ("model: ae, cgan, gan, vae", "data: cifar10, digits, image_folder, mnist",
                  "logger: csv, none, tensorboard, wandb"):
         assert line in out
     assert "debug: fast_dev_run, limit, overfit, profiler" in out

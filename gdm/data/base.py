@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import lightning as L
+import torch
 from torch.utils.data import DataLoader, Dataset
 
 SPLITS = ("train", "val", "test")
@@ -41,6 +42,17 @@ class SplitDataModule(L.LightningDataModule):
         need it; loads the data on first use. Training batches may come from an augmented variant."""
         self.setup()
         return self.datasets[name]
+
+    def class_counts(self, split: str = "train") -> torch.Tensor | None:
+        """Images per class in a split (None for unlabelled data): the label frequencies that
+        class-balanced sampling follows."""
+        if self.num_classes is None:
+            return None
+        dataset = self.split(split)
+        labels = getattr(dataset, "labels", None)
+        if labels is None:
+            labels = [dataset[i]["label"] for i in range(len(dataset))]
+        return torch.bincount(torch.as_tensor(labels), minlength=self.num_classes)
 
     def dataloader(self, split: str, shuffle: bool = False, drop_last: bool = False,
                    batch_size: int | None = None) -> DataLoader:

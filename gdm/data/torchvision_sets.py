@@ -92,5 +92,12 @@ class TorchvisionDataModule(SplitDataModule):
             "test": LabelledImages(self.test_set, self.transform(False)),
         }
 
+    def class_counts(self, split: str = "train") -> torch.Tensor:
+        dataset = self.split(split)
+        targets = torch.as_tensor(self.test_set.targets if split == "test" else self.train_set.targets)
+        if isinstance(dataset, Subset):
+            targets = targets[dataset.indices]
+        return torch.bincount(targets, minlength=self.num_classes)
+
     def train_dataloader(self):
         return self.dataloader("train_augmented", shuffle=True, drop_last=True)

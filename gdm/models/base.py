@@ -23,6 +23,17 @@ def latent_noise(indices: Sequence[int] | torch.Tensor, dim: int, seed: int) -> 
     return torch.stack(rows) if rows else torch.empty(0, dim)
 
 
+def latent_labels(indices: Sequence[int] | torch.Tensor, class_probs: torch.Tensor, seed: int) -> torch.Tensor:
+    """One class label per sample index, drawn from `class_probs` with the index's own seed, so a
+    class-balanced metric does not depend on batching either."""
+    if isinstance(indices, torch.Tensor):
+        indices = indices.tolist()
+    # A different stream from `latent_noise` (third entropy word), so labels and latents are independent.
+    u = torch.tensor([float(np.random.SeedSequence([seed, i, 1]).generate_state(1)[0]) / 2**32 for i in indices])
+    cdf = class_probs.detach().double().cpu().cumsum(0)
+    return torch.searchsorted(cdf / cdf[-1], u.double(), right=True).clamp(max=len(cdf) - 1)
+
+
 class GenerativeModule(L.LightningModule):
     """Base of all gdm models.
 

@@ -1,5 +1,9 @@
 """Generative adversarial network with manual optimization: one optimizer per network.
 
+With `conditional=True` (model=cgan) it is a class-conditional GAN: G and D take the labels, fakes
+are generated for the labels of the real batch, and samples for metrics draw their labels from the
+training split's class frequencies (class-balanced FID), unless labels are given.
+
 Each training batch makes one discriminator update, and every `n_critic`-th batch also one
 generator update. Lightning's `trainer.global_step` counts optimizer steps, so a batch with both
 updates advances it by 2: `trainer.max_steps` = 2 x the number of batches when n_critic = 1.
@@ -8,6 +12,7 @@ updates advances it by 2: `trainer.max_steps` = 2 x the number of batches when n
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 
 import torch
 from torch import nn
@@ -15,7 +20,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from gdm.errors import GdmError
 from gdm.losses import get_loss, gradient_penalty, r1_penalty
-from gdm.models.base import GenerativeModule, latent_noise
+from gdm.models.base import GenerativeModule, latent_labels, latent_noise
 
 NetFactory = Callable[..., nn.Module]
 
@@ -39,6 +44,7 @@ class GAN(GenerativeModule):
         channels_last: bool = False,
         num_visuals: int = 64,
         visual_seed: int = 1234,
+        conditional: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["generator", "discriminator"])
@@ -49,8 +55,16 @@ class GAN(GenerativeModule):
         self.gp_weight = self.adversarial.gradient_penalty_weight if gp_weight is None else gp_weight
         self.latent_dim, self.n_critic, self.r1_gamma = latent_dim, n_critic, r1_gamma
         self.channels_last = channels_last
-        self.generator = generator(image_shape=image_shape, latent_dim=latent_dim)
-        self.discriminator = discriminator(image_shape=image_shape)
+        self.conditional = conditional
+        if conditional and not num_classes:
+            raise GdmError("model=cgan needs labelled data, and this data has no labels: use data=digits, mnist, "
+                           "cifar10, or an image folder with one sub-folder per class.")
+        classes = {"num_classes": num_classes} if conditional else {}
+        self.requires = frozenset({"image", "label"} if conditional else {"image"})
+        self.generator = generator(image_shape=image_shape, latent_dim=latent_dim, **classes)
+        self.discriminator = discriminator(image_shape=image_shape, **classes)
+        # Training-split class frequencies (set at fit start): the labels of class-balanced samples.
+        self.register_buffer("class_probs", torch.full((num_classes or 1,), 1.0 / (num_classes or 1)))
         penalty = f"model.loss={loss}" if self.gp_weight > 0 else f"model.r1_gamma={r1_gamma}" if r1_gamma > 0 else None
         if penalty and any(isinstance(m, nn.BatchNorm2d) for m in self.discriminator.modules()):
             raise GdmError(
@@ -75,25 +89,31 @@ class GAN(GenerativeModule):
         opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=self.hparams.lr_d, betas=betas, fused=fused)
         return opt_g, opt_d
 
+    def on_fit_start(self) -> None:
+        counts = getattr(self.trainer.datamodule, "class_counts", lambda: None)() if self.conditional else None
+        if counts is not None:
+            self.class_probs.copy_(counts.float() / counts.sum())
+
     def training_step(self, batch: dict, batch_idx: int) -> None:
         opt_g, opt_d = self.optimizers()
         real = batch["image"]
+        labels = batch["label"] if self.conditional else None
         if self.channels_last:
             real = real.contiguous(memory_format=torch.channels_last)
         g_turn = (batch_idx + 1) % self.n_critic == 0
         z = torch.randn(real.shape[0], self.latent_dim, device=real.device)
         # One G forward per batch: D sees it detached, and on G's turn its graph serves G's update.
         with torch.set_grad_enabled(g_turn):
-            fake = self.generator(z)
+            fake = self.generator(z, labels)  # fakes for the real batch's labels
 
         if self.r1_gamma > 0:
             real.requires_grad_(True)
-        real_logits = self.discriminator(real)
-        fake_logits = self.discriminator(fake.detach())
+        real_logits = self.discriminator(real, labels)
+        fake_logits = self.discriminator(fake.detach(), labels)
         d_loss = self.adversarial.d_loss(real_logits, fake_logits)
         logs = {"train/d_loss": d_loss.detach()}
         if self.gp_weight > 0:
-            gp = gradient_penalty(self.discriminator, real, fake)
+            gp = gradient_penalty(partial(self.discriminator, labels=labels), real, fake)
             d_loss = d_loss + self.gp_weight * gp
             logs["train/gp"] = gp.detach()
         if self.r1_gamma > 0:
@@ -107,7 +127,7 @@ class GAN(GenerativeModule):
         if g_turn:
             # D's weights need no gradient for G's update: toggling skips that work.
             with self.toggled_optimizer(opt_g):
-                g_loss = self.adversarial.g_loss(self.discriminator(fake))
+                g_loss = self.adversarial.g_loss(self.discriminator(fake, labels))
                 opt_g.zero_grad(set_to_none=True)
                 self.manual_backward(g_loss)
                 opt_g.step()
@@ -124,7 +144,8 @@ class GAN(GenerativeModule):
         real = batch["image"]
         if self.channels_last:
             real = real.contiguous(memory_format=torch.channels_last)
-        self.log("val/d_real", self.discriminator(real).mean(), on_epoch=True, batch_size=real.shape[0])
+        labels = batch["label"] if self.conditional else None
+        self.log("val/d_real", self.discriminator(real, labels).mean(), on_epoch=True, batch_size=real.shape[0])
 
     # ---- sampling -------------------------------------------------------------------------
 
@@ -133,17 +154,32 @@ class GAN(GenerativeModule):
         """The generator used for samples and metrics: the EMA copy when enabled."""
         return self.generator_ema.module if self.generator_ema is not None else self.generator
 
+    def sample_labels(self, indices: Sequence[int] | torch.Tensor, seed: int = 0) -> torch.Tensor | None:
+        """The labels of samples `indices`: class-balanced draws (None when unconditional)."""
+        return latent_labels(indices, self.class_probs, seed).to(self.device) if self.conditional else None
+
     @torch.no_grad()
-    def generate(self, indices: Sequence[int] | torch.Tensor, seed: int = 0) -> torch.Tensor:
+    def generate(self, indices: Sequence[int] | torch.Tensor, seed: int = 0,
+                 labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Samples `indices` of the seeded sequence. A conditional model draws class `labels[i]` for
+        sample i, e.g. `model.generate(range(16), labels=torch.full((16,), 3))` gives 16 threes."""
         z = latent_noise(indices, self.latent_dim, seed).to(self.device)
+        if self.conditional and labels is None:
+            labels = self.sample_labels(indices, seed)
+        elif labels is not None:
+            labels = torch.as_tensor(labels, device=self.device)
         sampler = self.sampler
         was_training = sampler.training
         sampler.eval()
         try:
-            return sampler(z).float()
+            return sampler(z, labels).float()
         finally:
             sampler.train(was_training)
 
     def visuals(self) -> dict[str, tuple[torch.Tensor, int]]:
-        n = self.hparams.num_visuals
-        return {"samples": (self.generate(range(n), seed=self.hparams.visual_seed), int(n**0.5))}
+        n, seed = self.hparams.num_visuals, self.hparams.visual_seed
+        if not self.conditional:
+            return {"samples": (self.generate(range(n), seed=seed), int(n**0.5))}
+        classes, per_row = len(self.class_probs), 8  # one row per class, 0 at the top
+        labels = torch.arange(classes).repeat_interleave(per_row)
+        return {"samples": (self.generate(range(len(labels)), seed=seed, labels=labels), per_row)}

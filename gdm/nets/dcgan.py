@@ -1,4 +1,6 @@
-"""DCGAN generator and discriminator (Radford et al. 2016), sized from the image shape.
+"""DCGAN generator and discriminator (Radford et al. 2016), sized from the image shape, optionally
+class-conditional: the generator joins a label embedding to the noise, the discriminator adds a
+projection term <embed(y), pooled features> (Miyato & Koyama 2018) to its logit.
 
 The generator maps a latent vector to a 4x4 map and doubles the resolution with strided
 transposed convolutions until it reaches the image size; the discriminator mirrors it. With a
@@ -44,17 +46,20 @@ class DCGANGenerator(nn.Module):
     """z (N, latent_dim) -> images (N, C, H, W) in [-1, 1]."""
 
     def __init__(self, image_shape: tuple[int, int, int], latent_dim: int = 100, ngf: int = 64,
-                 norm: str = "batch", init_std: float = 0.02):
+                 norm: str = "batch", init_std: float = 0.02, num_classes: int | None = None,
+                 label_dim: int = 50):
         super().__init__()
         channels, height, width = image_shape
         if height != width:
             raise GdmError(f"DCGAN nets need square images, got {height}x{width}: set data.image_size.")
         n_up = num_doublings(height)
         self.latent_dim = latent_dim
+        self.label_embedding = nn.Embedding(num_classes, label_dim) if num_classes else None
         width_mult = min(2 ** (n_up - 1), 8)
         ch = ngf * width_mult
+        in_dim = latent_dim + (label_dim if num_classes else 0)
         layers: list[nn.Module] = [
-            nn.ConvTranspose2d(latent_dim, ch, 4, 1, 0, bias=False), norm_layer(norm, ch), nn.ReLU(True),
+            nn.ConvTranspose2d(in_dim, ch, 4, 1, 0, bias=False), norm_layer(norm, ch), nn.ReLU(True),
         ]
         for i in range(n_up - 1):
             out = ngf * min(2 ** (n_up - 2 - i), 8)
@@ -64,7 +69,9 @@ class DCGANGenerator(nn.Module):
         self.main = nn.Sequential(*layers)
         init_normal(self, init_std)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        if self.label_embedding is not None:
+            z = torch.cat([z, self.label_embedding(labels)], dim=1)
         return self.main(z.view(z.shape[0], -1, 1, 1))
 
 
@@ -72,7 +79,7 @@ class DCGANDiscriminator(nn.Module):
     """images (N, C, H, W) -> real/fake logits (N,). No sigmoid: the loss decides."""
 
     def __init__(self, image_shape: tuple[int, int, int], ndf: int = 64, norm: str = "batch",
-                 spectral_norm: bool = False, init_std: float = 0.02):
+                 spectral_norm: bool = False, init_std: float = 0.02, num_classes: int | None = None):
         super().__init__()
         channels, height, width = image_shape
         if height != width:
@@ -87,10 +94,15 @@ class DCGANDiscriminator(nn.Module):
         self.features = nn.Sequential(*layers)
         self.head = nn.Conv2d(ch, 1, 4, 1, 0, bias=False)
         self.feature_channels = ch
+        self.projection = nn.Embedding(num_classes, ch) if num_classes else None
         init_normal(self, init_std)
         if spectral_norm:
-            for m in [m for m in self.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]:
+            for m in [m for m in self.modules() if isinstance(m, (nn.Conv2d, nn.Linear, nn.Embedding))]:
                 apply_spectral_norm(m)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(images)).flatten()
+    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.features(images)
+        logits = self.head(h).flatten()
+        if self.projection is not None:
+            logits = logits + (self.projection(labels) * h.sum(dim=(2, 3))).sum(dim=1)
+        return logits
