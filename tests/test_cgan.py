@@ -84,3 +84,24 @@ def test_short_digits_run_reads_the_requested_classes(tmp_path):
     run(cfg)
     final = json.loads((tmp_path / "summary.json").read_text())["final"]
     assert final["val/class_acc"] > 0.5
+
+
+def test_sample_a_class_from_a_checkpoint(tmp_path):
+    from gdm.checkpoints import load_model
+
+    cfg = compose_config(["model=cgan", "data.image_size=16", *TINY, "logger=none"], tmp_path)
+    run(cfg)
+    model = load_model(tmp_path / "checkpoints" / "last.ckpt")
+    assert model.conditional and len(model.class_probs) == 10
+    assert torch.allclose(model.class_probs.sum(), torch.tensor(1.0))
+    threes = model.generate(range(6), labels=torch.full((6,), 3))
+    assert threes.shape == (6, 1, 16, 16)
+    assert torch.equal(threes, load_model(tmp_path / "checkpoints" / "last.ckpt").generate(range(6), labels=[3] * 6))
+
+
+def test_load_model_names_a_missing_file(tmp_path):
+    from gdm.checkpoints import load_model
+    from gdm.errors import GdmError
+
+    with pytest.raises(GdmError, match="ckpt_path=.*nope.ckpt is not a file"):
+        load_model(tmp_path / "nope.ckpt")
