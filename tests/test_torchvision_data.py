@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from gdm.data.torchvision_sets import TorchvisionDataModule
 from gdm.errors import GdmError
@@ -53,3 +54,11 @@ def test_mnist_files_make_a_32px_labelled_module(tmp_path):
 def test_unknown_name(tmp_path):
     with pytest.raises(GdmError, match="data.name='svhn' is not a known torchvision dataset"):
         TorchvisionDataModule("svhn", root=str(tmp_path))
+
+
+def test_class_counts_follow_the_split(tmp_path):
+    data = TorchvisionDataModule("mnist", root=str(fake_mnist(tmp_path, n_train=50, n_test=20)), num_workers=0)
+    train, test = data.class_counts("train"), data.class_counts("test")
+    assert train.sum() == 45 and test.tolist() == [2] * 10  # test labels are 0..9 twice
+    labels = [data.split("train")[i]["label"] for i in range(45)]
+    assert train.tolist() == torch.bincount(torch.tensor(labels), minlength=10).tolist()
