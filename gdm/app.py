@@ -9,6 +9,7 @@ import warnings
 from hydra.errors import InstantiationException
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig
+from omegaconf.errors import MissingMandatoryValue
 
 from gdm.config_tree import print_config_tree
 from gdm.errors import GdmError
@@ -35,6 +36,8 @@ def user_error(err: BaseException) -> Exception | None:
     while err is not None:
         if isinstance(err, (GdmError, MisconfigurationException)):
             return err
+        if isinstance(err, MissingMandatoryValue):
+            return GdmError(f"{err.full_key} has no value: set it on the command line, e.g. {err.full_key}=...")
         err = err.__cause__ or (err.__context__ if isinstance(err, InstantiationException) else None)
     return None
 

@@ -47,6 +47,8 @@ class Gaussian:
     LOGVAR_RANGE = (-10.0, 2.0)  # keeps the learned variance finite; sd from 0.0067 to 2.7
 
     def __init__(self, std: float | None = None):
+        if std is not None and std <= 0:
+            raise GdmError(f"model.likelihood_std={std} must be positive, or null to learn the variance.")
         self.std = std
         self.params_per_channel = 1 if std is not None else 2
 

@@ -204,3 +204,42 @@ def test_vae_on_mnist_files(tmp_path):
     run(cfg)
     summary = check_run_dir(tmp_path / "run", "val/elbo", check_grid=False)
     assert summary["test"]["test/nll_iwae"] > 0
+
+
+def test_run_stopped_by_max_steps_is_evaluated_at_its_last_step(tmp_path):
+    cfg = compose_config(["data.image_size=16", "trainer.max_steps=10", "metrics.fid.num_samples=40",
+                          "trainer.accelerator=cpu", "logger=none", "print_config=false"], tmp_path)
+    best = run(cfg)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["final"]["global_step"] == 10 and summary["final"]["val/fid_digits"] > 0
+    assert best == summary["best"]["value"] and summary["best"]["global_step"] == 10
+    assert (tmp_path / "checkpoints" / "best.ckpt").is_file() and (tmp_path / "samples" / "samples_last.png").is_file()
+
+
+def test_resume_keeps_the_best_of_the_first_run(tmp_path):
+    first = compose_config(["data.image_size=16", *TINY, "logger=none"], tmp_path / "a")
+    run(first)
+    best_before = json.loads((tmp_path / "a" / "summary.json").read_text())["best"]
+    second = compose_config(["data.image_size=16", *TINY, "logger=none", "trainer.max_epochs=2",
+                             "monitor_mode=max", f"ckpt_path={tmp_path / 'a' / 'checkpoints' / 'last.ckpt'}"],
+                            tmp_path / "b")
+    run(second)
+    best_after = json.loads((tmp_path / "b" / "summary.json").read_text())["best"]
+    # monitor_mode=max: the first run's FID stays best unless the resumed epoch scores higher
+    assert best_after["value"] >= best_before["value"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["data=image_folder"], "data.root has no value: set it on the command line"),
+        (["ckpt_path=/no/such.ckpt"], "ckpt_path=/no/such.ckpt is not a file"),
+        (["metrics.fid.real_split=validation"], "metrics.fid.real_split='validation' is not a split"),
+        (["model=vae", "model.likelihood=gaussian", "model.likelihood_std=0"], "model.likelihood_std=0 must be positive"),
+    ],
+)
+def test_more_mistakes_are_one_sentence(overrides, message, tmp_path):
+    cfg = compose_config([*overrides, *TINY, "logger=none"], tmp_path)
+    with pytest.raises(Exception) as caught:  # noqa: B017 - sometimes wrapped by Hydra
+        run(cfg)
+    assert message in str(user_error(caught.value))

@@ -30,11 +30,13 @@ class RunSummary(L.Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module) -> None:
         self.start = time.time()
         self.summary = {"status": "running", "monitor": self.monitor, "mode": self.mode, "best": None, "final": {}}
-        if trainer.ckpt_path and self.path.is_file():
-            # Resuming in the same run directory: the best so far still counts.
-            previous = json.loads(self.path.read_text())
-            if previous.get("monitor") == self.monitor:
-                self.summary["best"] = previous.get("best")
+        if trainer.ckpt_path:
+            # Resuming: the best so far, from this run directory or the checkpoint's, still counts.
+            for path in (self.path, Path(trainer.ckpt_path).resolve().parent.parent / "summary.json"):
+                previous = json.loads(path.read_text()) if path.is_file() else {}
+                if previous.get("monitor") == self.monitor and previous.get("best"):
+                    self.summary["best"] = previous["best"]
+                    break
 
     def _better(self, value: float) -> bool:
         best = self.summary.get("best")
@@ -43,7 +45,7 @@ class RunSummary(L.Callback):
         return value < best["value"] if self.mode == "min" else value > best["value"]
 
     def on_validation_end(self, trainer: L.Trainer, pl_module) -> None:
-        if trainer.sanity_checking or not self.summary:
+        if trainer.sanity_checking or not self.summary:  # (also called by trainer.validate after fit)
             return
         val = {k: _number(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
         self.summary["final"] = {**val, "global_step": trainer.global_step, "epoch": trainer.current_epoch}

@@ -52,11 +52,12 @@ class ClassAccuracy(L.Callback):
 
             self.classifier = load_digit_classifier()
             self.accuracy = MulticlassAccuracy(num_classes=num_classes, average="micro")
-        self.classifier.to(pl_module.device)
-        self.accuracy.to(pl_module.device)
 
     @torch.no_grad()
     def compute(self, trainer: L.Trainer, pl_module) -> torch.Tensor:
+        # Here, not in setup: Lightning calls callbacks' setup before it moves the model to its device.
+        self.classifier.to(pl_module.device)
+        self.accuracy.to(pl_module.device)
         classes = len(pl_module.class_probs)
         labels = torch.arange(classes).repeat_interleave(self.samples_per_class)
         mine = torch.arange(trainer.global_rank, len(labels), trainer.world_size)

@@ -15,8 +15,11 @@ from __future__ import annotations
 import lightning as L
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, Subset
 from torchmetrics.image.fid import FrechetInceptionDistance
 
+from gdm.data.base import SPLITS
+from gdm.errors import GdmError
 from gdm.images import to_uint8
 from gdm.metrics.features import build_features
 
@@ -28,6 +31,8 @@ def fid_metric(features: nn.Module) -> FrechetInceptionDistance:
 class FID(L.Callback):
     def __init__(self, features: str = "digits", num_samples: int = 1000, real_split: str = "train",
                  seed: int = 0, batch_size: int = 250, inception_weights: str | None = None):
+        if real_split not in SPLITS:
+            raise GdmError(f"metrics.fid.real_split='{real_split}' is not a split; choose one of {', '.join(SPLITS)}.")
         self.features = features
         self.name = f"val/fid_{features}"
         self.num_samples, self.real_split, self.seed, self.batch_size = num_samples, real_split, seed, batch_size
@@ -38,20 +43,22 @@ class FID(L.Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.metric is None:
             self.metric = fid_metric(build_features(self.features, self.inception_weights))
-        self.metric.to(pl_module.device)
 
     @torch.no_grad()
     def _update_real(self, trainer: L.Trainer, device: torch.device) -> None:
-        dataset = trainer.datamodule.split(self.real_split)
-        mine = range(trainer.global_rank, len(dataset), trainer.world_size)
-        for start in range(0, len(mine), self.batch_size):
-            images = torch.stack([dataset[i]["image"] for i in mine[start:start + self.batch_size]])
-            self.metric.update(to_uint8(images).to(device), real=True)
+        datamodule = trainer.datamodule
+        dataset = datamodule.split(self.real_split)
+        mine = Subset(dataset, range(trainer.global_rank, len(dataset), trainer.world_size))
+        loader = DataLoader(mine, batch_size=self.batch_size, num_workers=getattr(datamodule, "num_workers", 0))
+        for batch in loader:
+            self.metric.update(to_uint8(batch["image"]).to(device), real=True)
         self.real_ready = True
 
     @torch.no_grad()
     def compute(self, trainer: L.Trainer, pl_module) -> torch.Tensor:
         """FID now: samples of `pl_module.generate` against the real split."""
+        # Here, not in setup: Lightning calls callbacks' setup before it moves the model to its device.
+        self.metric.to(pl_module.device)
         if not self.real_ready:
             self._update_real(trainer, pl_module.device)
         self.metric.reset()  # drops the generated side only

@@ -46,7 +46,7 @@ class AE(AutoencoderModule):
         images = batch["image"]
         nll, params = self.recon_nll(images)
         mse = (self.likelihood.mean(params) - (images + 1) / 2).pow(2).mean()
-        self.log_dict({"val/recon": nll.mean(), "val/mse": mse}, batch_size=images.shape[0])
+        self.log_dict({"val/recon": nll.mean(), "val/mse": mse}, batch_size=images.shape[0], sync_dist=True)
 
     @torch.no_grad()
     def fit_latent_gaussian(self, loader: DataLoader) -> None:

@@ -76,6 +76,8 @@ class GAN(GenerativeModule):
             AveragedModel(self.generator, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
             if ema_decay else None
         )
+        if self.generator_ema is not None:
+            self.generator_ema.requires_grad_(False)
         if channels_last:
             self.to(memory_format=torch.channels_last)
 
@@ -145,7 +147,8 @@ class GAN(GenerativeModule):
         if self.channels_last:
             real = real.contiguous(memory_format=torch.channels_last)
         labels = batch["label"] if self.conditional else None
-        self.log("val/d_real", self.discriminator(real, labels).mean(), on_epoch=True, batch_size=real.shape[0])
+        self.log("val/d_real", self.discriminator(real, labels).mean(), on_epoch=True, batch_size=real.shape[0],
+                 sync_dist=True)
 
     # ---- sampling -------------------------------------------------------------------------
 

@@ -91,7 +91,7 @@ class VAE(AutoencoderModule):
         elbo = log_px - kl
         n = log_px.shape[0]
         self.log_dict({f"{stage}/elbo": elbo.mean(), f"{stage}/recon": -log_px.mean(), f"{stage}/kl": kl.mean(),
-                       f"{stage}/bpd": -elbo.mean() / (self.num_pixels * math.log(2))}, batch_size=n)
+                       f"{stage}/bpd": -elbo.mean() / (self.num_pixels * math.log(2))}, batch_size=n, sync_dist=True)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self.remember_visual_inputs(batch, batch_idx)
@@ -103,7 +103,7 @@ class VAE(AutoencoderModule):
         self._log_elbo("test", *self.elbo_terms(images, targets))
         nll = -self.iwae_log_likelihood(images, self.iwae_k, targets)
         self.log_dict({"test/nll_iwae": nll.mean(), "test/nll_iwae_bpd": nll.mean() / (self.num_pixels * math.log(2))},
-                      batch_size=images.shape[0])
+                      batch_size=images.shape[0], sync_dist=True)
 
     @torch.no_grad()
     def generate(self, indices: Sequence[int] | torch.Tensor, seed: int = 0) -> torch.Tensor:

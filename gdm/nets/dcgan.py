@@ -24,7 +24,7 @@ def num_doublings(size: int) -> int:
     n = math.log2(size / 4) if size >= 8 else -1
     if n < 1 or n != int(n) or size > 1024:
         raise GdmError(
-            f"DCGAN nets need a square image whose side is a power of two from 8 to 1024, got {size}: "
+            f"These conv nets need a square image whose side is a power of two from 8 to 1024, got {size}: "
             "set data.image_size to one (e.g. 16, 32 or 64)."
         )
     return int(n)

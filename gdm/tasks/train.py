@@ -10,6 +10,7 @@ import lightning as L
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from omegaconf import DictConfig, OmegaConf
 
+from gdm.errors import GdmError
 from gdm.tasks.build import build_callbacks, build_datamodule, build_loggers, build_model, build_trainer
 
 log = logging.getLogger(__name__)
@@ -21,38 +22,63 @@ def train(cfg: DictConfig) -> float | None:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
+    if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).expanduser().is_file():
+        raise GdmError(f"ckpt_path={cfg.ckpt_path} is not a file: point it at a run's checkpoints/last.ckpt.")
     datamodule = build_datamodule(cfg)
     model = build_model(cfg, datamodule)
     loggers = build_loggers(cfg)
+    summary_path = run_dir / "summary.json"
+    status = "failed"
     try:
         trainer = build_trainer(cfg, build_callbacks(cfg), loggers)
         for logger in loggers:
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
         resume = {"ckpt_path": cfg.ckpt_path} if cfg.get("ckpt_path") else {}
         trainer.fit(model, datamodule=datamodule, **resume)
+        evaluate_final_model(trainer, model, datamodule, summary_path)
         if cfg.get("test_after_fit", True) and is_overridden("test_step", model) and not trainer.interrupted:
             best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
             trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+        status = "success"
     finally:
-        finish_loggers(loggers)
+        finish_loggers(loggers, status)
 
-    summary_path = run_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     report(summary, run_dir, loggers)
     best = summary.get("best")
     return best["value"] if best else None
 
 
-def finish_loggers(loggers: list) -> None:
-    """Close W&B runs even on failure, so a sweep's next run starts clean and the data is flushed."""
+def evaluate_final_model(trainer: L.Trainer, model, datamodule, summary_path: Path) -> None:
+    """A run that stopped between evaluations (trainer.max_steps, a time limit) is evaluated once more,
+    so its final metrics, sample grids and checkpoints describe the final model."""
+    if trainer.interrupted or trainer.sanity_checking or not trainer.limit_val_batches or trainer.fast_dev_run:
+        return
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    if summary.get("final", {}).get("global_step") == trainer.global_step:
+        return
+    trainer.validate(model, datamodule=datamodule, verbose=False)
+    checkpoint = trainer.checkpoint_callback
+    if checkpoint is not None and checkpoint.dirpath:
+        # ModelCheckpoint does not save outside fit: save last, and best if this evaluation is the best.
+        trainer.save_checkpoint(Path(checkpoint.dirpath) / "last.ckpt")
+        best = json.loads(summary_path.read_text()).get("best") or {}
+        if best.get("global_step") == trainer.global_step:
+            trainer.save_checkpoint(Path(checkpoint.dirpath) / "best.ckpt")
+            checkpoint.best_model_path = str(Path(checkpoint.dirpath) / "best.ckpt")
+
+
+def finish_loggers(loggers: list, status: str) -> None:
+    """Close loggers even on failure, marking the run failed, so a sweep's next run starts clean,
+    the data is flushed, and a crashed run does not show as finished in W&B."""
     for logger in loggers:
         finalize = getattr(logger, "finalize", None)
         if finalize is not None:
-            finalize("success")
+            finalize(status)
     if any(type(lg).__name__ == "WandbLogger" for lg in loggers):
         import wandb
 
-        wandb.finish()
+        wandb.finish(exit_code=0 if status == "success" else 1)
 
 
 def report(summary: dict, run_dir: Path, loggers: list) -> None:
