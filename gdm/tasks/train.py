@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 import lightning as L
+from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from omegaconf import DictConfig, OmegaConf
 
@@ -81,6 +82,7 @@ def finish_loggers(loggers: list, status: str) -> None:
         wandb.finish(exit_code=0 if status == "success" else 1)
 
 
+@rank_zero_only
 def report(summary: dict, run_dir: Path, loggers: list) -> None:
     best, final = summary.get("best"), summary.get("final", {})
     monitor = summary.get("monitor")
