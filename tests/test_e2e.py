@@ -243,3 +243,18 @@ def test_more_mistakes_are_one_sentence(overrides, message, tmp_path):
     with pytest.raises(Exception) as caught:  # noqa: B017 - sometimes wrapped by Hydra
         run(cfg)
     assert message in str(user_error(caught.value))
+
+
+def test_evaluation_does_not_change_training(tmp_path):
+    """Same seed, different evaluation schedule and metrics: identical weights at the end."""
+    common = ["data.image_size=16", "trainer.max_epochs=2", "++trainer.limit_train_batches=3",
+              "metrics.fid.num_samples=40", "trainer.accelerator=cpu", "logger=none", "print_config=false"]
+    run(compose_config([*common, "trainer.check_val_every_n_epoch=1"], tmp_path / "a"))
+    run(compose_config([*common, "trainer.check_val_every_n_epoch=2", "model=cgan"], tmp_path / "b"))
+    run(compose_config([*common, "trainer.check_val_every_n_epoch=2", "model=cgan", "~metrics.class_acc"],
+                       tmp_path / "c"))
+    run(compose_config([*common, "trainer.check_val_every_n_epoch=2"], tmp_path / "d"))
+    weights = {k: torch.load(tmp_path / k / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+               for k in "abcd"}
+    assert all(torch.equal(weights["b"][n], weights["c"][n]) for n in weights["b"])  # class_acc on / off
+    assert all(torch.equal(weights["a"][n], weights["d"][n]) for n in weights["a"])  # evaluated 2x / 1x

@@ -357,3 +357,12 @@ def test_fid_callback_inside_a_trainer():
     assert callback.metric.real_features_num_samples.item() == 180
     assert callback.metric.fake_features_num_samples.item() == 150
     assert callback.compute(trainer, gan).item() == pytest.approx(logged.item(), rel=1e-6)
+
+
+def test_fid_callback_leaves_the_global_rng_alone(real_val):
+    """Evaluating must not change the training run: the global RNG stream is untouched."""
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    run_callback(real_val)
+    assert torch.equal(torch.rand(3), expected)

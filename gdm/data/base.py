@@ -56,8 +56,11 @@ class SplitDataModule(L.LightningDataModule):
 
     def dataloader(self, split: str, shuffle: bool = False, drop_last: bool = False,
                    batch_size: int | None = None) -> DataLoader:
+        # Evaluation loaders get their own generator: iterating a DataLoader draws a seed, and evaluating
+        # must not change the training run's RNG stream (so neither metrics nor their frequency do).
         return DataLoader(
             self.split(split),
+            generator=None if shuffle else torch.Generator(),
             batch_size=batch_size or self.batch_size,
             shuffle=shuffle,
             drop_last=drop_last,

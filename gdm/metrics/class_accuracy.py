@@ -50,7 +50,8 @@ class ClassAccuracy(L.Callback):
         if self.classifier is None:
             from gdm.metrics.digits_classifier import load_digit_classifier
 
-            self.classifier = load_digit_classifier()
+            with torch.random.fork_rng(devices=[]):  # keep the training run's RNG stream untouched
+                self.classifier = load_digit_classifier()
             self.accuracy = MulticlassAccuracy(num_classes=num_classes, average="micro")
 
     @torch.no_grad()

@@ -74,4 +74,6 @@ FEATURES = {"inception": InceptionFeatures, "digits": DigitFeatures}
 def build_features(name: str, inception_weights: str | None = None) -> nn.Module:
     if name not in FEATURES:
         raise GdmError(f"metrics.fid.features='{name}' is not a known feature network; choose one of {', '.join(FEATURES)}.")
-    return InceptionFeatures(inception_weights) if name == "inception" else FEATURES[name]()
+    # The random init before the weights load must not draw from the training run's RNG stream.
+    with torch.random.fork_rng(devices=[]):
+        return InceptionFeatures(inception_weights) if name == "inception" else FEATURES[name]()

@@ -49,7 +49,9 @@ class FID(L.Callback):
         datamodule = trainer.datamodule
         dataset = datamodule.split(self.real_split)
         mine = Subset(dataset, range(trainer.global_rank, len(dataset), trainer.world_size))
-        loader = DataLoader(mine, batch_size=self.batch_size, num_workers=getattr(datamodule, "num_workers", 0))
+        # Its own generator: a metric must not consume the global RNG and so change the training run.
+        loader = DataLoader(mine, batch_size=self.batch_size, num_workers=getattr(datamodule, "num_workers", 0),
+                            generator=torch.Generator())
         for batch in loader:
             self.metric.update(to_uint8(batch["image"]).to(device), real=True)
         self.real_ready = True

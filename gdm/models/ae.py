@@ -71,7 +71,7 @@ class AE(AutoencoderModule):
         train = datamodule.split("train")
         rank, world = self.trainer.global_rank, self.trainer.world_size
         mine = torch.utils.data.Subset(train, range(rank, len(train), world))
-        self.fit_latent_gaussian(DataLoader(mine, batch_size=256))
+        self.fit_latent_gaussian(DataLoader(mine, batch_size=256, generator=torch.Generator()))
 
     @torch.no_grad()
     def generate(self, indices: Sequence[int] | torch.Tensor, seed: int = 0) -> torch.Tensor:
