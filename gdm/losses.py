@@ -82,3 +82,23 @@ def r1_penalty(real_logits: Tensor, real: Tensor) -> Tensor:
     """
     (grad,) = torch.autograd.grad(real_logits.sum(), real, create_graph=True)
     return grad.flatten(1).pow(2).sum(dim=1).mean()
+
+
+def _lsgan_target(logits: Tensor, real: bool) -> Tensor:
+    return (logits - 1).pow(2).mean() if real else logits.pow(2).mean()  # MSE to 1 or 0
+
+
+def _vanilla_target(logits: Tensor, real: bool) -> Tensor:
+    return F.softplus(-logits).mean() if real else F.softplus(logits).mean()  # BCE to 1 or 0
+
+
+# CycleGAN / pix2pix's `GANLoss`: a criterion between logits and an all-real or all-fake target. Their D
+# loss is 0.5 * (c(real, True) + c(fake, False)) and their G loss c(fake, True), without the 1/2 of
+# `LOSSES["lsgan"].g_loss`: the cycle weight lambda = 10 is balanced against this scale.
+TARGET_LOSSES: dict[str, Callable[[Tensor, bool], Tensor]] = {"lsgan": _lsgan_target, "vanilla": _vanilla_target}
+
+
+def get_target_loss(name: str) -> Callable[[Tensor, bool], Tensor]:
+    if name not in TARGET_LOSSES:
+        raise GdmError(f"model.loss='{name}' is not a CycleGAN loss; choose one of {', '.join(TARGET_LOSSES)}.")
+    return TARGET_LOSSES[name]

@@ -1,0 +1,185 @@
+"""CycleGAN (Zhu et al. 2017): unpaired translation between domains A and B with cycle consistency.
+
+Two generators (`g_ab`: A -> B, `g_ba`: B -> A) and two discriminators, named by the domain they judge
+(`d_b` tells real B from `g_ab`'s fakes, `d_a` real A from `g_ba`'s). Manual optimization with the
+reference code's two optimizers: one Adam over both generators, one over both discriminators, each
+with a constant-then-linear-decay learning rate stepped once per epoch. Per batch, as in the reference:
+1. generators:  adversarial c(D(fake), real) for both directions
+                + lambda_a |g_ba(g_ab(a)) - a| + lambda_b |g_ab(g_ba(b)) - b|           (cycle, L1)
+                + lambda_identity * (lambda_b |g_ab(b) - b| + lambda_a |g_ba(a) - a|)   (identity, L1)
+2. discriminators: 0.5 (c(D(real), real) + c(D(pool(fake)), fake)) each, the fakes drawn from a
+   history pool of past fakes.
+
+With per-sample normalization (instance norm, the default) a generator applied to two inputs runs
+them as one batch: the same result as two calls, in fewer, larger convolutions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from gdm.errors import GdmError
+from gdm.losses import get_target_loss
+from gdm.models.base import GenerativeModule
+from gdm.models.image_pool import ImagePool
+
+NetFactory = Callable[..., nn.Module]
+DIRECTIONS = ("AtoB", "BtoA")
+
+
+def linear_decay(n_epochs: int, n_epochs_decay: int) -> Callable[[int], float]:
+    """The reference schedule: lr factor 1 for epochs 0..n_epochs-1, then 1 - k / (n_epochs_decay + 1)
+    in the k-th decay epoch, reaching ~0 at the last of the n_epochs + n_epochs_decay epochs."""
+    return lambda epoch: 1.0 - max(0, epoch + 1 - n_epochs) / float(n_epochs_decay + 1)
+
+
+class CycleGAN(GenerativeModule):
+    def __init__(
+        self,
+        image_shape: tuple[int, int, int],
+        generator: NetFactory,
+        discriminator: NetFactory,
+        num_classes: int | None = None,
+        loss: str = "lsgan",
+        lambda_a: float = 10.0,
+        lambda_b: float = 10.0,
+        lambda_identity: float = 0.5,
+        pool_size: int = 50,
+        lr: float = 2e-4,
+        betas: Sequence[float] = (0.5, 0.999),
+        n_epochs: int = 100,
+        n_epochs_decay: int = 100,
+        channels_last: bool = False,
+        num_visuals: int = 8,
+    ):
+        super().__init__()
+        self.save_hyperparameters(ignore=["generator", "discriminator"])
+        self.automatic_optimization = False
+        self.criterion = get_target_loss(loss)
+        if n_epochs < 0 or n_epochs_decay < 0:
+            raise GdmError(f"model.n_epochs={n_epochs} and model.n_epochs_decay={n_epochs_decay} must be >= 0.")
+        self.requires = frozenset({"image_a", "image_b"})
+        self.g_ab, self.g_ba = generator(image_shape=image_shape), generator(image_shape=image_shape)
+        self.d_a, self.d_b = discriminator(image_shape=image_shape), discriminator(image_shape=image_shape)
+        self.pool_a, self.pool_b = ImagePool(pool_size, image_shape), ImagePool(pool_size, image_shape)
+        # Batch norm mixes the samples of a batch, so only per-sample norms may share a call.
+        self.fuse = not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.modules())
+        self.channels_last = channels_last
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
+
+    # ---- training -------------------------------------------------------------------------
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        fused = self.device.type in ("cpu", "cuda")
+        opt_g = torch.optim.Adam([*self.g_ab.parameters(), *self.g_ba.parameters()], lr=hp.lr,
+                                 betas=tuple(hp.betas), fused=fused)
+        opt_d = torch.optim.Adam([*self.d_a.parameters(), *self.d_b.parameters()], lr=hp.lr,
+                                 betas=tuple(hp.betas), fused=fused)
+        decay = linear_decay(hp.n_epochs, hp.n_epochs_decay)
+        scheds = [torch.optim.lr_scheduler.LambdaLR(opt, decay) for opt in (opt_g, opt_d)]
+        return [opt_g, opt_d], [{"scheduler": s, "interval": "epoch"} for s in scheds]
+
+    def on_fit_start(self) -> None:
+        epochs = self.hparams.n_epochs + self.hparams.n_epochs_decay
+        if self.trainer.max_epochs not in (None, -1) and self.trainer.max_epochs > epochs:
+            raise GdmError(f"trainer.max_epochs={self.trainer.max_epochs} is past the end of the learning-rate "
+                           f"schedule (model.n_epochs + model.n_epochs_decay = {epochs}), where the lr is 0: "
+                           "raise model.n_epochs or model.n_epochs_decay.")
+
+    def _layout(self, x: Tensor) -> Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def _fused(self, net: nn.Module, *inputs: Tensor) -> tuple[Tensor, ...]:
+        if self.fuse and len(inputs) > 1:
+            return net(torch.cat(inputs)).split([x.shape[0] for x in inputs])
+        return tuple(net(x) for x in inputs)
+
+    def training_step(self, batch: dict, batch_idx: int) -> None:
+        hp = self.hparams
+        opt_g, opt_d = self.optimizers()
+        real_a, real_b = self._layout(batch["image_a"]), self._layout(batch["image_b"])
+        identity = hp.lambda_identity > 0
+        # A generator's identity input (the other domain's real image) shares its first call.
+        fake_b, *idt_b = self._fused(self.g_ab, real_a, *([real_b] if identity else []))
+        fake_a, *idt_a = self._fused(self.g_ba, real_b, *([real_a] if identity else []))
+        rec_a, rec_b = self.g_ba(fake_b), self.g_ab(fake_a)
+
+        with self.toggled_optimizer(opt_g):  # D's weights need no gradients for G's update
+            adv_b = self.criterion(self.d_b(fake_b), True)
+            adv_a = self.criterion(self.d_a(fake_a), True)
+            cycle_a = F.l1_loss(rec_a, real_a)
+            cycle_b = F.l1_loss(rec_b, real_b)
+            g_loss = adv_a + adv_b + hp.lambda_a * cycle_a + hp.lambda_b * cycle_b
+            logs = {"train/g_adv_a": adv_a, "train/g_adv_b": adv_b, "train/cycle_a": cycle_a, "train/cycle_b": cycle_b}
+            if identity:
+                idt_loss_a, idt_loss_b = F.l1_loss(idt_a[0], real_a), F.l1_loss(idt_b[0], real_b)
+                g_loss = g_loss + hp.lambda_identity * (hp.lambda_a * idt_loss_a + hp.lambda_b * idt_loss_b)
+                logs.update({"train/idt_a": idt_loss_a, "train/idt_b": idt_loss_b})
+            opt_g.zero_grad(set_to_none=True)
+            self.manual_backward(g_loss)
+            opt_g.step()
+
+        d_a_loss = self._d_loss(self.d_a, real_a, self.pool_a.query(fake_a.detach()))
+        d_b_loss = self._d_loss(self.d_b, real_b, self.pool_b.query(fake_b.detach()))
+        opt_d.zero_grad(set_to_none=True)
+        self.manual_backward(d_a_loss + d_b_loss)
+        opt_d.step()
+        logs.update({"train/g_loss": g_loss, "train/d_a": d_a_loss, "train/d_b": d_b_loss,
+                     "train/lr": torch.tensor(opt_g.param_groups[0]["lr"])})
+        self.log_dict({k: v.detach() for k, v in logs.items()}, on_step=True, on_epoch=False,
+                      batch_size=real_a.shape[0])
+
+    def _d_loss(self, d: nn.Module, real: Tensor, fake: Tensor) -> Tensor:
+        real_logits, fake_logits = self._fused(d, real, self._layout(fake))
+        return 0.5 * (self.criterion(real_logits, True) + self.criterion(fake_logits, False))
+
+    def on_train_epoch_start(self) -> None:
+        # Manual optimization leaves the schedulers to us. Bringing them to the current epoch here, not
+        # stepping at the end of an epoch, keeps them right when a run resumes from a checkpoint saved
+        # at the end of an epoch (before any end-of-epoch step).
+        for scheduler in self.lr_schedulers():
+            while scheduler.last_epoch < self.current_epoch:
+                scheduler.step()
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        real_a, real_b = self._layout(batch["image_a"]), self._layout(batch["image_b"])
+        rec_a, rec_b = self.g_ba(self.g_ab(real_a)), self.g_ab(self.g_ba(real_b))
+        n = real_a.shape[0]
+        self.log("val/cycle_l1_a", F.l1_loss(rec_a, real_a), on_epoch=True, batch_size=n, sync_dist=True)
+        self.log("val/cycle_l1_b", F.l1_loss(rec_b, real_b), on_epoch=True, batch_size=n, sync_dist=True)
+
+    # ---- translation ----------------------------------------------------------------------
+
+    def generator(self, direction: str) -> nn.Module:
+        if direction not in DIRECTIONS:
+            raise GdmError(f"direction '{direction}' is not one of {', '.join(DIRECTIONS)}.")
+        return self.g_ab if direction == "AtoB" else self.g_ba
+
+    @torch.no_grad()
+    def translate(self, images: Tensor, direction: str = "AtoB") -> Tensor:
+        """Images in [-1, 1] of domain A (direction AtoB) or B (BtoA) -> the other domain, in [-1, 1]."""
+        net = self.generator(direction)
+        was_training = net.training
+        net.eval()
+        try:
+            return net(self._layout(images.to(self.device))).float()
+        finally:
+            net.train(was_training)
+
+    def visuals(self) -> dict[str, tuple[Tensor, int]]:
+        """Per direction, rows of (real | translated | translated back) for the first test images."""
+        grids = {}
+        for direction, source in zip(DIRECTIONS, ("A", "B")):
+            test = self.trainer.datamodule.split(f"{source}/test")
+            real = torch.stack([test[i]["image"] for i in range(min(self.hparams.num_visuals, len(test)))])
+            back = "BtoA" if direction == "AtoB" else "AtoB"
+            fake = self.translate(real, direction)
+            rec = self.translate(fake, back)
+            grids[f"cycle_{direction}"] = (torch.stack([real.to(fake.device), fake, rec], 1).flatten(0, 1), 3)
+        return grids
