@@ -1,8 +1,11 @@
-"""The shipped digits classifier: load it, or re-train it with `python -m gdm.metrics.digits_classifier`.
+"""The shipped digit classifiers: load one, or re-train it with `python -m gdm.metrics.digits_classifier [--name]`.
 
-It is trained on the training split of the digits data module only (seeded, deterministic on
-one machine), and its weights ship in the package so every run and machine uses the same
-features: FID values stay comparable across runs.
+- `digits`: grey digits (the digits data module); FID features `digits` and the judge of class accuracy.
+- `digits_colour`: both domains of the embedded CycleGAN pair (grey digits and MNIST-M-style colour
+  digits); FID features `digits_colour` in both directions and the judge of label preservation.
+
+Each is trained on training images only (seeded, deterministic on one machine), and the weights ship
+in the package so every run and machine uses the same features: FID values stay comparable.
 """
 
 from __future__ import annotations
@@ -14,34 +17,49 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from gdm.data.digits import DigitsDataModule
 from gdm.images import to_uint8
 from gdm.nets.digit_classifier import INPUT_SIZE, DigitClassifier
 
-WEIGHTS = Path(__file__).parent / "weights" / "digits_classifier.pt"
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+CHANNELS = {"digits": 1, "digits_colour": 3}
+WEIGHTS = WEIGHTS_DIR / "digits_classifier.pt"
+
+
+def weights_path(name: str) -> Path:
+    return WEIGHTS_DIR / f"{name}_classifier.pt"
 
 
 @cache
-def _load_state() -> dict:
-    if not WEIGHTS.is_file():
+def _load_state(name: str) -> dict:
+    path = weights_path(name)
+    if not path.is_file():
         from gdm.errors import GdmError
 
-        raise GdmError(f"The digits classifier weights {WEIGHTS} are missing: run `python -m gdm.metrics.digits_classifier`.")
-    return torch.load(WEIGHTS, map_location="cpu", weights_only=True)
+        raise GdmError(f"The {name} classifier weights {path} are missing: run "
+                       f"`python -m gdm.metrics.digits_classifier --name {name}`.")
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def load_digit_classifier() -> DigitClassifier:
-    """The shipped classifier, in eval mode with frozen weights."""
-    net = DigitClassifier()
-    net.load_state_dict(_load_state())
+def load_digit_classifier(name: str = "digits") -> DigitClassifier:
+    """A shipped classifier, in eval mode with frozen weights."""
+    net = DigitClassifier(channels=CHANNELS[name])
+    net.load_state_dict(_load_state(name))
     return net.eval().requires_grad_(False)
 
 
-def digit_split(split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 images at the classifier's input size, and labels, of one digits split."""
-    data = DigitsDataModule(image_size=INPUT_SIZE)
-    ds = data.split(split)
-    return to_uint8(ds.images), ds.labels
+def digit_split(split: str, name: str = "digits") -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 images at the classifier's input size, and labels, of one split of the classifier's data
+    (for `digits_colour`, both domains of that split together)."""
+    if name == "digits":
+        from gdm.data.digits import DigitsDataModule
+
+        ds = DigitsDataModule(image_size=INPUT_SIZE).split(split)
+        return to_uint8(ds.images), ds.labels
+    from gdm.data.digits_colour import DigitsColourDataModule
+
+    data = DigitsColourDataModule(image_size=INPUT_SIZE)
+    parts = [data.split(f"{domain}/{split}") for domain in ("A", "B")]
+    return to_uint8(torch.cat([p.images for p in parts])), torch.cat([p.labels for p in parts])
 
 
 def accuracy(net: DigitClassifier, images: torch.Tensor, labels: torch.Tensor) -> float:
@@ -49,10 +67,10 @@ def accuracy(net: DigitClassifier, images: torch.Tensor, labels: torch.Tensor) -
         return (net(images).argmax(1) == labels).float().mean().item()
 
 
-def train(epochs: int = 30, seed: int = 0) -> DigitClassifier:
+def train(name: str = "digits", epochs: int = 30, seed: int = 0) -> DigitClassifier:
     torch.manual_seed(seed)
-    images, labels = digit_split("train")
-    net = DigitClassifier()
+    images, labels = digit_split("train", name)
+    net = DigitClassifier(channels=CHANNELS[name])
     opt = torch.optim.Adam(net.parameters(), lr=1e-3, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
     for _ in range(epochs):
@@ -70,15 +88,18 @@ def train(epochs: int = 30, seed: int = 0) -> DigitClassifier:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--name", choices=list(CHANNELS), default="digits")
     parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--out", type=Path, default=WEIGHTS)
+    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    net = train(args.epochs)
-    for split in ("train", "val", "test"):
-        print(f"{split} accuracy: {accuracy(net, *digit_split(split)):.4f}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(net.state_dict(), args.out)
-    print(f"saved {args.out}")
+    net = train(args.name, args.epochs)
+    splits = ("train", "val", "test") if args.name == "digits" else ("train", "test")
+    for split in splits:
+        print(f"{split} accuracy: {accuracy(net, *digit_split(split, args.name)):.4f}")
+    out = args.out or weights_path(args.name)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(net.state_dict(), out)
+    print(f"saved {out}")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@
   comparable with published FIDs.
 - `digits`: the shipped digits classifier's 128-d penultimate layer. A domain FID, only comparable
   with other `fid_digits` values; the logged name always carries the feature name.
+- `digits_colour`: the same for the classifier of the embedded CycleGAN pair, which reads digits in
+  both domains (grey, and on colour patches), so one feature space serves both translation directions.
 
 Every feature network takes uint8 images (N, C, H, W), like torchmetrics' Inception.
 """
@@ -55,11 +57,11 @@ class InceptionFeatures(nn.Module):
 class DigitFeatures(nn.Module):
     num_features = 128
 
-    def __init__(self):
+    def __init__(self, classifier: str = "digits"):
         super().__init__()
         from gdm.metrics.digits_classifier import load_digit_classifier
 
-        self.net = load_digit_classifier()
+        self.net = load_digit_classifier(classifier)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net.features(images)
@@ -68,7 +70,7 @@ class DigitFeatures(nn.Module):
         return super().train(False)  # never leaves eval mode, like torchmetrics' Inception
 
 
-FEATURES = {"inception": InceptionFeatures, "digits": DigitFeatures}
+FEATURES = {"inception": InceptionFeatures, "digits": DigitFeatures, "digits_colour": DigitFeatures}
 
 
 def build_features(name: str, inception_weights: str | None = None) -> nn.Module:
@@ -76,4 +78,4 @@ def build_features(name: str, inception_weights: str | None = None) -> nn.Module
         raise GdmError(f"metrics.fid.features='{name}' is not a known feature network; choose one of {', '.join(FEATURES)}.")
     # The random init before the weights load must not draw from the training run's RNG stream.
     with torch.random.fork_rng(devices=[]):
-        return InceptionFeatures(inception_weights) if name == "inception" else FEATURES[name]()
+        return InceptionFeatures(inception_weights) if name == "inception" else DigitFeatures(name)
