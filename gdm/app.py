@@ -14,10 +14,11 @@ from omegaconf.errors import MissingMandatoryValue
 from gdm.config_tree import print_config_tree
 from gdm.errors import GdmError
 from gdm.tasks.train import train
+from gdm.tasks.translate import translate
 
 log = logging.getLogger("gdm")
 
-TASKS = {"train": train}
+TASKS = {"train": train, "translate": translate}
 
 
 def quiet_lightning() -> None:

@@ -38,3 +38,20 @@ def image_folder(tmp_path) -> Path:
         for i in range(12):
             Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(root / cls / f"{i}.png")
     return root
+
+
+@pytest.fixture
+def unpaired_folder(tmp_path) -> Path:
+    """A tiny unpaired dataset in the CycleGAN layout: trainA/ trainB/ testA/ testB/ of RGB PNGs of
+    different sizes (A: 40x40, B: 48x36), 6 train and 3 test images per domain."""
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path / "unpaired"
+    rng = np.random.default_rng(0)
+    for folder, count in (("trainA", 6), ("trainB", 6), ("testA", 3), ("testB", 3)):
+        (root / folder).mkdir(parents=True)
+        shape = (40, 40, 3) if folder.endswith("A") else (36, 48, 3)
+        for i in range(count):
+            Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(root / folder / f"{i}.png")
+    return root

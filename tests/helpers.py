@@ -11,14 +11,17 @@ ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 
 # Overrides that shrink any run to seconds while still training, validating, scoring FID and saving.
-TINY = [
+TINY_TRAINER = [
     "trainer.max_epochs=1",
     "++trainer.limit_train_batches=2",
     "++trainer.limit_val_batches=1",
     "trainer.accelerator=cpu",
-    "metrics.fid.num_samples=40",
     "print_config=false",
 ]
+TINY = [*TINY_TRAINER, "metrics.fid.num_samples=40"]
+# model=cyclegan (its metrics are the translation metrics, on the test images) with small nets.
+TINY_CYCLEGAN = ["model=cyclegan", "data.image_size=32", "model.generator.ngf=8", "model.discriminator.ndf=8",
+                 *TINY_TRAINER]
 
 
 def compose_config(overrides: list[str], output_dir: Path) -> DictConfig:

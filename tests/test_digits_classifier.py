@@ -104,8 +104,8 @@ def test_digit_features_stay_in_eval_mode(test_split):
 
 def test_classifier_prepare():
     x = torch.full((2, 3, 16, 16), 255, dtype=torch.uint8)
-    prepared = DigitClassifier.prepare(x)
+    prepared = DigitClassifier().prepare(x)
     assert prepared.shape == (2, 1, 32, 32)
     torch.testing.assert_close(prepared, torch.ones_like(prepared))
     gray = torch.randint(0, 256, (2, 1, 32, 32), dtype=torch.uint8)
-    torch.testing.assert_close(DigitClassifier.prepare(gray), gray.float() / 255)
+    torch.testing.assert_close(DigitClassifier().prepare(gray), gray.float() / 255)

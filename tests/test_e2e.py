@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import CONF, ROOT, TINY, compose_config
+from helpers import CONF, ROOT, TINY, TINY_CYCLEGAN, compose_config
 
 from gdm.app import run, user_error
 from gdm.data.digits import DigitsDataModule
@@ -24,11 +24,19 @@ EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 DEBUGS = sorted(p.stem for p in (CONF / "debug").glob("*.yaml"))
 
 
-def data_overrides(data: str, image_folder: Path) -> list[str]:
+# Each model with the data it supports: unpaired two-domain data for CycleGAN, images otherwise.
+MODEL_DATA = [(m, d) for m in MODELS
+              for d in (("digits_colour", "unpaired") if m == "cyclegan" else ("digits", "image_folder"))]
+
+
+def data_overrides(data: str, folder: Path) -> list[str]:
     if data == "image_folder":
-        return ["data=image_folder", f"data.root={image_folder}", "data.image_size=16", "data.num_workers=0",
+        return ["data=image_folder", f"data.root={folder}", "data.image_size=16", "data.num_workers=0",
                 "data.batch_size=8", "data.fid_features=digits"]
-    return [f"data={data}", "data.image_size=16"]
+    if data == "unpaired":
+        return ["data=unpaired", f"data.root={folder}", "data.image_size=32", "data.load_size=36",
+                "data.num_workers=0", "data.fid_features=digits_colour"]
+    return [f"data={data}"] + (["data.image_size=16"] if data == "digits" else [])
 
 
 def check_run_dir(run_dir: Path, monitor: str, check_grid: bool = True) -> dict:
@@ -41,19 +49,22 @@ def check_run_dir(run_dir: Path, monitor: str, check_grid: bool = True) -> dict:
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert (run_dir / "checkpoints" / "best.ckpt").is_file()
     assert (run_dir / "config.yaml").is_file()
-    grid = load_png(run_dir / "samples" / "samples_last.png", channels=3)
-    if check_grid:
-        assert grid.float().std() > 5, "the sample grid is a flat image"
+    grids = sorted((run_dir / "samples").glob("*_last.png"))
+    assert grids
+    for path in grids:
+        if check_grid:
+            assert load_png(path, channels=3).float().std() > 5, f"{path.name} is a flat image"
     return summary
 
 
-@pytest.mark.parametrize("model", MODELS)
-@pytest.mark.parametrize("data", ["digits", "image_folder"])
-def test_every_model_with_every_data(model, data, tmp_path, image_folder):
-    cfg = compose_config([f"model={model}", *data_overrides(data, image_folder), *TINY, "logger=csv"], tmp_path)
+@pytest.mark.parametrize(("model", "data"), MODEL_DATA)
+def test_every_model_with_every_data(model, data, tmp_path, image_folder, unpaired_folder):
+    tiny = TINY_CYCLEGAN if model == "cyclegan" else [f"model={model}", *TINY]
+    folder = unpaired_folder if data == "unpaired" else image_folder
+    cfg = compose_config([*tiny, *data_overrides(data, folder), "logger=csv"], tmp_path)
     best = run(cfg)
     # Two batches on random-noise images may legitimately give a flat grid; the digits must not.
-    summary = check_run_dir(tmp_path, cfg.monitor, check_grid=data == "digits")
+    summary = check_run_dir(tmp_path, cfg.monitor, check_grid=data.startswith("digits"))
     assert best == pytest.approx(summary["best"]["value"])
     assert (tmp_path / "csv").is_dir()
 
@@ -122,7 +133,8 @@ def run_py(*args: str, env_extra: dict | None = None, timeout: int = 300) -> sub
 
 def test_help_lists_groups_and_options():
     out = run_py("--help").stdout
-    for line in ("model: ae, cgan, gan, vae", "data: cifar10, digits, image_folder, mnist",
+    for line in ("model: ae, cgan, cyclegan, gan, vae",
+                 "data: apple2orange, cifar10, digits, digits_colour, horse2zebra, image_folder, mnist, monet",
                  "logger: csv, none, tensorboard, wandb"):
         assert line in out
     assert "debug: fast_dev_run, limit, overfit, profiler" in out

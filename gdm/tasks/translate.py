@@ -1,0 +1,73 @@
+"""`task=translate`: translate a folder of images with a trained CycleGAN checkpoint.
+
+    python run.py task=translate ckpt_path=RUN/checkpoints/best.ckpt \
+        translate.input=photos/ translate.output=as_monet/ translate.direction=BtoA
+
+Writes one image per input image under `translate.output`, with the same relative path and file name
+(and so the same format). Resolution: by default each image is translated at its own size (the
+generator is fully convolutional; sides are reflection-padded to a multiple of 4 and the result cropped
+back), so the output has the input's size. `translate.load_size=N` first resizes each image so its short
+side is N (e.g. the training `data.image_size`, the scale the generator learned), and the output has
+that size.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from PIL import Image
+from torchvision.transforms import v2
+from torchvision.transforms.functional import pil_to_tensor
+
+from gdm.checkpoints import load_model
+from gdm.data.image_folder import find_images
+from gdm.errors import GdmError
+from gdm.images import to_uint8
+
+log = logging.getLogger(__name__)
+DIRECTIONS = ("AtoB", "BtoA")
+
+
+def translate_image(model, image: Image.Image, direction: str, load_size: int | None) -> Image.Image:
+    channels = model.hparams.image_shape[0]
+    image = image.convert("L" if channels == 1 else "RGB")
+    if load_size:
+        image = v2.Resize(load_size, interpolation=v2.InterpolationMode.BICUBIC, antialias=True)(image)
+    x = pil_to_tensor(image).float().unsqueeze(0) / 127.5 - 1
+    h, w = x.shape[-2:]
+    pad_h, pad_w = -h % 4, -w % 4  # two stride-2 stages: sides must be multiples of 4
+    mode = "reflect" if pad_h < h and pad_w < w else "replicate"
+    x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+    y = to_uint8(model.translate(x, direction)[..., :h, :w])[0].cpu()
+    return Image.fromarray(y.permute(1, 2, 0).squeeze(-1).numpy())
+
+
+def translate(cfg: DictConfig) -> None:
+    opts = cfg.translate
+    if not cfg.get("ckpt_path"):
+        raise GdmError("task=translate needs ckpt_path=RUN/checkpoints/best.ckpt (a CycleGAN checkpoint).")
+    for key in ("input", "output"):
+        if not opts.get(key):
+            raise GdmError(f"translate.{key} is not set: task=translate needs translate.input=DIR translate.output=DIR.")
+    if opts.direction not in DIRECTIONS:
+        raise GdmError(f"translate.direction={opts.direction} is not a direction; choose AtoB or BtoA.")
+    model = load_model(cfg.ckpt_path, map_location="cuda" if torch.cuda.is_available() else "cpu")
+    if not hasattr(model, "translate"):
+        raise GdmError(f"ckpt_path={cfg.ckpt_path} holds a {type(model).__name__}, not a translation model: "
+                       "task=translate needs a model=cyclegan checkpoint.")
+    source, output = Path(opts.input).expanduser(), Path(opts.output).expanduser()
+    files = find_images(source, key="translate.input")
+    for path in files:
+        out = output / path.relative_to(source)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with Image.open(path) as image:
+                result = translate_image(model, image, opts.direction, opts.get("load_size"))
+        except OSError as err:
+            raise GdmError(f"Cannot read image {path} ({err}): remove or replace the file.") from None
+        result.save(out, quality=95) if out.suffix.lower() in (".jpg", ".jpeg") else result.save(out)
+    log.info(f"translated {len(files)} images {opts.direction}: {source} -> {output.resolve()}")
