@@ -29,9 +29,10 @@ from gdm.errors import GdmError
 URL_BASE = "https://efrosgans.eecs.berkeley.edu/cyclegan/datasets"
 URL_ENV = "GDM_CYCLEGAN_URL"
 # The two-domain sets of the reference repo's datasets/download_cyclegan_dataset.sh (its `ae_photos`
-# is a folder of test photos only, not a training set, so it is left out).
+# is a folder of test photos only, not a training set, and its authors do not serve `cityscapes`, for
+# licence reasons: both are left out).
 DATASETS = ("apple2orange", "summer2winter_yosemite", "horse2zebra", "monet2photo", "cezanne2photo",
-            "ukiyoe2photo", "vangogh2photo", "maps", "cityscapes", "facades", "iphone2dslr_flower")
+            "ukiyoe2photo", "vangogh2photo", "maps", "facades", "iphone2dslr_flower")
 FOLDERS = ("trainA", "trainB", "testA", "testB")
 # As gdm.data.image_folder.IMAGE_EXTENSIONS (a test keeps them equal); repeated to keep torch out.
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
@@ -130,7 +131,9 @@ def download(name: str, data_dir: str | Path = "data", url_base: str | None = No
             shutil.rmtree(target)  # --force
         root.rename(target)
     counts = ", ".join(f"{f} {sum(1 for p in (target / f).rglob('*') if p.is_file())}" for f in FOLDERS)
-    print(f"{name} is in {target} ({counts} files).", flush=True)
+    print(f"{name} is in {target} ({counts} files). Train on it: python run.py model=cyclegan data=unpaired "
+          f"data.root={shlex.quote(str(target))} data.name={name}  (data=monet etc. for the sets with a config)",
+          flush=True)
     return target
 
 

@@ -3,7 +3,7 @@
 A batch holds `image_a` and `image_b` (and `label_a` / `label_b` when the domains are labelled).
 As in the CycleGAN reference code, a training epoch has max(|A|, |B|) items: item i pairs A[i mod |A|]
 with a B image drawn at random, so no pairing survives from one epoch to the next. Evaluation pairs
-A[i] with B[i mod |B|], deterministically.
+A[i mod |A|] with B[i mod |B|], deterministically.
 
 Metrics read each domain on its own: `datamodule.split("A/test")` is domain A's test set, with
 `image` (and `label`) items like any other split.
@@ -27,7 +27,7 @@ class UnalignedDataset(Dataset):
         return max(len(self.a), len(self.b))
 
     def __getitem__(self, index: int) -> dict:
-        # torch's RNG: seeded by seed_everything, per worker too, and restored on resume.
+        # torch's RNG: seeded by seed_everything, per worker too.
         j = int(torch.randint(len(self.b), ())) if self.random_b else index % len(self.b)
         item_a, item_b = self.a[index % len(self.a)], self.b[j]
         return {f"{key}_{domain}": value for domain, item in (("a", item_a), ("b", item_b))

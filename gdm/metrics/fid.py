@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 from torchmetrics.image.fid import FrechetInceptionDistance
@@ -22,6 +23,7 @@ from gdm.data.base import SPLITS
 from gdm.errors import GdmError
 from gdm.images import to_uint8
 from gdm.metrics.features import build_features
+from gdm.models.base import GenerativeModule
 
 
 def fid_metric(features: nn.Module) -> FrechetInceptionDistance:
@@ -41,6 +43,9 @@ class FID(L.Callback):
         self.real_ready = False
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if not is_overridden("generate", pl_module, GenerativeModule):
+            raise GdmError(f"metrics=fid scores a model's samples, and {type(pl_module).__name__} draws none (it "
+                           "translates): use metrics=translation.")
         if self.metric is None:
             self.metric = fid_metric(build_features(self.features, self.inception_weights))
 

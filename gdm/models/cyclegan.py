@@ -16,6 +16,7 @@ them as one batch: the same result as two calls, in fewer, larger convolutions.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 
 import torch
@@ -28,6 +29,7 @@ from gdm.models.base import GenerativeModule
 from gdm.models.image_pool import ImagePool
 
 NetFactory = Callable[..., nn.Module]
+log = logging.getLogger(__name__)
 DIRECTIONS = ("AtoB", "BtoA")
 
 
@@ -91,6 +93,9 @@ class CycleGAN(GenerativeModule):
             raise GdmError(f"trainer.max_epochs={self.trainer.max_epochs} is past the end of the learning-rate "
                            f"schedule (model.n_epochs + model.n_epochs_decay = {epochs}), where the lr is 0: "
                            "raise model.n_epochs or model.n_epochs_decay.")
+        if self.trainer.max_epochs not in (None, -1) and self.trainer.max_epochs < epochs:
+            log.warning(f"trainer.max_epochs={self.trainer.max_epochs} stops before the end of the learning-rate "
+                        f"schedule (model.n_epochs + model.n_epochs_decay = {epochs}): the lr will not decay to 0.")
 
     def _layout(self, x: Tensor) -> Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x

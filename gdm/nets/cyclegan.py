@@ -67,6 +67,9 @@ class ResnetGenerator(nn.Module):
                  norm: str = "instance", dropout: float = 0.0, init_std: float = 0.02):
         super().__init__()
         in_channels = out_channels = image_shape[0]
+        if image_shape[1] % 4 or image_shape[2] % 4:
+            raise GdmError(f"The ResNet generator halves the image twice, so its sides must be multiples of 4, got "
+                           f"{image_shape[2]}x{image_shape[1]}: set data.image_size to one (e.g. 128 or 256).")
         n_blocks = default_blocks(image_shape[-1]) if n_blocks is None else n_blocks
         bias = conv_bias(norm)
         layers: list[nn.Module] = [nn.ReflectionPad2d(3), nn.Conv2d(in_channels, ngf, 7, bias=bias),

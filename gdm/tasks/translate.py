@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
-from PIL import Image
+from PIL import Image, ImageOps
 from torchvision.transforms import v2
 from torchvision.transforms.functional import pil_to_tensor
 
@@ -34,14 +34,16 @@ DIRECTIONS = ("AtoB", "BtoA")
 
 def translate_image(model, image: Image.Image, direction: str, load_size: int | None) -> Image.Image:
     channels = model.hparams.image_shape[0]
-    image = image.convert("L" if channels == 1 else "RGB")
+    image = ImageOps.exif_transpose(image).convert("L" if channels == 1 else "RGB")  # phone photos: upright
     if load_size:
         image = v2.Resize(load_size, interpolation=v2.InterpolationMode.BICUBIC, antialias=True)(image)
     x = pil_to_tensor(image).float().unsqueeze(0) / 127.5 - 1
     h, w = x.shape[-2:]
+    if min(h, w) < 8:  # the residual blocks' reflection padding needs 2 px at 1/4 scale
+        raise GdmError(f"an image of {w}x{h} px is too small to translate (at least 8x8): drop it or set "
+                       "translate.load_size.")
     pad_h, pad_w = -h % 4, -w % 4  # two stride-2 stages: sides must be multiples of 4
-    mode = "reflect" if pad_h < h and pad_w < w else "replicate"
-    x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+    x = F.pad(x, (0, pad_w, 0, pad_h), mode="reflect")
     y = to_uint8(model.translate(x, direction)[..., :h, :w])[0].cpu()
     return Image.fromarray(y.permute(1, 2, 0).squeeze(-1).numpy())
 
@@ -55,11 +57,15 @@ def translate(cfg: DictConfig) -> None:
             raise GdmError(f"translate.{key} is not set: task=translate needs translate.input=DIR translate.output=DIR.")
     if opts.direction not in DIRECTIONS:
         raise GdmError(f"translate.direction={opts.direction} is not a direction; choose AtoB or BtoA.")
-    model = load_model(cfg.ckpt_path, map_location="cuda" if torch.cuda.is_available() else "cpu")
+    # Built on the CPU and then moved: map_location alone would leave the model's weights on the CPU.
+    model = load_model(cfg.ckpt_path).to("cuda" if torch.cuda.is_available() else "cpu")
     if not hasattr(model, "translate"):
         raise GdmError(f"ckpt_path={cfg.ckpt_path} holds a {type(model).__name__}, not a translation model: "
                        "task=translate needs a model=cyclegan checkpoint.")
     source, output = Path(opts.input).expanduser(), Path(opts.output).expanduser()
+    if output.resolve() == source.resolve() or source.resolve() in output.resolve().parents:
+        raise GdmError(f"translate.output={output} is inside translate.input={source}: the translations would "
+                       "overwrite or mix with the inputs; pick another folder.")
     files = find_images(source, key="translate.input")
     for path in files:
         out = output / path.relative_to(source)
