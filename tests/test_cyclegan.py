@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from functools import partial
 
 import pytest
@@ -154,6 +155,11 @@ def test_training_steps_update_nets_and_checkpoint_holds_pool_and_schedulers(tmp
     assert ckpt["state_dict"]["pool_b._extra_state"]["images"].shape == (16, 3, 32, 32)
     model = load_model(tmp_path / "checkpoints" / "last.ckpt")
     assert isinstance(model, CycleGAN) and model.pool_a.count == 16
+    # The logged cycle L1 is the mean over every test image of A, once each.
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    test_a = DigitsColourDataModule(image_size=32).split("A/test").images
+    expected = (model.translate(model.translate(test_a, "AtoB"), "BtoA") - test_a).abs().mean().item()
+    assert summary["final"]["val/cycle_l1_a"] == pytest.approx(expected, rel=1e-4)
 
 
 def test_bf16_mixed_precision_trains(tmp_path):

@@ -5,9 +5,11 @@
 - `val/label_kept_AtoB` / `_BtoA`: on labelled pairs with a classifier that reads both domains, the
   fraction of translations whose class is the source image's class (the translation kept the digit).
 
-The cycle-reconstruction L1 is the model's own validation metric (`val/cycle_l1_a`, `_b`). As in FID:
-real statistics once per run, uint8 like the saved PNGs, images split across DDP processes by index
-and the statistics summed by torchmetrics.
+- `val/cycle_l1_a` / `_b`: mean |x - translated back(translated(x))| of the `split` images of A / B
+  (images in [-1, 1]), each image counted once.
+
+As in FID: real statistics once per run, uint8 like the saved PNGs, images split across DDP processes
+by index and the statistics summed by torchmetrics.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import logging
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Subset
+from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from gdm.errors import GdmError
@@ -40,6 +43,7 @@ class TranslationMetrics(L.Callback):
         self.fids: dict | None = None
         self.classifier = None
         self.kept: dict[str, MulticlassAccuracy] = {}
+        self.cycle = {d: MeanMetric() for d in DIRECTIONS}
         self.real_ready = False
 
     def setup(self, trainer: L.Trainer, pl_module, stage: str) -> None:
@@ -81,14 +85,21 @@ class TranslationMetrics(L.Callback):
             if kept is not None:
                 kept.to(device).reset()
                 self.classifier.to(device)
+            cycle = self.cycle[direction].to(device)
+            cycle.reset()
             for batch in self._loader(trainer, f"{source}/{self.split}"):
-                fake = to_uint8(pl_module.translate(batch["image"], direction))
+                real = batch["image"].to(device)
+                translated = pl_module.translate(real, direction)
+                back = pl_module.translate(translated, "BtoA" if direction == "AtoB" else "AtoB")
+                cycle.update((back - real).abs().flatten(1).mean(1))
+                fake = to_uint8(translated)
                 fid.update(fake, real=False)
                 if kept is not None:
                     kept.update(self.classifier(fake), batch["label"].to(device))
             values[f"val/fid_{self.features}_{direction}"] = fid.compute()
             if kept is not None:
                 values[f"val/label_kept_{direction}"] = kept.compute()
+            values[f"val/cycle_l1_{source.lower()}"] = cycle.compute()
         self.real_ready = True
         values[f"val/fid_{self.features}"] = (values[f"val/fid_{self.features}_AtoB"]
                                               + values[f"val/fid_{self.features}_BtoA"]) / 2
