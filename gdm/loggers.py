@@ -17,6 +17,7 @@ from urllib.parse import urlparse
 from lightning.pytorch.loggers import WandbLogger
 
 from gdm.errors import GdmError
+from gdm.sweeps import sweep_identity
 
 log = logging.getLogger(__name__)
 MODES = ("auto", "online", "offline", "disabled")
@@ -63,6 +64,10 @@ def resolve_mode(mode: str) -> tuple[str, str | None]:
 
 def wandb_logger(save_dir: str, project: str = "gdm", mode: str = "auto", **kwargs) -> WandbLogger:
     mode, reason = resolve_mode(mode)
+    sweep = sweep_identity()
+    if sweep is not None:  # a multirun job: one W&B group per sweep, each run named by its overrides
+        kwargs["group"] = kwargs.get("group") or sweep[0]
+        kwargs["name"] = kwargs.get("name") or sweep[1]
     Path(save_dir).mkdir(parents=True, exist_ok=True)
     # `mode` goes straight to wandb.init; WandbLogger(offline=True) would set WANDB_MODE for the whole process.
     logger = WandbLogger(save_dir=save_dir, project=project, mode=mode, **kwargs)

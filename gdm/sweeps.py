@@ -1,0 +1,77 @@
+"""Hydra multirun (`python run.py -m ...`): what ties a sweep's jobs together.
+
+- `sweep_identity()`: inside a multirun job, the W&B group (the sweep directory, e.g.
+  `multirun/2026-11-24/10-00-00`) and run name (the job's own overrides, e.g. `model.loss=hinge,seed=2`),
+  so the dashboard groups a sweep's runs and names each by what it changed.
+- `SweepSummary`: a Hydra callback that, when the sweep ends, collects every job's overrides, status and
+  best monitored value from its `summary.json` into `sweep_summary.csv` in the sweep directory, and
+  prints them as a table.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+
+def sweep_identity() -> tuple[str, str] | None:
+    """(group, name) for the W&B run of a multirun job; None outside a multirun."""
+    if not HydraConfig.initialized():
+        return None
+    hydra = HydraConfig.get()
+    if hydra.mode != RunMode.MULTIRUN:
+        return None
+    sweep_dir = Path(hydra.sweep.dir)
+    # e.g. multirun/2026-11-24/10-00-00 for the default sweep dir: unique and readable
+    group = "/".join([p for p in sweep_dir.parts if p != sweep_dir.anchor][-3:])
+    name = ",".join(hydra.overrides.task) or f"job{hydra.job.num}"
+    return group, name
+
+
+def job_rows(sweep_dir: Path) -> list[dict[str, Any]]:
+    rows = []
+    for job_dir in sorted((p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir()),
+                          key=lambda p: int(p.name) if p.name.isdigit() else p.name):
+        overrides_file = job_dir / ".hydra" / "overrides.yaml"
+        overrides = OmegaConf.load(overrides_file) if overrides_file.is_file() else []
+        summary_file = job_dir / "summary.json"
+        summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
+        best = summary.get("best") or {}
+        rows.append({"job": job_dir.name, "overrides": " ".join(overrides), "status": summary.get("status", "missing"),
+                     "metric": best.get("metric", summary.get("monitor", "")), "best": best.get("value", ""),
+                     "best_step": best.get("global_step", ""), "dir": str(job_dir)})
+    return rows
+
+
+class SweepSummary(Callback):
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if not sweep_dir.is_dir():
+            return
+        rows = job_rows(sweep_dir)
+        if not rows:
+            return
+        path = sweep_dir / "sweep_summary.csv"
+        with path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        # The table shows what the jobs differ in; the file keeps every override.
+        common = set.intersection(*(set(r["overrides"].split()) for r in rows))
+        swept = [" ".join(o for o in r["overrides"].split() if o not in common) or "-" for r in rows]
+        width = max(len("overrides"), *(len(s) for s in swept))
+        lines = [f"{'job':>4}  {'overrides':<{width}}  {'status':<8}  best {rows[0]['metric']}"]
+        for r, s in zip(rows, swept):
+            best = f"{r['best']:.4f}" if isinstance(r["best"], float) else "-"
+            lines.append(f"{r['job']:>4}  {s:<{width}}  {r['status']:<8}  {best}")
+        log.info("sweep summary (%s):\n%s", path, "\n".join(lines))
