@@ -76,11 +76,13 @@ def test_every_experiment(experiment, tmp_path):
     check_run_dir(tmp_path, cfg.monitor)
 
 
+@pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("debug", DEBUGS)
-def test_every_debug_config(debug, tmp_path):
-    cfg = compose_config([f"debug={debug}", "data.image_size=16", "++trainer.limit_train_batches=2",
-                          "++trainer.limit_val_batches=1", "trainer.max_epochs=1", "metrics.fid.num_samples=40",
-                          "print_config=false"], tmp_path)
+def test_every_debug_config_with_every_model(debug, model, tmp_path):
+    small = (["model=cyclegan", "data.image_size=32", "model.generator.ngf=8", "model.discriminator.ndf=8"]
+             if model == "cyclegan" else [f"model={model}", "data.image_size=16", "metrics.fid.num_samples=40"])
+    cfg = compose_config([*small, f"debug={debug}", "++trainer.limit_train_batches=2", "++trainer.limit_val_batches=1",
+                          "trainer.max_epochs=1", "print_config=false"], tmp_path)
     run(cfg)
     assert (tmp_path / "summary.json").is_file()
 

@@ -35,8 +35,9 @@ DIRECTIONS = ("AtoB", "BtoA")
 
 def linear_decay(n_epochs: int, n_epochs_decay: int) -> Callable[[int], float]:
     """The reference schedule: lr factor 1 for epochs 0..n_epochs-1, then 1 - k / (n_epochs_decay + 1)
-    in the k-th decay epoch, reaching ~0 at the last of the n_epochs + n_epochs_decay epochs."""
-    return lambda epoch: 1.0 - max(0, epoch + 1 - n_epochs) / float(n_epochs_decay + 1)
+    in the k-th decay epoch, reaching ~0 at the last of the n_epochs + n_epochs_decay epochs; 0 after
+    (where the reference's rule would turn negative)."""
+    return lambda epoch: max(0.0, 1.0 - max(0, epoch + 1 - n_epochs) / float(n_epochs_decay + 1))
 
 
 class CycleGAN(GenerativeModule):
@@ -90,10 +91,10 @@ class CycleGAN(GenerativeModule):
     def on_fit_start(self) -> None:
         epochs = self.hparams.n_epochs + self.hparams.n_epochs_decay
         if self.trainer.max_epochs not in (None, -1) and self.trainer.max_epochs > epochs:
-            raise GdmError(f"trainer.max_epochs={self.trainer.max_epochs} is past the end of the learning-rate "
-                           f"schedule (model.n_epochs + model.n_epochs_decay = {epochs}), where the lr is 0: "
-                           "raise model.n_epochs or model.n_epochs_decay.")
-        if self.trainer.max_epochs not in (None, -1) and self.trainer.max_epochs < epochs:
+            log.warning(f"trainer.max_epochs={self.trainer.max_epochs} is past the end of the learning-rate "
+                        f"schedule (model.n_epochs + model.n_epochs_decay = {epochs}): the lr is 0 from epoch "
+                        f"{epochs} on; raise model.n_epochs or model.n_epochs_decay to train there.")
+        elif self.trainer.max_epochs not in (None, -1) and self.trainer.max_epochs < epochs:
             log.warning(f"trainer.max_epochs={self.trainer.max_epochs} stops before the end of the learning-rate "
                         f"schedule (model.n_epochs + model.n_epochs_decay = {epochs}): the lr will not decay to 0.")
 
