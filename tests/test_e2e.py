@@ -139,7 +139,7 @@ def test_help_lists_groups_and_options():
                  "data: apple2orange, cifar10, digits, digits_colour, horse2zebra, image_folder, mnist, monet",
                  "logger: csv, none, tensorboard, wandb"):
         assert line in out
-    assert "debug: fast_dev_run, limit, overfit, profiler" in out
+    assert "debug: fast_dev_run, fdr, limit, overfit, profiler" in out
 
 
 def test_cfg_job_prints_composed_config():

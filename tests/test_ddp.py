@@ -1,0 +1,40 @@
+"""DDP on the CPU (`trainer=ddp_cpu`: 2 processes, gloo) through run.py: metrics do not depend on the
+number of processes, and only rank 0 writes the run's files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from test_e2e import run_py
+
+SMALL = ["trainer.max_epochs=1", "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1",
+         "print_config=false", "logger=csv"]
+MODELS = {
+    "gan": ["model=gan", "data.image_size=16", "metrics.fid.num_samples=40"],
+    "cyclegan": ["model=cyclegan", "model.generator.ngf=8", "model.discriminator.ndf=8"],
+}
+# Metrics of the evaluated model; the D's score on a validation batch is left out (each process sees its
+# own share of the batches).
+SAMPLE_METRICS = ("val/fid_", "val/label_kept_", "val/cycle_l1_")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", MODELS)
+def test_metrics_with_two_processes_equal_one_process(model, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    proc = run_py(*MODELS[model], *SMALL, f"hydra.run.dir={one}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    # The same checkpoint, evaluated by 2 processes: training is already complete, so the run only evaluates.
+    proc = run_py(*MODELS[model], *SMALL, "trainer=ddp_cpu", f"ckpt_path={one / 'checkpoints' / 'last.ckpt'}",
+                  f"hydra.run.dir={two}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (two / "train_ddp_process_1.log").is_file()  # a second process ran
+    final = [json.loads((run / "summary.json").read_text())["final"] for run in (one, two)]
+    keys = [k for k in final[0] if k.startswith(SAMPLE_METRICS)]
+    assert any(k.startswith("val/fid_") for k in keys)
+    for key in keys:
+        assert final[1][key] == pytest.approx(final[0][key], rel=1e-5), key
+    assert final[0]["global_step"] == final[1]["global_step"]
+    # Only rank 0 logs: one CSV logger version (a second writer would have made version_1).
+    assert [p.name for p in (two / "csv").iterdir()] == ["version_0"]
