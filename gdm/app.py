@@ -6,7 +6,9 @@ import logging
 import sys
 import warnings
 
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
+from hydra.types import RunMode
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue
@@ -53,12 +55,23 @@ def run(cfg: DictConfig) -> float | None:
 
 
 def main(cfg: DictConfig) -> float | None:
-    """Hydra's task function: a user mistake prints one line and exits with status 2."""
+    """Hydra's task function: a user mistake prints one line and exits with status 2. In a sweep (-m) a
+    failed job logs why and returns NaN instead, so the sweep goes on; Optuna records the trial as failed."""
     try:
         return run(cfg)
     except Exception as err:
         mistake = user_error(err)
+        if in_multirun():
+            if mistake is None:
+                log.exception(f"job {HydraConfig.get().job.num} failed")
+            else:
+                log.error(f"job {HydraConfig.get().job.num} failed: {mistake}")
+            return float("nan")
         if mistake is None:
             raise
         log.error(str(mistake))
         sys.exit(2)
+
+
+def in_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN

@@ -47,7 +47,8 @@ def job_rows(sweep_dir: Path) -> list[dict[str, Any]]:
         summary_file = job_dir / "summary.json"
         summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
         best = summary.get("best") or {}
-        rows.append({"job": job_dir.name, "overrides": " ".join(overrides), "status": summary.get("status", "missing"),
+        # No summary.json: the job failed before training started (its run.log says why).
+        rows.append({"job": job_dir.name, "overrides": " ".join(overrides), "status": summary.get("status", "failed"),
                      "metric": best.get("metric", summary.get("monitor", "")), "best": best.get("value", ""),
                      "best_step": best.get("global_step", ""), "dir": str(job_dir)})
     return rows

@@ -7,6 +7,7 @@ import math
 
 import pytest
 from helpers import CONF
+from omegaconf import OmegaConf
 from test_e2e import run_py
 
 
@@ -30,6 +31,41 @@ def test_grid_sweep_writes_jobs_summary_and_groups_wandb_runs(tmp_path):
         (run_file,) = (sweep_dir / job / "wandb").glob("offline-run-*/run-*.wandb")
         # the W&B run name: the job's overrides, comma-joined (nowhere else in the run file)
         assert f"model=gan,model.loss={'vanilla' if job == '0' else 'hinge'},".encode() in run_file.read_bytes()
+
+
+TINY_ARGS = ["data.image_size=16", "trainer.max_epochs=1", "+trainer.limit_train_batches=2",
+             "+trainer.limit_val_batches=1", "metrics.fid.num_samples=40", "print_config=false", "logger=none"]
+
+
+@pytest.mark.slow
+def test_a_failed_job_is_recorded_and_the_sweep_goes_on(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    proc = run_py("-m", "model.loss=nope,vanilla", *TINY_ARGS, f"hydra.sweep.dir={sweep_dir}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with (sweep_dir / "sweep_summary.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["status"] for r in rows] == ["failed", "finished"]
+    assert "job 0 failed: model.loss='nope' is not a known GAN loss" in proc.stderr + proc.stdout
+
+
+@pytest.mark.slow
+def test_optuna_sweep_minimises_the_returned_metric_and_resumes_from_sqlite(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    for part in ("a", "b"):
+        proc = run_py("-m", "hparams_search=gan_optuna", "hydra.sweeper.n_trials=3" if part == "a" else
+                      "hydra.sweeper.n_trials=1", f"hydra.sweeper.storage={storage}", *TINY_ARGS,
+                      f"hydra.sweep.dir={tmp_path / part}")
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    with (tmp_path / "a" / "sweep_summary.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 3 and all(r["status"] == "finished" for r in rows)
+    assert len({r["overrides"] for r in rows}) == 3  # TPE proposed three different trials
+    results = OmegaConf.load(tmp_path / "a" / "optimization_results.yaml")
+    assert results.best_value == pytest.approx(min(float(r["best"]) for r in rows))
+    import optuna
+
+    study = optuna.load_study(study_name="gan_optuna", storage=storage)
+    assert len(study.trials) == 4  # the second sweep continued the stored study
 
 
 def test_sweep_identity_is_the_sweep_dir_and_the_job_overrides(tmp_path):
