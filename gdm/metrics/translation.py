@@ -26,9 +26,9 @@ from gdm.errors import GdmError
 from gdm.images import to_uint8
 from gdm.metrics.features import build_features
 from gdm.metrics.fid import fid_metric
+from gdm.models.cyclegan import DIRECTIONS, REVERSE
 
 log = logging.getLogger(__name__)
-DIRECTIONS = {"AtoB": ("A", "B"), "BtoA": ("B", "A")}
 LABEL_CLASSIFIERS = ("auto", "digits_colour", "none")
 
 
@@ -90,7 +90,7 @@ class TranslationMetrics(L.Callback):
             for batch in self._loader(trainer, f"{source}/{self.split}"):
                 real = batch["image"].to(device)
                 translated = pl_module.translate(real, direction)
-                back = pl_module.translate(translated, "BtoA" if direction == "AtoB" else "AtoB")
+                back = pl_module.translate(translated, REVERSE[direction])
                 cycle.update((back - real).abs().flatten(1).mean(1))
                 fake = to_uint8(translated)
                 fid.update(fake, real=False)

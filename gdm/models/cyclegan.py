@@ -30,7 +30,9 @@ from gdm.models.image_pool import ImagePool
 
 NetFactory = Callable[..., nn.Module]
 log = logging.getLogger(__name__)
-DIRECTIONS = ("AtoB", "BtoA")
+# Translation directions: (source domain, target domain), and the way back.
+DIRECTIONS = {"AtoB": ("A", "B"), "BtoA": ("B", "A")}
+REVERSE = {"AtoB": "BtoA", "BtoA": "AtoB"}
 
 
 def linear_decay(n_epochs: int, n_epochs_decay: int) -> Callable[[int], float]:
@@ -182,11 +184,10 @@ class CycleGAN(GenerativeModule):
     def visuals(self) -> dict[str, tuple[Tensor, int]]:
         """Per direction, rows of (real | translated | translated back) for the first test images."""
         grids = {}
-        for direction, source in zip(DIRECTIONS, ("A", "B")):
+        for direction, (source, _) in DIRECTIONS.items():
             test = self.trainer.datamodule.split(f"{source}/test")
             real = torch.stack([test[i]["image"] for i in range(min(self.hparams.num_visuals, len(test)))])
-            back = "BtoA" if direction == "AtoB" else "AtoB"
             fake = self.translate(real, direction)
-            rec = self.translate(fake, back)
+            rec = self.translate(fake, REVERSE[direction])
             grids[f"cycle_{direction}"] = (torch.stack([real.to(fake.device), fake, rec], 1).flatten(0, 1), 3)
         return grids

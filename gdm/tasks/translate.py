@@ -27,9 +27,9 @@ from gdm.checkpoints import load_model
 from gdm.data.image_folder import find_images
 from gdm.errors import GdmError
 from gdm.images import to_uint8
+from gdm.models.cyclegan import DIRECTIONS
 
 log = logging.getLogger(__name__)
-DIRECTIONS = ("AtoB", "BtoA")
 
 
 def translate_image(model, image: Image.Image, direction: str, load_size: int | None) -> Image.Image:
