@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue
 
 from gdm.config_tree import print_config_tree
+from gdm.ddp import extra_ranks_run_this_job
 from gdm.errors import GdmError
 from gdm.tasks.train import train
 from gdm.tasks.translate import translate
@@ -51,7 +52,8 @@ def run(cfg: DictConfig) -> float | None:
     quiet_lightning()
     if cfg.get("print_config", True):
         print_config_tree(cfg)
-    return TASKS[cfg.task](cfg)
+    with extra_ranks_run_this_job():
+        return TASKS[cfg.task](cfg)
 
 
 def main(cfg: DictConfig) -> float | None:

@@ -38,3 +38,18 @@ def test_metrics_with_two_processes_equal_one_process(model, tmp_path):
     assert final[0]["global_step"] == final[1]["global_step"]
     # Only rank 0 logs: one CSV logger version (a second writer would have made version_1).
     assert [p.name for p in (two / "csv").iterdir()] == ["version_0"]
+
+
+@pytest.mark.slow
+def test_ddp_inside_a_multirun_runs_each_job_once_in_its_own_directory(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    proc = run_py("-m", "trainer=ddp_cpu", "seed=1,2", *MODELS["gan"], *SMALL, f"hydra.sweep.dir={sweep_dir}")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-2000:]
+    # The extra rank runs its job alone: the sweep is launched (and summarised) once, not once per rank.
+    assert out.count("Launching 2 jobs locally") == 1 and out.count("sweep summary") == 1
+    for job, seed in (("0", 1), ("1", 2)):
+        rank1_log = (sweep_dir / job / "train_ddp_process_1.log").read_text()
+        assert f"[rank: 1] Seed set to {seed}" in rank1_log
+        assert json.loads((sweep_dir / job / "summary.json").read_text())["status"] == "finished"
+    assert not (sweep_dir / "2").exists()

@@ -8,6 +8,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from gdm.callbacks.config_in_checkpoint import ConfigInCheckpoint
+from gdm.callbacks.random_state import RandomState
 from gdm.data.base import SplitDataModule
 from gdm.errors import GdmError
 from gdm.models.base import GenerativeModule
@@ -42,6 +43,7 @@ def _instantiate_group(group: DictConfig | None) -> list:
 def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
     callbacks = _instantiate_group(cfg.get("callbacks")) + _instantiate_group(cfg.get("metrics"))
     callbacks.append(ConfigInCheckpoint(OmegaConf.to_container(cfg, resolve=True)))
+    callbacks.append(RandomState(cfg.seed))
     return callbacks
 
 

@@ -21,7 +21,8 @@ def train(cfg: DictConfig) -> float | None:
     L.seed_everything(cfg.seed, workers=True)
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    if rank_zero_only.rank == 0:  # DDP: ranks > 0 write no files
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
     if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).expanduser().is_file():
         raise GdmError(f"ckpt_path={cfg.ckpt_path} is not a file: point it at a run's checkpoints/last.ckpt.")
