@@ -1,7 +1,13 @@
 """gdm entry point: `python run.py [group=option ...] [key=value ...]`; `--help` lists the options."""
 
+import warnings
+
 import hydra
 from omegaconf import DictConfig
+
+# conf/hydra/launcher/submitit_slurm.yaml refines the submitit plugin's config of the same name, which Hydra 1.3
+# (pinned) validates against the plugin's schema, warning that this matching is deprecated.
+warnings.filterwarnings("ignore", message=r"(?s).*is validated against ConfigStore schema with the same name")
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

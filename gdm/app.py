@@ -11,7 +11,7 @@ from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig
-from omegaconf.errors import MissingMandatoryValue
+from omegaconf.errors import InterpolationKeyError, MissingMandatoryValue
 
 from gdm.config_tree import print_config_tree
 from gdm.ddp import extra_ranks_run_this_job
@@ -42,6 +42,9 @@ def user_error(err: BaseException) -> Exception | None:
             return err
         if isinstance(err, MissingMandatoryValue):
             return GdmError(f"{err.full_key} has no value: set it on the command line, e.g. {err.full_key}=...")
+        if isinstance(err, InterpolationKeyError):  # e.g. metrics=translation with a model that has no translation
+            return GdmError(f"{err.full_key} refers to a key this combination of options lacks ({err.msg.splitlines()[0]}): "
+                            "check the options picked on the command line (python run.py --help lists them).")
         err = err.__cause__ or (err.__context__ if isinstance(err, InstantiationException) else None)
     return None
 

@@ -53,3 +53,21 @@ def test_ddp_inside_a_multirun_runs_each_job_once_in_its_own_directory(tmp_path)
         assert f"[rank: 1] Seed set to {seed}" in rank1_log
         assert json.loads((sweep_dir / job / "summary.json").read_text())["status"] == "finished"
     assert not (sweep_dir / "2").exists()
+
+
+def test_each_rank_draws_its_own_random_stream():
+    """With in-process data loading every rank is seeded alike; at fit start ranks > 0 move to their own stream
+    (shuffles, crops, GAN noise, CycleGAN's B draws), reproducible from (seed, rank)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from gdm.callbacks.random_state import RandomState
+
+    def draws(rank: int, world_size: int = 2) -> torch.Tensor:
+        torch.manual_seed(42)
+        RandomState(seed=42).setup(SimpleNamespace(world_size=world_size, global_rank=rank), None, "fit")
+        return torch.rand(4)
+
+    assert torch.equal(draws(0), draws(0, world_size=1))  # rank 0 and single-process runs: unchanged
+    assert not torch.equal(draws(0), draws(1)) and torch.equal(draws(1), draws(1))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 
 import pytest
 from helpers import CONF
@@ -92,3 +93,54 @@ def test_sweep_identity_is_the_sweep_dir_and_the_job_overrides(tmp_path):
         assert sweep_identity() is None  # a single run keeps the configured group and name
     finally:
         HydraConfig.instance().cfg = None
+
+
+@pytest.mark.slow
+def test_submitit_local_launcher_runs_the_sweep(tmp_path):
+    """The launcher path of SLURM clusters (submitit), on this machine: each job in its own process."""
+    sweep_dir = tmp_path / "sweep"
+    proc = run_py("-m", "hydra/launcher=submitit_local", "seed=1,2", *TINY_ARGS, f"hydra.sweep.dir={sweep_dir}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with (sweep_dir / "sweep_summary.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["job"], r["status"]) for r in rows] == [("0", "finished"), ("1", "finished")]
+    assert all(math.isfinite(float(r["best"])) for r in rows)
+    assert len(list((sweep_dir / ".submitit").glob("*/*_result.pkl"))) == 2  # submitit ran both jobs
+
+
+def test_slurm_launcher_writes_the_documented_sbatch_fields(tmp_path, monkeypatch):
+    """hydra/launcher=submitit_slurm as submitted: one task per GPU, nodes and GPUs from the trainer, and
+    Lightning's requeue signal (SIGUSR1) before the time limit. No SLURM here: the submission is caught."""
+    import submitit
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import HydraContext
+    from hydra.utils import instantiate
+
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "srun").write_text("#!/bin/sh\n")  # submitit checks that srun exists
+    (fake_bin / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake_bin}:{os.environ['PATH']}")
+
+    class Submitted(Exception):
+        pass
+
+    def submit(executor, *args, **kwargs):
+        raise Submitted(executor._executor._make_submission_file_text("COMMAND", "uid"))
+
+    monkeypatch.setattr(submitit.AutoExecutor, "map_array", submit)
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", return_hydra_config=True, overrides=[
+            "hydra/launcher=submitit_slurm", "hydra.launcher.partition=gpu", "hydra.launcher.timeout_min=1440",
+            "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2", f"hydra.sweep.dir={tmp_path / 'sweep'}"])
+    HydraConfig.instance().set_config(cfg)
+    launcher = instantiate(cfg.hydra.launcher)
+    launcher.setup(hydra_context=HydraContext(config_loader=None, callbacks=None), task_function=print, config=cfg)
+    with pytest.raises(Submitted) as submitted:
+        launcher.launch([["seed=1"]], initial_job_idx=0)
+    script = str(submitted.value)
+    for line in ("--partition=gpu", "--nodes=2", "--gpus-per-node=4", "--ntasks-per-node=4", "--time=1440",
+                 "--signal=USR1@120"):
+        assert f"#SBATCH {line}\n" in script, line
+    assert "--signal=USR2" not in script

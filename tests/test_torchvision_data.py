@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torchvision import datasets
 
+from gdm.data import torchvision_sets
 from gdm.data.torchvision_sets import TorchvisionDataModule
 from gdm.errors import GdmError
 
@@ -62,3 +64,21 @@ def test_class_counts_follow_the_split(tmp_path):
     assert train.sum() == 45 and test.tolist() == [2] * 10  # test labels are 0..9 twice
     labels = [data.split("train")[i]["label"] for i in range(45)]
     assert train.tolist() == torch.bincount(torch.tensor(labels), minlength=10).tolist()
+
+
+def test_download_happens_in_prepare_data_only(tmp_path, monkeypatch):
+    """Lightning calls prepare_data on one process per node (other DDP ranks wait), so only it may download."""
+    calls = []
+
+    def mnist(root, train, download):
+        calls.append((train, download))
+        if download and not (Path(root) / "MNIST").exists():
+            fake_mnist(Path(root))  # what the download would have written
+        return datasets.MNIST(root, train=train, download=False)
+
+    monkeypatch.setitem(torchvision_sets.SETS, "mnist", (mnist, *torchvision_sets.SETS["mnist"][1:]))
+    data = TorchvisionDataModule("mnist", root=str(tmp_path), download=True, num_workers=0)
+    assert calls == []
+    data.prepare_data()
+    assert calls == [(True, True), (False, True)]
+    assert len(data.split("test")) == 20 and calls[2:] == [(True, False), (False, False)]

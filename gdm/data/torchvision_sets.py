@@ -1,7 +1,8 @@
 """Standard datasets through torchvision: `data=mnist`, `data=cifar10`.
 
 Nothing is downloaded unless the user asks (`data.download=true`); a missing dataset stops the run
-before training with one sentence saying where the files go and how to fetch them. The official
+before training with one sentence saying where the files go and how to fetch them. The download runs in
+`prepare_data`, which Lightning calls on one process per node while the other DDP ranks wait. The official
 training set is split into train / val with a fixed seed; the official test set is the test split.
 """
 
@@ -69,9 +70,20 @@ class TorchvisionDataModule(SplitDataModule):
         self.image_size = image_size or native
         self.image_shape = (channels, self.image_size, self.image_size)
         self.flip, self.val_fraction, self.split_seed = flip, val_fraction, split_seed
-        # Open now: a missing dataset fails before the model is built.
-        self.train_set = open_dataset(name, self.root, train=True, download=download)
-        self.test_set = open_dataset(name, self.root, train=False, download=download)
+        self.download = download
+        self.train_set = self.test_set = None
+        if not download:  # open now: a missing dataset fails before the model is built
+            self.open()
+
+    def prepare_data(self) -> None:
+        if self.download:
+            for train in (True, False):
+                open_dataset(self.name, self.root, train=train, download=True)
+
+    def open(self) -> None:
+        if self.train_set is None:
+            self.train_set = open_dataset(self.name, self.root, train=True, download=False)
+            self.test_set = open_dataset(self.name, self.root, train=False, download=False)
 
     def transform(self, augment: bool) -> v2.Compose:
         steps: list = [v2.ToImage()]
@@ -83,6 +95,7 @@ class TorchvisionDataModule(SplitDataModule):
         return v2.Compose([*steps, v2.ToDtype(torch.float32, scale=True), v2.Normalize([0.5] * channels, [0.5] * channels)])
 
     def build_splits(self) -> dict[str, Dataset]:
+        self.open()
         parts = split_indices(len(self.train_set), self.val_fraction, 0.0, self.split_seed)
         plain, augmented = LabelledImages(self.train_set, self.transform(False)), LabelledImages(self.train_set, self.transform(True))
         return {
