@@ -39,7 +39,7 @@ class AE(AutoencoderModule):
         nll, _ = self.recon_nll(batch["image"])
         loss = nll.mean()
         self.log("train/recon", loss.detach())
-        return loss
+        return loss if self.loss_ok("recon", loss) else None  # None: Lightning skips the update
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self.remember_visual_inputs(batch, batch_idx)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -43,6 +44,39 @@ class GenerativeModule(L.LightningModule):
     """
 
     requires: frozenset[str] = frozenset({"image"})
+    # Set by the NonFiniteLoss callback (callbacks.nonfinite_loss): what a NaN / Inf loss does.
+    nonfinite_action: str = "stop"
+    max_consecutive_skips: int = 20
+
+    def loss_ok(self, name: str, loss: torch.Tensor) -> bool:
+        """Whether to take the update for `loss`; False: skip it. Call before its backward pass.
+        A non-finite loss stops the run (one line: the loss, its value, the step) or, with
+        action=skip, is skipped. One device sync per call."""
+        finite = bool(torch.isfinite(loss).all())
+        if not hasattr(self, "_skipped_in_a_row"):
+            self._skipped_in_a_row: dict[str, int] = {}  # per loss: a GAN's D and G updates alternate
+        skipped = self._skipped_in_a_row
+        # DDP: every rank takes the same decision, or their gradient all-reduces would wait on each other.
+        if self.trainer.strategy.reduce_boolean_decision(finite, all=True):
+            skipped[name] = 0
+            return True
+        from gdm.callbacks.nonfinite_loss import Diverged
+
+        value = "finite here but not on another DDP rank" if finite else loss.detach().float().mean().item()
+        where = f"train/{name} is {value} at step {self.global_step} (epoch {self.current_epoch}, batch " \
+                f"{self.trainer.fit_loop.epoch_loop.batch_idx})"
+        skipped[name] = skipped.get(name, 0) + 1
+        if self.nonfinite_action == "skip" and skipped[name] <= self.max_consecutive_skips:
+            self.print(f"{where}: update skipped (callbacks.nonfinite_loss.action=skip)")
+            return False
+        dirpath = getattr(self.trainer.checkpoint_callback, "dirpath", None)
+        last = Path(dirpath) / "last.ckpt" if dirpath else None
+        keep = f"the last good checkpoint is {last}" if last and last.is_file() else "no checkpoint was written yet"
+        if self.nonfinite_action == "skip":
+            repeat, other = f" ({skipped[name]} in a row)", ""
+        else:
+            repeat, other = "", ", or set callbacks.nonfinite_loss.action=skip to skip such updates"
+        raise Diverged(f"{where}{repeat}: training stopped; {keep}. Lower the learning rates{other}.")
 
     def generate(self, indices: Sequence[int] | torch.Tensor, seed: int = 0) -> torch.Tensor:
         """Samples number `indices` of the model's seeded sample sequence, as images in [-1, 1]."""

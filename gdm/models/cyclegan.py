@@ -43,6 +43,8 @@ def linear_decay(n_epochs: int, n_epochs_decay: int) -> Callable[[int], float]:
 
 
 class CycleGAN(GenerativeModule):
+    requires = frozenset({"image_a", "image_b"})
+
     def __init__(
         self,
         image_shape: tuple[int, int, int],
@@ -67,7 +69,6 @@ class CycleGAN(GenerativeModule):
         self.criterion = get_target_loss(loss)
         if n_epochs < 0 or n_epochs_decay < 0:
             raise GdmError(f"model.n_epochs={n_epochs} and model.n_epochs_decay={n_epochs_decay} must be >= 0.")
-        self.requires = frozenset({"image_a", "image_b"})
         self.g_ab, self.g_ba = generator(image_shape=image_shape), generator(image_shape=image_shape)
         self.d_a, self.d_b = discriminator(image_shape=image_shape), discriminator(image_shape=image_shape)
         self.pool_a, self.pool_b = ImagePool(pool_size, image_shape), ImagePool(pool_size, image_shape)
@@ -129,15 +130,17 @@ class CycleGAN(GenerativeModule):
                 idt_loss_a, idt_loss_b = F.l1_loss(idt_a[0], real_a), F.l1_loss(idt_b[0], real_b)
                 g_loss = g_loss + hp.lambda_identity * (hp.lambda_a * idt_loss_a + hp.lambda_b * idt_loss_b)
                 logs.update({"train/idt_a": idt_loss_a, "train/idt_b": idt_loss_b})
-            opt_g.zero_grad(set_to_none=True)
-            self.manual_backward(g_loss)
-            opt_g.step()
+            if self.loss_ok("g_loss", g_loss):
+                opt_g.zero_grad(set_to_none=True)
+                self.manual_backward(g_loss)
+                opt_g.step()
 
         d_a_loss = self._d_loss(self.d_a, real_a, self.pool_a.query(fake_a.detach()))
         d_b_loss = self._d_loss(self.d_b, real_b, self.pool_b.query(fake_b.detach()))
-        opt_d.zero_grad(set_to_none=True)
-        self.manual_backward(d_a_loss + d_b_loss)
-        opt_d.step()
+        if self.loss_ok("d_loss", d_a_loss + d_b_loss):
+            opt_d.zero_grad(set_to_none=True)
+            self.manual_backward(d_a_loss + d_b_loss)
+            opt_d.step()
         logs.update({"train/g_loss": g_loss, "train/d_a": d_a_loss, "train/d_b": d_b_loss,
                      "train/lr": torch.tensor(opt_g.param_groups[0]["lr"])})
         self.log_dict({k: v.detach() for k, v in logs.items()}, on_step=True, on_epoch=False,

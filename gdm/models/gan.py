@@ -122,18 +122,21 @@ class GAN(GenerativeModule):
             r1 = r1_penalty(real_logits, real)
             d_loss = d_loss + 0.5 * self.r1_gamma * r1
             logs["train/r1"] = r1.detach()
-        opt_d.zero_grad(set_to_none=True)
-        self.manual_backward(d_loss)
-        opt_d.step()
+        if self.loss_ok("d_loss", d_loss):
+            opt_d.zero_grad(set_to_none=True)
+            self.manual_backward(d_loss)
+            opt_d.step()
 
         if g_turn:
             # D's weights need no gradient for G's update: toggling skips that work.
             with self.toggled_optimizer(opt_g):
                 g_loss = self.adversarial.g_loss(self.discriminator(fake, labels))
-                opt_g.zero_grad(set_to_none=True)
-                self.manual_backward(g_loss)
-                opt_g.step()
-            if self.generator_ema is not None:
+                g_step = self.loss_ok("g_loss", g_loss)
+                if g_step:
+                    opt_g.zero_grad(set_to_none=True)
+                    self.manual_backward(g_loss)
+                    opt_g.step()
+            if self.generator_ema is not None and g_step:
                 self.generator_ema.update_parameters(self.generator)
             logs["train/g_loss"] = g_loss.detach()
         logs["train/d_real"] = real_logits.detach().mean()

@@ -85,7 +85,7 @@ class VAE(AutoencoderModule):
         loss = (-log_px + weight * kl).mean()
         self.log_dict({"train/loss": loss.detach(), "train/elbo": (log_px - kl).mean().detach(),
                        "train/kl": kl.mean().detach(), "train/kl_weight": weight})
-        return loss
+        return loss if self.loss_ok("loss", loss) else None  # None: Lightning skips the update
 
     def _log_elbo(self, stage: str, log_px: torch.Tensor, kl: torch.Tensor) -> None:
         elbo = log_px - kl

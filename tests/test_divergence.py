@@ -1,0 +1,83 @@
+"""A NaN / Inf training loss: the run stops with one line naming the loss and step and keeps the last good
+checkpoint, or (action=skip) skips that update."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+from helpers import TINY, compose_config
+
+from gdm import losses
+from gdm.app import run, user_error
+from gdm.models import gan
+
+RUN = ["data.image_size=16", *TINY, "logger=none", "trainer.max_epochs=2", "trainer.check_val_every_n_epoch=1",
+       "test_after_fit=false"]
+
+
+@pytest.fixture
+def nan_on_call(monkeypatch):
+    """The GAN's D loss (or G loss) turns NaN on its `n`-th call (one call per training batch), or on every
+    call from the `n`-th on."""
+    def install(n: int, which: str = "d_loss", from_then_on: bool = False):
+        calls = []
+
+        def make(name):
+            loss = losses.get_loss(name)
+            original = getattr(loss, which)
+
+            def poisoned(*args):
+                calls.append(1)
+                value = original(*args)
+                bad = len(calls) >= n if from_then_on else len(calls) == n
+                return value * float("nan") if bad else value
+
+            return dataclasses.replace(loss, **{which: poisoned})
+
+        monkeypatch.setattr(gan, "get_loss", make)
+
+    return install
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(nan_on_call, tmp_path):
+    nan_on_call(3)  # epoch 0 has batches 1-2 (then an evaluation writes last.ckpt at step 4); batch 3 diverges
+    with pytest.raises(Exception) as caught:  # noqa: B017 - Lightning may wrap it
+        run(compose_config(RUN, tmp_path))
+    message = str(user_error(caught.value))
+    assert message.startswith("train/d_loss is nan at step 4 (epoch 1, batch 0)")
+    assert f"the last good checkpoint is {tmp_path / 'checkpoints' / 'last.ckpt'}" in message
+    assert "\n" not in message
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 4
+    assert all(torch.isfinite(t).all() for t in last["state_dict"].values() if t.is_floating_point())
+    assert not (tmp_path / "checkpoints" / "on_exception.ckpt").exists()  # nothing newer to resume from by mistake
+    assert json.loads((tmp_path / "summary.json").read_text())["status"].startswith("failed: Diverged")
+
+
+def test_nan_loss_with_skip_leaves_that_update_out(nan_on_call, tmp_path):
+    nan_on_call(3)
+    run(compose_config([*RUN, "callbacks.nonfinite_loss.action=skip"], tmp_path))
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 7  # 4 batches x (D + G) updates, one D update skipped
+    assert all(torch.isfinite(t).all() for t in last["state_dict"].values() if t.is_floating_point())
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "finished"
+
+
+def test_unknown_action_is_one_sentence(tmp_path):
+    with pytest.raises(Exception) as caught:  # noqa: B017
+        run(compose_config([*RUN, "callbacks.nonfinite_loss.action=ignore"], tmp_path))
+    assert "callbacks.nonfinite_loss.action='ignore' is not one of stop, skip" in str(user_error(caught.value))
+
+
+def test_skipping_stops_after_too_many_bad_updates_of_one_loss(nan_on_call, tmp_path):
+    """D's updates stay finite while G's loss is NaN from batch 2 on: G's count is its own."""
+    nan_on_call(2, which="g_loss", from_then_on=True)
+    cfg = compose_config([*RUN, "callbacks.nonfinite_loss.action=skip",
+                          "callbacks.nonfinite_loss.max_consecutive_skips=2"], tmp_path)
+    with pytest.raises(Exception) as caught:  # noqa: B017
+        run(cfg)
+    assert "train/g_loss is nan at step 5 (epoch 1, batch 1) (3 in a row): training stopped" in str(
+        user_error(caught.value))
