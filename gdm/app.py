@@ -3,25 +3,30 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 import warnings
+from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 from omegaconf.errors import InterpolationKeyError, MissingMandatoryValue
 
 from gdm.config_tree import print_config_tree
 from gdm.ddp import extra_ranks_run_this_job
 from gdm.errors import GdmError
+from gdm.tasks.evaluate import evaluate
+from gdm.tasks.sample import sample
 from gdm.tasks.train import train
 from gdm.tasks.translate import translate
 
 log = logging.getLogger("gdm")
 
-TASKS = {"train": train, "translate": translate}
+TASKS = {"train": train, "eval": evaluate, "sample": sample, "translate": translate}
 
 
 def quiet_lightning() -> None:
@@ -53,7 +58,7 @@ def run(cfg: DictConfig) -> float | None:
     if cfg.task not in TASKS:
         raise GdmError(f"task={cfg.task} is not a task; choose one of {', '.join(TASKS)}.")
     quiet_lightning()
-    if cfg.get("print_config", True):
+    if cfg.get("print_config", True) and cfg.task != "eval":  # eval prints its config once merged with the ckpt's
         print_config_tree(cfg)
     with extra_ranks_run_this_job():
         return TASKS[cfg.task](cfg)
@@ -64,6 +69,12 @@ def main(cfg: DictConfig) -> float | None:
     failed job logs why and returns NaN instead, so the sweep goes on; Optuna records the trial as failed."""
     try:
         return run(cfg)
+    except SIGTERMException:  # Lightning stopped after the current batch (training: wrote on_exception.ckpt)
+        saved = Path(cfg.paths.output_dir) / "checkpoints" / "on_exception.ckpt"
+        advice = (f"; checkpoint: {saved}; continue with the same command plus hydra.run.dir={cfg.paths.output_dir} "
+                  "resume=auto" if cfg.task == "train" and saved.is_file() else "")
+        log.error(f"stopped by SIGTERM{advice}")
+        sys.exit(128 + signal.SIGTERM)
     except Exception as err:
         mistake = user_error(err)
         if in_multirun():

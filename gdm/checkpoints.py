@@ -1,4 +1,5 @@
-"""Rebuild a trained model from a gdm checkpoint alone (its composed config travels inside it).
+"""Read gdm checkpoints: rebuild a trained model from a checkpoint alone (its composed config travels
+inside it), and compose the config of a run that works on a checkpoint (eval, sample, resume).
 
     from gdm.checkpoints import load_model
     model = load_model("outputs/train/.../checkpoints/best.ckpt")
@@ -10,21 +11,100 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from gdm.errors import GdmError
 from gdm.models.base import GenerativeModule
 
+# What a checkpoint decides for a run that evaluates or samples it, unless the command line says otherwise.
+FROM_CHECKPOINT = ("model", "data", "metrics", "monitor", "monitor_mode")
 
-def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> GenerativeModule:
+
+def read_checkpoint(path: str | Path) -> dict:
+    """A gdm checkpoint's contents, or one sentence saying why `path` is not one."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise GdmError(f"ckpt_path={path} is not a file: point it at a .ckpt in a run's checkpoints/ folder.")
-    checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated, not a torch file, or pickled objects we do not load
+        raise GdmError(f"ckpt_path={path} cannot be read as a checkpoint ({type(err).__name__}: "
+                       f"{str(err).splitlines()[0][:200]}): pick another one, e.g. the run's best.ckpt.") from None
     if "gdm_config" not in checkpoint:
         raise GdmError(f"{path} has no gdm config inside: it was not written by a gdm run.")
+    return checkpoint
+
+
+def model_name(config: dict | DictConfig) -> str:
+    return str(config["model"]["_target_"]).rsplit(".", 1)[-1]
+
+
+def check_same_model(cfg: DictConfig, checkpoint: dict, path: str | Path) -> None:
+    """Resuming needs the checkpoint's model class; its state would not fit another."""
+    saved, wanted = model_name(checkpoint["gdm_config"]), model_name(cfg)
+    if saved != wanted:
+        raise GdmError(f"ckpt_path={path} holds a {saved} model, not a {wanted} (model={cfg.model._target_}): pick "
+                       f"the checkpoint of a {wanted} run, or the {saved} model config.")
+
+
+def command_line_keys() -> list[tuple[str, bool]]:
+    """(key, deleted) for each override the user typed (`data=mnist` gives `data`); none outside Hydra."""
+    if not HydraConfig.initialized():
+        return []
+    parsed = OverridesParser.create().parse_overrides(list(HydraConfig.get().overrides.task))
+    return [(o.key_or_group.replace("/", "."), o.is_delete()) for o in parsed]
+
+
+def config_for_checkpoint(cfg: DictConfig, checkpoint: dict) -> DictConfig:
+    """`cfg` with the checkpoint's model, data and metrics, except for the keys set on the command line."""
+    # Before interpolation when the checkpoint has it: `paths.data_dir=` or `data=` here re-resolve data.root.
+    saved = OmegaConf.create(checkpoint.get("gdm_config_source") or checkpoint["gdm_config"])
+    merged = cfg.copy()
+    with open_dict(merged):
+        for key in FROM_CHECKPOINT:
+            if key in saved:
+                merged[key] = saved[key]
+        for key, deleted in command_line_keys():
+            if key.split(".")[0] not in FROM_CHECKPOINT:
+                continue
+            if deleted:
+                parent, _, leaf = key.rpartition(".")
+                node = OmegaConf.select(merged, parent) if parent else merged
+                if node is not None and leaf in node:
+                    del node[leaf]
+            else:
+                OmegaConf.update(merged, key, OmegaConf.select(cfg, key), force_add=True)
+    return merged
+
+
+def check_fits(model: GenerativeModule, checkpoint: dict, path: str | Path) -> None:
+    """Resuming: the checkpoint's weights must have this model's names and shapes (same class, other settings
+    such as `model=cgan` vs `model=gan` or another image size would fail deep inside Lightning)."""
+    mine = {k: tuple(v.shape) for k, v in model.state_dict().items() if hasattr(v, "shape")}
+    theirs = {k: tuple(v.shape) for k, v in checkpoint["state_dict"].items() if hasattr(v, "shape")}
+    differ = sorted(set(mine) ^ set(theirs)) or [k for k in mine if mine[k] != theirs[k]]
+    if differ:
+        raise GdmError(f"ckpt_path={path} does not fit this model ({differ[0]}: "
+                       f"{theirs.get(differ[0], 'absent')} in the checkpoint, {mine.get(differ[0], 'absent')} here): "
+                       "the model or data settings differ from the run that wrote it.")
+
+
+def load_state(model: GenerativeModule, checkpoint: dict, path: str | Path) -> GenerativeModule:
+    try:
+        model.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as err:
+        first = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
+        raise GdmError(f"ckpt_path={path} does not fit this model ({first[:200]}): the model or data settings "
+                       "differ from the run that wrote it; drop the model/data overrides.") from None
+    return model
+
+
+def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> GenerativeModule:
+    checkpoint = read_checkpoint(path)
     hparams = checkpoint["hyper_parameters"]
     make_model = instantiate(checkpoint["gdm_config"]["model"], _partial_=True, _convert_="all")
     model = make_model(image_shape=tuple(hparams["image_shape"]), num_classes=hparams.get("num_classes"))
-    model.load_state_dict(checkpoint["state_dict"])
-    return model.eval()
+    return load_state(model, checkpoint, path).to(map_location).eval()

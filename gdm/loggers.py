@@ -2,7 +2,8 @@
 
 `mode: auto` (the default) runs online when an API key is configured (WANDB_API_KEY or
 `wandb login`) and the W&B host answers within a few seconds; otherwise it runs offline and
-says, in one line, how to upload the run later. `WANDB_MODE` in the environment wins.
+says, in one line, how to upload the run later. `mode: online` fails within seconds, in one
+sentence, when it cannot be online. `WANDB_MODE` in the environment wins.
 """
 
 from __future__ import annotations
@@ -53,6 +54,13 @@ def resolve_mode(mode: str) -> tuple[str, str | None]:
         mode = {"dryrun": "offline", "run": "online"}.get(env, env)
     if mode not in MODES:
         raise GdmError(f"logger.wandb.mode='{mode}' is not a W&B mode; choose one of {', '.join(MODES)}.")
+    if mode == "online":  # checked here: wandb.init would wait ~90 s for an unreachable server, then fail
+        if not has_credentials():
+            raise GdmError("logger.wandb.mode=online but no W&B credentials are set: run `wandb login` or set "
+                           "WANDB_API_KEY, or use logger.wandb.mode=offline (upload later with `wandb sync`).")
+        if not reachable():
+            raise GdmError(f"logger.wandb.mode=online but {_base_url()} is not reachable: check the network, or use "
+                           "logger.wandb.mode=offline (upload later with `wandb sync`) or auto (falls back).")
     if mode != "auto":
         return mode, None
     if not has_credentials():

@@ -3,14 +3,19 @@ uninterrupted run ends (weights, EMA, optimizers, schedulers, image pools, RNG s
 
 from __future__ import annotations
 
+import json
+import os
+
 import pytest
 import torch
-from helpers import TINY_CYCLEGAN, TINY_TRAINER, compose_config
+from helpers import ROOT, TINY_CYCLEGAN, TINY_TRAINER, compose_config
+from test_e2e import run_py
 
 from gdm.app import run
 
 EXACT = ["++trainer.limit_train_batches=3", "trainer.check_val_every_n_epoch=1", "trainer.deterministic=true",
          "logger=none", "test_after_fit=false"]
+TESTS = ROOT / "tests"
 MODELS = {
     "gan": ["model=gan", "data.image_size=16", "model.ema_decay=0.9", "metrics.fid.num_samples=40"],
     "cyclegan": [*(o for o in TINY_CYCLEGAN if o not in TINY_TRAINER), "model.pool_size=2", "trainer.accelerator=cpu",
@@ -47,3 +52,63 @@ def test_stop_and_resume_equals_one_uninterrupted_run(model, tmp_path):
     else:  # the image pools (module extra state) are full and equal
         pools = [k for k in full["state_dict"] if k.endswith("_extra_state")]
         assert pools and all(full["state_dict"][k]["count"] == 2 for k in pools)
+
+
+SIGNAL_RUN = ["data.image_size=16", "trainer.max_epochs=3", "+trainer.limit_train_batches=4",
+              "+trainer.limit_val_batches=1", "trainer.check_val_every_n_epoch=1", "metrics.fid.num_samples=40",
+              "print_config=false", "test_after_fit=false"]
+
+
+def signal_at(name: str, step: int) -> list[str]:
+    return ["+callbacks.kill._target_=signal_at_step.SignalAtStep", f"+callbacks.kill.signal_name={name}",
+            f"+callbacks.kill.step={step}"]
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_and_resume_auto_continues_the_same_wandb_run(tmp_path):
+    run_dir = tmp_path / "run"
+    args = [*SIGNAL_RUN, "logger=wandb", "logger.wandb.mode=offline", f"hydra.run.dir={run_dir}", "resume=auto"]
+    env = {"WANDB_SILENT": "true", "PYTHONPATH": str(TESTS)}
+    first = run_py(*args, *signal_at("SIGTERM", 10), env_extra=env)
+    out = first.stdout + first.stderr
+    assert first.returncode == 143, out[-2000:]
+    assert "resume=auto: no checkpoint" in out and "stopped by SIGTERM" in out and "Traceback" not in out
+    saved = torch.load(run_dir / "checkpoints" / "on_exception.ckpt", weights_only=True)
+    assert saved["global_step"] == 10  # right after the batch that got the signal
+    assert json.loads((run_dir / "summary.json").read_text())["status"].startswith("interrupted")
+
+    second = run_py(*args, env_extra=env)  # the same command again
+    out = second.stdout + second.stderr
+    assert second.returncode == 0, out[-2000:]
+    assert f"resuming from {run_dir / 'checkpoints' / 'on_exception.ckpt'} (step 10" in out
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["global_step"] == 24  # 3 epochs x 4 batches x (D + G)
+    runs = sorted((run_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and runs[0].name.rsplit("-", 1)[1] == runs[1].name.rsplit("-", 1)[1]  # one W&B run id
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["wandb_run_id"] == \
+        runs[0].name.rsplit("-", 1)[1]
+
+
+@pytest.mark.slow
+def test_sigusr1_under_slurm_saves_an_hpc_checkpoint_requeues_and_the_requeued_job_resumes(tmp_path):
+    """Lightning's SLURM auto-requeue, with SLURM's environment and `scontrol` faked."""
+    bin_dir, run_dir = tmp_path / "bin", tmp_path / "run"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "scontrol.txt"}\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    env = {"PYTHONPATH": str(TESTS), "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_NTASKS": "1",
+           "SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "gdm", "SLURM_PROCID": "0", "SLURM_LOCALID": "0",
+           "SLURM_NODEID": "0", "SLURM_NODELIST": "localhost"}
+    args = [*SIGNAL_RUN, "logger=csv", "trainer.accelerator=cpu", f"hydra.run.dir={run_dir}"]
+    first = run_py(*args, *signal_at("SIGUSR1", 10), "+callbacks.kill2._target_=signal_at_step.SignalAtStep",
+                   "+callbacks.kill2.signal_name=SIGTERM", "+callbacks.kill2.step=12", env_extra=env)
+    out = first.stdout + first.stderr
+    assert first.returncode == 143, out[-2000:]  # SLURM's requeue ends the job with SIGTERM
+    assert (tmp_path / "scontrol.txt").read_text().split() == ["requeue", "4242"]
+    assert torch.load(run_dir / "hpc_ckpt_1.ckpt", weights_only=True)["global_step"] == 10
+
+    requeued = run_py(*args, env_extra=env)  # SLURM starts the same job again: Lightning finds hpc_ckpt_1
+    out = requeued.stdout + requeued.stderr
+    assert requeued.returncode == 0, out[-2000:]
+    assert "Restoring states from the checkpoint path at" in out and "hpc_ckpt_1.ckpt" in out
+    assert json.loads((run_dir / "summary.json").read_text())["global_step"] == 24

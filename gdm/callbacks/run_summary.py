@@ -14,6 +14,7 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 
 def _number(value) -> float:
@@ -66,7 +67,10 @@ class RunSummary(L.Callback):
 
     def on_exception(self, trainer: L.Trainer, pl_module, exception: BaseException) -> None:
         if self.summary:
-            self.summary["status"] = f"failed: {type(exception).__name__}: {exception}"
+            if isinstance(exception, (SIGTERMException, KeyboardInterrupt)):
+                self.summary["status"] = f"interrupted ({type(exception).__name__}): resume with resume=auto"
+            else:
+                self.summary["status"] = f"failed: {type(exception).__name__}: {exception}"
             self._write(trainer)
 
     @rank_zero_only

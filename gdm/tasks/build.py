@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import lightning as L
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from gdm.atomic_checkpoint_io import AtomicCheckpointIO
 from gdm.callbacks.config_in_checkpoint import ConfigInCheckpoint
 from gdm.callbacks.random_state import RandomState
 from gdm.data.base import SplitDataModule
@@ -23,15 +24,22 @@ def build_datamodule(cfg: DictConfig) -> SplitDataModule:
 
 def build_model(cfg: DictConfig, datamodule: SplitDataModule) -> GenerativeModule:
     # Sized from the data: the shape is passed in Python, not merged into the config.
+    # Checked on the class first, before its nets are sized (the wrong kind of data is the first thing to say),
+    # then on the instance (a conditional GAN also needs labels).
+    check_provides(cfg, get_class(cfg.model._target_).requires, datamodule)
     make_model = instantiate(cfg.model, _partial_=True, _convert_="all")
     model = make_model(image_shape=tuple(int(n) for n in datamodule.image_shape), num_classes=datamodule.num_classes)
-    missing = model.requires - datamodule.provides
+    check_provides(cfg, model.requires, datamodule)
+    return model
+
+
+def check_provides(cfg: DictConfig, requires: frozenset[str], datamodule: SplitDataModule) -> None:
+    missing = requires - datamodule.provides
     if missing:
         raise GdmError(
             f"model={cfg.model._target_.rsplit('.', 1)[-1]} needs batches with {', '.join(sorted(missing))}, which "
             f"data={type(datamodule).__name__} does not provide: pick a dataset that has them."
         )
-    return model
 
 
 def _instantiate_group(group: DictConfig | None) -> list:
@@ -41,10 +49,14 @@ def _instantiate_group(group: DictConfig | None) -> list:
 
 
 def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
-    callbacks = _instantiate_group(cfg.get("callbacks")) + _instantiate_group(cfg.get("metrics"))
-    callbacks.append(ConfigInCheckpoint(OmegaConf.to_container(cfg, resolve=True)))
+    callbacks = _instantiate_group(cfg.get("callbacks")) + build_metrics(cfg)
+    callbacks.append(ConfigInCheckpoint(OmegaConf.to_container(cfg, resolve=True), OmegaConf.to_container(cfg)))
     callbacks.append(RandomState(cfg.seed))
     return callbacks
+
+
+def build_metrics(cfg: DictConfig) -> list[L.Callback]:
+    return _instantiate_group(cfg.get("metrics"))
 
 
 def build_loggers(cfg: DictConfig) -> list:
@@ -57,4 +69,5 @@ def build_trainer(cfg: DictConfig, callbacks: list, loggers: list) -> L.Trainer:
             f"trainer.accelerator={cfg.trainer.accelerator} but this machine has no usable GPU: use trainer=cpu, "
             "or trainer=default (it picks a GPU when there is one)."
         )
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    plugins = [*instantiate(cfg.trainer.get("plugins") or []), AtomicCheckpointIO()]
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins)

@@ -8,10 +8,12 @@ from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from omegaconf import DictConfig, OmegaConf
 
-from gdm.errors import GdmError
+from gdm.checkpoints import check_fits
+from gdm.resume import resume_from
 from gdm.tasks.build import build_callbacks, build_datamodule, build_loggers, build_model, build_trainer
 
 log = logging.getLogger(__name__)
@@ -24,10 +26,11 @@ def train(cfg: DictConfig) -> float | None:
     if rank_zero_only.rank == 0:  # DDP: ranks > 0 write no files
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
-    if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).expanduser().is_file():
-        raise GdmError(f"ckpt_path={cfg.ckpt_path} is not a file: point it at a run's checkpoints/last.ckpt.")
+    resume = resume_from(cfg)
     datamodule = build_datamodule(cfg)
     model = build_model(cfg, datamodule)
+    if resume is not None:
+        check_fits(model, resume[1], resume[0])
     loggers = build_loggers(cfg)
     summary_path = run_dir / "summary.json"
     status = "failed"
@@ -35,13 +38,15 @@ def train(cfg: DictConfig) -> float | None:
         trainer = build_trainer(cfg, build_callbacks(cfg), loggers)
         for logger in loggers:
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-        resume = {"ckpt_path": cfg.ckpt_path} if cfg.get("ckpt_path") else {}
-        trainer.fit(model, datamodule=datamodule, **resume)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=str(resume[0]) if resume else None)
         evaluate_final_model(trainer, model, datamodule, summary_path)
         if cfg.get("test_after_fit", True) and is_overridden("test_step", model) and not trainer.interrupted:
             best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
             trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
         status = "success"
+    except SIGTERMException:  # preempted: W&B shows the run as preempted, to be resumed
+        status = "preempted"
+        raise
     finally:
         finish_loggers(loggers, status)
 
@@ -80,6 +85,8 @@ def finish_loggers(loggers: list, status: str) -> None:
     if any(type(lg).__name__ == "WandbLogger" for lg in loggers):
         import wandb
 
+        if status == "preempted" and wandb.run is not None:
+            wandb.run.mark_preempting()
         wandb.finish(exit_code=0 if status == "success" else 1)
 
 

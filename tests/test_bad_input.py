@@ -1,0 +1,161 @@
+"""User mistakes through run.py, as typed: each ends in one clear message (exit status 2; Hydra's own
+config errors exit 1), no traceback, within seconds, and no run directory that looks complete."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import TINY, compose_config
+from PIL import Image
+from test_e2e import run_py
+
+from gdm.app import run
+
+QUICK = ["print_config=false", "logger=none", "data.image_size=16", "trainer.max_epochs=1",
+         "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1"]  # every run here stops before training
+
+
+def flat_folder(root: Path, n: int = 12) -> Path:
+    """Unlabelled images (no class sub-folders)."""
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(root / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def gan_ckpt(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("gan")
+    run(compose_config(["data.image_size=16", *TINY, "logger=none", "test_after_fit=false"], run_dir))
+    return run_dir / "checkpoints" / "last.ckpt"
+
+
+def fails_cleanly(tmp_path: Path, *args: str, message: str, status: int = 2, env: dict | None = None) -> str:
+    start = time.monotonic()
+    proc = run_py(*QUICK, *args, f"hydra.run.dir={tmp_path / 'run'}", env_extra=env, timeout=120)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == status, out[-2000:]
+    assert message in out, out[-2000:]
+    assert "Traceback" not in out
+    assert time.monotonic() - start < 60
+    summary = tmp_path / "run" / "summary.json"
+    assert not summary.exists() or json.loads(summary.read_text())["status"] != "finished"
+    return out
+
+
+@pytest.mark.slow
+def test_unknown_group_option_lists_the_valid_ones(tmp_path):
+    out = fails_cleanly(tmp_path, "model=gna", message="Could not find 'model/gna'", status=1)
+    assert "Available options in 'model'" in out and all(f"\t{m}\n" in out for m in ("gan", "vae", "cyclegan"))
+
+
+@pytest.mark.slow
+def test_a_model_that_needs_labels_on_unlabelled_images(tmp_path):
+    folder = flat_folder(tmp_path / "flat")
+    fails_cleanly(tmp_path, "model=cgan", "data=image_folder", f"data.root={folder}", "data.num_workers=0",
+                  message="model=cgan needs labelled data, and this data has no labels: use data=digits")
+
+
+@pytest.mark.slow
+def test_a_two_domain_model_on_one_domain_data(tmp_path):
+    fails_cleanly(tmp_path, "model=cyclegan", "data=digits",
+                  message="model=CycleGAN needs batches with image_a, image_b, which data=DigitsDataModule")
+
+
+@pytest.mark.slow
+def test_a_missing_dataset_dir_says_how_to_get_it(tmp_path):
+    fails_cleanly(tmp_path, "model=cyclegan", "data=monet", f"paths.data_dir={tmp_path / 'data'}",
+                  message=f"python -m gdm.data.download monet2photo --data-dir {tmp_path / 'data'}")
+
+
+@pytest.mark.slow
+def test_a_corrupt_image_is_named(tmp_path):
+    folder = flat_folder(tmp_path / "flat")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot an image")
+    fails_cleanly(tmp_path, "data=image_folder", f"data.root={folder}", "data.num_workers=0",
+                  message=f"Cannot read image {folder / 'broken.png'}")
+
+
+@pytest.mark.slow
+def test_a_checkpoint_of_another_model(tmp_path, gan_ckpt):
+    fails_cleanly(tmp_path, "model=vae", f"ckpt_path={gan_ckpt}",
+                  message=f"ckpt_path={gan_ckpt} holds a GAN model, not a VAE")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["train", "eval", "sample"])
+def test_a_ckpt_path_that_does_not_exist(task, tmp_path):
+    fails_cleanly(tmp_path, f"task={task}", f"ckpt_path={tmp_path / 'nope.ckpt'}",
+                  message=f"ckpt_path={tmp_path / 'nope.ckpt'} is not a file")
+
+
+@pytest.mark.slow
+def test_a_truncated_checkpoint(tmp_path, gan_ckpt):
+    broken = tmp_path / "broken.ckpt"
+    broken.write_bytes(gan_ckpt.read_bytes()[:5000])
+    fails_cleanly(tmp_path, "task=eval", f"ckpt_path={broken}", message=f"ckpt_path={broken} cannot be read")
+
+
+@pytest.mark.slow
+def test_wandb_online_without_network_fails_within_seconds(tmp_path):
+    env = {"WANDB_API_KEY": "0" * 40, "WANDB_BASE_URL": "http://127.0.0.1:9"}  # nothing listens on port 9
+    fails_cleanly(tmp_path, "logger=wandb", "logger.wandb.mode=online", env=env,
+                  message="logger.wandb.mode=online but http://127.0.0.1:9 is not reachable")
+
+
+def test_a_checkpoint_written_halfway_never_replaces_a_good_one(tmp_path, gan_ckpt, monkeypatch):
+    """A crash while a checkpoint is written (here: torch.save dies halfway) leaves the old file intact."""
+    from gdm import atomic_checkpoint_io
+    from gdm.atomic_checkpoint_io import AtomicCheckpointIO
+
+    target = tmp_path / "last.ckpt"
+    target.write_bytes(gan_ckpt.read_bytes())
+    good = torch.load(target, weights_only=True)
+
+    def dies_halfway(obj, f):
+        f.write(b"half a checkpoint")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(atomic_checkpoint_io.torch, "save", dies_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        AtomicCheckpointIO().save_checkpoint({"state_dict": {}}, target)
+    assert torch.load(target, weights_only=True)["global_step"] == good["global_step"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]  # no temporary file left behind
+
+
+def test_runs_write_checkpoints_atomically(tmp_path):
+    from gdm.atomic_checkpoint_io import AtomicCheckpointIO
+    from gdm.tasks.build import build_trainer
+
+    trainer = build_trainer(compose_config([*TINY, "logger=none"], tmp_path), callbacks=[], loggers=[])
+    assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+
+
+@pytest.mark.slow
+def test_a_checkpoint_of_the_same_class_with_other_settings(tmp_path, gan_ckpt):
+    fails_cleanly(tmp_path, "model=cgan", f"ckpt_path={gan_ckpt}", message=f"ckpt_path={gan_ckpt} does not fit this model")
+
+
+def test_no_crash_checkpoint_before_training_starts_or_after_a_user_mistake(tmp_path):
+    """An error while a restarted run is still setting up must not save an untrained model over the
+    preempted run's on_exception.ckpt (resume=auto would then start over)."""
+    from types import SimpleNamespace
+
+    from gdm.callbacks.crash_checkpoint import CrashCheckpoint
+    from gdm.errors import GdmError
+
+    saved = []
+    trainer = SimpleNamespace(save_checkpoint=lambda path: saved.append(path), fast_dev_run=False)
+    callback = CrashCheckpoint(dirpath=str(tmp_path), filename="on_exception")
+    callback.on_exception(trainer, None, RuntimeError("in setup"))
+    callback.on_train_start(trainer, None)
+    callback.on_exception(trainer, None, GdmError("a user mistake"))
+    assert saved == []
+    callback.on_exception(trainer, None, RuntimeError("during training"))
+    assert saved == [str(tmp_path / "on_exception.ckpt")]

@@ -1,0 +1,98 @@
+"""task=eval and task=sample on checkpoints, through run.py as a user types them."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from helpers import CONF, TINY, TINY_CYCLEGAN, compose_config
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from test_e2e import run_py
+
+from gdm.app import run
+from gdm.checkpoints import config_for_checkpoint, load_model, read_checkpoint
+from gdm.images import load_png, to_uint8
+from gdm.models.base import latent_noise
+
+SMALL = ["data.image_size=16", *TINY, "logger=none", "test_after_fit=false"]
+
+
+@pytest.fixture(scope="module")
+def cgan_ckpt(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("cgan")
+    run(compose_config(["model=cgan", "model.ema_decay=0.9", *SMALL], run_dir))
+    return run_dir / "checkpoints" / "last.ckpt"
+
+
+@pytest.mark.slow
+def test_eval_writes_fid_kid_and_class_accuracy(cgan_ckpt, tmp_path):
+    proc = run_py("task=eval", f"ckpt_path={cgan_ckpt}", "eval.num_samples=60", "eval.kid_subset_size=50",
+                  "eval.split=val", "print_config=false", f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((tmp_path / "eval.json").read_text())
+    assert report["model"] == "GAN" and report["split"] == "val" and report["num_samples"] == 60
+    assert report["global_step"] == torch.load(cgan_ckpt, weights_only=True)["global_step"]
+    metrics = report["metrics"]
+    assert {"val/fid_digits", "val/kid_digits", "val/kid_digits_std", "val/class_acc"} <= set(metrics)
+    assert metrics["val/fid_digits"] > 0 and 0 <= metrics["val/class_acc"] <= 1
+    assert f"val/fid_digits      {metrics['val/fid_digits']:.6g}" in proc.stdout + proc.stderr  # printed too
+
+
+@pytest.mark.slow
+def test_eval_of_a_vae_reports_the_iwae_nll(tmp_path):
+    run(compose_config(["model=vae", "model.iwae_k=4", *SMALL], tmp_path / "train"))
+    proc = run_py("task=eval", f"ckpt_path={tmp_path / 'train/checkpoints/last.ckpt'}", "eval.num_samples=40",
+                  "eval.kid_subset_size=20", "print_config=false", "logger=none", f"hydra.run.dir={tmp_path / 'eval'}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    metrics = json.loads((tmp_path / "eval" / "eval.json").read_text())["metrics"]
+    assert metrics["test/nll_iwae"] > 0 and metrics["val/fid_digits"] > 0 and "val/elbo" in metrics
+
+
+def test_kid_shares_fid_features_and_eval_is_repeatable(cgan_ckpt, tmp_path):
+    def evaluate(name: str, *overrides: str) -> dict:
+        run(compose_config(["task=eval", f"ckpt_path={cgan_ckpt}", "eval.num_samples=60", *overrides], tmp_path / name))
+        return json.loads((tmp_path / name / "eval.json").read_text())["metrics"]
+
+    with_kid, again, without = evaluate("a"), evaluate("b"), evaluate("c", "eval.kid_subset_size=null")
+    assert with_kid == again  # seeded: the same numbers every time
+    assert with_kid["val/fid_digits"] == without["val/fid_digits"] and "val/kid_digits" not in without
+    assert with_kid["val/kid_digits"] > 0
+
+
+def test_the_checkpoint_decides_model_and_data_unless_the_command_line_does(cgan_ckpt, tmp_path):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=["task=eval", "data.batch_size=7", f"paths.output_dir={tmp_path}"],
+                      return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    merged = config_for_checkpoint(cfg, read_checkpoint(cgan_ckpt))
+    assert merged.model._target_ == "gdm.models.gan.GAN" and merged.model.conditional is True  # from the ckpt
+    assert merged.data.image_size == 16  # from the checkpoint (the default config says 32)
+    assert merged.data.batch_size == 7  # typed on the command line
+    assert "class_acc" in merged.metrics and merged.task == "eval"
+
+
+@pytest.mark.slow
+def test_sample_writes_n_pngs_and_a_class_grid_from_the_ema_generator(cgan_ckpt, tmp_path):
+    proc = run_py("task=sample", f"ckpt_path={cgan_ckpt}", "+sample.n=23", "print_config=false",
+                  f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    files = sorted((tmp_path / "samples").glob("*.png"))
+    assert [f.name for f in files] == [f"{i:05d}.png" for i in range(23)]
+    model = load_model(cgan_ckpt)
+    labels = torch.arange(23) % 10  # sample i shows class i mod 10: the grid's column c is class c
+    expected = to_uint8(model.generate(range(23), labels=labels))
+    assert torch.equal(torch.stack([load_png(f, 1) for f in files]), expected)
+    with torch.no_grad():  # the EMA generator's samples, not the trained generator's
+        raw = model.generator.eval()(latent_noise(range(23), model.latent_dim, seed=0), labels)
+    assert model.generator_ema is not None and not torch.equal(expected, to_uint8(raw))
+    grid = load_png(tmp_path / "grid.png", 1)
+    assert grid.shape == (1, 2 + 3 * 18, 2 + 10 * 18)  # 10 columns (classes), 3 rows, 16 px + 2 px padding
+
+
+def test_sample_refuses_a_translation_model(tmp_path):
+    run(compose_config([*TINY_CYCLEGAN, "logger=none"], tmp_path / "cg"))
+    cfg = compose_config(["task=sample", f"ckpt_path={tmp_path / 'cg/checkpoints/last.ckpt'}"], tmp_path / "s")
+    with pytest.raises(Exception, match="holds a CycleGAN, which translates images rather than drawing them"):
+        run(cfg)
