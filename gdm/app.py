@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import signal
 import sys
-import warnings
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
@@ -31,12 +30,9 @@ TASKS = {"train": train, "eval": evaluate, "sample": sample, "translate": transl
 
 def quiet_lightning() -> None:
     """The `lightning` package adds its own stderr handler even when Hydra has configured the root
-    logger, so every Lightning message would print twice; and with an OnExceptionCheckpoint it warns
-    on every fresh `fit` that there is no checkpoint to resume from."""
+    logger, so every Lightning message would print twice."""
     if logging.getLogger().hasHandlers():
         logging.getLogger("lightning").handlers.clear()
-    warnings.filterwarnings("ignore", message=r".*ckpt_path=None\)` was called without a model")
-    warnings.filterwarnings("ignore", message=r".*there is no last checkpoint available")
 
 
 def user_error(err: BaseException) -> Exception | None:

@@ -8,6 +8,7 @@ inside it), and compose the config of a run that works on a checkpoint (eval, sa
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -18,6 +19,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from gdm.errors import GdmError
 from gdm.models.base import GenerativeModule
+
+log = logging.getLogger(__name__)
 
 # What a checkpoint decides for a run that evaluates or samples it, unless the command line says otherwise.
 FROM_CHECKPOINT = ("model", "data", "metrics", "monitor", "monitor_mode")
@@ -61,6 +64,9 @@ def command_line_keys() -> list[tuple[str, bool]]:
 def config_for_checkpoint(cfg: DictConfig, checkpoint: dict) -> DictConfig:
     """`cfg` with the checkpoint's model, data and metrics, except for the keys set on the command line."""
     # Before interpolation when the checkpoint has it: `paths.data_dir=` or `data=` here re-resolve data.root.
+    if "gdm_config_source" not in checkpoint:
+        log.warning("this checkpoint holds its config resolved only (written by an older gdm): its data paths and "
+                    "metric features are used as they were; set data.root= (not paths.data_dir=) to move the data.")
     saved = OmegaConf.create(checkpoint.get("gdm_config_source") or checkpoint["gdm_config"])
     merged = cfg.copy()
     with open_dict(merged):
@@ -76,7 +82,8 @@ def config_for_checkpoint(cfg: DictConfig, checkpoint: dict) -> DictConfig:
                 if node is not None and leaf in node:
                     del node[leaf]
             else:
-                OmegaConf.update(merged, key, OmegaConf.select(cfg, key), force_add=True)
+                # merge=False: `data=mnist` replaces the checkpoint's data group instead of blending into it
+                OmegaConf.update(merged, key, OmegaConf.select(cfg, key), merge=False, force_add=True)
     return merged
 
 
@@ -90,6 +97,12 @@ def check_fits(model: GenerativeModule, checkpoint: dict, path: str | Path) -> N
         raise GdmError(f"ckpt_path={path} does not fit this model ({differ[0]}: "
                        f"{theirs.get(differ[0], 'absent')} in the checkpoint, {mine.get(differ[0], 'absent')} here): "
                        "the model or data settings differ from the run that wrote it.")
+
+
+def changed_settings(model: GenerativeModule, checkpoint: dict) -> list[str]:
+    """Model settings that differ from the checkpoint's, as `name: old -> new`."""
+    saved = checkpoint.get("hyper_parameters", {})
+    return [f"{k}: {saved[k]!r} -> {v!r}" for k, v in model.hparams.items() if k in saved and saved[k] != v]
 
 
 def load_state(model: GenerativeModule, checkpoint: dict, path: str | Path) -> GenerativeModule:

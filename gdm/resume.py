@@ -6,8 +6,9 @@ run starts fresh, so one command line serves the first start and every restart:
     python run.py hydra.run.dir=outputs/long_run resume=auto       # run it again after a kill: it continues
 
 A job that SLURM requeued resumes from its hpc checkpoint (Lightning's SLURM integration) without either.
-A resumed run continues the same W&B run (its id is stored in the checkpoint), except in a sweep, whose
-jobs may all start from one checkpoint and are runs of their own.
+A resumed run continues the same W&B run (its id is stored in the checkpoint), except the jobs of a sweep
+given one `ckpt_path` to start from: each is a run of its own. A run directory that already holds
+checkpoints is only reused with resume=auto, never overwritten by accident.
 """
 
 from __future__ import annotations
@@ -65,12 +66,19 @@ def resume_from(cfg: DictConfig) -> tuple[Path, dict] | None:
             log.info(f"resume=auto: no checkpoint in {run_dir} yet; starting from scratch.")
     path = path or requeued_slurm_checkpoint(run_dir)
     if path is None:
+        existing = newest_checkpoint(run_dir) if cfg.get("resume") is None else None
+        if existing is not None:
+            raise GdmError(f"{run_dir} already holds checkpoints ({existing}): continue that run with resume=auto, "
+                           "or pick a new hydra.run.dir.")
         return None
     checkpoint = read_checkpoint(path)
     check_same_model(cfg, checkpoint, path)
     log.info(f"resuming from {path} (step {checkpoint.get('global_step')}, epoch {checkpoint.get('epoch')})")
     run_id = checkpoint.get("wandb_run_id")
-    if run_id and "wandb" in (cfg.get("logger") or {}) and sweep_identity() is None:
+    # A sweep's jobs may all start from one given checkpoint: each is a run of its own. A job resuming its
+    # own directory (resume=auto, a SLURM requeue) continues its run.
+    fresh_runs = bool(cfg.get("ckpt_path")) and sweep_identity() is not None
+    if run_id and "wandb" in (cfg.get("logger") or {}) and not fresh_runs:
         with open_dict(cfg):  # the same W&B run, resumed, unless the user named another
             cfg.logger.wandb.id = cfg.logger.wandb.get("id") or run_id
             cfg.logger.wandb.resume = "allow"

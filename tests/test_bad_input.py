@@ -14,7 +14,7 @@ from helpers import TINY, compose_config
 from PIL import Image
 from test_e2e import run_py
 
-from gdm.app import run
+from gdm.app import run, user_error
 
 QUICK = ["print_config=false", "logger=none", "data.image_size=16", "trainer.max_epochs=1",
          "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1"]  # every run here stops before training
@@ -151,7 +151,7 @@ def test_no_crash_checkpoint_before_training_starts_or_after_a_user_mistake(tmp_
     from gdm.errors import GdmError
 
     saved = []
-    trainer = SimpleNamespace(save_checkpoint=lambda path: saved.append(path), fast_dev_run=False)
+    trainer = SimpleNamespace(save_checkpoint=lambda path: saved.append(path), fast_dev_run=False, world_size=1)
     callback = CrashCheckpoint(dirpath=str(tmp_path), filename="on_exception")
     callback.on_exception(trainer, None, RuntimeError("in setup"))
     callback.on_train_start(trainer, None)
@@ -159,3 +159,17 @@ def test_no_crash_checkpoint_before_training_starts_or_after_a_user_mistake(tmp_
     assert saved == []
     callback.on_exception(trainer, None, RuntimeError("during training"))
     assert saved == [str(tmp_path / "on_exception.ckpt")]
+    callback.on_train_end(trainer, None)
+    callback.on_exception(trainer, None, KeyboardInterrupt())  # e.g. Ctrl-C in the test after fit
+    assert len(saved) == 1
+
+
+def test_a_run_directory_with_checkpoints_is_not_overwritten_by_accident(tmp_path, gan_ckpt):
+    """Without resume=auto a second run in the same directory stops in one sentence (Lightning would silently
+    resume from the checkpoint there, or a fresh run would replace it)."""
+    run_dir = gan_ckpt.parent.parent
+    cfg = compose_config(["data.image_size=16", *TINY, "logger=none"], run_dir)
+    with pytest.raises(Exception) as caught:  # noqa: B017
+        run(cfg)
+    assert f"{run_dir} already holds checkpoints ({gan_ckpt}): continue that run with resume=auto" in str(
+        user_error(caught.value))

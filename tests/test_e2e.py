@@ -230,17 +230,19 @@ def test_run_stopped_by_max_steps_is_evaluated_at_its_last_step(tmp_path):
     assert (tmp_path / "checkpoints" / "best.ckpt").is_file() and (tmp_path / "samples" / "samples_last.png").is_file()
 
 
-def test_resume_keeps_the_best_of_the_first_run(tmp_path):
-    first = compose_config(["data.image_size=16", *TINY, "logger=none"], tmp_path / "a")
-    run(first)
-    best_before = json.loads((tmp_path / "a" / "summary.json").read_text())["best"]
-    second = compose_config(["data.image_size=16", *TINY, "logger=none", "trainer.max_epochs=2",
-                             "monitor_mode=max", f"ckpt_path={tmp_path / 'a' / 'checkpoints' / 'last.ckpt'}"],
-                            tmp_path / "b")
-    run(second)
-    best_after = json.loads((tmp_path / "b" / "summary.json").read_text())["best"]
-    # monitor_mode=max: the first run's FID stays best unless the resumed epoch scores higher
-    assert best_after["value"] >= best_before["value"]
+def test_resume_keeps_the_best_of_its_own_run_directory_only(tmp_path):
+    tiny = ["data.image_size=16", *TINY, "logger=none", "test_after_fit=false", "monitor_mode=max"]
+    run(compose_config([*tiny, "trainer.max_epochs=2", "trainer.check_val_every_n_epoch=1"], tmp_path / "a"))
+    first = json.loads((tmp_path / "a" / "summary.json").read_text())["best"]
+    # monitor_mode=max: pick the worse FID, so the earlier epoch's best would survive a better later one
+    run(compose_config([*tiny, "trainer.max_epochs=3", "trainer.check_val_every_n_epoch=1", "resume=auto"],
+                       tmp_path / "a"))  # the same directory: its best so far still counts
+    kept = json.loads((tmp_path / "a" / "summary.json").read_text())["best"]
+    assert kept["value"] >= first["value"] and kept["global_step"] in (first["global_step"], 12)
+    last = tmp_path / "a" / "checkpoints" / "last.ckpt"
+    run(compose_config([*tiny, "trainer.max_epochs=4", f"ckpt_path={last}"], tmp_path / "b"))  # a new directory
+    own = json.loads((tmp_path / "b" / "summary.json").read_text())["best"]
+    assert own["global_step"] == 16  # only this run's evaluation (its last epoch) counts
 
 
 @pytest.mark.parametrize(

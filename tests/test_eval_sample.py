@@ -72,6 +72,13 @@ def test_the_checkpoint_decides_model_and_data_unless_the_command_line_does(cgan
     assert merged.data.batch_size == 7  # typed on the command line
     assert "class_acc" in merged.metrics and merged.task == "eval"
 
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):  # a whole group: replaced, not blended
+        cfg = compose("config", overrides=["task=eval", "data=mnist", f"paths.output_dir={tmp_path}"],
+                      return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    merged = config_for_checkpoint(cfg, read_checkpoint(cgan_ckpt))
+    assert merged.data == cfg.data and merged.model.conditional is True
+
 
 @pytest.mark.slow
 def test_sample_writes_n_pngs_and_a_class_grid_from_the_ema_generator(cgan_ckpt, tmp_path):

@@ -31,13 +31,12 @@ class RunSummary(L.Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module) -> None:
         self.start = time.time()
         self.summary = {"status": "running", "monitor": self.monitor, "mode": self.mode, "best": None, "final": {}}
-        if trainer.ckpt_path:
-            # Resuming: the best so far, from this run directory or the checkpoint's, still counts.
-            for path in (self.path, Path(trainer.ckpt_path).resolve().parent.parent / "summary.json"):
-                previous = json.loads(path.read_text()) if path.is_file() else {}
-                if previous.get("monitor") == self.monitor and previous.get("best"):
-                    self.summary["best"] = previous["best"]
-                    break
+        if trainer.ckpt_path and self.path.is_file():
+            # Resuming this run directory: its best so far still counts (and best.ckpt holds it). A run started
+            # elsewhere from another run's checkpoint (fine-tuning, a sweep) has a best of its own.
+            previous = json.loads(self.path.read_text())
+            if previous.get("monitor") == self.monitor and previous.get("best"):
+                self.summary["best"] = previous["best"]
 
     def _better(self, value: float) -> bool:
         best = self.summary.get("best")

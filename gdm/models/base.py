@@ -76,7 +76,8 @@ class GenerativeModule(L.LightningModule):
             repeat, other = f" ({skipped[name]} in a row)", ""
         else:
             repeat, other = "", ", or set callbacks.nonfinite_loss.action=skip to skip such updates"
-        raise Diverged(f"{where}{repeat}: training stopped; {keep}. Lower the learning rates{other}.")
+        raise Diverged(f"{where}{repeat}: training stopped; {keep}. Lower the learning rates (in a new run: a "
+                       f"resumed one keeps the saved optimizer settings){other}.")
 
     def generate(self, indices: Sequence[int] | torch.Tensor, seed: int = 0) -> torch.Tensor:
         """Samples number `indices` of the model's seeded sample sequence, as images in [-1, 1]."""

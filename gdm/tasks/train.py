@@ -7,12 +7,13 @@ import logging
 from pathlib import Path
 
 import lightning as L
+import torch
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from omegaconf import DictConfig, OmegaConf
 
-from gdm.checkpoints import check_fits
+from gdm.checkpoints import changed_settings, check_fits
 from gdm.resume import resume_from
 from gdm.tasks.build import build_callbacks, build_datamodule, build_loggers, build_model, build_trainer
 
@@ -31,6 +32,10 @@ def train(cfg: DictConfig) -> float | None:
     model = build_model(cfg, datamodule)
     if resume is not None:
         check_fits(model, resume[1], resume[0])
+        changed = changed_settings(model, resume[1])
+        if changed:  # the restored optimizers and schedulers carry the checkpoint's learning rates and betas
+            log.warning(f"resuming with model settings that differ from the checkpoint's ({'; '.join(changed)}): "
+                        "optimizer and scheduler settings (lr, betas) stay as saved; start a new run to change them.")
     loggers = build_loggers(cfg)
     summary_path = run_dir / "summary.json"
     status = "failed"
@@ -61,18 +66,25 @@ def evaluate_final_model(trainer: L.Trainer, model, datamodule, summary_path: Pa
     so its final metrics, sample grids and checkpoints describe the final model."""
     if trainer.interrupted or trainer.sanity_checking or not trainer.limit_val_batches or trainer.fast_dev_run:
         return
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    if summary.get("final", {}).get("global_step") == trainer.global_step:
+    def read_summary() -> dict:  # written by rank 0: its reading decides for every DDP rank
+        summary = json.loads(summary_path.read_text()) if trainer.is_global_zero and summary_path.exists() else {}
+        return trainer.strategy.broadcast(summary, src=0)
+
+    if read_summary().get("final", {}).get("global_step") == trainer.global_step:
         return
     trainer.validate(model, datamodule=datamodule, verbose=False)
     checkpoint = trainer.checkpoint_callback
     if checkpoint is not None and checkpoint.dirpath:
         # ModelCheckpoint does not save outside fit: save last, and best if this evaluation is the best.
         trainer.save_checkpoint(Path(checkpoint.dirpath) / "last.ckpt")
-        best = json.loads(summary_path.read_text()).get("best") or {}
+        best = read_summary().get("best") or {}
         if best.get("global_step") == trainer.global_step:
-            trainer.save_checkpoint(Path(checkpoint.dirpath) / "best.ckpt")
-            checkpoint.best_model_path = str(Path(checkpoint.dirpath) / "best.ckpt")
+            path = str(Path(checkpoint.dirpath) / "best.ckpt")
+            trainer.save_checkpoint(path)
+            # The callback's own record too, so a resumed run compares later evaluations with this one.
+            checkpoint.best_model_path, checkpoint.best_model_score = path, torch.tensor(best["value"])
+            checkpoint.best_k_models = {path: checkpoint.best_model_score}
+            checkpoint.kth_best_model_path, checkpoint.kth_value = path, checkpoint.best_model_score
 
 
 def finish_loggers(loggers: list, status: str) -> None:
