@@ -74,12 +74,12 @@ import platform
 import random
 import resource
 import statistics
-import subprocess
 import sys
 import time
 import warnings
 
 import torch
+from bench_harness import RESULT_TAG, default_threads, run_variant
 from torch import nn
 from torch.nn import init
 from torch.utils.data import DataLoader, Dataset
@@ -87,15 +87,7 @@ from torch.utils.data import DataLoader, Dataset
 VARIANTS = ["reference", "gdm", "gdm-channels_last", "plain-loop", "plain-loop-channels_last"]
 DEFAULT_VARIANTS = VARIANTS
 BASELINE = {"gdm": "plain-loop", "gdm-channels_last": "plain-loop-channels_last"}
-RESULT_TAG = "BENCH_RESULT "
 NC = 3
-
-
-def default_threads() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def n_blocks(args: argparse.Namespace) -> int:
@@ -682,16 +674,10 @@ def main() -> None:
     print(f"parameters (reference = gdm, asserted): generator {counts['g']:,} | discriminator {counts['d']:,} "
           f"| total 2 x {counts['g'] + counts['d']:,}", flush=True)
 
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     runs: dict[str, list[dict]] = {v: [] for v in variants}
     for rep in range(args.repeats):
         for v in variants:
-            proc = subprocess.run(child_argv(args, v), env=env, stdout=subprocess.PIPE, text=True)
-            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_TAG)]
-            if proc.returncode != 0 or not lines:
-                print(proc.stdout, end="")
-                raise SystemExit(f"variant {v} failed (exit {proc.returncode})")
-            r = json.loads(lines[-1][len(RESULT_TAG):])
+            r = run_variant(child_argv(args, v), args.threads, v)
             if (r["g_params"], r["d_params"]) != (counts["g"], counts["d"]):
                 raise SystemExit(f"{v}: nets of {r['g_params']:,} / {r['d_params']:,} parameters, expected "
                                  f"{counts['g']:,} / {counts['d']:,}")

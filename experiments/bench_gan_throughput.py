@@ -38,27 +38,19 @@ import os
 import platform
 import resource
 import statistics
-import subprocess
 import sys
 import time
 import warnings
 
 import torch
 import torch.nn.functional as F
+from bench_harness import RESULT_TAG, default_threads, run_variant
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 VARIANTS = ["reference", "gdm", "gdm-channels_last", "plain-loop", "plain-loop-channels_last"]
 DEFAULT_VARIANTS = ["reference", "gdm", "gdm-channels_last", "plain-loop"]
-RESULT_TAG = "BENCH_RESULT "
 NC = 3
-
-
-def default_threads() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 # ---- data ---------------------------------------------------------------------------------------
@@ -388,16 +380,10 @@ def main() -> None:
           f"| warmup {args.warmup} + timed {args.steps} batches (one D + one G update each)"
           f"{f' | {args.repeats} interleaved repeats' if args.repeats > 1 else ''}", flush=True)
 
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     runs: dict[str, list[dict]] = {v: [] for v in variants}
     for rep in range(args.repeats):
         for v in variants:
-            proc = subprocess.run(child_argv(args, v), env=env, stdout=subprocess.PIPE, text=True)
-            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_TAG)]
-            if proc.returncode != 0 or not lines:
-                print(proc.stdout, end="")
-                raise SystemExit(f"variant {v} failed (exit {proc.returncode})")
-            r = json.loads(lines[-1][len(RESULT_TAG):])
+            r = run_variant(child_argv(args, v), args.threads, v)
             runs[v].append(r)
             print(f"  [{rep + 1}/{args.repeats}] {v:<26} {r['images_per_s']:8.1f} images/s  "
                   f"(median step {r['median_images_per_s']:.1f}; {r['seconds']:.1f} s, threads {r['threads']}, "
