@@ -41,6 +41,14 @@ def read_checkpoint(path: str | Path) -> dict:
     return checkpoint
 
 
+def checkpoint_step(checkpoint: dict) -> int | None:
+    """gdm's step (training batches completed) at which a checkpoint was saved, from Lightning's loop state."""
+    try:
+        return int(checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]["completed"])
+    except (KeyError, TypeError):
+        return None
+
+
 def model_name(config: dict | DictConfig) -> str:
     return str(config["model"]["_target_"]).rsplit(".", 1)[-1]
 

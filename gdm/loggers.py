@@ -1,4 +1,6 @@
-"""Weights & Biases that never hangs: online only with credentials and a reachable server.
+"""Weights & Biases that never hangs, and every logger-specific call gdm makes (images, run summary).
+
+W&B runs online only with credentials and a reachable server:
 
 `mode: auto` (the default) runs online when an API key is configured (WANDB_API_KEY or
 `wandb login`) and the W&B host answers within a few seconds; otherwise it runs offline and
@@ -15,7 +17,8 @@ import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
-from lightning.pytorch.loggers import WandbLogger
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 
 from gdm.errors import GdmError
 from gdm.sweeps import sweep_identity
@@ -82,3 +85,46 @@ def wandb_logger(save_dir: str, project: str = "gdm", mode: str = "auto", **kwar
     if reason:
         log.warning(f"W&B offline: {reason}; upload later with `wandb sync {Path(save_dir) / 'wandb'}/offline-run-*`.")
     return logger
+
+
+def log_images(loggers: list, grids: dict[str, torch.Tensor], step: int) -> None:
+    """(C, H, W) uint8 grids as `images/<name>` at `step` (gdm's step axis, as the scalars of the same
+    evaluation): W&B gets uint8 arrays (floats in [0, 1] would be saved black), TensorBoard the tensors."""
+    for logger in loggers:
+        for name, grid in grids.items():
+            if isinstance(logger, WandbLogger):
+                logger.log_image(key=f"images/{name}", images=[grid.permute(1, 2, 0).numpy()], step=step)
+            elif isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_image(f"images/{name}", grid, global_step=step)
+
+
+def log_summary(loggers: list, values: dict) -> None:
+    """Values for the W&B run summary (best value and step, each metric's protocol), beside its history."""
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            for key, value in values.items():
+                logger.experiment.summary[key] = value
+
+
+def finish_loggers(loggers: list, status: str) -> None:
+    """Close loggers even on failure, marking the run failed, so a sweep's next run starts clean,
+    the data is flushed, and a crashed run does not show as finished in W&B."""
+    for logger in loggers:
+        finalize = getattr(logger, "finalize", None)
+        if finalize is not None:
+            finalize(status)
+    if any(isinstance(lg, WandbLogger) for lg in loggers):
+        import wandb
+
+        if status == "preempted" and wandb.run is not None:
+            wandb.run.mark_preempting()
+        wandb.finish(exit_code=0 if status == "success" else 1)
+
+
+def offline_wandb_dir(loggers: list) -> str | None:
+    """The directory of an offline W&B run (to `wandb sync` later), or None."""
+    for logger in loggers:
+        run = getattr(logger, "_experiment", None) if isinstance(logger, WandbLogger) else None
+        if run is not None and (getattr(run, "offline", False) or run.settings.mode == "offline"):
+            return run.dir.rsplit("/files", 1)[0]
+    return None

@@ -4,8 +4,9 @@
   `multirun/2026-11-24/10-00-00`) and run name (the job's own overrides, e.g. `model.loss=hinge,seed=2`),
   so the dashboard groups a sweep's runs and names each by what it changed.
 - `SweepSummary`: a Hydra callback that, when the sweep ends, collects every job's overrides, status and
-  best monitored value from its `summary.json` into `sweep_summary.csv` in the sweep directory, and
-  prints them as a table.
+  best monitored value (and the id of the protocol it was measured with) from its `summary.json` into
+  `sweep_summary.csv` in the sweep directory, prints them as a table, and warns when jobs measured their
+  values with different protocols (e.g. `metrics.fid.num_samples` swept): those are not comparable.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+
+from gdm.evaluation.protocol import differences
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +53,25 @@ def job_rows(sweep_dir: Path) -> list[dict[str, Any]]:
         # No summary.json: the job failed before training started (its run.log says why).
         rows.append({"job": job_dir.name, "overrides": " ".join(overrides), "status": summary.get("status", "failed"),
                      "metric": best.get("metric", summary.get("monitor", "")), "best": best.get("value", ""),
-                     "best_step": best.get("global_step", ""), "dir": str(job_dir)})
+                     "best_step": best.get("step", ""), "protocol": best.get("protocol", ""), "dir": str(job_dir)})
     return rows
+
+
+def protocol_mismatch(sweep_dir: Path, rows: list[dict[str, Any]]) -> str | None:
+    """A sentence naming the jobs whose best values were measured with another protocol than job
+    rows[0]'s (and in what), or None when every job's value is comparable."""
+    measured = [r for r in rows if r["protocol"]]
+    if len({r["protocol"] for r in measured}) < 2:
+        return None
+    first = measured[0]
+    protocols = {}
+    for r in measured:
+        summary = json.loads((Path(r["dir"]) / "summary.json").read_text())
+        protocols[r["job"]] = summary.get("protocols", {}).get(r["metric"], {})
+    others = [r for r in measured if r["protocol"] != first["protocol"]]
+    what = sorted({d for r in others for d in differences(protocols[first["job"]], protocols[r["job"]])})
+    return (f"jobs {', '.join(r['job'] for r in others)} measured {first['metric']} with another protocol than job "
+            f"{first['job']} (differing in {', '.join(what) or 'unknown fields'}): their best values are not comparable.")
 
 
 class SweepSummary(Callback):
@@ -76,3 +96,6 @@ class SweepSummary(Callback):
             best = f"{r['best']:.4f}" if isinstance(r["best"], float) else "-"
             lines.append(f"{r['job']:>4}  {s:<{width}}  {r['status']:<8}  {best}")
         log.info("sweep summary (%s):\n%s", path, "\n".join(lines))
+        mismatch = protocol_mismatch(sweep_dir, rows)
+        if mismatch:
+            log.warning(mismatch)

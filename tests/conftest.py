@@ -7,8 +7,15 @@ from pathlib import Path
 import pytest
 
 
+@pytest.fixture(scope="session")
+def feature_cache_dir(tmp_path_factory) -> Path:
+    """One real-feature cache for the session (metrics.cache_dir), never the user's ~/.cache/gdm."""
+    return tmp_path_factory.mktemp("gdm-cache")
+
+
 @pytest.fixture(autouse=True)
-def _offline(monkeypatch, tmp_path):
+def _offline(monkeypatch, tmp_path, feature_cache_dir):
+    monkeypatch.setenv("GDM_CACHE_DIR", str(feature_cache_dir))
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))

@@ -37,7 +37,7 @@ def test_requested_labels_give_that_many_of_each_class():
     requested = torch.tensor([3] * 5 + [7] * 2)
     images = gan.generate(range(7), labels=requested)
     assert images.shape == (7, 1, 16, 16)
-    visuals, per_row = gan.visuals()["samples"]
+    visuals, per_row = gan.visuals({})["samples"]
     assert visuals.shape[0] == 10 * per_row  # one row per class
 
 

@@ -161,7 +161,7 @@ def test_run_py_default_offline_wandb(tmp_path):
     assert "W&B offline: no W&B credentials" in log and "wandb sync" in log
     assert f"run directory: {run_dir}" in log and "final val/fid_digits" in log
     summary = check_run_dir(run_dir, "val/fid_digits")
-    assert summary["batches"] == 3
+    assert summary["step"] == 3 and summary["final"]["step"] == 3  # batches, the run's step axis
     assert list((run_dir / "wandb").glob("offline-run-*"))
     assert (run_dir / ".hydra" / "config.yaml").is_file() and "loss: hinge" in (run_dir / "config.yaml").read_text()
 
@@ -172,7 +172,7 @@ def test_run_py_default_offline_wandb(tmp_path):
     [
         (["data=image_folder", "data.root=/no/such/folder"], "data.root=/no/such/folder is not a folder"),
         (["model.loss=nope"], "model.loss='nope' is not a known GAN loss"),
-        (["metrics.fid.features=nope"], "metrics.fid.features='nope' is not a known feature network"),
+        (["metrics.features=nope"], "metrics.features='nope' is not a known feature network"),
     ],
 )
 def test_user_mistakes_get_one_sentence(args, message, tmp_path):
@@ -214,7 +214,7 @@ def test_vae_on_mnist_files(tmp_path):
 
     root = fake_mnist(tmp_path / "mnist", n_train=200, n_test=40)
     cfg = compose_config(["model=vae", "data=mnist", f"data.root={root}", "data.num_workers=0",
-                          "metrics.fid.features=digits", "model.iwae_k=5", *TINY, "logger=none"], tmp_path / "run")
+                          "metrics.features=digits", "model.iwae_k=5", *TINY, "logger=none"], tmp_path / "run")
     run(cfg)
     summary = check_run_dir(tmp_path / "run", "val/elbo", check_grid=False)
     assert summary["test"]["test/nll_iwae"] > 0
@@ -225,8 +225,10 @@ def test_run_stopped_by_max_steps_is_evaluated_at_its_last_step(tmp_path):
                           "trainer.accelerator=cpu", "logger=none", "print_config=false"], tmp_path)
     best = run(cfg)
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["final"]["global_step"] == 10 and summary["final"]["val/fid_digits"] > 0
-    assert best == summary["best"]["value"] and summary["best"]["global_step"] == 10
+    # 10 optimizer steps = 5 batches (D + G): the step axis counts batches
+    assert summary["final"]["step"] == 5 and summary["final"]["global_step"] == 10
+    assert summary["final"]["val/fid_digits"] > 0
+    assert best == summary["best"]["value"] and summary["best"]["step"] == 5
     assert (tmp_path / "checkpoints" / "best.ckpt").is_file() and (tmp_path / "samples" / "samples_last.png").is_file()
 
 
@@ -238,11 +240,11 @@ def test_resume_keeps_the_best_of_its_own_run_directory_only(tmp_path):
     run(compose_config([*tiny, "trainer.max_epochs=3", "trainer.check_val_every_n_epoch=1", "resume=auto"],
                        tmp_path / "a"))  # the same directory: its best so far still counts
     kept = json.loads((tmp_path / "a" / "summary.json").read_text())["best"]
-    assert kept["value"] >= first["value"] and kept["global_step"] in (first["global_step"], 12)
+    assert kept["value"] >= first["value"] and kept["step"] in (first["step"], 6)
     last = tmp_path / "a" / "checkpoints" / "last.ckpt"
     run(compose_config([*tiny, "trainer.max_epochs=4", f"ckpt_path={last}"], tmp_path / "b"))  # a new directory
     own = json.loads((tmp_path / "b" / "summary.json").read_text())["best"]
-    assert own["global_step"] == 16  # only this run's evaluation (its last epoch) counts
+    assert own["step"] == 8  # only this run's evaluation (its last epoch) counts
 
 
 @pytest.mark.parametrize(

@@ -12,8 +12,9 @@ from hydra.core.hydra_config import HydraConfig
 from test_e2e import run_py
 
 from gdm.app import run
-from gdm.checkpoints import config_for_checkpoint, load_model, read_checkpoint
+from gdm.checkpoints import checkpoint_step, config_for_checkpoint, load_model, read_checkpoint
 from gdm.images import load_png, to_uint8
+from gdm.metrics.features import DigitFeatures
 from gdm.models.base import latent_noise
 
 SMALL = ["data.image_size=16", *TINY, "logger=none", "test_after_fit=false"]
@@ -32,12 +33,19 @@ def test_eval_writes_fid_kid_and_class_accuracy(cgan_ckpt, tmp_path):
                   "eval.split=val", "print_config=false", f"hydra.run.dir={tmp_path}")
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads((tmp_path / "eval.json").read_text())
-    assert report["model"] == "GAN" and report["split"] == "val" and report["num_samples"] == 60
-    assert report["global_step"] == torch.load(cgan_ckpt, weights_only=True)["global_step"]
+    checkpoint = torch.load(cgan_ckpt, weights_only=True)
+    assert report["model"] == "GAN" and report["split"] == "val"
+    assert report["global_step"] == checkpoint["global_step"] and report["step"] == checkpoint_step(checkpoint)
+    protocol = report["protocols"]["val/fid_digits"]
+    assert protocol["num_generated"] == 60 and protocol["real_split"] == "val" and protocol["num_real"] == 180
+    assert protocol["features"]["weights_sha256"] == DigitFeatures().protocol()["weights_sha256"]
+    assert report["protocols"]["val/kid_digits"]["subset_size"] == 50
     metrics = report["metrics"]
     assert {"val/fid_digits", "val/kid_digits", "val/kid_digits_std", "val/class_acc"} <= set(metrics)
     assert metrics["val/fid_digits"] > 0 and 0 <= metrics["val/class_acc"] <= 1
-    assert f"val/fid_digits      {metrics['val/fid_digits']:.6g}" in proc.stdout + proc.stderr  # printed too
+    printed = next(line for line in (proc.stdout + proc.stderr).splitlines() if "val/fid_digits " in line)
+    assert f"{metrics['val/fid_digits']:.6g}" in printed and protocol["id"] in printed  # beside its protocol
+    assert "num_generated 60" in printed and "resize 32 bilinear" in printed
 
 
 @pytest.mark.slow

@@ -1,47 +1,31 @@
-"""The FID pipeline: torchmetrics' FID with our feature networks, the FID callback, and seeded latents."""
+"""The FID pipeline: torchmetrics' formulas on gdm's feature sets, the sample-quality metric over one feature
+pass, sharding across processes, and seeded latents."""
 
 from __future__ import annotations
 
 import functools
 import math
-from types import SimpleNamespace
 
 import lightning as L
 import pytest
 import torch
-from torch import nn
+from torchmetrics.image.fid import FrechetInceptionDistance
 
 from gdm.data.digits import DigitsDataModule
 from gdm.errors import GdmError
+from gdm.evaluation.context import Evaluation
+from gdm.evaluation.evaluator import Evaluator
+from gdm.evaluation.real_features import RealFeatureCache
 from gdm.images import load_png, save_png, to_uint8
 from gdm.metrics.features import DigitFeatures, build_features
-from gdm.metrics.fid import FID, fid_metric
+from gdm.metrics.frechet import frechet_distance, gaussian_moments, kernel_distance
+from gdm.metrics.sample_quality import SampleQuality
 from gdm.models.base import latent_noise
+from gdm.models.capabilities import Samples
 from gdm.models.gan import GAN
 from gdm.nets.dcgan import DCGANDiscriminator, DCGANGenerator
 
-SCALE = 10.0  # pixel = 128 + SCALE * feature
-
-
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-class PixelFeatures(nn.Module):
-    """The first `d` pixels, in feature units: lets a test put any feature vector into an image."""
-
-    def __init__(self, d: int):
-        super().__init__()
-        self.num_features = d
-        self.d = d
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        assert images.dtype == torch.uint8
-        return (images.float().flatten(1)[:, : self.d] - 128) / SCALE
-
-
-def encode(x: torch.Tensor) -> torch.Tensor:
-    """(N, d) feature vectors -> (N, 1, 1, d) uint8 images."""
-    return (128 + SCALE * x).round().clamp(0, 255).to(torch.uint8).view(x.shape[0], 1, 1, -1)
 
 
 def whitened(n: int, d: int, seed: int) -> torch.Tensor:
@@ -52,37 +36,27 @@ def whitened(n: int, d: int, seed: int) -> torch.Tensor:
     return x @ torch.linalg.inv(chol).T
 
 
-def fid_of(real: torch.Tensor, fake: torch.Tensor, d: int) -> float:
-    metric = fid_metric(PixelFeatures(d))
-    metric.update(encode(real), real=True)
-    metric.update(encode(fake), real=False)
-    return metric.compute().item()
-
-
-# ---- the metric with a known feature network -------------------------------------------------
+# ---- the distance on known feature sets ------------------------------------------------------
 
 
 def test_fid_of_identical_sets_is_zero():
     x = torch.randn(500, 4, generator=torch.Generator().manual_seed(0))
-    assert abs(fid_of(x, x, 4)) < 1e-3  # the features have unit scale
+    assert abs(frechet_distance(x, x)) < 1e-6
 
 
 def test_fid_of_shifted_gaussians_exact_moments():
-    d = 4
-    base = whitened(2000, d, seed=0)
+    base = whitened(2000, 4, seed=0)
     mu1 = torch.tensor([0.0, 0.0, 0.0, 0.0], dtype=torch.float64)
     mu2 = torch.tensor([1.0, -1.0, 0.5, 0.0], dtype=torch.float64)
-    got = fid_of(mu1 + base, mu2 + base, d)
-    assert got == pytest.approx((mu1 - mu2).pow(2).sum().item(), rel=0.01)  # 2.25
+    assert frechet_distance(mu1 + base, mu2 + base) == pytest.approx(2.25, rel=1e-5)
 
 
 def test_fid_of_gaussians_with_different_scales_exact_moments():
     d, s1, s2 = 4, 1.0, 2.0
     base = whitened(2000, d, seed=1)
     dmu = torch.tensor([0.5, 0.0, -1.0, 0.0], dtype=torch.float64)
-    got = fid_of(s1 * base, dmu + s2 * base, d)
     expected = dmu.pow(2).sum().item() + d * (s1 - s2) ** 2  # 1.25 + 4
-    assert got == pytest.approx(expected, rel=0.01)
+    assert frechet_distance(s1 * base, dmu + s2 * base) == pytest.approx(expected, rel=1e-5)
 
 
 @pytest.mark.parametrize(("s1", "s2"), [(1.0, 1.0), (1.0, 1.5)])
@@ -94,27 +68,55 @@ def test_fid_of_independent_gaussian_samples(s1, s2):
     real = mu1 + s1 * torch.randn(n, d, generator=gen)
     fake = mu2 + s2 * torch.randn(n, d, generator=gen)
     expected = (mu1 - mu2).pow(2).sum().item() + d * (s1 - s2) ** 2  # 6.25 (+ 1.0)
-    assert fid_of(real, fake, d) == pytest.approx(expected, rel=0.05)
+    assert frechet_distance(real, fake) == pytest.approx(expected, rel=0.05)
 
 
-def test_fid_keeps_real_statistics_across_reset():
-    d = 4
-    gen = torch.Generator().manual_seed(3)
-    real, fake = torch.randn(300, d, generator=gen), 1 + torch.randn(300, d, generator=gen)
-    metric = fid_metric(PixelFeatures(d))
-    metric.update(encode(real), real=True)
-    metric.update(encode(fake), real=False)
-    first = metric.compute().item()
-    metric.reset()
-    assert metric.real_features_num_samples.item() == 300
-    assert metric.fake_features_num_samples.item() == 0
-    metric.update(encode(fake), real=False)
-    assert metric.compute().item() == first
+class Identity(torch.nn.Module):
+    num_features = 6
+
+    def forward(self, x):
+        return x.float().flatten(1)[:, :6]
+
+
+def test_fid_equals_torchmetrics_fid_module_on_the_same_features():
+    """gdm computes the moments from whole feature sets; torchmetrics' module accumulates them per batch."""
+    images = torch.randint(0, 256, (300, 1, 1, 6), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    shifted = (images.int() + torch.arange(6)).clamp(0, 255).to(torch.uint8)
+    module = FrechetInceptionDistance(feature=Identity(), normalize=False)
+    for chunk in images.split(64):
+        module.update(chunk, real=True)
+    for chunk in shifted.split(50):
+        module.update(chunk, real=False)
+    feats = Identity()
+    assert frechet_distance(feats(images), feats(shifted)) == pytest.approx(module.compute().item(), rel=1e-6)
+
+
+def test_gaussian_moments_are_the_sample_mean_and_unbiased_covariance():
+    x = torch.randn(50, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    mean, cov = gaussian_moments(x)
+    assert torch.allclose(mean, x.mean(0)) and torch.allclose(cov, torch.cov(x.T))
+
+
+def test_fid_refuses_fewer_than_two_images_on_either_side():
+    x = torch.randn(5, 3)
+    with pytest.raises(ValueError, match="at least 2 generated images and got 1"):
+        frechet_distance(x, x[:1])
+    with pytest.raises(ValueError, match="at least 2 real images and got 1"):
+        frechet_distance(x[:1], x)
+
+
+def test_kid_of_identical_distributions_is_near_zero_and_of_shifted_ones_positive():
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(400, 8, generator=gen), torch.randn(400, 8, generator=gen)
+    same, _ = kernel_distance(a, b, subset_size=200, subsets=20, seed=0)
+    shifted, spread = kernel_distance(a, b + 1, subset_size=200, subsets=20, seed=0)
+    assert abs(same) < 0.02 and shifted > 0.2 and spread > 0
+    assert kernel_distance(a, b + 1, subset_size=200, subsets=20, seed=0) == (shifted, spread)  # seeded
 
 
 def test_build_features():
     assert isinstance(build_features("digits"), DigitFeatures)
-    with pytest.raises(GdmError, match="digits"):
+    with pytest.raises(GdmError, match="metrics.features='clip'"):
         build_features("clip")
 
 
@@ -125,7 +127,18 @@ def test_inception_with_missing_weights_file_names_it(tmp_path):
     assert str(missing) in str(err.value)
 
 
-# ---- the callback ---------------------------------------------------------------------------
+def test_digit_features_protocol_names_the_weights_and_their_hash():
+    import hashlib
+
+    from gdm.metrics.digits_classifier import weights_path
+
+    protocol = DigitFeatures().protocol()
+    assert protocol["weights_sha256"] == hashlib.sha256(weights_path("digits").read_bytes()).hexdigest()
+    assert protocol["resize"] == {"size": 32, "method": "bilinear", "antialias": True}
+    assert protocol["name"] == "digits" and protocol["num_features"] == 128
+
+
+# ---- the sample-quality metric --------------------------------------------------------------
 
 LATENT = 16
 
@@ -141,10 +154,13 @@ class RecordingDataset(torch.utils.data.Dataset):
         self.seen.append(int(i))
         return self.inner[i]
 
+    def fingerprint(self):
+        return self.inner.fingerprint()
+
 
 class FakeDataModule:
     def __init__(self, dataset):
-        self.datasets = {"val": dataset}
+        self.datasets = {"val": dataset, "train": dataset}
         self.asked = []
 
     def split(self, name):
@@ -152,7 +168,7 @@ class FakeDataModule:
         return self.datasets[name]
 
 
-class FakeModel:
+class FakeModel(Samples):
     """generate(indices, seed): a fixed non-linear map of gdm's seeded latents to 1x16x16 images."""
 
     device = torch.device("cpu")
@@ -162,16 +178,12 @@ class FakeModel:
         self.weight = torch.randn(LATENT, 256, generator=gen) / 2
         self.base = base_digit()
         self.calls: list[list[int]] = []
-        self.logged: dict = {}
 
-    def generate(self, indices, seed=0):
+    def generate(self, indices, seed=0, labels=None):
         indices = torch.as_tensor(indices)
         self.calls.append(indices.tolist())
         z = latent_noise(indices, LATENT, seed)
         return (self.base + torch.tanh(z @ self.weight)).clamp(-1, 1).view(-1, 1, 16, 16)
-
-    def log(self, name, value, **kwargs):
-        self.logged[name] = value
 
 
 @pytest.fixture(scope="module")
@@ -184,133 +196,128 @@ def base_digit() -> torch.Tensor:
     return DigitsDataModule(image_size=16).split("train").images[:1].view(1, 256)
 
 
-def make_trainer(dataset, rank=0, world_size=1, sanity_checking=False):
-    return SimpleNamespace(global_rank=rank, world_size=world_size, sanity_checking=sanity_checking,
-                           datamodule=FakeDataModule(RecordingDataset(dataset)))
+def evaluation(dataset, model=None, rank=0, world_size=1, batch_size=250, cache=None, all_gather=None):
+    return Evaluation(model=model or FakeModel(), data=FakeDataModule(RecordingDataset(dataset)),
+                      features=build_features("digits"), cache=cache or RealFeatureCache(None), device=torch.device("cpu"),
+                      rank=rank, world_size=world_size, all_gather=all_gather, batch_size=batch_size)
 
 
-def run_callback(real, rank=0, world_size=1, batch_size=250, num_samples=200, seed=0):
-    trainer, model = make_trainer(real, rank, world_size), FakeModel()
-    callback = FID(features="digits", num_samples=num_samples, real_split="val", seed=seed, batch_size=batch_size)
-    callback.setup(trainer, model, "fit")
-    value = callback.compute(trainer, model)
-    return value, callback, trainer, model
+def run_metric(real, num_samples=200, seed=0, batch_size=250, **kwargs):
+    ev = evaluation(real, batch_size=batch_size)
+    metric = SampleQuality(num_samples=num_samples, real_split="val", seed=seed, **kwargs)
+    return metric(ev), ev
 
 
-def test_fid_callback_name_and_value(real_val):
-    value, callback, trainer, model = run_callback(real_val)
-    assert callback.name == "val/fid_digits"
-    assert value.ndim == 0 and torch.isfinite(value)
-    assert value.item() > 1.0  # noise-ish samples are far from real digits
-    assert trainer.datamodule.asked == ["val"]
-    assert sorted(sum(model.calls, [])) == list(range(200))
-    assert all(isinstance(i, int) for i in sum(model.calls, []))
+def test_sample_quality_names_values_and_protocol(real_val):
+    result, ev = run_metric(real_val)
+    assert set(result.values) == {f"val/{m}_digits" for m in
+                                  ("fid", "precision", "recall", "density", "coverage", "copies")}
+    assert result.values["val/fid_digits"] > 1.0  # noise-ish samples are far from real digits
+    assert sorted(sum(ev.model.calls[:-1], [])) == list(range(200))  # (the last call draws the grid's samples)
+    protocol = result.protocols["val/fid_digits"]
+    assert protocol["num_generated"] == 200 and protocol["num_real"] == 180 and protocol["real_split"] == "val"
+    assert protocol["sample_seed"] == 0 and protocol["features"]["name"] == "digits"
+    assert set(protocol["versions"]) >= {"gdm", "torch", "torchmetrics", "torch-fidelity"}
+    assert result.protocols["val/precision_digits"]["k"] == 3 and result.protocols["val/density_digits"]["k"] == 5
+    assert result.protocols["val/fid_digits"]["id"] != result.protocols["val/precision_digits"]["id"]
+    images, nrow = result.grids["nearest_digits"]
+    assert nrow == 5 and images.shape == (8 * 5, 1, 16, 16)
 
 
-def test_fid_callback_does_not_depend_on_batch_size(real_val):
-    small, _, _, model_small = run_callback(real_val, batch_size=7)
-    big, _, _, model_big = run_callback(real_val, batch_size=250)
-    assert max(len(c) for c in model_small.calls) == 7
-    assert len(model_big.calls) == 1
-    assert small.item() == pytest.approx(big.item(), rel=1e-6)
+def test_sample_quality_does_not_depend_on_batch_size(real_val):
+    small, ev_small = run_metric(real_val, batch_size=7)
+    big, ev_big = run_metric(real_val, batch_size=250)
+    assert max(len(c) for c in ev_small.model.calls) == 8  # 7 per batch; 8 for the grid's samples
+    assert small.values["val/fid_digits"] == pytest.approx(big.values["val/fid_digits"], rel=1e-6)
 
 
-def test_fid_callback_depends_on_seed(real_val):
-    a, *_ = run_callback(real_val, seed=0)
-    b, *_ = run_callback(real_val, seed=1)
-    assert a.item() != b.item()
-    assert a.item() == pytest.approx(b.item(), rel=0.1)  # same distribution, different samples
+def test_sample_quality_depends_on_seed(real_val):
+    a, _ = run_metric(real_val, seed=0)
+    b, _ = run_metric(real_val, seed=1)
+    assert a.values["val/fid_digits"] != b.values["val/fid_digits"]
+    assert a.values["val/fid_digits"] == pytest.approx(b.values["val/fid_digits"], rel=0.1)  # same distribution
 
 
-def test_fid_callback_real_statistics_computed_once(real_val):
-    value, callback, trainer, model = run_callback(real_val, batch_size=64)
-    dataset = trainer.datamodule.datasets["val"]
-    assert sorted(dataset.seen) == list(range(len(real_val)))
-    again = callback.compute(trainer, model)
-    assert sorted(dataset.seen) == list(range(len(real_val)))  # not read a second time
-    assert again.item() == value.item()
-    assert callback.metric.real_features_num_samples.item() == len(real_val)
-    assert callback.metric.fake_features_num_samples.item() == 200
-
-
-def test_fid_callback_of_real_images_is_zero(real_val):
+def test_fid_of_real_images_is_zero_and_they_are_all_copies(real_val):
     class RealModel(FakeModel):
-        def generate(self, indices, seed=0):
+        def generate(self, indices, seed=0, labels=None):
             return real_val.images[torch.as_tensor(indices)]
 
-    trainer, model = make_trainer(real_val), RealModel()
-    callback = FID(features="digits", num_samples=len(real_val), real_split="val", batch_size=50)
-    callback.setup(trainer, model, "fit")
-    value = callback.compute(trainer, model).item()
-    real_var = callback.metric.real_features_cov_sum.trace().item() / len(real_val)
-    assert abs(value) < 1e-3 * real_var
+    ev = evaluation(real_val, model=RealModel())
+    result = SampleQuality(num_samples=len(real_val), real_split="val", copies=True)(ev)
+    real = ev.real_features("val")
+    assert abs(result.values["val/fid_digits"]) < 1e-3 * real.var(0).sum().item()
+    assert result.values["val/precision_digits"] == 1.0 and result.values["val/recall_digits"] == 1.0
+    assert result.values["val/coverage_digits"] == 1.0
+    assert result.values["val/copies_digits"] == 1.0  # each is closer to a training image than its neighbours are
 
 
-def test_fid_callback_shards_across_ranks(real_val):
+def test_sample_quality_shards_across_ranks_and_gathers_in_index_order(real_val):
+    """Two processes simulated in turn: each computes its share; the gather hands every process all rows."""
     n = 101
-    single, *_ = run_callback(real_val, num_samples=n, batch_size=16)
-    shards = [run_callback(real_val, rank=r, world_size=2, num_samples=n, batch_size=16) for r in (0, 1)]
-    generated = [sum(model.calls, []) for _, _, _, model in shards]
-    real_seen = [trainer.datamodule.datasets["val"].seen for _, _, trainer, _ in shards]
-    assert generated[0] == list(range(0, n, 2))
-    assert generated[1] == list(range(1, n, 2))
-    assert sorted(generated[0] + generated[1]) == list(range(n))
-    assert sorted(real_seen[0] + real_seen[1]) == list(range(len(real_val)))
-    assert not set(real_seen[0]) & set(real_seen[1])
-    # Summing the two processes' states (what torchmetrics' DDP sync does) gives the one-process FID.
-    merged = fid_metric(DigitFeatures())
-    for state in ("real_features_sum", "real_features_cov_sum", "real_features_num_samples",
-                  "fake_features_sum", "fake_features_cov_sum", "fake_features_num_samples"):
-        setattr(merged, state, sum(getattr(cb.metric, state) for _, cb, _, _ in shards))
-    merged.orig_dtype = torch.float32
-    assert merged.compute().item() == pytest.approx(single.item(), rel=1e-6)
+    single, _ = run_metric(real_val, num_samples=n, batch_size=16)
+    shares: dict[int, torch.Tensor] = {}
+
+    def fake_all_gather(rank):
+        def gather(padded):
+            shares[rank] = padded
+            return torch.stack([shares.get(r, padded) for r in (0, 1)])
+        return gather
+
+    metric = SampleQuality(num_samples=n, real_split="val")
+    evs = [evaluation(real_val, rank=r, world_size=2, batch_size=16, all_gather=fake_all_gather(r)) for r in (0, 1)]
+    evs[0].gather = lambda rows, total: rows  # rank 0 first only records its share
+    for ev in evs:
+        metric.generated_features(ev)
+    evs = [evaluation(real_val, rank=r, world_size=2, batch_size=16, all_gather=fake_all_gather(r)) for r in (0, 1)]
+    gathered = metric.generated_features(evs[0])
+    assert evs[0].model.calls == [list(range(0, n, 2))[i:i + 16] for i in range(0, 51, 16)]
+    full = metric.generated_features(evaluation(real_val, batch_size=16))
+    assert torch.allclose(gathered, full, atol=1e-5)
+    assert frechet_distance(evaluation(real_val).real_features("val"), gathered) == pytest.approx(
+        single.values["val/fid_digits"], rel=1e-5)
 
 
-def test_fid_callback_logs_after_sanity_check(real_val):
-    callback = FID(features="digits", num_samples=50, real_split="val", batch_size=50)
-    model = FakeModel()
-    sanity = make_trainer(real_val, sanity_checking=True)
-    callback.setup(sanity, model, "fit")
-    callback.on_validation_epoch_end(sanity, model)
-    assert model.logged == {}
-    assert not callback.real_ready
-    trainer = make_trainer(real_val)
-    callback.on_validation_epoch_end(trainer, model)
-    assert set(model.logged) == {"val/fid_digits"}
-    assert model.logged["val/fid_digits"].item() == pytest.approx(callback.compute(trainer, model).item())
+def test_real_features_are_read_once_and_then_come_from_the_cache(real_val, tmp_path):
+    cache = RealFeatureCache(tmp_path)
+    ev = evaluation(real_val, cache=cache, batch_size=64)
+    first = ev.real_features("val")
+    dataset = ev.data.datasets["val"]
+    assert sorted(dataset.seen) == list(range(len(real_val)))
+    again = ev.real_features("val")
+    assert len(dataset.seen) == len(real_val) and torch.equal(first, again)  # not read a second time
+    # A new run (a new cache object) reads the file, not the images.
+    ev2 = evaluation(real_val, cache=RealFeatureCache(tmp_path), batch_size=64)
+    assert torch.equal(ev2.real_features("val"), first) and ev2.data.datasets["val"].seen == []
+    assert ev2.cache.hits == 1 and ev2.cache.misses == 0
 
 
 def test_logged_fid_equals_fid_of_saved_pngs(real_val, tmp_path):
     n = 150
-    value, callback, _, model = run_callback(real_val, num_samples=n, batch_size=40)
-    images = model.generate(range(n))
+    result, ev = run_metric(real_val, num_samples=n, batch_size=40)
+    images = ev.model.generate(range(n))
     paths = [save_png(img, tmp_path / f"{i:04d}.png") for i, img in enumerate(to_uint8(images))]
     loaded = torch.stack([load_png(p, channels=1) for p in paths])
     assert torch.equal(loaded, to_uint8(images))
-    # The same statistics fed the same way, but from the files on disk.
-    metric = fid_metric(DigitFeatures())
-    real_u8 = to_uint8(real_val.images)
-    for chunk in real_u8.split(40):
-        metric.update(chunk, real=True)
-    for chunk in loaded.split(40):
-        metric.update(chunk, real=False)
-    assert metric.compute().item() == value.item()
+    features = DigitFeatures()
+    direct = frechet_distance(features(to_uint8(real_val.images)), features(loaded))
+    assert direct == pytest.approx(result.values["val/fid_digits"], rel=1e-6)
 
 
-def test_fid_direct_equals_fid_of_saved_pngs(real_val, tmp_path):
-    images = torch.tanh(2 * torch.randn(64, 1, 16, 16, generator=torch.Generator().manual_seed(5)))
-    real_u8 = to_uint8(real_val.images)
+def test_sample_quality_refuses_too_few_samples_before_training(real_val):
+    with pytest.raises(GdmError, match=r"metrics.fid.num_samples=1: FID needs at least 2 generated images"):
+        SampleQuality(num_samples=1)
+    with pytest.raises(GdmError, match=r"at least 6 images on both sides.*3 generated"):
+        SampleQuality(num_samples=3, real_split="val").check(FakeModel(), FakeDataModule(real_val), "digits")
 
-    def fid(fake_u8):
-        metric = fid_metric(DigitFeatures())
-        metric.update(real_u8, real=True)
-        metric.update(fake_u8, real=False)
-        return metric.compute().item()
 
-    direct = fid(to_uint8(images))
-    loaded = torch.stack([load_png(save_png(img, tmp_path / f"{i}.png"), 1)
-                          for i, img in enumerate(to_uint8(images))])
-    assert fid(loaded) == direct
+def test_sample_quality_leaves_the_global_rng_alone(real_val):
+    """Evaluating must not change the training run: the global RNG stream is untouched."""
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    run_metric(real_val)
+    assert torch.equal(torch.rand(3), expected)
 
 
 # ---- seeded latents -------------------------------------------------------------------------
@@ -342,27 +349,29 @@ def test_latent_noise_is_standard_normal_and_handles_empty():
     assert latent_noise([], 16, seed=0).shape == (0, 16)
 
 
-def test_fid_callback_inside_a_trainer():
+
+
+def test_evaluator_inside_a_trainer(tmp_path):
     torch.manual_seed(0)
     gan = GAN((1, 16, 16), functools.partial(DCGANGenerator, ngf=8), functools.partial(DCGANDiscriminator, ndf=8),
               latent_dim=16)
-    callback = FID(features="digits", num_samples=150, real_split="val", batch_size=50)
+    evaluator = Evaluator([SampleQuality(num_samples=150, real_split="val")], features="digits",
+                          run_dir=str(tmp_path), monitor="val/fid_digits", cache_dir=str(tmp_path / "cache"))
     trainer = L.Trainer(max_epochs=2, limit_train_batches=1, limit_val_batches=1, num_sanity_val_steps=0,
                         accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, callbacks=[callback])
+                        enable_model_summary=False, callbacks=[evaluator])
     trainer.fit(gan, datamodule=DigitsDataModule(image_size=16, batch_size=32))
-    logged = trainer.callback_metrics["val/fid_digits"]
-    assert math.isfinite(logged.item()) and logged.item() > 0
-    # Real statistics were gathered once over two validations; the last value is reproducible.
-    assert callback.metric.real_features_num_samples.item() == 180
-    assert callback.metric.fake_features_num_samples.item() == 150
-    assert callback.compute(trainer, gan).item() == pytest.approx(logged.item(), rel=1e-6)
+    logged = trainer.callback_metrics["val/fid_digits"].item()
+    assert math.isfinite(logged) and logged > 0
+    # real features computed once per split (val for the metrics, train for the copy check), not per evaluation
+    assert evaluator.evaluations == 2 and evaluator.cache.misses == 2
+    assert evaluator.final["step"] == 2 and evaluator.best["value"] == pytest.approx(min(
+        json_line["metrics"]["val/fid_digits"] for json_line in read_history(tmp_path)))
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file() and (tmp_path / "checkpoints" / "best.ckpt").is_file()
+    assert (tmp_path / "samples" / "samples_step0000002.png").is_file()
 
 
-def test_fid_callback_leaves_the_global_rng_alone(real_val):
-    """Evaluating must not change the training run: the global RNG stream is untouched."""
-    torch.manual_seed(123)
-    expected = torch.rand(3)
-    torch.manual_seed(123)
-    run_callback(real_val)
-    assert torch.equal(torch.rand(3), expected)
+def read_history(run_dir):
+    import json
+
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

@@ -88,7 +88,7 @@ def test_generate_does_not_build_a_graph():
 
 def test_visuals():
     gan = make_gan(num_visuals=16, visual_seed=7)
-    visuals = gan.visuals()
+    visuals = gan.visuals({})
     assert set(visuals) == {"samples"}
     images, nrow = visuals["samples"]
     assert images.shape == (16, *SHAPE) and nrow == 4

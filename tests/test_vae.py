@@ -126,7 +126,7 @@ def test_ae_latent_gaussian_matches_the_codes():
     ae = AE(SHAPE, latent_dim=4, width=8).eval()
     images = DigitsDataModule(image_size=16).split("train").images[:500]
     loader = torch.utils.data.DataLoader([{"image": x} for x in images], batch_size=64)
-    ae.fit_latent_gaussian(loader)
+    ae.prepare_sampling(loader)
     with torch.no_grad():
         z = ae.encode(images).double()
     assert torch.allclose(ae.latent_mean.double(), z.mean(0), atol=1e-5)
@@ -134,10 +134,11 @@ def test_ae_latent_gaussian_matches_the_codes():
     assert torch.allclose(cov, torch.cov(z.T), atol=1e-4)
 
 
-def test_visual_grids_after_validation():
+def test_visual_grids_of_given_examples():
     ae = AE(SHAPE, latent_dim=4, width=8)
     fit(ae, epochs=1, batches=2)
-    grids = ae.visuals()
+    examples = DigitsDataModule(image_size=16).split("val").images[:40]
+    grids = ae.visuals({"val": examples})
     assert set(grids) == {"samples", "reconstructions", "interpolations"}
     assert grids["reconstructions"][0].shape == (64, *SHAPE)  # 32 inputs, each beside its reconstruction
     assert grids["interpolations"][0].shape == (64, *SHAPE)

@@ -1,1 +1,1 @@
-"""Trainer-level callbacks: image grids, the run summary, the config inside checkpoints."""
+"""Trainer-level callbacks: crash checkpoints, RNG state and config in checkpoints, the NaN-loss policy."""

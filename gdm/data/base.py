@@ -23,7 +23,7 @@ class SplitDataModule(L.LightningDataModule):
     def __init__(self, batch_size: int = 64, num_workers: int = 0, pin_memory: bool = False,
                  fid_features: str = "inception"):
         super().__init__()
-        # The FID feature network that suits this data; `metrics.fid.features` defaults to it.
+        # The FID feature network that suits this data; `metrics.features` defaults to it.
         self.fid_features = fid_features
         self.batch_size = batch_size
         self.num_workers = num_workers

@@ -7,6 +7,8 @@ the kind of images a model is asked to produce.
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
 import torch.nn.functional as F
 from sklearn.datasets import load_digits
@@ -25,6 +27,11 @@ class TensorImageDataset(Dataset):
 
     def __len__(self) -> int:
         return self.images.shape[0]
+
+    def fingerprint(self) -> dict:
+        """The identity of these images for the real-feature cache: a hash of their bytes."""
+        data = self.images.detach().cpu().contiguous().numpy().tobytes()
+        return {"kind": "in-memory images", "n": len(self), "sha256": hashlib.sha256(data).hexdigest()}
 
     def __getitem__(self, index: int) -> dict:
         item = {"image": self.images[index]}

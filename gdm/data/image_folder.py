@@ -8,6 +8,7 @@ training with one sentence naming the path.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import torch
@@ -60,6 +61,16 @@ class ImageFileDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.files)
+
+    def fingerprint(self) -> dict:
+        """The identity of these images for the real-feature cache, without reading them: every file's
+        path, size and modification time, and the transform."""
+        digest = hashlib.sha256()
+        for path in self.files:
+            stat = path.stat()
+            digest.update(f"{path.resolve()}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
+        return {"kind": "image files", "n": len(self), "files_sha256": digest.hexdigest(), "mode": self.mode,
+                "transform": repr(self.transform)}
 
     def __getitem__(self, index: int) -> dict:
         with Image.open(self.files[index]) as img:

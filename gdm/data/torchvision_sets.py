@@ -8,6 +8,7 @@ training set is split into train / val with a fixed seed; the official test set 
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import torch
@@ -35,6 +36,13 @@ class LabelledImages(Dataset):
 
     def __len__(self) -> int:
         return len(self.dataset)
+
+    def fingerprint(self) -> dict:
+        """The identity of these images for the real-feature cache: a hash of the dataset's pixel array."""
+        data = self.dataset.data
+        data = data.numpy() if hasattr(data, "numpy") else data
+        return {"kind": type(self.dataset).__name__, "n": len(self),
+                "sha256": hashlib.sha256(data.tobytes()).hexdigest(), "transform": repr(self.transform)}
 
     def __getitem__(self, index: int) -> dict:
         image, label = self.dataset[index]

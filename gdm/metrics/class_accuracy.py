@@ -1,44 +1,44 @@
 """`val/class_acc`: how often a classifier reads the requested class in a conditional model's samples.
 
-Each evaluation generates `samples_per_class` images of every class (seeded, fixed indices) and
-classifies them; torchmetrics sums the counts across DDP processes. The classifier is the shipped
-digits network (`classifier: digits`), the one FID's digits features come from; `auto` uses it for
-digit data (data whose FID features are the digits network) and otherwise skips the metric, saying so.
+Each evaluation generates `samples_per_class` images of every class (seeded, fixed indices; sample i has
+class i // samples_per_class) and classifies them with the shipped digits network (`classifier: digits`,
+the network FID's digits features come from); `auto` uses it on digit data (data whose FID features are
+the digits network, 10 classes) and otherwise leaves the metric off. Each DDP process classifies its
+share of the samples by index; the hits are gathered, so the value does not depend on the processes.
 """
 
 from __future__ import annotations
 
 import logging
 
-import lightning as L
 import torch
-from torchmetrics.classification import MulticlassAccuracy
 
 from gdm.errors import GdmError
+from gdm.evaluation.context import Evaluation, MetricResult
+from gdm.evaluation.protocol import QUANTIZATION, file_sha256, with_id
 from gdm.images import to_uint8
+from gdm.models.capabilities import Samples
 
 CLASSIFIERS = ("auto", "digits", "none")
 log = logging.getLogger(__name__)
 
 
-class ClassAccuracy(L.Callback):
-    def __init__(self, classifier: str = "auto", samples_per_class: int = 100, seed: int = 0,
-                 batch_size: int = 250):
+class ClassAccuracy:
+    def __init__(self, classifier: str = "auto", samples_per_class: int = 100, seed: int = 0):
         if classifier not in CLASSIFIERS:
             raise GdmError(f"metrics.class_acc.classifier='{classifier}' is not available; choose one of "
                            f"{', '.join(CLASSIFIERS)}.")
-        self.choice = classifier
-        self.samples_per_class, self.seed, self.batch_size = samples_per_class, seed, batch_size
+        self.choice, self.samples_per_class, self.seed = classifier, samples_per_class, seed
         self.classifier = None
-        self.accuracy: MulticlassAccuracy | None = None
 
-    def setup(self, trainer: L.Trainer, pl_module, stage: str) -> None:
-        if not getattr(pl_module, "conditional", False):
+    def check(self, model, data, features: str) -> None:
+        """Decide whether the metric applies (a conditional sampler, a classifier for its classes)."""
+        if not (isinstance(model, Samples) and model.conditional):
             return
-        num_classes = len(pl_module.class_probs)
+        num_classes = len(model.class_probs)
         choice = self.choice
         if choice == "auto":
-            digit_data = getattr(trainer.datamodule, "fid_features", None) == "digits" and num_classes == 10
+            digit_data = getattr(data, "fid_features", None) == "digits" and num_classes == 10
             choice = "digits" if digit_data else "none"
             if choice == "none":
                 log.info("val/class_acc is off: no classifier for this data (metrics.class_acc.classifier=auto).")
@@ -52,24 +52,27 @@ class ClassAccuracy(L.Callback):
 
             with torch.random.fork_rng(devices=[]):  # keep the training run's RNG stream untouched
                 self.classifier = load_digit_classifier()
-            self.accuracy = MulticlassAccuracy(num_classes=num_classes, average="micro")
 
     @torch.no_grad()
-    def compute(self, trainer: L.Trainer, pl_module) -> torch.Tensor:
-        # Here, not in setup: Lightning calls callbacks' setup before it moves the model to its device.
-        self.classifier.to(pl_module.device)
-        self.accuracy.to(pl_module.device)
-        classes = len(pl_module.class_probs)
-        labels = torch.arange(classes).repeat_interleave(self.samples_per_class)
-        mine = torch.arange(trainer.global_rank, len(labels), trainer.world_size)
-        self.accuracy.reset()
-        for indices in mine.split(self.batch_size):
-            target = labels[indices].to(pl_module.device)
-            images = pl_module.generate(indices, seed=self.seed, labels=target)
-            self.accuracy.update(self.classifier(to_uint8(images)), target)
-        return self.accuracy.compute()
+    def __call__(self, ev: Evaluation) -> MetricResult:
+        if self.classifier is None:
+            return MetricResult()
+        from gdm.metrics.digits_classifier import weights_path
 
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
-        if trainer.sanity_checking or self.accuracy is None:
-            return
-        pl_module.log("val/class_acc", self.compute(trainer, pl_module), on_epoch=True)
+        self.classifier.to(ev.device)
+        classes = len(ev.model.class_probs)
+        n = classes * self.samples_per_class
+        labels = torch.arange(classes).repeat_interleave(self.samples_per_class)
+        hits = []
+        for indices in ev.shard(n).split(ev.batch_size):
+            target = labels[indices].to(ev.device)
+            images = ev.model.generate(indices, seed=self.seed, labels=target)
+            hits.append((self.classifier(to_uint8(images)).argmax(1) == target).float())
+        mine = torch.cat(hits) if hits else torch.empty(0, device=ev.device)
+        accuracy = ev.gather(mine, n).mean().item()
+        path = weights_path("digits")
+        protocol = with_id({"metric": "class_acc", "classifier": {"name": "digits", "weights_file": path.name,
+                                                                  "weights_sha256": file_sha256(path)},
+                            "quantization": QUANTIZATION, "num_generated": n, "samples_per_class": self.samples_per_class,
+                            "sample_seed": self.seed})
+        return MetricResult({"val/class_acc": accuracy}, {"val/class_acc": protocol})

@@ -1,14 +1,18 @@
-"""Feature networks for FID, by name (`metrics.fid.features`).
+"""Feature networks for the sample metrics, by name (`metrics.features`), each with its protocol.
 
 - `inception`: the standard 2048-d pool3 features of the TF-ported InceptionV3 that torch-fidelity
-  (and so torchmetrics) uses; images are resized to 299 like the original TF code, so values are
-  comparable with published FIDs.
-- `digits`: the shipped digits classifier's 128-d penultimate layer. A domain FID, only comparable
-  with other `fid_digits` values; the logged name always carries the feature name.
+  (and so torchmetrics) uses; images are resized to 299 with the TF1-compatible bilinear resize
+  (antialias off), as in published FIDs.
+- `dinov2`: DINOv2 ViT-L/14 CLS features (Stein et al. 2023), from a local weights file
+  (`metrics.dinov2_weights`): see `gdm.metrics.dinov2`.
+- `digits`: the shipped digits classifier's 128-d penultimate layer. A domain feature space, only
+  comparable with other `fid_digits` values; the logged name always carries the feature name.
 - `digits_colour`: the same for the classifier of the embedded CycleGAN pair, which reads digits in
   both domains (grey, and on colour patches), so one feature space serves both translation directions.
 
-Every feature network takes uint8 images (N, C, H, W), like torchmetrics' Inception.
+Every feature network takes uint8 images (N, C, H, W), C = 1 or 3, of any size, returns float32
+(N, num_features), never leaves eval mode, and describes itself with `protocol()`: its name, weights
+file and that file's SHA-256, and its input resize.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import torch
 from torch import nn
 
 from gdm.errors import GdmError
+from gdm.evaluation.protocol import file_sha256
 
 INCEPTION_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
 
@@ -32,26 +37,35 @@ class InceptionFeatures(nn.Module):
 
         if weights_path is not None and not Path(weights_path).expanduser().is_file():
             raise GdmError(
-                f"metrics.fid.inception_weights={weights_path} is not a file: download {INCEPTION_URL} "
-                "and point metrics.fid.inception_weights at it."
+                f"metrics.inception_weights={weights_path} is not a file: download {INCEPTION_URL} "
+                "and point metrics.inception_weights at it."
             )
+        self.weights_path = Path(weights_path).expanduser() if weights_path else None
         try:
             # antialias=False: torch-fidelity's TF1-compatible resize, as in published FIDs.
             self.net = NoTrainInceptionV3(
                 name="inception-v3-compat", features_list=["2048"],
-                feature_extractor_weights_path=str(Path(weights_path).expanduser()) if weights_path else None,
+                feature_extractor_weights_path=str(self.weights_path) if self.weights_path else None,
                 antialias=False,
             )
         except OSError as err:  # URLError is an OSError: no network, proxy, firewall
             raise GdmError(
                 f"Could not download the Inception weights ({err}): fetch {INCEPTION_URL} on a machine with "
-                "network access and set metrics.fid.inception_weights=/path/to/that/file."
+                "network access and set metrics.inception_weights=/path/to/that/file."
             ) from None
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if images.shape[1] == 1:
             images = images.expand(-1, 3, -1, -1)
         return self.net(images)
+
+    def protocol(self) -> dict:
+        # Without a local file torch-fidelity downloads into torch.hub's checkpoint folder.
+        path = self.weights_path or Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_URL.rsplit("/", 1)[1]
+        return {"name": "inception", "network": "torch-fidelity InceptionV3 pool3 (TF-ported)",
+                "weights_file": path.name, "weights_sha256": file_sha256(path) if path.is_file() else "unknown",
+                "resize": {"size": 299, "method": "bilinear (TF1-compatible)", "antialias": False},
+                "num_features": self.num_features}
 
 
 class DigitFeatures(nn.Module):
@@ -61,6 +75,7 @@ class DigitFeatures(nn.Module):
         super().__init__()
         from gdm.metrics.digits_classifier import load_digit_classifier
 
+        self.classifier = classifier
         self.net = load_digit_classifier(classifier)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -69,13 +84,30 @@ class DigitFeatures(nn.Module):
     def train(self, mode: bool = True) -> DigitFeatures:
         return super().train(False)  # never leaves eval mode, like torchmetrics' Inception
 
+    def protocol(self) -> dict:
+        from gdm.metrics.digits_classifier import weights_path
+        from gdm.nets.digit_classifier import INPUT_SIZE
 
-FEATURES = {"inception": InceptionFeatures, "digits": DigitFeatures, "digits_colour": DigitFeatures}
+        path = weights_path(self.classifier)
+        return {"name": self.classifier, "network": "gdm digit classifier, 128-d penultimate layer",
+                "weights_file": path.name, "weights_sha256": file_sha256(path),
+                "resize": {"size": INPUT_SIZE, "method": "bilinear", "antialias": True},
+                "num_features": self.num_features}
 
 
-def build_features(name: str, inception_weights: str | None = None) -> nn.Module:
+FEATURES = ("inception", "dinov2", "digits", "digits_colour")
+
+
+def build_features(name: str, inception_weights: str | None = None, dinov2_weights: str | None = None) -> nn.Module:
+    """The feature network `name` (one of FEATURES), in eval mode; GdmError naming the key otherwise."""
     if name not in FEATURES:
-        raise GdmError(f"metrics.fid.features='{name}' is not a known feature network; choose one of {', '.join(FEATURES)}.")
+        raise GdmError(f"metrics.features='{name}' is not a known feature network; choose one of {', '.join(FEATURES)}.")
     # The random init before the weights load must not draw from the training run's RNG stream.
     with torch.random.fork_rng(devices=[]):
-        return InceptionFeatures(inception_weights) if name == "inception" else DigitFeatures(name)
+        if name == "inception":
+            return InceptionFeatures(inception_weights)
+        if name == "dinov2":
+            from gdm.metrics.dinov2 import DINOv2Features
+
+            return DINOv2Features(dinov2_weights)
+        return DigitFeatures(name)

@@ -8,10 +8,9 @@ deterministic autoencoders", ex-post density estimation with one Gaussian).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
-from torch.utils.data import DataLoader
 
 from gdm.models.autoencoder import AutoencoderModule
 from gdm.models.base import latent_noise
@@ -42,14 +41,19 @@ class AE(AutoencoderModule):
         return loss if self.loss_ok("recon", loss) else None  # None: Lightning skips the update
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self.remember_visual_inputs(batch, batch_idx)
         images = batch["image"]
         nll, params = self.recon_nll(images)
         mse = (self.likelihood.mean(params) - (images + 1) / 2).pow(2).mean()
         self.log_dict({"val/recon": nll.mean(), "val/mse": mse}, batch_size=images.shape[0], sync_dist=True)
 
     @torch.no_grad()
-    def fit_latent_gaussian(self, loader: DataLoader) -> None:
+    def prepare_sampling(self, train_batches: Iterable[dict]) -> None:
+        """Refit the latent Gaussian to the codes of the whole training split (every DDP process fits it
+        on all of it, so the samples do not depend on the number of processes)."""
+        self.fit_latent_gaussian(train_batches)
+
+    @torch.no_grad()
+    def fit_latent_gaussian(self, loader: Iterable[dict]) -> None:
         total = torch.zeros((), device=self.device, dtype=torch.float64)
         s1 = torch.zeros(self.latent_dim, device=self.device, dtype=torch.float64)
         s2 = torch.zeros(self.latent_dim, self.latent_dim, device=self.device, dtype=torch.float64)
@@ -58,22 +62,14 @@ class AE(AutoencoderModule):
             total += z.shape[0]
             s1 += z.sum(0)
             s2 += z.T @ z
-        reduce = self.trainer.strategy.reduce if self._trainer is not None else (lambda t, **_: t)
-        total, s1, s2 = (reduce(t, reduce_op="sum") for t in (total, s1, s2))
         mean = s1 / total
         cov = (s2 - total * torch.outer(mean, mean)) / (total - 1)
         cov += 1e-6 * torch.eye(self.latent_dim, device=cov.device, dtype=cov.dtype)
         self.latent_mean.copy_(mean.float())
         self.latent_scale_tril.copy_(torch.linalg.cholesky(cov).float())
 
-    def on_validation_epoch_start(self) -> None:
-        datamodule = self.trainer.datamodule
-        train = datamodule.split("train")
-        rank, world = self.trainer.global_rank, self.trainer.world_size
-        mine = torch.utils.data.Subset(train, range(rank, len(train), world))
-        self.fit_latent_gaussian(DataLoader(mine, batch_size=256, generator=torch.Generator()))
-
     @torch.no_grad()
-    def generate(self, indices: Sequence[int] | torch.Tensor, seed: int = 0) -> torch.Tensor:
+    def generate(self, indices: Sequence[int] | torch.Tensor, seed: int = 0,
+                 labels: torch.Tensor | None = None) -> torch.Tensor:
         eps = latent_noise(indices, self.latent_dim, seed).to(self.device)
         return self.decode(self.latent_mean + eps @ self.latent_scale_tril.T)

@@ -9,10 +9,11 @@ import torch
 
 from gdm.likelihoods import build_likelihood
 from gdm.models.base import GenerativeModule
+from gdm.models.capabilities import Samples
 from gdm.nets.conv_autoencoder import ConvDecoder, ConvEncoder
 
 
-class AutoencoderModule(GenerativeModule):
+class AutoencoderModule(GenerativeModule, Samples):
     def __init__(self, image_shape: tuple[int, int, int], latent_dim: int, width: int, likelihood: str,
                  likelihood_std: float | None, lr: float, encoder_outputs: int, num_visuals: int,
                  visual_seed: int):
@@ -23,7 +24,6 @@ class AutoencoderModule(GenerativeModule):
         self.likelihood = build_likelihood(likelihood, likelihood_std)
         self.encoder = ConvEncoder(image_shape, encoder_outputs, width)
         self.decoder = ConvDecoder(image_shape, latent_dim, width, self.likelihood.params_per_channel)
-        self.visual_inputs: torch.Tensor | None = None  # the first validation images, for the grids
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """The deterministic code of each image (the posterior mean for the VAE)."""
@@ -36,15 +36,12 @@ class AutoencoderModule(GenerativeModule):
     def configure_optimizers(self):
         return torch.optim.Adam(self.parameters(), lr=self.lr)
 
-    def remember_visual_inputs(self, batch: dict, batch_idx: int) -> None:
-        if batch_idx == 0:
-            self.visual_inputs = batch["image"][:32].detach()
-
     @torch.no_grad()
-    def visuals(self) -> dict[str, tuple[torch.Tensor, int]]:
+    def visuals(self, examples: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, int]]:
         n = self.num_visuals
         grids = {"samples": (self.generate(range(n), seed=self.visual_seed), int(n**0.5))}
-        x = self.visual_inputs
+        x = examples.get("val")
+        x = x[:32].to(self.device) if x is not None else None
         if x is not None and len(x) >= 2:
             recon = self.decode(self.encode(x))
             grids["reconstructions"] = (torch.stack([x, recon], 1).flatten(0, 1), 8)  # input | reconstruction

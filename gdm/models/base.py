@@ -38,11 +38,12 @@ def latent_labels(indices: Sequence[int] | torch.Tensor, class_probs: torch.Tens
 class GenerativeModule(L.LightningModule):
     """Base of all gdm models.
 
-    A model says which batch keys it needs (`requires`), can draw sample i of a fixed, seeded
-    sequence (`generate`), and names the image grids worth looking at (`visuals`). Metrics and
-    callbacks only use these three, so they work for every model family.
+    A model says which batch keys it needs (`requires`), what it can do (the `Samples` and `Translates`
+    capabilities of `gdm.models.capabilities`), and names the image grids worth looking at (`visuals`).
+    Evaluation uses only these, so it works for every model family.
     """
 
+    conditional: bool = False
     requires: frozenset[str] = frozenset({"image"})
     # Set by the NonFiniteLoss callback (callbacks.nonfinite_loss): what a NaN / Inf loss does.
     nonfinite_action: str = "stop"
@@ -69,9 +70,8 @@ class GenerativeModule(L.LightningModule):
         if self.nonfinite_action == "skip" and skipped[name] <= self.max_consecutive_skips:
             self.print(f"{where}: update skipped (callbacks.nonfinite_loss.action=skip)")
             return False
-        dirpath = getattr(self.trainer.checkpoint_callback, "dirpath", None)
-        last = Path(dirpath) / "last.ckpt" if dirpath else None
-        keep = f"the last good checkpoint is {last}" if last and last.is_file() else "no checkpoint was written yet"
+        last = Path(self.trainer.default_root_dir) / "checkpoints" / "last.ckpt"  # where the Evaluator saves it
+        keep = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was written yet"
         if self.nonfinite_action == "skip":
             repeat, other = f" ({skipped[name]} in a row)", ""
         else:
@@ -79,10 +79,7 @@ class GenerativeModule(L.LightningModule):
         raise Diverged(f"{where}{repeat}: training stopped; {keep}. Lower the learning rates (in a new run: a "
                        f"resumed one keeps the saved optimizer settings){other}.")
 
-    def generate(self, indices: Sequence[int] | torch.Tensor, seed: int = 0) -> torch.Tensor:
-        """Samples number `indices` of the model's seeded sample sequence, as images in [-1, 1]."""
-        raise NotImplementedError
-
-    def visuals(self) -> dict[str, tuple[torch.Tensor, int]]:
-        """Named image sets in [-1, 1] to save and log as grids, each with its number of columns."""
+    def visuals(self, examples: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, int]]:
+        """Named image sets in [-1, 1] to save and log as grids, each with its number of columns.
+        `examples`: the first real images of the evaluation data ("val"; a translator's domains "A", "B")."""
         return {}

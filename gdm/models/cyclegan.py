@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from gdm.errors import GdmError
 from gdm.losses import get_target_loss
 from gdm.models.base import GenerativeModule
+from gdm.models.capabilities import Translates
 from gdm.models.image_pool import ImagePool
 
 NetFactory = Callable[..., nn.Module]
@@ -42,8 +43,9 @@ def linear_decay(n_epochs: int, n_epochs_decay: int) -> Callable[[int], float]:
     return lambda epoch: max(0.0, 1.0 - max(0, epoch + 1 - n_epochs) / float(n_epochs_decay + 1))
 
 
-class CycleGAN(GenerativeModule):
+class CycleGAN(GenerativeModule, Translates):
     requires = frozenset({"image_a", "image_b"})
+    directions, reverse = DIRECTIONS, REVERSE
 
     def __init__(
         self,
@@ -159,7 +161,7 @@ class CycleGAN(GenerativeModule):
                 scheduler.step()
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        # The translation metrics (FID both ways, cycle L1, label preservation) run as a callback at the end
+        # The translation metrics (FID both ways, cycle L1, label preservation) run in the Evaluator at the end
         # of validation, over each test image once; here the discriminators' view of held-out real images
         # tracks their overfitting (a diagnostic: the smaller domain's images repeat in these pairs).
         n = batch["image_a"].shape[0]
@@ -184,12 +186,12 @@ class CycleGAN(GenerativeModule):
         finally:
             net.train(was_training)
 
-    def visuals(self) -> dict[str, tuple[Tensor, int]]:
-        """Per direction, rows of (real | translated | translated back) for the first test images."""
+    def visuals(self, examples: dict[str, Tensor]) -> dict[str, tuple[Tensor, int]]:
+        """Per direction, rows of (real | translated | translated back) for the first test images of its source
+        domain (`examples["A"]`, `examples["B"]`)."""
         grids = {}
         for direction, (source, _) in DIRECTIONS.items():
-            test = self.trainer.datamodule.split(f"{source}/test")
-            real = torch.stack([test[i]["image"] for i in range(min(self.hparams.num_visuals, len(test)))])
+            real = examples[source][: self.hparams.num_visuals].to(self.device)
             fake = self.translate(real, direction)
             rec = self.translate(fake, REVERSE[direction])
             grids[f"cycle_{direction}"] = (torch.stack([real.to(fake.device), fake, rec], 1).flatten(0, 1), 3)

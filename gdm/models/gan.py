@@ -21,11 +21,12 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from gdm.errors import GdmError
 from gdm.losses import get_loss, gradient_penalty, r1_penalty
 from gdm.models.base import GenerativeModule, latent_labels, latent_noise
+from gdm.models.capabilities import Samples
 
 NetFactory = Callable[..., nn.Module]
 
 
-class GAN(GenerativeModule):
+class GAN(GenerativeModule, Samples):
     def __init__(
         self,
         image_shape: tuple[int, int, int],
@@ -63,7 +64,7 @@ class GAN(GenerativeModule):
         self.requires = frozenset({"image", "label"} if conditional else {"image"})
         self.generator = generator(image_shape=image_shape, latent_dim=latent_dim, **classes)
         self.discriminator = discriminator(image_shape=image_shape, **classes)
-        # Training-split class frequencies (set at fit start): the labels of class-balanced samples.
+        # Training-split class frequencies (`set_class_frequencies`): the labels of class-balanced samples.
         self.register_buffer("class_probs", torch.full((num_classes or 1,), 1.0 / (num_classes or 1)))
         penalty = f"model.loss={loss}" if self.gp_weight > 0 else f"model.r1_gamma={r1_gamma}" if r1_gamma > 0 else None
         if penalty and any(isinstance(m, nn.BatchNorm2d) for m in self.discriminator.modules()):
@@ -91,10 +92,10 @@ class GAN(GenerativeModule):
         opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=self.hparams.lr_d, betas=betas, fused=fused)
         return opt_g, opt_d
 
-    def on_fit_start(self) -> None:
-        counts = getattr(self.trainer.datamodule, "class_counts", lambda: None)() if self.conditional else None
-        if counts is not None:
-            self.class_probs.copy_(counts.float() / counts.sum())
+    def set_class_frequencies(self, counts: torch.Tensor) -> None:
+        """Images per class in the training split (num_classes,): the labels of class-balanced samples
+        follow them. Kept in the state dict, so a checkpoint samples as trained."""
+        self.class_probs.copy_(counts.float() / counts.sum())
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
         opt_g, opt_d = self.optimizers()
@@ -144,7 +145,7 @@ class GAN(GenerativeModule):
         self.log_dict(logs, on_step=True, on_epoch=False)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        # The sample-quality metrics (FID) run as callbacks at the end of validation; here the
+        # The sample-quality metrics (FID) run in the Evaluator at the end of validation; here the
         # discriminator's view of held-out real images tracks its overfitting.
         real = batch["image"]
         if self.channels_last:
@@ -182,7 +183,7 @@ class GAN(GenerativeModule):
         finally:
             sampler.train(was_training)
 
-    def visuals(self) -> dict[str, tuple[torch.Tensor, int]]:
+    def visuals(self, examples: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, int]]:
         n, seed = self.hparams.num_visuals, self.hparams.visual_seed
         if not self.conditional:
             return {"samples": (self.generate(range(n), seed=seed), int(n**0.5))}

@@ -94,7 +94,6 @@ class VAE(AutoencoderModule):
                        f"{stage}/bpd": -elbo.mean() / (self.num_pixels * math.log(2))}, batch_size=n, sync_dist=True)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self.remember_visual_inputs(batch, batch_idx)
         self._log_elbo("val", *self.elbo_terms(batch["image"]))
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
@@ -106,6 +105,7 @@ class VAE(AutoencoderModule):
                       batch_size=images.shape[0], sync_dist=True)
 
     @torch.no_grad()
-    def generate(self, indices: Sequence[int] | torch.Tensor, seed: int = 0) -> torch.Tensor:
+    def generate(self, indices: Sequence[int] | torch.Tensor, seed: int = 0,
+                 labels: torch.Tensor | None = None) -> torch.Tensor:
         """Decoder means at prior samples z_i ~ N(0, I)."""
         return self.decode(latent_noise(indices, self.latent_dim, seed).to(self.device))

@@ -12,6 +12,7 @@ from gdm.callbacks.config_in_checkpoint import ConfigInCheckpoint
 from gdm.callbacks.random_state import RandomState
 from gdm.data.base import SplitDataModule
 from gdm.errors import GdmError
+from gdm.evaluation.evaluator import Evaluator
 from gdm.models.base import GenerativeModule
 
 # `_convert_="all"`: pass plain lists and dicts, never OmegaConf containers, so hyperparameters stored in
@@ -30,6 +31,8 @@ def build_model(cfg: DictConfig, datamodule: SplitDataModule) -> GenerativeModul
     make_model = instantiate(cfg.model, _partial_=True, _convert_="all")
     model = make_model(image_shape=tuple(int(n) for n in datamodule.image_shape), num_classes=datamodule.num_classes)
     check_provides(cfg, model.requires, datamodule)
+    if model.conditional:  # class-balanced samples follow the training split's class frequencies
+        model.set_class_frequencies(datamodule.class_counts("train"))
     return model
 
 
@@ -42,21 +45,29 @@ def check_provides(cfg: DictConfig, requires: frozenset[str], datamodule: SplitD
         )
 
 
-def _instantiate_group(group: DictConfig | None) -> list:
+def _instantiate_group(group: DictConfig | None, skip: tuple[str, ...] = ()) -> list:
     if not group:
         return []
-    return [instantiate(node, _convert_="all") for node in group.values() if node is not None and "_target_" in node]
+    return [instantiate(node, _convert_="all") for key, node in group.items()
+            if key not in skip and isinstance(node, DictConfig) and "_target_" in node]
 
 
 def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
-    callbacks = _instantiate_group(cfg.get("callbacks")) + build_metrics(cfg)
+    """The callbacks group (its `evaluator` gets the metrics group's metrics), the config and RNG state."""
+    callbacks = _instantiate_group(cfg.get("callbacks"), skip=("evaluator",)) + [build_evaluator(cfg)]
     callbacks.append(ConfigInCheckpoint(OmegaConf.to_container(cfg, resolve=True), OmegaConf.to_container(cfg)))
     callbacks.append(RandomState(cfg.seed))
     return callbacks
 
 
-def build_metrics(cfg: DictConfig) -> list[L.Callback]:
+def build_metrics(cfg: DictConfig) -> list:
+    """The metric objects of the metrics group: its entries with a `_target_` (plain settings beside them
+    configure the evaluator)."""
     return _instantiate_group(cfg.get("metrics"))
+
+
+def build_evaluator(cfg: DictConfig, **overrides) -> Evaluator:
+    return instantiate(cfg.callbacks.evaluator, metrics=build_metrics(cfg), _convert_="all", **overrides)
 
 
 def build_loggers(cfg: DictConfig) -> list:

@@ -1,18 +1,19 @@
-"""`task=eval`: score a checkpoint and write the numbers to `eval.json` in the run directory.
+"""`task=eval`: score a checkpoint with the same Evaluator as training and write `eval.json`.
 
     python run.py task=eval ckpt_path=RUN/checkpoints/best.ckpt [eval.num_samples=10000] [eval.split=test]
 
 The model, data and metrics come from the config saved in the checkpoint; anything under model / data /
-metrics set on the command line wins (e.g. `data.root=` where the data lives on this machine). Computed:
-the run's metrics (FID, plus KID here; class accuracy for conditional models; both directions' FID, cycle
-L1 and label preservation for CycleGAN) with `eval.num_samples` generated samples against real `eval.split`
-images, the validation losses, and the model's test metrics when it has them (the VAE's IWAE NLL, on the
-test split).
+metrics set on the command line wins (e.g. `data.root=` where the data lives on this machine,
+`metrics.features=dinov2`). Computed: the run's metrics (FID, precision / recall, density / coverage and
+the copy fraction, plus KID here; class accuracy for conditional models; both directions' FID, cycle L1 and
+label preservation for CycleGAN) with `eval.num_samples` generated samples against real `eval.split`
+images, the validation losses, and the model's test metrics when it has them (the VAE's IWAE NLL). Each
+value is printed beside its protocol (features and weights hash, resize, sample counts, split, seed) and
+stored with it in eval.json, at the checkpoint's step.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -21,11 +22,12 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from omegaconf import DictConfig, open_dict
 
-from gdm.checkpoints import config_for_checkpoint, load_state, read_checkpoint
+from gdm.checkpoints import checkpoint_step, config_for_checkpoint, load_state, read_checkpoint
 from gdm.config_tree import print_config_tree
 from gdm.data.base import SPLITS
 from gdm.errors import GdmError
-from gdm.tasks.build import build_datamodule, build_metrics, build_model, build_trainer
+from gdm.evaluation.evaluator import Evaluator, write_json
+from gdm.tasks.build import build_datamodule, build_evaluator, build_model, build_trainer
 
 log = logging.getLogger(__name__)
 
@@ -52,31 +54,29 @@ def evaluate(cfg: DictConfig) -> float | None:
         print_config_tree(cfg)
     datamodule = build_datamodule(cfg)
     model = load_state(build_model(cfg, datamodule), checkpoint, cfg.ckpt_path)
-    trainer = build_trainer(cfg, build_metrics(cfg), loggers=[])
-    results = dict(trainer.validate(model, datamodule=datamodule, verbose=False)[0])
-    if is_overridden("test_step", model):
-        results.update(trainer.test(model, datamodule=datamodule, verbose=False)[0])
+    evaluator = build_evaluator(cfg, report=None, save_checkpoints=False, step=checkpoint_step(checkpoint))
+    trainer = build_trainer(cfg, [evaluator], loggers=[])
+    trainer.validate(model, datamodule=datamodule, verbose=False)
+    test = trainer.test(model, datamodule=datamodule, verbose=False)[0] if is_overridden("test_step", model) else {}
     report = {
         "checkpoint": str(Path(cfg.ckpt_path).expanduser().resolve()),
         "model": cfg.model._target_.rsplit(".", 1)[-1],
+        "step": evaluator.final.get("step"),
         "global_step": checkpoint.get("global_step"),
         "epoch": checkpoint.get("epoch"),
         "split": opts.split,
-        "num_samples": fid.num_samples if fid is not None else None,
-        "metrics": {name: float(value) for name, value in sorted(results.items())},
+        "metrics": {name: value for name, value in sorted({**evaluator.final, **test}.items())
+                    if name.startswith(("val/", "test/"))},
+        "protocols": evaluator.protocols,
     }
-    write_report(report, Path(cfg.paths.output_dir) / "eval.json")
+    write_report(report, evaluator, Path(cfg.paths.output_dir) / "eval.json")
     return report["metrics"].get(cfg.monitor)
 
 
 @rank_zero_only
-def write_report(report: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    tmp.replace(path)
-    width = max(map(len, report["metrics"]), default=0)
-    lines = [f"  {name:<{width}}  {value:.6g}" for name, value in report["metrics"].items()]
-    log.info(f"{report['model']} at step {report['global_step']} ({report['checkpoint']}), real split "
-             f"{report['split']}:\n" + "\n".join(lines))
+def write_report(report: dict, evaluator: Evaluator, path: Path) -> None:
+    write_json(path, report)
+    tests = [f"  {name}  {value:.6g}" for name, value in report["metrics"].items() if name.startswith("test/")]
+    log.info(f"{report['model']} at step {report['step']} ({report['checkpoint']}), real split {report['split']}:\n"
+             + evaluator.describe() + ("\n" + "\n".join(tests) if tests else ""))
     log.info(f"written: {path.resolve()}")

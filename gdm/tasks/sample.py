@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 from gdm.checkpoints import load_model
 from gdm.errors import GdmError
 from gdm.images import grid_uint8, save_png, to_uint8
-from gdm.models.base import GenerativeModule
+from gdm.models.capabilities import Samples
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +32,11 @@ def sample(cfg: DictConfig) -> None:
     if n < 1:
         raise GdmError(f"sample.n={n} must be at least 1.")
     model = load_model(cfg.ckpt_path)
-    if type(model).generate is GenerativeModule.generate:
+    if not isinstance(model, Samples):
         raise GdmError(f"ckpt_path={cfg.ckpt_path} holds a {type(model).__name__}, which translates images rather "
                        "than drawing them: use task=translate.")
     model = model.to("cuda" if torch.cuda.is_available() else "cpu")
-    conditional = getattr(model, "conditional", False)
+    conditional = model.conditional
     classes = len(model.class_probs) if conditional else 0
     if label is not None and not (conditional and 0 <= int(label) < classes):
         raise GdmError(f"sample.label={label} needs a class-conditional model with that class "

@@ -27,6 +27,7 @@ from gdm.checkpoints import load_model
 from gdm.data.image_folder import find_images
 from gdm.errors import GdmError
 from gdm.images import to_uint8
+from gdm.models.capabilities import Translates
 from gdm.models.cyclegan import DIRECTIONS
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ def translate(cfg: DictConfig) -> None:
         raise GdmError(f"translate.direction={opts.direction} is not a direction; choose AtoB or BtoA.")
     # Built on the CPU and then moved: map_location alone would leave the model's weights on the CPU.
     model = load_model(cfg.ckpt_path).to("cuda" if torch.cuda.is_available() else "cpu")
-    if not hasattr(model, "translate"):
+    if not isinstance(model, Translates):
         raise GdmError(f"ckpt_path={cfg.ckpt_path} holds a {type(model).__name__}, not a translation model: "
                        "task=translate needs a model=cyclegan checkpoint.")
     source, output = Path(opts.input).expanduser(), Path(opts.output).expanduser()

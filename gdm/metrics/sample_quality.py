@@ -1,0 +1,114 @@
+"""The quality of a sampling model's images, from one feature pass over its samples and a real split.
+
+At each evaluation: samples 0..num_samples-1 of the model's seeded sequence (`seed`), quantized as the
+saved PNGs, through the run's feature network (`metrics.features`), against the features of every
+image of `real_split` (cached across runs):
+- `val/fid_<features>`: Fréchet distance (Heusel et al. 2017), torchmetrics' formula;
+- `val/kid_<features>` (+ `_std`): kernel distance (Bińkowski et al. 2018), when `kid_subset_size` is set
+  (task=eval sets it);
+- `val/precision_<f>`, `val/recall_<f>` (Kynkäänniemi et al. 2019, k = `precision_recall_k` = 3) and
+  `val/density_<f>`, `val/coverage_<f>` (Naeem et al. 2020, k = `density_coverage_k` = 5): fidelity and
+  diversity apart;
+- `val/copies_<f>`: the fraction of samples closer to a training image than that image's own nearest
+  training neighbour (likely copies; `gdm.metrics.memorization`), and a grid `nearest_<f>` whose rows are
+  a sample and its `nearest_k` nearest training images in the feature space, for `nearest_samples` samples.
+A conditional model's samples draw class-balanced labels (the training split's class frequencies).
+Values do not depend on batch size or on the number of DDP processes (samples are per-index seeded and
+features gathered in index order). Each value comes with its protocol (`gdm.evaluation.protocol`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from gdm.data.base import SPLITS
+from gdm.errors import GdmError
+from gdm.evaluation.context import Evaluation, MetricResult
+from gdm.evaluation.protocol import QUANTIZATION, with_id
+from gdm.metrics.frechet import frechet_distance, kernel_distance
+from gdm.metrics.memorization import copy_fraction, nearest_neighbours
+from gdm.metrics.prdc import density_coverage, precision_recall
+from gdm.models.capabilities import Samples
+
+
+class SampleQuality:
+    def __init__(self, num_samples: int = 1000, real_split: str = "train", seed: int = 0,
+                 kid_subset_size: int | None = None, kid_subsets: int = 100, precision_recall_k: int | None = 3,
+                 density_coverage_k: int | None = 5, copies: bool = True, nearest_samples: int = 8,
+                 nearest_k: int = 4):
+        if real_split not in SPLITS:
+            raise GdmError(f"metrics.fid.real_split='{real_split}' is not a split; choose one of {', '.join(SPLITS)}.")
+        if num_samples < 2:
+            raise GdmError(f"metrics.fid.num_samples={num_samples}: FID needs at least 2 generated images (the "
+                           "covariance of one image is undefined); use 1000 or more for a stable value.")
+        self.num_samples, self.real_split, self.seed = num_samples, real_split, seed
+        self.kid_subset_size, self.kid_subsets = kid_subset_size, kid_subsets
+        self.precision_recall_k, self.density_coverage_k = precision_recall_k, density_coverage_k
+        self.copies, self.nearest_samples, self.nearest_k = copies, nearest_samples, nearest_k
+
+    def check(self, model, data, features: str) -> None:
+        """Before training: the model must sample, and every metric must have enough images on both sides."""
+        if not isinstance(model, Samples):
+            raise GdmError(f"metrics=fid scores a model's samples, and {type(model).__name__} draws none (it "
+                           "translates): use metrics=translation.")
+        n_real = len(data.split(self.real_split))
+        ks = [k for k in (self.precision_recall_k, self.density_coverage_k) if k]
+        need = max([2, *(k + 1 for k in ks)])
+        if n_real < need or self.num_samples < need:
+            raise GdmError(f"metrics.fid needs at least {need} images on both sides (FID: 2, k-NN metrics: k + 1), "
+                           f"and has {self.num_samples} generated (metrics.fid.num_samples) and {n_real} real "
+                           f"({self.real_split} split): raise metrics.fid.num_samples or use a larger split.")
+
+    @torch.no_grad()
+    def generated_features(self, ev: Evaluation) -> torch.Tensor:
+        mine = [ev.featurize(ev.model.generate(indices, seed=self.seed))
+                for indices in ev.shard(self.num_samples).split(ev.batch_size)]
+        rows = torch.cat(mine) if mine else torch.empty(0, ev.features.num_features, device=ev.device)
+        return ev.gather(rows, self.num_samples)
+
+    def __call__(self, ev: Evaluation) -> MetricResult:
+        name = ev.feature_protocol["name"]
+        real = ev.real_features(self.real_split)
+        fake = self.generated_features(ev)
+        base = {"features": ev.feature_protocol, "quantization": QUANTIZATION, "num_generated": self.num_samples,
+                "num_real": real.shape[0], "real_split": self.real_split, "sample_seed": self.seed,
+                "conditional_labels": "training-split class frequencies" if ev.model.conditional else None}
+        result = MetricResult()
+
+        def add(metric: str, value: float, **extra) -> None:
+            result.values[f"val/{metric}_{name}"] = value
+            result.protocols[f"val/{metric}_{name}"] = with_id({"metric": metric, **base, **extra})
+
+        add("fid", frechet_distance(real, fake))
+        if self.kid_subset_size:
+            mean, std = kernel_distance(real, fake, self.kid_subset_size, self.kid_subsets, self.seed)
+            size = min(self.kid_subset_size, real.shape[0], fake.shape[0])
+            add("kid", mean, subset_size=size, subsets=self.kid_subsets)
+            result.values[f"val/kid_{name}_std"] = std  # the spread over the random subsets
+            result.protocols[f"val/kid_{name}_std"] = result.protocols[f"val/kid_{name}"]
+        if self.precision_recall_k:
+            for metric, value in precision_recall(real, fake, self.precision_recall_k).items():
+                add(metric, value, k=self.precision_recall_k)
+        if self.density_coverage_k:
+            for metric, value in density_coverage(real, fake, self.density_coverage_k).items():
+                add(metric, value, k=self.density_coverage_k)
+        if self.copies or self.nearest_samples:
+            train = real if self.real_split == "train" else ev.real_features("train")
+            nearest = {**base, "num_real": train.shape[0], "real_split": "train"}
+            if self.copies:
+                result.values[f"val/copies_{name}"] = copy_fraction(fake, train)
+                result.protocols[f"val/copies_{name}"] = with_id({"metric": "copies", **nearest})
+            if self.nearest_samples:
+                result.grids[f"nearest_{name}"] = self.nearest_grid(ev, fake, train)
+        return result
+
+    def nearest_grid(self, ev: Evaluation, fake: torch.Tensor, train: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Rows: sample i | its `nearest_k` nearest training images (nearest first)."""
+        n = min(self.nearest_samples, self.num_samples)
+        k = min(self.nearest_k, train.shape[0])
+        _, indices = nearest_neighbours(fake[:n], train, k=k)
+        samples = ev.model.generate(range(n), seed=self.seed).float().cpu()
+        train_set = ev.split("train")
+        neighbours = torch.stack([torch.stack([train_set[int(j)]["image"] for j in row]) for row in indices.cpu()])
+        rows = torch.cat([samples[:, None], neighbours.to(samples.dtype)], 1)  # (n, 1 + k, C, H, W)
+        return rows.flatten(0, 1), 1 + k
