@@ -39,6 +39,9 @@ def user_error(err: BaseException) -> Exception | None:
     """The user mistake behind `err`, if it is (or wraps) one: ours, or Lightning's configuration
     complaints (e.g. `trainer=gpu` on a machine without a GPU)."""
     while err is not None:
+        if isinstance(err, GdmError) and "Original Traceback" in str(err):
+            # Raised in a DataLoader worker: torch re-raises it with the worker's traceback as its message.
+            return GdmError(str(err).strip().splitlines()[-1].split(": ", 1)[-1])
         if isinstance(err, (GdmError, MisconfigurationException)):
             return err
         if isinstance(err, MissingMandatoryValue):

@@ -6,7 +6,8 @@
 - `SweepSummary`: a Hydra callback that, when the sweep ends, collects every job's overrides, status and
   best monitored value (and the id of the protocol it was measured with) from its `summary.json` into
   `sweep_summary.csv` in the sweep directory, prints them as a table, and warns when jobs measured their
-  values with different protocols (e.g. `metrics.fid.num_samples` swept): those are not comparable.
+  values with different protocols (e.g. `metrics.fid.num_samples` swept): those are not comparable. A sweep
+  goes on past a failed job, but exits with status 1 when any job did not finish.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from gdm.evaluation.protocol import differences
 
 log = logging.getLogger(__name__)
+DONE = ("finished", "pruned")  # job statuses that count as success for the sweep's exit status
 
 
 def sweep_identity() -> tuple[str, str] | None:
@@ -99,3 +101,8 @@ class SweepSummary(Callback):
         mismatch = protocol_mismatch(sweep_dir, rows)
         if mismatch:
             log.warning(mismatch)
+        unfinished = [r["job"] for r in rows if r["status"] not in DONE]
+        if unfinished:  # the sweep went on past them; its exit status still says so
+            log.error(f"{len(unfinished)} of {len(rows)} jobs did not finish (jobs {', '.join(unfinished)}; each "
+                      f"job's run.log says why): exit status 1.")
+            raise SystemExit(1)

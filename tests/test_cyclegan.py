@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from functools import partial
 
+import numpy as np
 import pytest
 import torch
 from helpers import TINY, TINY_CYCLEGAN, compose_config
@@ -197,6 +198,26 @@ def test_translate_task_keeps_names_and_sizes(tmp_path):
     with pytest.raises(GdmError, match="inside translate.input"):
         run(compose_config(["task=translate", f"ckpt_path={ckpt}", f"translate.input={source}",
                             f"translate.output={source / 'out'}"], tmp_path / "t3"))
+
+    # Read as training reads: EXIF-upright, 16-bit scaled; hidden files skipped; a bad file is named before
+    # anything is written.
+    from test_image_files import exif_rotated_jpeg, truncated_jpeg
+
+    photos = tmp_path / "photos"
+    (photos / ".ipynb_checkpoints").mkdir(parents=True)
+    exif_rotated_jpeg(photos / "phone.jpg", height=12, width=20)
+    Image.fromarray(np.full((24, 24), 32768, np.uint16)).save(photos / "deep.png")
+    Image.new("RGB", (20, 20)).save(photos / ".ipynb_checkpoints" / "copy.png")
+    run(compose_config(["task=translate", f"ckpt_path={ckpt}", f"translate.input={photos}",
+                        f"translate.output={out / 'photos'}", "print_config=false"], tmp_path / "t4"))
+    with Image.open(out / "photos" / "phone.jpg") as img:
+        assert img.size == (12, 20) and img.getexif().get(0x0112) is None  # upright, like the training data
+    assert (out / "photos" / "deep.png").is_file() and not (out / "photos" / ".ipynb_checkpoints").exists()
+    truncated_jpeg(photos / "zz_half.jpg")
+    with pytest.raises(GdmError, match=r"Cannot read image .*zz_half.jpg"):
+        run(compose_config(["task=translate", f"ckpt_path={ckpt}", f"translate.input={photos}",
+                            f"translate.output={out / 'partial'}", "print_config=false"], tmp_path / "t5"))
+    assert not (out / "partial").exists()  # nothing half done
 
 
 @pytest.mark.parametrize(("overrides", "message"), [

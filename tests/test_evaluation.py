@@ -153,3 +153,50 @@ def test_protocol_ids_ignore_versions_and_name_differences():
     assert differences(a, b) == ["features.resize.size", "num_generated"]
     assert differences(a, c) == ["versions.gdm", "versions.timm", "versions.torch", "versions.torch-fidelity",
                                  "versions.torchmetrics"]
+
+
+def test_a_sweep_says_which_jobs_used_another_protocol(tmp_path):
+    from gdm.sweeps import job_rows, protocol_mismatch
+
+    for job, samples in (("0", 1000), ("1", 1000), ("2", 5000)):
+        protocol = with_id({"metric": "fid", "num_generated": samples, "real_split": "train"})
+        (tmp_path / job / ".hydra").mkdir(parents=True)
+        (tmp_path / job / "summary.json").write_text(json.dumps({
+            "status": "finished", "monitor": "val/fid_digits", "protocols": {"val/fid_digits": protocol},
+            "best": {"metric": "val/fid_digits", "value": 50.0, "step": 10, "protocol": protocol["id"]}}))
+    rows = job_rows(tmp_path)
+    assert rows[0]["protocol"] == rows[1]["protocol"] != rows[2]["protocol"]
+    message = protocol_mismatch(tmp_path, rows)
+    assert message == ("jobs 2 measured val/fid_digits with another protocol than job 0 (differing in "
+                       "num_generated): their best values are not comparable.")
+    assert protocol_mismatch(tmp_path, rows[:2]) is None
+
+
+def test_a_resumed_run_counts_the_wall_time_of_every_session(tmp_path, monkeypatch):
+    import time
+
+    from gdm.evaluation.evaluator import Evaluator
+
+    on_fit_start = Evaluator.on_fit_start
+
+    def started_100_s_ago(self, trainer, pl_module):  # a long first session, without waiting for it
+        on_fit_start(self, trainer, pl_module)
+        self.session_start -= 100
+
+    tiny = [*SHORT[:1], "metrics.fid.num_samples=40", "trainer.accelerator=cpu", "print_config=false",
+            "logger=none", "++trainer.limit_train_batches=2", "++trainer.limit_val_batches=1",
+            "trainer.check_val_every_n_epoch=1"]
+    monkeypatch.setattr(Evaluator, "on_fit_start", started_100_s_ago)
+    run(compose_config([*tiny, "trainer.max_epochs=1"], tmp_path))
+    first = json.loads((tmp_path / "summary.json").read_text())
+    assert first["final"]["wall_seconds"] >= 100
+    monkeypatch.setattr(Evaluator, "on_fit_start", on_fit_start)
+    started = time.time()
+    run(compose_config([*tiny, "trainer.max_epochs=2", "resume=auto"], tmp_path))
+    second_session = time.time() - started
+    second = json.loads((tmp_path / "summary.json").read_text())
+    assert second["step"] == 4 and second["evaluations"] == 2
+    # the total is the first session's (up to its last checkpoint) plus the second's own
+    assert first["final"]["wall_seconds"] < second["wall_seconds"] < first["final"]["wall_seconds"] + second_session
+    history = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert history == [2, 4]

@@ -39,14 +39,25 @@ TINY_ARGS = ["data.image_size=16", "trainer.max_epochs=1", "+trainer.limit_train
 
 
 @pytest.mark.slow
-def test_a_failed_job_is_recorded_and_the_sweep_goes_on(tmp_path):
+def test_a_failed_job_is_recorded_the_sweep_goes_on_and_its_exit_status_says_so(tmp_path):
     sweep_dir = tmp_path / "sweep"
     proc = run_py("-m", "model.loss=nope,vanilla", *TINY_ARGS, f"hydra.sweep.dir={sweep_dir}")
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.returncode == 1, proc.stderr[-2000:]
     with (sweep_dir / "sweep_summary.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert [r["status"] for r in rows] == ["failed", "finished"]
-    assert "job 0 failed: model.loss='nope' is not a known GAN loss" in proc.stderr + proc.stdout
+    out = proc.stderr + proc.stdout
+    assert "job 0 failed: model.loss='nope' is not a known GAN loss" in out
+    assert "1 of 2 jobs did not finish (jobs 0; each job's run.log says why): exit status 1." in out
+
+
+@pytest.mark.slow
+def test_a_sweep_whose_only_job_failed_exits_non_zero(tmp_path):
+    """The issue's case: the same command without -m exits 2; with -m it used to exit 0."""
+    proc = run_py("-m", "data=image_folder", "data.root=/nonexistent", "debug=fdr", f"hydra.sweep.dir={tmp_path}",
+                  timeout=120)
+    assert proc.returncode == 1
+    assert "1 of 1 jobs did not finish" in proc.stderr + proc.stdout
 
 
 @pytest.mark.slow

@@ -176,12 +176,9 @@ def test_partial_folder_is_replaced_only_with_force(tmp_path):
     assert_installed(tmp_path / "data", files)
 
 
-def test_download_command_and_extensions():
-    from gdm.data.image_folder import IMAGE_EXTENSIONS
-
+def test_download_command():
     assert dl.download_command("monet2photo", Path("data")) == "python -m gdm.data.download monet2photo --data-dir data"
     assert dl.download_command("maps", "/my data") == "python -m gdm.data.download maps --data-dir '/my data'"
-    assert dl.IMAGE_EXTENSIONS == IMAGE_EXTENSIONS
 
 
 # ---- the data module -----------------------------------------------------------------------

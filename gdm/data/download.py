@@ -24,6 +24,7 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
+from gdm.data.image_files import image_paths
 from gdm.errors import GdmError
 
 URL_BASE = "https://efrosgans.eecs.berkeley.edu/cyclegan/datasets"
@@ -34,8 +35,6 @@ URL_ENV = "GDM_CYCLEGAN_URL"
 DATASETS = ("apple2orange", "summer2winter_yosemite", "horse2zebra", "monet2photo", "cezanne2photo",
             "ukiyoe2photo", "vangogh2photo", "maps", "facades", "iphone2dslr_flower")
 FOLDERS = ("trainA", "trainB", "testA", "testB")
-# As gdm.data.image_folder.IMAGE_EXTENSIONS (a test keeps them equal); repeated to keep torch out.
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 CHUNK = 1 << 20
 
 
@@ -51,8 +50,7 @@ def dataset_url(name: str, url_base: str | None = None) -> str:
 
 def missing_folders(root: Path) -> list[str]:
     """The sub-folders of `root` that are absent or hold no image."""
-    return [f for f in FOLDERS if not any(p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-                                           for p in (root / f).rglob("*"))]
+    return [f for f in FOLDERS if not image_paths(root / f)]
 
 
 def fetch(url: str, dest: Path, name: str, data_dir: Path) -> None:

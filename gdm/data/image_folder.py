@@ -12,35 +12,12 @@ import hashlib
 from pathlib import Path
 
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from gdm.data.base import SplitDataModule
 from gdm.data.digits import split_indices
-from gdm.errors import GdmError
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
-
-
-def find_images(root: str | Path, key: str = "data.root") -> list[Path]:
-    """All image files under `root`, sorted; a clear error if there is no such folder or no image."""
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise GdmError(f"{key}={root} is not a folder: point {key} at a folder of images.")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
-    if not files:
-        raise GdmError(f"{key}={root} contains no images ({', '.join(IMAGE_EXTENSIONS)}): add images or fix the path.")
-    return files
-
-
-def verify_images(files: list[Path]) -> None:
-    for path in files:
-        try:
-            with Image.open(path) as img:
-                img.verify()
-        except (OSError, UnidentifiedImageError, SyntaxError) as err:
-            raise GdmError(f"Cannot read image {path} ({err}): remove or replace the file.") from None
+from gdm.data.image_files import WHITE, find_images, open_image, verify_images
 
 
 def image_transform(image_size: int, load_size: int | None, channels: int, train: bool,
@@ -55,9 +32,13 @@ def image_transform(image_size: int, load_size: int | None, channels: int, train
 
 
 class ImageFileDataset(Dataset):
-    def __init__(self, files: list[Path], labels: list[int] | None, transform, channels: int):
+    """Image files decoded by `gdm.data.image_files.open_image` (upright, 8-bit, alpha over `background`)."""
+
+    def __init__(self, files: list[Path], labels: list[int] | None, transform, channels: int,
+                 background: tuple[int, int, int] = WHITE):
         self.files, self.labels, self.transform = files, labels, transform
-        self.mode = "L" if channels == 1 else "RGB"  # also resolves palette, alpha and CMYK files
+        self.channels, self.background = channels, tuple(background)
+        self.mode = "L" if channels == 1 else "RGB"
 
     def __len__(self) -> int:
         return len(self.files)
@@ -70,11 +51,10 @@ class ImageFileDataset(Dataset):
             stat = path.stat()
             digest.update(f"{path.resolve()}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
         return {"kind": "image files", "n": len(self), "files_sha256": digest.hexdigest(), "mode": self.mode,
-                "transform": repr(self.transform)}
+                "background": list(self.background), "transform": repr(self.transform)}
 
     def __getitem__(self, index: int) -> dict:
-        with Image.open(self.files[index]) as img:
-            item = {"image": self.transform(img.convert(self.mode))}
+        item = {"image": self.transform(open_image(self.files[index], self.channels, self.background))}
         if self.labels is not None:
             item["label"] = self.labels[index]
         return item
@@ -97,9 +77,10 @@ class ImageFolderDataModule(SplitDataModule):
                  random_crop: bool = False, flip: bool = True, val_fraction: float = 0.05,
                  test_fraction: float = 0.05, split_seed: int = 0, verify: bool = True,
                  batch_size: int = 64, num_workers: int = 2, pin_memory: bool = False,
-                 fid_features: str = "inception"):
+                 fid_features: str = "inception", background: tuple[int, int, int] = WHITE):
         super().__init__(batch_size, num_workers, pin_memory, fid_features)
         self.root = Path(root).expanduser()
+        self.background = tuple(background)
         self.image_shape = (channels, image_size, image_size)
         self.image_size, self.load_size, self.channels = image_size, load_size, channels
         self.random_crop, self.flip = random_crop, flip
@@ -107,7 +88,7 @@ class ImageFolderDataModule(SplitDataModule):
         # Scan now, so a bad folder fails before the model is even built.
         self.files = find_images(self.root)
         if verify:
-            verify_images(self.files)
+            verify_images(self.files, root=self.root)
         self.labels, self.classes = class_labels(self.root, self.files)
         self.num_classes = len(self.classes) if self.labels is not None else None
         self.provides = frozenset({"image", "label"} if self.labels is not None else {"image"})
@@ -122,7 +103,7 @@ class ImageFolderDataModule(SplitDataModule):
                 transform = image_transform(self.image_size, self.load_size, self.channels, augment,
                                             self.random_crop, self.flip)
                 key = f"{name}_augmented" if augment else name
-                datasets[key] = ImageFileDataset(files, labels, transform, self.channels)
+                datasets[key] = ImageFileDataset(files, labels, transform, self.channels, self.background)
         return datasets
 
     def train_dataloader(self):

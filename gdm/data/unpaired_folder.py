@@ -14,7 +14,8 @@ import torch
 from torchvision.transforms import InterpolationMode, v2
 
 from gdm.data.download import DATASETS, download_command, missing_folders
-from gdm.data.image_folder import ImageFileDataset, find_images, verify_images
+from gdm.data.image_files import WHITE, find_images, verify_images
+from gdm.data.image_folder import ImageFileDataset
 from gdm.data.unpaired import DOMAINS, UnpairedDataModule
 from gdm.errors import GdmError
 
@@ -48,8 +49,10 @@ def check_layout(root: Path, name: str | None) -> None:
 class UnpairedFolderDataModule(UnpairedDataModule):
     def __init__(self, root: str, name: str | None = None, image_size: int = 256, load_size: int = 286,
                  channels: int = 3, flip: bool = True, verify: bool = True, batch_size: int = 1,
-                 num_workers: int = 4, pin_memory: bool = False, fid_features: str = "inception"):
+                 num_workers: int = 4, pin_memory: bool = False, fid_features: str = "inception",
+                 background: tuple[int, int, int] = WHITE):
         super().__init__(batch_size, num_workers, pin_memory, fid_features)
+        self.background = tuple(background)
         if load_size < image_size:
             raise GdmError(f"data.load_size={load_size} is smaller than data.image_size={image_size}: the random "
                            "crop needs load_size >= image_size.")
@@ -59,8 +62,8 @@ class UnpairedFolderDataModule(UnpairedDataModule):
         check_layout(self.root, name)  # fail before the model is built
         self.files = {f: find_images(self.root / f, key=f"data.root/{f}") for f in FOLDERS}
         if verify:
-            for files in self.files.values():
-                verify_images(files)
+            for folder, files in self.files.items():
+                verify_images(files, root=self.root / folder)
 
     def build_domains(self) -> dict[str, ImageFileDataset]:
         domains = {}
@@ -68,5 +71,5 @@ class UnpairedFolderDataModule(UnpairedDataModule):
             for key, folder, train in ((f"{d}/train", f"train{d}", False), (f"{d}/train_augmented", f"train{d}", True),
                                        (f"{d}/test", f"test{d}", False)):
                 transform = unpaired_transform(self.image_size, self.load_size, self.channels, train, self.flip)
-                domains[key] = ImageFileDataset(self.files[folder], None, transform, self.channels)
+                domains[key] = ImageFileDataset(self.files[folder], None, transform, self.channels, self.background)
         return domains

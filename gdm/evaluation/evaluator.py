@@ -252,7 +252,7 @@ class Evaluator(L.Callback):
             return
         summary = self.summary()
         write_json(self.run_dir / self.report, summary)
-        flat = {f"protocol/{name}": p for name, p in self.protocols.items()}
+        flat = {"status": self.status, **{f"protocol/{name}": p for name, p in self.protocols.items()}}
         if self.best:
             flat.update({f"best/{self.monitor}": self.best["value"], f"best/{self.monitor}_step": self.best["step"]})
         log_summary(trainer.loggers, flat)

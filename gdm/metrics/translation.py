@@ -37,6 +37,11 @@ class TranslationQuality:
         if not isinstance(model, Translates):
             raise GdmError(f"metrics=translation measures translation models (model=cyclegan), not "
                            f"{type(model).__name__}: use metrics=fid.")
+        for source, target in model.directions.values():
+            for split in (f"{source}/{self.split}", f"{target}/{self.real_split}"):
+                if len(data.split(split)) < 2:
+                    raise GdmError(f"metrics.translation needs at least 2 images in {split} for FID, and it has "
+                                   f"{len(data.split(split))}: add images to that folder.")
         choice = self.label_classifier
         labelled = {"label_a", "label_b"} <= data.provides
         if choice == "auto":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -36,13 +37,49 @@ def build_model(cfg: DictConfig, datamodule: SplitDataModule) -> GenerativeModul
     return model
 
 
+# What a batch key means to a user, and data options that have it.
+KEY_WORDS = {"image": "single images", "label": "class labels", "image_a": "two unpaired image domains (A and B)",
+             "image_b": "two unpaired image domains (A and B)", "label_a": "class labels in both domains",
+             "label_b": "class labels in both domains"}
+DATA_WITH = {"image": "data=digits, mnist, cifar10 or image_folder",
+             "label": "data=digits, mnist, cifar10, or image_folder with one sub-folder per class",
+             "image_a": "data=digits_colour, unpaired, monet, horse2zebra, ...",
+             "image_b": "data=digits_colour, unpaired, monet, horse2zebra, ...",
+             "label_a": "data=digits_colour", "label_b": "data=digits_colour"}
+
+
+def choice(cfg: DictConfig, group: str) -> str:
+    """The option of a config group as the user typed it (`model=cgan`), else the class the config builds."""
+    if HydraConfig.initialized() and HydraConfig.get().runtime.choices.get(group):
+        return HydraConfig.get().runtime.choices[group]
+    return str(cfg[group]["_target_"]).rsplit(".", 1)[-1]
+
+
+def describe(keys: frozenset[str]) -> str:
+    return " and ".join(dict.fromkeys(KEY_WORDS.get(k, k) for k in sorted(keys)))
+
+
 def check_provides(cfg: DictConfig, requires: frozenset[str], datamodule: SplitDataModule) -> None:
     missing = requires - datamodule.provides
     if missing:
         raise GdmError(
-            f"model={cfg.model._target_.rsplit('.', 1)[-1]} needs batches with {', '.join(sorted(missing))}, which "
-            f"data={type(datamodule).__name__} does not provide: pick a dataset that has them."
+            f"model={choice(cfg, 'model')} needs {describe(missing)}, which data={choice(cfg, 'data')} does not have "
+            f"(it has {describe(datamodule.provides)}): pick other data, e.g. {DATA_WITH.get(min(missing), 'another')}."
         )
+
+
+def check_run_fits(cfg: DictConfig, datamodule: SplitDataModule, trainer: L.Trainer) -> None:
+    """Before training: at least one training step per epoch, and images to evaluate on."""
+    data, processes = f"data={choice(cfg, 'data')}", trainer.world_size
+    train = len(datamodule.split("train")) // processes
+    per = f" per process ({processes} processes)" if processes > 1 else ""
+    if train < datamodule.batch_size:  # the last partial batch is dropped
+        raise GdmError(f"data.batch_size={datamodule.batch_size} is larger than the {train} training images{per} of "
+                       f"{data}, and the last partial batch is dropped, so no training step would run: set "
+                       f"data.batch_size to at most {max(train, 1)}, or add images.")
+    if trainer.limit_val_batches and len(datamodule.split("val")) == 0:
+        raise GdmError(f"the validation split of {data} is empty, so no evaluation, metric or best checkpoint would "
+                       "run: raise data.val_fraction, or add images.")
 
 
 def _instantiate_group(group: DictConfig | None, skip: tuple[str, ...] = ()) -> list:

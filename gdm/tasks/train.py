@@ -16,7 +16,14 @@ from gdm.checkpoints import changed_settings, check_fits
 from gdm.evaluation.evaluator import Evaluator
 from gdm.loggers import finish_loggers, offline_wandb_dir
 from gdm.resume import resume_from
-from gdm.tasks.build import build_callbacks, build_datamodule, build_loggers, build_model, build_trainer
+from gdm.tasks.build import (
+    build_callbacks,
+    build_datamodule,
+    build_loggers,
+    build_model,
+    build_trainer,
+    check_run_fits,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +50,7 @@ def train(cfg: DictConfig) -> float | None:
         callbacks = build_callbacks(cfg)
         evaluator = next(cb for cb in callbacks if isinstance(cb, Evaluator))
         trainer = build_trainer(cfg, callbacks, loggers)
+        check_run_fits(cfg, datamodule, trainer)
         for logger in loggers:
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
         trainer.fit(model, datamodule=datamodule, ckpt_path=str(resume[0]) if resume else None)

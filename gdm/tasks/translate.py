@@ -4,7 +4,9 @@
         translate.input=photos/ translate.output=as_monet/ translate.direction=BtoA
 
 Writes one image per input image under `translate.output`, with the same relative path and file name
-(and so the same format). Resolution: by default each image is translated at its own size (the
+(and so the same format). Inputs are read as training reads them (`gdm.data.image_files.open_image`:
+upright by EXIF, 16-bit scaled to 8, transparency over the training data's background); every input is
+decoded before anything is written, and each output is written whole and then renamed. Resolution: by default each image is translated at its own size (the
 generator is fully convolutional; sides are reflection-padded to a multiple of 4 and the result cropped
 back), so the output has the input's size. `translate.load_size=N` first resizes each image so its short
 side is N (e.g. the training `data.image_size`, the scale the generator learned), and the output has
@@ -19,12 +21,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
-from PIL import Image, ImageOps
+from PIL import Image
 from torchvision.transforms import v2
 from torchvision.transforms.functional import pil_to_tensor
 
-from gdm.checkpoints import load_model
-from gdm.data.image_folder import find_images
+from gdm.checkpoints import load_model, read_checkpoint
+from gdm.data.image_files import WHITE, find_images, open_image, verify_images
 from gdm.errors import GdmError
 from gdm.images import to_uint8
 from gdm.models.capabilities import Translates
@@ -34,8 +36,7 @@ log = logging.getLogger(__name__)
 
 
 def translate_image(model, image: Image.Image, direction: str, load_size: int | None) -> Image.Image:
-    channels = model.hparams.image_shape[0]
-    image = ImageOps.exif_transpose(image).convert("L" if channels == 1 else "RGB")  # phone photos: upright
+    """A decoded image (`open_image`: upright, 8-bit, mode L or RGB as the model's channels) -> its translation."""
     if load_size:
         image = v2.Resize(load_size, interpolation=v2.InterpolationMode.BICUBIC, antialias=True)(image)
     x = pil_to_tensor(image).float().unsqueeze(0) / 127.5 - 1
@@ -68,13 +69,20 @@ def translate(cfg: DictConfig) -> None:
         raise GdmError(f"translate.output={output} is inside translate.input={source}: the translations would "
                        "overwrite or mix with the inputs; pick another folder.")
     files = find_images(source, key="translate.input")
-    for path in files:
+    verify_images(files, root=source)  # every input decodes before any output is written
+    channels = model.hparams.image_shape[0]
+    background = read_checkpoint(cfg.ckpt_path)["gdm_config"]["data"].get("background", WHITE)
+    for done, path in enumerate(files):
         out = output / path.relative_to(source)
         out.parent.mkdir(parents=True, exist_ok=True)
         try:
-            with Image.open(path) as image:
-                result = translate_image(model, image, opts.direction, opts.get("load_size"))
-        except OSError as err:
-            raise GdmError(f"Cannot read image {path} ({err}): remove or replace the file.") from None
-        result.save(out, quality=95) if out.suffix.lower() in (".jpg", ".jpeg") else result.save(out)
+            result = translate_image(model, open_image(path, channels, background), opts.direction,
+                                     opts.get("load_size"))
+        except GdmError as err:  # a file that changed since it was verified, an image too small
+            raise GdmError(f"{str(err).rstrip('.')}; translated {done} of {len(files)} images into {output} (in "
+                           "sorted order); the rest were not written.") from None
+        tmp = out.with_name(f".{out.name}.tmp")  # written whole, then renamed: never a half-written output
+        result.save(tmp, format=Image.registered_extensions()[out.suffix.lower()],
+                    **({"quality": 95} if out.suffix.lower() in (".jpg", ".jpeg") else {}))
+        tmp.replace(out)
     log.info(f"translated {len(files)} images {opts.direction}: {source} -> {output.resolve()}")

@@ -1,0 +1,168 @@
+"""The one way gdm reads image files a user points it at: which files are images, how one is decoded into
+8-bit pixels, and how a folder is verified before a run. Image folders, the unpaired CycleGAN folders,
+`task=translate` and the download tool's checks all use it.
+
+- Which files: `IMAGE_EXTENSIONS`, anywhere under the root, except hidden files and folders (a name
+  starting with "." such as `.ipynb_checkpoints/`, and macOS's `__MACOSX/`): they are not data.
+- Decoding (`open_image`): the EXIF orientation is applied (phone photos come upright everywhere);
+  16-bit greyscale (PNG / TIFF, modes I;16 and I) is scaled to 8 bits by value / 257, and 32-bit float
+  images are read as [0, 1] (refused, by name, outside it), where Pillow's own conversion would clip
+  them to white; 16-bit colour PNGs keep their high byte (Pillow); transparent pixels (RGBA, LA, a
+  palette with transparency) are composited over `background` (an RGB colour, default white) instead of
+  turning black; CMYK / YCbCr / 1-bit images are converted. The result is mode "L" (channels=1, ITU-R
+  601 luminance) or "RGB" (channels=3). Any decoding problem (truncated, not an image, unsupported)
+  raises `UnreadableImage`, one sentence naming the file.
+- Verifying (`verify_images`): every file is fully decoded once, in parallel threads (Pillow's decoders
+  release the GIL), and the files that decoded are remembered in an index keyed by path, size and
+  modification time (`<cache dir>/verified_images/`), so an unchanged folder is not decoded again on
+  the next run, sweep job or DDP process.
+
+This module imports no torch, so the download command starts at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from gdm.errors import GdmError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif")
+HIDDEN_FOLDERS = ("__MACOSX",)
+WHITE = (255, 255, 255)
+
+
+class UnreadableImage(GdmError):
+    """An image file that cannot be decoded."""
+
+
+def is_hidden(path: Path, root: Path) -> bool:
+    return any(part.startswith(".") or part in HIDDEN_FOLDERS for part in path.relative_to(root).parts)
+
+
+def image_paths(root: str | Path) -> list[Path]:
+    """The image files under `root` (searched recursively, hidden ones left out), sorted; [] when none."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+                  and not is_hidden(p, root))
+
+
+def find_images(root: str | Path, key: str = "data.root") -> list[Path]:
+    """`image_paths(root)`, or one sentence naming `key` when the folder is missing or holds no image."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise GdmError(f"{key}={root} is not a folder: point {key} at a folder of images.")
+    files = image_paths(root)
+    if not files:
+        raise GdmError(f"{key}={root} contains no images ({', '.join(IMAGE_EXTENSIONS)}; hidden files and folders "
+                       "are skipped): add images or fix the path.")
+    return files
+
+
+def to_8bit(image: Image.Image, path: Path) -> Image.Image:
+    """High bit-depth single-channel modes to mode L, scaled rather than clipped."""
+    if image.mode.startswith("I;16") or image.mode == "I":
+        values = np.asarray(image, dtype=np.float64)
+        if values.min() < 0 or values.max() > 65535:
+            raise UnreadableImage(f"Image {path} holds integers in [{values.min():g}, {values.max():g}], outside the "
+                                  "16-bit range gdm scales to 8 bits: convert it to an 8- or 16-bit image.")
+        return Image.fromarray(np.round(values / 257).astype(np.uint8), mode="L")
+    if image.mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        if not np.isfinite(values).all() or values.min() < 0 or values.max() > 1:
+            raise UnreadableImage(f"Image {path} is a float image with values in [{np.nanmin(values):g}, "
+                                  f"{np.nanmax(values):g}]: gdm reads float images as [0, 1]; rescale or convert it.")
+        return Image.fromarray(np.round(values * 255).astype(np.uint8), mode="L")
+    return image
+
+
+def flatten(image: Image.Image, channels: int, background: Sequence[int]) -> Image.Image:
+    """Any Pillow mode -> "L" or "RGB", transparent pixels composited over `background`."""
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        image = image.convert("RGBA")
+        canvas = Image.new("RGBA", image.size, (*map(int, background), 255))
+        image = Image.alpha_composite(canvas, image)
+    return image.convert("L" if channels == 1 else "RGB")
+
+
+def open_image(path: str | Path, channels: int = 3, background: Sequence[int] = WHITE) -> Image.Image:
+    """The decoded, upright, 8-bit image at `path` in mode "L" (channels=1) or "RGB" (channels=3)."""
+    path = Path(path)
+    try:
+        with Image.open(path) as image:
+            image.load()  # decode now: a truncated file fails here, naming itself
+            image = ImageOps.exif_transpose(image)
+            return flatten(to_8bit(image, path), channels, background)
+    except UnreadableImage:
+        raise
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise UnreadableImage(f"Cannot read image {path} ({err}): remove or replace the file.") from None
+
+
+def cache_dir() -> Path:
+    """Where gdm keeps what it computed about the user's data (as `metrics.cache_dir`)."""
+    return Path(os.environ.get("GDM_CACHE_DIR", "~/.cache/gdm")).expanduser()
+
+
+def index_path(root: Path) -> Path:
+    return cache_dir() / "verified_images" / f"{hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:24]}.json"
+
+
+def read_index(path: Path) -> dict[str, list[int]]:
+    try:
+        return json.loads(path.read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):  # absent or damaged: verify again
+        return {}
+
+
+def write_index(path: Path, files: dict[str, list[int]]) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps({"version": 1, "files": files}))
+        tmp.replace(path)
+    except OSError:  # a read-only cache costs start-up time, not the run
+        pass
+
+
+def check_decodes(path: Path) -> str | None:
+    """None if the file decodes, else why not."""
+    try:
+        open_image(path)
+    except UnreadableImage as err:
+        return str(err)
+    return None
+
+
+def verify_images(files: Sequence[Path], root: str | Path | None = None, workers: int | None = None) -> None:
+    """Decode every file not verified before (by path, size, modification time); one sentence naming the
+    first unreadable file (and how many more there are) if any fails."""
+    root = Path(root).expanduser() if root is not None else Path(os.path.commonpath([str(f) for f in files]))
+    index_file = index_path(root)
+    known = read_index(index_file)
+    stamps = {}
+    for path in files:
+        stat = path.stat()
+        stamps[str(path.resolve())] = [stat.st_size, stat.st_mtime_ns]
+    todo = [Path(name) for name, stamp in stamps.items() if known.get(name) != stamp]
+    if not todo:
+        return
+    with ThreadPoolExecutor(max_workers=workers or min(32, (os.cpu_count() or 1) + 2)) as pool:
+        results = list(pool.map(check_decodes, todo))
+    bad = {str(path) for path, problem in zip(todo, results) if problem is not None}
+    write_index(index_file, {**known, **{name: stamp for name, stamp in stamps.items() if name not in bad}})
+    problems = [problem for problem in results if problem is not None]
+    if problems:
+        more = f" (and {len(problems) - 1} more unreadable files)" if len(problems) > 1 else ""
+        raise UnreadableImage(problems[0].rstrip(".") + more + ".")
