@@ -43,17 +43,22 @@ class UnreadableImage(GdmError):
     """An image file that cannot be decoded."""
 
 
-def is_hidden(path: Path, root: Path) -> bool:
-    return any(part.startswith(".") or part in HIDDEN_FOLDERS for part in path.relative_to(root).parts)
+def hidden(name: str) -> bool:
+    return name.startswith(".") or name in HIDDEN_FOLDERS
 
 
 def image_paths(root: str | Path) -> list[Path]:
-    """The image files under `root` (searched recursively, hidden ones left out), sorted; [] when none."""
+    """The image files under `root` (searched recursively, following links; hidden files and folders left
+    out), sorted; [] when none."""
     root = Path(root).expanduser()
     if not root.is_dir():
         return []
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-                  and not is_hidden(p, root))
+    found = []
+    for folder, subfolders, names in os.walk(root, followlinks=True):  # scandir: no stat per file
+        subfolders[:] = [d for d in subfolders if not hidden(d)]
+        found += [os.path.join(folder, n) for n in names
+                  if not hidden(n) and os.path.splitext(n)[1].lower() in IMAGE_EXTENSIONS]
+    return sorted(map(Path, found))
 
 
 def find_images(root: str | Path, key: str = "data.root") -> list[Path]:
@@ -153,8 +158,8 @@ def verify_images(files: Sequence[Path], root: str | Path | None = None, workers
     known = read_index(index_file)
     stamps = {}
     for path in files:
-        stat = path.stat()
-        stamps[str(path.resolve())] = [stat.st_size, stat.st_mtime_ns]
+        stat = os.stat(path)
+        stamps[os.path.abspath(path)] = [stat.st_size, stat.st_mtime_ns]
     todo = [Path(name) for name, stamp in stamps.items() if known.get(name) != stamp]
     if not todo:
         return

@@ -9,6 +9,7 @@ training with one sentence naming the path.
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import torch
@@ -48,8 +49,8 @@ class ImageFileDataset(Dataset):
         path, size and modification time, and the transform."""
         digest = hashlib.sha256()
         for path in self.files:
-            stat = path.stat()
-            digest.update(f"{path.resolve()}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
+            stat = os.stat(path)
+            digest.update(f"{os.path.abspath(path)}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
         return {"kind": "image files", "n": len(self), "files_sha256": digest.hexdigest(), "mode": self.mode,
                 "background": list(self.background), "transform": repr(self.transform)}
 

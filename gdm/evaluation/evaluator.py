@@ -96,11 +96,15 @@ class Evaluator(L.Callback):
         self.status = "running"
         if self.restored_from is not None and Path(self.restored_from) != self.run_dir.resolve():
             # A run started elsewhere from another run's checkpoint (fine-tuning, a sweep) has a best of its own.
-            self.best, self.wall_before = None, 0.0
+            self.best, self.wall_before, self.evaluations = None, 0.0, 0
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # A callback that stopped the run early says why (e.g. an Optuna pruner: "pruned").
         reasons = [cb.stop_reason for cb in trainer.callbacks if getattr(cb, "stop_reason", None)]
-        self.status = reasons[0] if reasons else "interrupted" if trainer.interrupted else "finished"
+        if reasons:
+            self.status = reasons[0]
+        else:
+            self.status = "interrupted" if trainer.interrupted else "finished"
         self.write(trainer)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
