@@ -61,7 +61,10 @@ class RunSummary(L.Callback):
 
     def on_fit_end(self, trainer: L.Trainer, pl_module) -> None:
         if self.summary:
-            self.summary["status"] = "interrupted" if trainer.interrupted else "finished"
+            # a callback that stopped the run says why (e.g. OptunaPruning: "pruned")
+            reasons = [c.stop_reason for c in trainer.callbacks if getattr(c, "stop_reason", None)]
+            status = "interrupted" if trainer.interrupted else "finished"
+            self.summary["status"] = reasons[0] if reasons else status
             self._write(trainer)
 
     def on_exception(self, trainer: L.Trainer, pl_module, exception: BaseException) -> None:
@@ -87,6 +90,8 @@ class RunSummary(L.Callback):
         tmp.replace(self.path)  # atomic: a kill never leaves half a file
         best = self.summary.get("best")
         for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.experiment.summary["status"] = self.summary["status"]
             if isinstance(logger, WandbLogger) and best is not None:
                 logger.experiment.summary[f"best/{best['metric']}"] = best["value"]
                 logger.experiment.summary[f"best/{best['metric']}_step"] = best["global_step"]
