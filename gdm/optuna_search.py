@@ -58,12 +58,12 @@ def distribution(override: Override):
         value.shuffle = False
         values = list(override.sweep_iterator(transformer=Transformer.encode))
         if not values:
-            raise GdmError(f"hydra.sweeper.params: {key}={override.input_line or ''} is an empty range.")
+            raise GdmError(f"hydra.sweeper.params: {override.input_line or key} is an empty range.")
         low, high, step = min(values), max(values), abs(value.step)
         if all(isinstance(v, int) for v in (value.start, value.stop, value.step)):
             return IntDistribution(low, high, step=step)
         return FloatDistribution(float(low), float(high), step=float(step))
-    raise GdmError(f"hydra.sweeper.params: {key} is a sweep Optuna cannot search (use interval, choice or range).")
+    raise GdmError(f"hydra.sweeper.params: Optuna cannot search {key} (use interval, choice or range).")
 
 
 def search_space(overrides: list[str]) -> tuple[dict[str, Any], dict[str, str]]:
@@ -136,7 +136,7 @@ def open_storage(url: str):
 
 def trial_overrides(url: str, study_name: str, number: int, pruner: dict) -> list[str]:
     """Hydra overrides that make a job trial `number` of the study (environment variables of the job). The
-    pruner goes too (its config, with a `_target_`): Optuna keeps it in the study object, not in the storage."""
+    pruner goes too (its config, with a `_target_`): Optuna keeps it in the study object, not the storage."""
     identity = {TRIAL_ENV["storage"]: url, TRIAL_ENV["study"]: study_name, TRIAL_ENV["number"]: str(number),
                 TRIAL_ENV["pruner"]: json.dumps(pruner, separators=(",", ":"))}
     return [f"++hydra.job.env_set.{name}={override_value(value)}" for name, value in identity.items()]

@@ -159,11 +159,15 @@ def evaluation(pruning: OptunaPruning, value: float, step: int, fn=TrainerFn.FIT
     return trainer
 
 
+PRUNERS_SEEN: list[str] = []
+
+
 def toy_training(cfg) -> float:
-    """A run that evaluates 4 times: its curve falls from 10 + lr_g*1e4 to lr_g*1e4, reported through the
+    """A run that evaluates 4 times: its curve falls from 30 + lr_g*1e4 to lr_g*1e4, reported through the
     pruning callback as run.py's jobs do; it stops when pruned."""
     pruning = OptunaPruning.for_this_job("val/fid", "min", None)
     assert pruning is not None  # the sweeper named the trial in the job's environment
+    PRUNERS_SEEN.append(type(pruning.trial.study.pruner).__name__)
     value = math.nan
     for evaluation_number, step in enumerate((10, 20, 30, 40)):
         value = cfg.model.lr_g * 1e4 + 10 * (3 - evaluation_number)
@@ -192,6 +196,16 @@ def test_median_pruning_stops_trials_worse_than_the_median(hydra_sweep_runner, t
             assert trial.state == TrialState.COMPLETE and list(trial.intermediate_values) == [10, 20, 30, 40]
             finished.append(value)
     assert results["trials"] == {"complete": len(finished), "pruned": 5 - len(finished)} and len(finished) < 5
+
+
+def test_hyperband_reaches_the_jobs(hydra_sweep_runner, tmp_path):
+    PRUNERS_SEEN.clear()
+    results, _ = run_toy_sweep(
+        hydra_sweep_runner, tmp_path / "s", toy_training, "hydra/sweeper/sampler=random",
+        "model.loss=hinge", "data.batch_size=32", "model.lr_d=0.0002", "hydra.sweeper.pruner=hyperband",
+        "hydra.sweeper.n_trials=6", f"hydra.sweeper.storage={tmp_path / 'study.journal'}")
+    assert PRUNERS_SEEN == ["HyperbandPruner"] * 6  # each job judges its reports with the sweep's pruner
+    assert sum(results["trials"].values()) == 6 and set(results["trials"]) <= {"complete", "pruned"}
 
 
 def test_pruning_reports_on_the_batch_axis_and_only_prunes_while_fitting(tmp_path):

@@ -27,7 +27,8 @@ class OptunaPruning(L.Callback):
         self.stop_reason: str | None = None
 
     @classmethod
-    def for_this_job(cls, monitor: str, mode: str = "min", run_dir: str | None = None) -> OptunaPruning | None:
+    def for_this_job(cls, monitor: str, mode: str = "min", run_dir: str | None = None):
+        """The callback of the trial this job runs (named in its environment by gdm's sweeper), or None."""
         from gdm.optuna_search import trial_of_this_job
 
         trial = trial_of_this_job()
@@ -40,7 +41,7 @@ class OptunaPruning(L.Callback):
 
         study = self.trial.study
         state = study.get_trials(deepcopy=False)[self.trial.number].state
-        if state != TrialState.RUNNING:  # e.g. its directory rerun by hand after the sweep: nothing to report to
+        if state != TrialState.RUNNING:  # e.g. its run rerun by hand after the sweep: nothing to report to
             log.warning(f"Optuna trial {self.trial.number} of {study.study_name} is {state.name.lower()}: "
                         "this run does not report to it.")
             self.trial = None

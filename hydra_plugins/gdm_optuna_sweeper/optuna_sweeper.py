@@ -32,8 +32,9 @@ DIRECTIONS = ("minimize", "maximize")
 
 class OptunaSweeper(Sweeper):
     def __init__(self, sampler: DictConfig, direction: str = "minimize", storage: str | None = None,
-                 study_name: str | None = None, n_trials: int = 20, n_jobs: int = 1, max_failure_rate: float = 1.0,
-                 pruner: Any = "none", pruners: DictConfig | None = None, params: DictConfig | None = None) -> None:
+                 study_name: str | None = None, n_trials: int = 20, n_jobs: int = 1,
+                 max_failure_rate: float = 1.0, pruner: Any = "none", pruners: DictConfig | None = None,
+                 params: DictConfig | None = None) -> None:
         self.sampler_config, self.direction, self.storage = sampler, direction, storage
         self.study_name, self.n_trials, self.n_jobs = study_name, n_trials, max(1, n_jobs)
         self.max_failure_rate = max_failure_rate
@@ -52,34 +53,36 @@ class OptunaSweeper(Sweeper):
 
         optuna = optuna_search.require_optuna()
         if self.direction not in DIRECTIONS:
-            raise GdmError(f"hydra.sweeper.direction={self.direction} is not a direction: use minimize or maximize "
-                           "(a gdm run returns one value, its best monitored metric).")
+            raise GdmError(f"hydra.sweeper.direction={self.direction} is not a direction: use minimize or "
+                           "maximize (a gdm run returns one value, its best monitored metric).")
         distributions, fixed = optuna_search.search_space(
             [f"{key}={value}" for key, value in self.params.items()] + list(arguments))
         n_trials, sampler = self.n_trials, self.build_sampler(distributions)
-        if isinstance(sampler, optuna.samplers.GridSampler):
-            n_trials = min(n_trials, math.prod(len(v) for v in optuna_search.grid_choices(distributions).values()))
+        grid = isinstance(sampler, optuna.samplers.GridSampler)
+        if grid:
+            n_trials = min(n_trials, math.prod(map(len, optuna_search.grid_choices(distributions).values())))
         sweep_dir = Path(self.config.hydra.sweep.dir)
         url = optuna_search.storage_url(self.storage, sweep_dir)
         pruner_config = self.pruner_config_node()
         study = optuna.create_study(study_name=self.study_name, storage=optuna_search.open_storage(url),
-                                    sampler=sampler, pruner=instantiate(pruner_config), direction=self.direction,
-                                    load_if_exists=True)
+                                    sampler=sampler, pruner=instantiate(pruner_config),
+                                    direction=self.direction, load_if_exists=True)
         if study.trials and self.sampler_config.get("seed") is not None:
             # A continued study: the same seed would propose its first (random start-up) trials again.
-            study.sampler = self.build_sampler(distributions, seed=self.sampler_config.seed + len(study.trials))
-        log.info(f"Optuna study {study.study_name} ({len(study.trials)} trials so far) in {url}: {n_trials} trials, "
-                 f"{type(sampler).__name__}, {type(study.pruner).__name__}, {self.direction}")
+            seed = self.sampler_config.seed + len(study.trials)
+            study.sampler = self.build_sampler(distributions, seed=seed)
+        log.info(f"Optuna study {study.study_name} ({len(study.trials)} trials so far) in {url}: {n_trials} "
+                 f"trials, {type(sampler).__name__}, {type(study.pruner).__name__}, {self.direction}")
 
         returns: list[JobReturn] = []
         failed = 0
         while len(returns) < n_trials:
-            if isinstance(sampler, optuna.samplers.GridSampler) and sampler.is_exhausted(study):
+            if grid and sampler.is_exhausted(study):
                 log.info("every point of the grid has been tried")
                 break
             trials = [study.ask(distributions) for _ in range(min(self.n_jobs, n_trials - len(returns)))]
             try:
-                batch = [self.trial_overrides(trial, fixed, url, study.study_name, pruner_config) for trial in trials]
+                batch = [self.trial_overrides(t, fixed, url, study.study_name, pruner_config) for t in trials]
                 self.validate_batch_is_legal(batch)
                 batch_returns = self.launch(trials, batch)
             except BaseException:  # a bad override or an interrupted sweep: no trial is left running
@@ -90,8 +93,8 @@ class OptunaSweeper(Sweeper):
                 failed += self.tell(study, trial, ret) == optuna.trial.TrialState.FAIL
             returns += batch_returns
             if failed / len(returns) > self.max_failure_rate:
-                raise GdmError(f"{failed} of {len(returns)} trials failed, more than hydra.sweeper.max_failure_rate="
-                               f"{self.max_failure_rate}: see the failed jobs' run.log in {sweep_dir}.")
+                raise GdmError(f"{failed} of {len(returns)} trials failed, more than hydra.sweeper."
+                               f"max_failure_rate={self.max_failure_rate}: see their run.log in {sweep_dir}.")
         self.save_results(study, sweep_dir)
         return returns
 
@@ -116,7 +119,9 @@ class OptunaSweeper(Sweeper):
                 raise GdmError(f"hydra.sweeper.pruner={pruner} is not a pruner: choose one of "
                                f"{', '.join(self.pruners)}, or give a node with a _target_.")
             pruner = self.pruners[pruner]
-        return OmegaConf.to_container(pruner, resolve=True) if OmegaConf.is_config(pruner) else dict(pruner)
+        if OmegaConf.is_config(pruner):
+            return OmegaConf.to_container(pruner, resolve=True)
+        return dict(pruner)
 
     @staticmethod
     def trial_overrides(trial, fixed: dict, url: str, study_name: str, pruner: dict) -> list[str]:
@@ -127,9 +132,9 @@ class OptunaSweeper(Sweeper):
                 + optuna_search.trial_overrides(url, study_name, trial.number, pruner))
 
     def launch(self, trials: list, batch: list[list[str]]) -> list[JobReturn]:
-        """Job number = trial number (the job's directory is the trial's), so a study continued in the same sweep
-        directory never reuses a directory. Numbers that do not follow each other (another process asks the
-        same study) are launched in runs of consecutive numbers."""
+        """Job number = trial number (the job's directory is the trial's), so a study continued in the same
+        sweep directory never reuses a directory. Numbers that do not follow each other (another process asks
+        the same study) are launched in runs of consecutive numbers."""
         returns: list[JobReturn] = []
         start = 0
         for end in range(1, len(trials) + 1):
@@ -145,28 +150,27 @@ class OptunaSweeper(Sweeper):
 
         trial.set_user_attr("job_dir", str(ret.hydra_cfg.hydra.runtime.output_dir) if ret.hydra_cfg else "")
         recorded = study.get_trials(deepcopy=False)[trial.number]
-        value = float("nan")
-        if ret.status == JobStatus.COMPLETED:
-            try:
-                value = float(ret.return_value)
-            except (TypeError, ValueError):
-                log.warning(f"trial {trial.number} returned {ret.return_value!r}, not a number: recorded as failed")
-        else:
-            log.error(f"trial {trial.number} failed: {type(ret._return_value).__name__}: {ret._return_value}")
+        pruned = ret.status == JobStatus.COMPLETED and "pruned_at_step" in recorded.user_attrs
+        try:
+            value = float(ret.return_value)  # a failed job's exception is raised here
+        except Exception as err:
+            value = math.nan
+            if not pruned:
+                log.error(f"trial {trial.number} failed: {type(err).__name__}: {err}")
         state = TrialState.COMPLETE
-        if ret.status == JobStatus.COMPLETED and "pruned_at_step" in recorded.user_attrs:
+        if pruned:
             state = TrialState.PRUNED
         elif math.isnan(value):
             state = TrialState.FAIL
         try:
             study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
-        except RuntimeError as err:  # the grid sampler stops the study when its grid is done: nothing to stop here
+        except RuntimeError as err:  # the grid sampler "stops" the study at the end of its grid
             if "Study.stop" not in str(err):
                 raise
         return state
 
     def save_results(self, study, sweep_dir: Path) -> None:
-        """optimization_results.yaml: the study's best trial (over every run of the study, not only this one)."""
+        """optimization_results.yaml: the study's best trial (of all its sweeps, not only this one)."""
         from optuna.trial import TrialState
 
         trials = study.get_trials(deepcopy=False)
@@ -174,7 +178,7 @@ class OptunaSweeper(Sweeper):
         if any(t.state == TrialState.COMPLETE for t in trials):
             best = study.best_trial
             results.update(best_params=best.params, best_value=best.value, best_trial=best.number)
-            log.info(f"best trial {best.number}: {study.direction.name.lower()}d value {best.value} with {best.params}")
+            log.info(f"best trial {best.number}: value {best.value} with {best.params}")
         results["trials"] = dict(Counter(t.state.name.lower() for t in trials))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(OmegaConf.create(results), sweep_dir / "optimization_results.yaml")
