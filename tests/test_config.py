@@ -19,6 +19,8 @@ def overrides_for(group: str, option: str) -> list[str]:
         return [f"data={pair[0]}", f"model={pair[1]}"]
     if group == "hydra":
         return []  # conf/hydra/default.yaml is always in
+    if group == "hydra/sweeper/sampler":  # a part of the Optuna sweeper's config
+        return ["hydra/sweeper=optuna", f"{group}={option}"]
     if (group, option) == ("metrics", "translation"):
         return ["model=cyclegan", "metrics=translation"]  # translation metrics are for translation models
     return [f"{group}={option}"]
@@ -45,6 +47,11 @@ def test_every_config_file_composes(group, option, tmp_path):
     elif not group.startswith("hydra"):
         choice = cfg.hydra.runtime.choices.get(group)
         assert choice == option or group in ("experiment", "debug", "hparams_search"), choice
+    if group.startswith("hydra/sweeper") or group == "hparams_search":
+        sweeper = OmegaConf.to_container(cfg.hydra.sweeper, resolve=True)
+        assert sweeper["_target_"].endswith("gdm_optuna_sweeper.optuna_sweeper.OptunaSweeper")
+        assert sweeper["sampler"]["_target_"].startswith("optuna.samplers.")
+        assert {"median", "hyperband", "none"} <= set(sweeper["pruners"])
     launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
     if group == "hydra/launcher":
         assert launcher["_target_"].endswith("SlurmLauncher")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 
@@ -78,6 +79,99 @@ def test_optuna_sweep_minimises_the_returned_metric_and_resumes_from_sqlite(tmp_
 
     study = optuna.load_study(study_name="gan_optuna", storage=storage)
     assert len(study.trials) == 4  # the second sweep continued the stored study
+    assert [p.name for p in (tmp_path / "b").iterdir() if p.is_dir()] == ["3"]  # job directory = trial number
+
+
+# Three evaluations per trial (one per epoch), so that a pruner has something to stop.
+PRUNABLE_ARGS = [*TINY_ARGS, "trainer.max_epochs=3", "trainer.check_val_every_n_epoch=1"]
+# Prunes every trial at its first evaluation (FID > 0): which trial a pruner stops is then known in advance.
+ALWAYS_PRUNE = "hydra.sweeper.pruner={_target_:optuna.pruners.ThresholdPruner,upper:0.0}"
+
+
+def study_of(storage: str, name: str = "gan_optuna"):
+    import optuna
+
+    from gdm.optuna_search import open_storage
+
+    return optuna.load_study(study_name=name, storage=open_storage(storage))
+
+
+@pytest.mark.slow
+def test_a_pruned_trial_ends_cleanly_and_a_failed_one_is_recorded(tmp_path):
+    """Grid over a bad and a good loss: the bad trial fails, the good one is pruned at its first evaluation;
+    the pruned run keeps its checkpoints, samples and summary, and says `pruned` everywhere."""
+    sweep_dir = tmp_path / "sweep"
+    proc = run_py("-m", "hparams_search=gan_optuna", "hydra/sweeper/sampler=grid", "model.loss=choice(nope,hinge)",
+                  "model.lr_g=0.0002", "model.lr_d=0.0002", "data.batch_size=32", ALWAYS_PRUNE,
+                  *[a for a in PRUNABLE_ARGS if a != "logger=none"], "logger.wandb.mode=offline",
+                  f"hydra.sweep.dir={sweep_dir}", env_extra={"WANDB_DIR": str(tmp_path), "WANDB_SILENT": "true"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with (sweep_dir / "sweep_summary.csv").open() as f:
+        rows = {r["status"]: r for r in csv.DictReader(f)}
+    assert set(rows) == {"failed", "pruned"} and "model.loss=hinge" in rows["pruned"]["overrides"]
+    from optuna.trial import TrialState
+
+    study = study_of(str(sweep_dir / "optuna_study.journal"))  # storage: null keeps the study in the sweep dir
+    trials = {t.params["model.loss"]: t for t in study.trials}
+    assert trials["nope"].state == TrialState.FAIL and trials["hinge"].state == TrialState.PRUNED
+    pruned_dir = sweep_dir / str(trials["hinge"].number)
+    assert rows["pruned"]["dir"] == str(pruned_dir)
+    summary = json.loads((pruned_dir / "summary.json").read_text())
+    assert summary["status"] == "pruned" and summary["monitor"] == "val/fid_digits"
+    assert summary["best"]["metric"] == "val/fid_digits" and math.isfinite(summary["best"]["value"])
+    assert summary["batches"] == 2  # stopped after the first of three epochs (2 batches each)
+    assert list(trials["hinge"].intermediate_values.values()) == [summary["best"]["value"]]
+    assert trials["hinge"].user_attrs["pruned_at_step"] == next(iter(trials["hinge"].intermediate_values))
+    for name in ("checkpoints/best.ckpt", "checkpoints/last.ckpt", "config.yaml", "optuna_trial.json"):
+        assert (pruned_dir / name).is_file(), name
+    assert list((pruned_dir / "samples").glob("*.png"))
+    assert json.loads((pruned_dir / "optuna_trial.json").read_text())["trial"] == trials["hinge"].number
+    (run_file,) = (pruned_dir / "wandb").glob("offline-run-*/run-*.wandb")
+    assert b"pruned" in run_file.read_bytes()  # W&B summary: status pruned
+    results = OmegaConf.load(sweep_dir / "optimization_results.yaml")
+    assert results.best_value is None and dict(results.trials) == {"fail": 1, "pruned": 1}
+
+
+@pytest.mark.slow
+def test_submitit_local_trials_report_to_the_shared_study_and_are_pruned(tmp_path):
+    """Two trials in parallel processes (hydra/launcher=submitit_local, as on SLURM) report each evaluation to
+    the study's journal file; the pruner stops both there, and the sweep records them pruned."""
+    sweep_dir, storage = tmp_path / "sweep", tmp_path / "shared" / "study.journal"
+    proc = run_py("-m", "hparams_search=gan_optuna", "hydra/launcher=submitit_local", "hydra.sweeper.n_trials=2",
+                  "hydra.sweeper.n_jobs=2", f"hydra.sweeper.storage={storage}", ALWAYS_PRUNE, *PRUNABLE_ARGS,
+                  f"hydra.sweep.dir={sweep_dir}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with (sweep_dir / "sweep_summary.csv").open() as f:
+        assert [(r["job"], r["status"]) for r in csv.DictReader(f)] == [("0", "pruned"), ("1", "pruned")]
+    assert len(list((sweep_dir / ".submitit").glob("*/*_result.pkl"))) == 2  # each trial in its own process
+    from optuna.trial import TrialState
+
+    trials = study_of(str(storage)).trials
+    assert [t.state for t in trials] == [TrialState.PRUNED] * 2
+    assert all(len(t.intermediate_values) == 1 for t in trials)
+
+
+@pytest.mark.slow
+def test_a_resumed_trial_reports_to_the_same_trial(tmp_path):
+    """A trial's job started again with the same overrides (SLURM requeue; here resume=auto in its directory)
+    finds the same trial and goes on reporting on the same step axis."""
+    import optuna
+
+    from gdm.optuna_search import open_storage, trial_overrides
+
+    storage = str(tmp_path / "study.journal")
+    study = optuna.create_study(study_name="s", storage=open_storage(storage))
+    trial = study.ask()
+    env = {o.split("=", 1)[0].rsplit(".", 1)[1]: o.split("=", 1)[1].strip("'") for o in
+           trial_overrides(storage, "s", trial.number, {"_target_": "optuna.pruners.NopPruner"})}
+    run_dir = tmp_path / "trial"
+    for epochs in (2, 3):
+        proc = run_py(*[a for a in PRUNABLE_ARGS if not a.startswith("trainer.max_epochs")],
+                      f"trainer.max_epochs={epochs}", f"hydra.run.dir={run_dir}", "resume=auto", env_extra=env)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        steps = list(study_of(storage, "s").trials[0].intermediate_values)
+        assert len(steps) == epochs and steps == sorted(steps)  # the resumed run adds the third evaluation
+    assert json.loads((run_dir / "optuna_trial.json").read_text()) == {"study": "s", "trial": 0}
 
 
 def test_sweep_identity_is_the_sweep_dir_and_the_job_overrides(tmp_path):

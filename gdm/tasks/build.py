@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from gdm.atomic_checkpoint_io import AtomicCheckpointIO
 from gdm.callbacks.config_in_checkpoint import ConfigInCheckpoint
+from gdm.callbacks.optuna_pruning import OptunaPruning
 from gdm.callbacks.random_state import RandomState
 from gdm.data.base import SplitDataModule
 from gdm.errors import GdmError
@@ -94,6 +95,10 @@ def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
     callbacks = _instantiate_group(cfg.get("callbacks"), skip=("evaluator",)) + [build_evaluator(cfg)]
     callbacks.append(ConfigInCheckpoint(OmegaConf.to_container(cfg, resolve=True), OmegaConf.to_container(cfg)))
     callbacks.append(RandomState(cfg.seed))
+    # an Optuna trial (gdm's sweeper names it in the job's environment) reports each evaluation to its study
+    pruning = OptunaPruning.for_this_job(cfg.monitor, cfg.get("monitor_mode", "min"), cfg.paths.output_dir)
+    if pruning is not None:
+        callbacks.append(pruning)
     return callbacks
 
 
