@@ -181,9 +181,11 @@ class Report:
         c = f"{self.confidence:.0%}"
         parts = [f"<h1>Comparison</h1><p>Values of each run's final evaluation (and <code>best &lt;metric&gt;</code>:"
                  f" its best value); mean over training seeds ± the half-width of the {c} Student-t confidence "
-                 "interval; std with ddof = 1.</p>" + (f"<p>Overrides common to all finished runs: <code>"
-                 f"{e(self.common)}</code></p>" if self.common else ""), "<h2>Runs</h2><table id='runs'><tr><th>configuration</th>"
-                 "<th>seed</th><th>status</th><th>directory</th></tr>"]
+                 "interval; std with ddof = 1.</p>"]
+        if self.common:
+            parts.append(f"<p>Overrides common to all finished runs: <code>{e(self.common)}</code></p>")
+        parts.append("<h2>Runs</h2><table id='runs'><tr><th>configuration</th><th>seed</th><th>status</th>"
+                     "<th>directory</th></tr>")
         for r in self.runs:
             cls = "" if r.finished else " class='unfinished'"
             parts.append(f"<tr{cls}><td>{e(self.label(r.configuration))}</td><td>{r.seed}</td><td>{e(r.status)}</td>"
@@ -195,7 +197,7 @@ class Report:
         for i, t in enumerate(self.tables):
             best = t.best_row()
             parts.append(f"<h2>{e(t.metric)}</h2><p class='protocol'>Protocol: {e(describe(t.protocol))}. "
-                         f"{'Lower' if t.lower_is_better else 'Higher'} is better.</p>")
+                         f"{BETTER[t.direction]}</p>")
             parts.append(f"<table class='metric' data-metric='{e(t.metric)}'><tr><th>configuration</th>"
                          f"<th>n seeds</th><th>mean ± {c} CI</th><th>std</th><th>best seed</th></tr>")
             for row in t.rows:
