@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from gdm.compare.runs import configuration, read_run
 from gdm.compare.stats import CONFIDENCE
-from gdm.compare.tables import flat_rows, fmt, metric_tables
+from gdm.compare.tables import flat_rows, fmt, labels, metric_tables
 from gdm.evaluation.protocol import SAMPLING_FIELDS, differences
 
 log = logging.getLogger(__name__)
@@ -149,14 +149,17 @@ class SweepSummary(Callback):
 
 
 def group_markdown(tables: list, mismatches: list[str], unfinished: list) -> str:
-    """Per metric, one row per configuration: n seeds, mean, std and the interval over the seeds."""
+    """Per metric, one row per configuration (without the overrides all jobs share): n seeds, mean, std and
+    the interval over the seeds."""
     c = f"{CONFIDENCE:.0%}"
-    lines = [f"Mean over training seeds, std (ddof = 1) and {c} Student-t confidence interval (scipy.stats.t).", "",
+    common = labels([row_run for t in tables for row in t.rows for row_run in row.runs])[1]
+    lines = [f"Mean over training seeds, std (ddof = 1) and {c} Student-t confidence interval (scipy.stats.t)"
+             + (f"; every job also had `{common}`." if common else "."), "",
              f"| metric | configuration | n | mean | std | {c} CI |", "|---|---|---|---|---|---|"]
     for t in tables:
         for row in t.rows:
             s = row.stats
-            lines.append(f"| {t.metric} | {row.configuration} | {s.n} | {fmt(s.mean)} | {fmt(s.std)} | "
+            lines.append(f"| {t.metric} | {row.label} | {s.n} | {fmt(s.mean)} | {fmt(s.std)} | "
                          f"[{fmt(s.low)}, {fmt(s.high)}] |")
     lines += [f"\n{m}" for m in mismatches]
     if unfinished:
