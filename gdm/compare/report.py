@@ -18,7 +18,7 @@ import numpy as np
 from gdm.compare.runs import Run, SamplingSpread
 from gdm.compare.stats import CONFIDENCE, interval
 from gdm.compare.tables import MetricTable, fmt, labels
-from gdm.evaluation.protocol import describe
+from gdm.evaluation.protocol import SAMPLING_FIELDS, describe, differences
 
 BETTER = {"min": "Lower is better.", "max": "Higher is better.", None: "No direction is better."}
 AXES = (("step", "training step (batches)"), ("images_seen", "images seen"), ("wall_seconds", "wall-clock seconds"))
@@ -137,7 +137,7 @@ class Report:
                 name = f"**{row.label}**" if row is best and len(t.rows) > 1 else row.label
                 lines.append(f"| {name} | {row.stats.n} | {mean_ci(row)} | {fmt(row.stats.std)} | {fmt(row.best)} |")
             lines += ["", *[f"- {cmp.sentence}" for cmp in t.comparisons], *self.sampling_lines(t)]
-            lines += self.spread_lines(t.metric)
+            lines += self.spread_lines(t)
             if i in self.plots:
                 lines += ["", f"![{t.metric}]({self.plots[i].relative_to(out_dir)})"]
             lines.append("")
@@ -164,14 +164,18 @@ class Report:
         return [f"- the configurations' protocols differ in {', '.join(t.sampling)}: how each model is asked to "
                 "sample (e.g. a conditional model's labels), not how it is measured, so they share this table."]
 
-    def spread_lines(self, metric: str) -> list[str]:
+    def spread_lines(self, t: MetricTable) -> list[str]:
         lines = []
         for s in self.spreads:
-            st = s.stats.get(metric)
-            if st:
-                lines.append(f"- sampling spread of one checkpoint of {self.label(s.configuration)} ({s.checkpoint}): "
-                             f"std {fmt(st['std'])} over {st['n']} sample seeds (mean {fmt(st['mean'])}), "
-                             "beside the training-seed std above.")
+            st = s.stats.get(t.metric)
+            if not st:
+                continue
+            other = [d for d in differences(t.protocol, s.protocols.get(t.metric, {}))
+                     if d not in (*SAMPLING_FIELDS, "sample_seed") and not d.startswith("versions.")]
+            caveat = f" (measured with another protocol than this table: {', '.join(other)})" if other else ""
+            lines.append(f"- sampling spread of one checkpoint of {self.label(s.configuration)} ({s.checkpoint}): "
+                         f"std {fmt(st['std'])} over {st['n']} sample seeds (mean {fmt(st['mean'])}), beside the "
+                         f"training-seed std above{caveat}.")
         return lines
 
     # ---- html ----------------------------------------------------------------------------------------
@@ -207,7 +211,7 @@ class Report:
                              f"{e(mean_ci(row))}</td><td>{fmt(row.stats.std)}</td><td>{fmt(row.best)}</td></tr>")
             parts.append("</table><ul>" + "".join(f"<li>{e(cmp.sentence)}</li>" for cmp in t.comparisons)
                          + "".join(f"<li>{e(s[2:])}</li>" for s in self.sampling_lines(t))
-                         + "".join(f"<li>{e(s[2:])}</li>" for s in self.spread_lines(t.metric)) + "</ul>")
+                         + "".join(f"<li>{e(s[2:])}</li>" for s in self.spread_lines(t)) + "</ul>")
             if i in self.plots:
                 parts.append(f"<img class='plot' alt='{e(t.metric)}' src='{data_uri(self.plots[i])}'>")
         parts.append("<h2>Last sample grids</h2><div class='grids'>")

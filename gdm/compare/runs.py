@@ -46,6 +46,7 @@ class SamplingSpread:
     checkpoint: str
     configuration: str | None
     stats: dict[str, dict]  # metric -> {"n", "mean", "std", "values", ...}
+    protocols: dict[str, dict] = field(default_factory=dict)  # of the first sample seed
 
 
 def override_key(override: str) -> str:
@@ -100,7 +101,7 @@ def read_spread(eval_dir: Path) -> SamplingSpread:
     run_dir = checkpoint.parent.parent
     overrides_file = run_dir / ".hydra" / "overrides.yaml"
     config = configuration(list(OmegaConf.load(overrides_file))) if overrides_file.is_file() else None
-    return SamplingSpread(eval_dir, str(checkpoint), config, report["sample_seeds"])
+    return SamplingSpread(eval_dir, str(checkpoint), config, report["sample_seeds"], report.get("protocols", {}))
 
 
 def job_dirs(sweep_dir: Path) -> list[Path]:
