@@ -18,6 +18,7 @@ from omegaconf.errors import InterpolationKeyError, MissingMandatoryValue
 from gdm.config_tree import print_config_tree
 from gdm.ddp import extra_ranks_run_this_job
 from gdm.errors import GdmError
+from gdm.tasks.compare import compare
 from gdm.tasks.evaluate import evaluate
 from gdm.tasks.sample import sample
 from gdm.tasks.train import train
@@ -25,7 +26,7 @@ from gdm.tasks.translate import translate
 
 log = logging.getLogger("gdm")
 
-TASKS = {"train": train, "eval": evaluate, "sample": sample, "translate": translate}
+TASKS = {"train": train, "eval": evaluate, "sample": sample, "translate": translate, "compare": compare}
 
 
 def quiet_lightning() -> None:
@@ -57,7 +58,7 @@ def run(cfg: DictConfig) -> float | None:
     if cfg.task not in TASKS:
         raise GdmError(f"task={cfg.task} is not a task; choose one of {', '.join(TASKS)}.")
     quiet_lightning()
-    if cfg.get("print_config", True) and cfg.task != "eval":  # eval prints its config once merged with the ckpt's
+    if cfg.get("print_config", True) and cfg.task not in ("eval", "compare"):  # eval: once merged with the ckpt's
         print_config_tree(cfg)
     with extra_ranks_run_this_job():
         return TASKS[cfg.task](cfg)

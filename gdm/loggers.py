@@ -21,7 +21,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 
 from gdm.errors import GdmError
-from gdm.sweeps import sweep_identity
+from gdm.sweeps import configuration_tag, sweep_identity
 
 log = logging.getLogger(__name__)
 MODES = ("auto", "online", "offline", "disabled")
@@ -79,6 +79,8 @@ def wandb_logger(save_dir: str, project: str = "gdm", mode: str = "auto", **kwar
     if sweep is not None:  # a multirun job: one W&B group per sweep, each run named by its overrides
         kwargs["group"] = kwargs.get("group") or sweep[0]
         kwargs["name"] = kwargs.get("name") or sweep[1]
+        # the seeds of one configuration share a tag, across sweeps, for the dashboard to aggregate them
+        kwargs["tags"] = [*(kwargs.get("tags") or []), configuration_tag()]
     Path(save_dir).mkdir(parents=True, exist_ok=True)
     # `mode` goes straight to wandb.init; WandbLogger(offline=True) would set WANDB_MODE for the whole process.
     logger = WandbLogger(save_dir=save_dir, project=project, mode=mode, **kwargs)
@@ -119,6 +121,30 @@ def finish_loggers(loggers: list, status: str) -> None:
         if status == "preempted" and wandb.run is not None:
             wandb.run.mark_preempting()
         wandb.finish(exit_code=0 if status == "success" else 1)
+
+
+def log_comparison(rows: list[dict], images: dict[str, Path], name: str, save_dir: Path, project: str = "gdm",
+                   mode: str = "auto", group: str | None = None) -> str | None:
+    """A W&B run of its own holding a comparison: `rows` as the table `comparison` and each image as
+    `plots/<name>`. Returns where the run went (its URL, or its offline directory), None when disabled."""
+    mode, reason = resolve_mode(mode)
+    if mode == "disabled" or not rows:
+        return None
+    import wandb
+
+    save_dir.mkdir(parents=True, exist_ok=True)
+    run = wandb.init(project=project, name=name, group=group, job_type="compare", mode=mode, dir=str(save_dir),
+                     reinit="create_new", settings=wandb.Settings(silent=True))
+    try:
+        columns = list(rows[0])
+        run.log({"comparison": wandb.Table(columns=columns, data=[[r[c] for c in columns] for r in rows]),
+                 **{f"plots/{key}": wandb.Image(str(path)) for key, path in images.items()}})
+        where = run.url if mode == "online" else run.dir.rsplit("/files", 1)[0]
+    finally:
+        run.finish()
+    if reason:
+        log.warning(f"W&B offline: {reason}; upload later with `wandb sync {where}`.")
+    return where
 
 
 def offline_wandb_dir(loggers: list) -> str | None:

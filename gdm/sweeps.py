@@ -8,11 +8,16 @@
   `sweep_summary.csv` in the sweep directory, prints them as a table, and warns when jobs measured their
   values with different protocols (e.g. `metrics.fid.num_samples` swept): those are not comparable. A sweep
   goes on past a failed job, but exits with status 1 when any job did not finish.
+  It also groups the jobs by configuration (every override but the seed, `gdm.compare.runs.configuration`)
+  and writes, per metric, n, mean, std and the Student-t 95% interval over the seeds into `sweep_groups.csv`
+  and `sweep_groups.md`, prints them, and logs them as a W&B table when the sweep logs to W&B.
+- `configuration_tag()`: the W&B tag shared by the runs of one configuration across seeds and sweeps.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -23,7 +28,10 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from gdm.evaluation.protocol import differences
+from gdm.compare.runs import configuration, read_run
+from gdm.compare.stats import CONFIDENCE
+from gdm.compare.tables import flat_rows, fmt, labels, metric_tables
+from gdm.evaluation.protocol import SAMPLING_FIELDS, differences
 
 log = logging.getLogger(__name__)
 DONE = ("finished", "pruned")  # job statuses that count as success for the sweep's exit status
@@ -41,6 +49,17 @@ def sweep_identity() -> tuple[str, str] | None:
     group = "/".join([p for p in sweep_dir.parts if p != sweep_dir.anchor][-3:])
     name = ",".join(hydra.overrides.task) or f"job{hydra.job.num}"
     return group, name
+
+
+def configuration_tag() -> str | None:
+    """'config:<overrides but the seed>' for a multirun job (W&B tags hold at most 64 characters: a longer
+    one ends in a hash of the whole), None outside a multirun."""
+    if sweep_identity() is None:
+        return None
+    tag = f"config:{configuration(list(HydraConfig.get().overrides.task))}"
+    if len(tag) <= 64:
+        return tag
+    return tag[:55] + "~" + hashlib.sha256(tag.encode()).hexdigest()[:8]
 
 
 def job_rows(sweep_dir: Path) -> list[dict[str, Any]]:
@@ -70,8 +89,13 @@ def protocol_mismatch(sweep_dir: Path, rows: list[dict[str, Any]]) -> str | None
     for r in measured:
         summary = json.loads((Path(r["dir"]) / "summary.json").read_text())
         protocols[r["job"]] = summary.get("protocols", {}).get(r["metric"], {})
-    others = [r for r in measured if r["protocol"] != first["protocol"]]
-    what = sorted({d for r in others for d in differences(protocols[first["job"]], protocols[r["job"]])})
+    # Differences in how a model is asked to sample (a cGAN's labels) or in versions keep values comparable.
+    differ = {r["job"]: [d for d in differences(protocols[first["job"]], protocols[r["job"]])
+                         if d not in SAMPLING_FIELDS and not d.startswith("versions.")] for r in measured}
+    others = [r for r in measured if r["protocol"] != first["protocol"] and differ[r["job"]]]
+    if not others:
+        return None
+    what = sorted({d for r in others for d in differ[r["job"]]})
     return (f"jobs {', '.join(r['job'] for r in others)} measured {first['metric']} with another protocol than job "
             f"{first['job']} (differing in {', '.join(what) or 'unknown fields'}): their best values are not comparable.")
 
@@ -101,8 +125,50 @@ class SweepSummary(Callback):
         mismatch = protocol_mismatch(sweep_dir, rows)
         if mismatch:
             log.warning(mismatch)
+        self.write_groups(config, sweep_dir, [Path(r["dir"]) for r in rows])
         unfinished = [r["job"] for r in rows if r["status"] not in DONE]
         if unfinished:  # the sweep went on past them; its exit status still says so
             log.error(f"{len(unfinished)} of {len(rows)} jobs did not finish (jobs {', '.join(unfinished)}; each "
                       f"job's run.log says why): exit status 1.")
             raise SystemExit(1)
+
+    @staticmethod
+    def write_groups(config: DictConfig, sweep_dir: Path, job_dirs: list[Path]) -> None:
+        from gdm.loggers import log_comparison  # gdm.loggers imports this module
+
+        runs = [read_run(job) for job in job_dirs]
+        tables, mismatches = metric_tables(runs)
+        rows = flat_rows(tables)
+        if not rows:
+            return
+        with (sweep_dir / "sweep_groups.csv").open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        markdown = group_markdown(tables, mismatches, [r for r in runs if not r.finished])
+        (sweep_dir / "sweep_groups.md").write_text(markdown)
+        log.info("sweep summary by configuration (%s):\n%s", sweep_dir / "sweep_groups.md", markdown)
+        wandb = OmegaConf.select(config, "logger.wandb")
+        if wandb is not None and wandb.get("_target_", "").endswith("wandb_logger"):
+            group = "/".join([p for p in sweep_dir.parts if p != sweep_dir.anchor][-3:])
+            log_comparison(rows, {}, name=f"sweep {group}", save_dir=sweep_dir, project=wandb.get("project", "gdm"),
+                           mode=wandb.get("mode", "auto"), group=group)
+
+
+def group_markdown(tables: list, mismatches: list[str], unfinished: list) -> str:
+    """Per metric, one row per configuration (without the overrides all jobs share): n seeds, mean, std and
+    the interval over the seeds."""
+    c = f"{CONFIDENCE:.0%}"
+    common = labels([row_run for t in tables for row in t.rows for row_run in row.runs])[1]
+    lines = [f"Mean over training seeds, std (ddof = 1) and {c} Student-t confidence interval (scipy.stats.t)"
+             + (f"; every job also had `{common}`." if common else "."), "",
+             f"| metric | configuration | n | mean | std | {c} CI |", "|---|---|---|---|---|---|"]
+    for t in tables:
+        for row in t.rows:
+            s = row.stats
+            lines.append(f"| {t.metric} | {row.label} | {s.n} | {fmt(s.mean)} | {fmt(s.std)} | "
+                         f"[{fmt(s.low)}, {fmt(s.high)}] |")
+    lines += [f"\n{m}" for m in mismatches]
+    if unfinished:
+        lines += ["", "Not finished, left out: " + ", ".join(f"job {r.dir.name} ({r.status})" for r in unfinished)]
+    return "\n".join(lines) + "\n"

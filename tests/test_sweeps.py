@@ -180,7 +180,7 @@ def test_sweep_identity_is_the_sweep_dir_and_the_job_overrides(tmp_path):
     from hydra.types import RunMode
     from omegaconf import open_dict, read_write
 
-    from gdm.sweeps import sweep_identity
+    from gdm.sweeps import configuration_tag, sweep_identity
 
     assert sweep_identity() is None  # not inside a Hydra job
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
@@ -192,6 +192,7 @@ def test_sweep_identity_is_the_sweep_dir_and_the_job_overrides(tmp_path):
     try:
         HydraConfig.instance().set_config(cfg)
         assert sweep_identity() == ("multirun/2026-11-24/10-00-00", "seed=2")
+        assert configuration_tag() == "config:(defaults)"  # the seed is not part of the configuration
         with read_write(cfg.hydra):
             cfg.hydra.mode = RunMode.RUN
         HydraConfig.instance().set_config(cfg)

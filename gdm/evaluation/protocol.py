@@ -5,7 +5,9 @@ A protocol is a plain JSON-serialisable dict: the feature network and the SHA-25
 the input resize, the quantization, the numbers of generated and real images, the real split and its
 data, the sample seed, and the library versions. `protocol_id` names it by a short hash of everything
 but the versions (a library upgrade is reported, not treated as another protocol); `differences` lists
-what two protocols disagree on.
+what two protocols disagree on. `SAMPLING_FIELDS` say how the model under test was asked to sample (a
+conditional model: with which labels), not how it is measured: `measurement_id` leaves them out, so an
+unconditional and a conditional model scored the same way can be compared (`gdm.compare`, sweeps).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 # Every image that is scored, saved or logged goes through gdm.images.to_uint8 first.
 QUANTIZATION = "uint8: round((x + 1) * 127.5), as the saved PNGs"
 VERSIONED = ("gdm", "torch", "torchmetrics", "torch-fidelity", "timm")
+SAMPLING_FIELDS = ("conditional_labels",)
 
 
 @cache
@@ -56,6 +59,11 @@ def protocol_id(protocol: dict) -> str:
     """A short name for a protocol: 12 hex digits of the SHA-256 of all its fields but the versions."""
     fields = {k: v for k, v in protocol.items() if k not in ("versions", "id")}
     return hashlib.sha256(canonical(fields).encode()).hexdigest()[:12]
+
+
+def measurement_id(protocol: dict) -> str:
+    """The protocol's id without the fields that describe the model's sampling (`SAMPLING_FIELDS`)."""
+    return protocol_id({k: v for k, v in protocol.items() if k not in SAMPLING_FIELDS})
 
 
 def with_id(protocol: dict) -> dict:

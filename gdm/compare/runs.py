@@ -1,0 +1,136 @@
+"""Runs to compare, read from their directories (no W&B needed): run directories, sweep directories (their
+job sub-directories), and task=eval directories with several sample seeds (the sampling spread).
+
+A run's configuration is its command-line overrides (`.hydra/overrides.yaml`) except the seed and the keys
+that do not change what is trained or measured (where files and logs go), so the seeds of one configuration
+group together across sweeps. Its values are those of its final evaluation (`summary.json` "final") plus the
+best value of its monitored metric ("best <metric>"), each with its protocol; its history is `metrics.jsonl`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from gdm.errors import GdmError
+
+# Overrides that do not change what a run trains or measures.
+NOT_CONFIGURATION = ("seed", "print_config", "logger", "paths", "resume", "hydra", "ckpt_path", "test_after_fit")
+GRID = "samples_last.png"
+
+
+@dataclass
+class Run:
+    dir: Path
+    configuration: str
+    seed: int | None
+    status: str
+    values: dict[str, float] = field(default_factory=dict)
+    protocols: dict[str, dict] = field(default_factory=dict)  # metric -> protocol (at least its "id")
+    history: list[dict] = field(default_factory=list)
+    grid: Path | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status == "finished"
+
+
+@dataclass
+class SamplingSpread:
+    """One checkpoint evaluated with several sample seeds (`task=eval eval.sample_seeds=N`)."""
+
+    dir: Path
+    checkpoint: str
+    configuration: str | None
+    stats: dict[str, dict]  # metric -> {"n", "mean", "std", "values", ...}
+    protocols: dict[str, dict] = field(default_factory=dict)  # of the first sample seed
+
+
+def override_key(override: str) -> str:
+    return override.lstrip("+~").split("=", 1)[0]
+
+
+def configuration(overrides: list[str]) -> str:
+    """The overrides that define what was trained and measured, in their given order; '(defaults)' if none."""
+    kept = [o for o in overrides if override_key(o).split(".", 1)[0] not in NOT_CONFIGURATION]
+    return " ".join(kept) or "(defaults)"
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / ".hydra").is_dir() or (path / "summary.json").is_file()
+
+
+def read_run(run_dir: Path) -> Run:
+    overrides_file = run_dir / ".hydra" / "overrides.yaml"
+    overrides = list(OmegaConf.load(overrides_file)) if overrides_file.is_file() else []
+    config_file = run_dir / "config.yaml"
+    seed = OmegaConf.load(config_file).get("seed") if config_file.is_file() else None
+    if seed is None:
+        seed = next((int(o.split("=", 1)[1]) for o in overrides if override_key(o) == "seed"), None)
+    summary_file = run_dir / "summary.json"
+    run = Run(run_dir, configuration(overrides), seed, "failed (no summary.json: see its log)")
+    if not summary_file.is_file():
+        return run
+    summary = json.loads(summary_file.read_text())
+    run.status = summary.get("status", "unknown")
+    if run.status == "running":
+        run.status = "unfinished (still running, or killed)"
+    protocols = summary.get("protocols") or {}
+    for name, value in (summary.get("final") or {}).items():
+        if name in protocols and isinstance(value, (int, float)):
+            run.values[name], run.protocols[name] = float(value), protocols[name]
+    best = summary.get("best")
+    if best and best.get("metric") is not None:
+        name = f"best {best['metric']}"
+        run.values[name] = float(best["value"])
+        run.protocols[name] = {**protocols.get(best["metric"], {}), "id": best.get("protocol")}
+    history_file = run_dir / "metrics.jsonl"
+    if history_file.is_file():
+        run.history = [json.loads(line) for line in history_file.read_text().splitlines() if line.strip()]
+    grid = run_dir / "samples" / GRID
+    run.grid = grid if grid.is_file() else None
+    return run
+
+
+def read_spread(eval_dir: Path) -> SamplingSpread:
+    report = json.loads((eval_dir / "eval.json").read_text())
+    checkpoint = Path(report.get("checkpoint", ""))
+    run_dir = checkpoint.parent.parent
+    overrides_file = run_dir / ".hydra" / "overrides.yaml"
+    config = configuration(list(OmegaConf.load(overrides_file))) if overrides_file.is_file() else None
+    return SamplingSpread(eval_dir, str(checkpoint), config, report["sample_seeds"], report.get("protocols", {}))
+
+
+def job_dirs(sweep_dir: Path) -> list[Path]:
+    jobs = [p for p in sweep_dir.iterdir() if p.is_dir() and is_run_dir(p)]
+    return sorted(jobs, key=lambda p: (0, int(p.name), "") if p.name.isdigit() else (1, 0, p.name))
+
+
+def read_runs(paths: list[str | Path]) -> tuple[list[Run], list[SamplingSpread]]:
+    """Every run under `paths` (run or sweep directories) and every sampling spread (eval directories);
+    a path that is none of these fails in one sentence."""
+    runs, spreads = [], []
+    for given in paths:
+        path = Path(given).expanduser()
+        if not path.is_dir():
+            raise GdmError(f"compare.runs: {given} is not a directory: pass run or sweep directories.")
+        eval_file = path / "eval.json"
+        if eval_file.is_file():
+            if "sample_seeds" not in json.loads(eval_file.read_text()):
+                raise GdmError(f"compare.runs: {given} is a task=eval directory of one sample seed: evaluate with "
+                               "eval.sample_seeds=N (N >= 2) to compare its sampling spread.")
+            spreads.append(read_spread(path))
+        elif is_run_dir(path):
+            runs.append(read_run(path))
+        elif path.is_dir() and job_dirs(path):
+            runs += [read_run(job) for job in job_dirs(path)]
+        else:
+            raise GdmError(f"compare.runs: {given} is neither a run directory (with .hydra/ or summary.json) nor "
+                           "a sweep directory (with job sub-directories): pass run or sweep directories.")
+    if not any(run.finished for run in runs):
+        listed = ", ".join(f"{r.dir} ({r.status})" for r in runs) or "none found"
+        raise GdmError(f"compare.runs holds no finished run to compare ({listed}).")
+    return runs, spreads
