@@ -65,8 +65,8 @@ def download_command(name: str, data_dir: str | Path = "data", kind: str | None 
     return f"python -m gdm.data.download {name}{flag} --data-dir {shlex.quote(str(data_dir))}"
 
 
-def dataset_url(name: str, url_base: str | None = None, kind: str = "cyclegan") -> str:
-    if kind == "pix2pix":
+def dataset_url(name: str, url_base: str | None = None, kind: str | None = None) -> str:
+    if dataset_kind(name, kind) == "pix2pix":
         base = url_base or os.environ.get(PAIRED_URL_ENV) or PAIRED_URL_BASE
         return f"{base.rstrip('/')}/{name}.tar.gz"
     base = url_base or os.environ.get(URL_ENV) or URL_BASE
