@@ -254,7 +254,7 @@ def test_pix2pix_download_from_server_and_archive(tmp_path, monkeypatch):
         server.shutdown()
         server.server_close()
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["facades"]  # nothing half-done
-    assert dl.dataset_url("facades") == "http://127.0.0.1:%d/facades.tar.gz" % server.server_address[1]
+    assert dl.dataset_url("facades") == f"http://127.0.0.1:{server.server_address[1]}/facades.tar.gz"
     monkeypatch.delenv(dl.PAIRED_URL_ENV)
     assert dl.dataset_url("edges2shoes", kind="pix2pix") == \
         "http://efrosgans.eecs.berkeley.edu/pix2pix/datasets/edges2shoes.tar.gz"
