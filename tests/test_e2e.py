@@ -28,6 +28,8 @@ DEBUGS = sorted(p.stem for p in (CONF / "debug").glob("*.yaml"))
 SUPPORTED = {"cyclegan": ("digits_colour", "unpaired"), "pix2pix": ("digits_paired", "paired")}
 MODEL_DATA = [(m, d) for m in MODELS for d in SUPPORTED.get(m, ("digits", "image_folder"))]
 TINY_FOR = {"cyclegan": TINY_CYCLEGAN, "pix2pix": TINY_PIX2PIX}
+# pix2pix's evaluation translates each test pair on its own (paper inference): 90 of the embedded pairs, not 180.
+PAIRED_EVAL = {"digits_paired": ["data.test_fraction=0.05"]}
 
 
 def data_overrides(data: str, folder: Path) -> list[str]:
@@ -37,7 +39,7 @@ def data_overrides(data: str, folder: Path) -> list[str]:
     if data in ("unpaired", "paired"):
         return [f"data={data}", f"data.root={folder}", "data.image_size=32", "data.load_size=36",
                 "data.num_workers=0", "data.fid_features=digits_colour"]
-    return [f"data={data}"] + (["data.image_size=16"] if data == "digits" else [])
+    return [f"data={data}"] + (["data.image_size=16"] if data == "digits" else []) + PAIRED_EVAL.get(data, [])
 
 
 def check_run_dir(run_dir: Path, monitor: str, check_grid: bool = True) -> dict:
@@ -82,6 +84,7 @@ def test_every_experiment(experiment, tmp_path):
 def test_every_debug_config_with_every_model(debug, model, tmp_path):
     small = ([o for o in TINY_FOR[model] if not o.startswith(("trainer.", "++trainer.", "print_config"))]
              if model in TINY_FOR else [f"model={model}", "data.image_size=16", "metrics.fid.num_samples=40"])
+    small += PAIRED_EVAL["digits_paired"] if model == "pix2pix" else []
     cfg = compose_config([*small, f"debug={debug}", "++trainer.limit_train_batches=2", "++trainer.limit_val_batches=1",
                           "trainer.max_epochs=1", "print_config=false"], tmp_path)
     run(cfg)

@@ -149,7 +149,9 @@ def test_paper_inference_is_per_image_fixed_and_leaves_running_stats():
     model = small_pix2pix(direction="BtoA")
     x = torch.rand(5, 3, 32, 32) * 2 - 1
     before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
     batched = model.translate(x)
+    assert torch.equal(torch.get_rng_state(), rng)  # the seeded masks leave the training run's stream alone
     torch.testing.assert_close(torch.cat([model.translate(x[i:i + 1], "BtoA") for i in range(5)]), batched)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert model.net_g.training  # left as it was
@@ -174,7 +176,7 @@ def test_paired_scores():
 
 def test_training_checkpoint_metrics_and_translate_task(tmp_path):
     """A tiny run on the embedded pair; the checkpoint translates folders at any size, in its direction."""
-    run(compose_config([*PIX2PIX_TINY, "data.direction=BtoA"], tmp_path / "run"))
+    run(compose_config([*PIX2PIX_TINY, "data.direction=BtoA", "data.test_fraction=0.05"], tmp_path / "run"))
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert {"val/fid_digits_colour", "val/l1", "val/psnr", "val/ssim", "val/label_kept"} <= set(summary["final"])
     assert (tmp_path / "run" / "samples" / "pairs_BtoA_last.png").is_file()
@@ -184,7 +186,8 @@ def test_training_checkpoint_metrics_and_translate_task(tmp_path):
     model = load_model(ckpt)
     assert isinstance(model, Pix2Pix) and model.direction == "BtoA"
     # The logged L1 is the mean over every test pair, once each.
-    test = DigitsPairedDataModule().split("test")
+    test = DigitsPairedDataModule(test_fraction=0.05).split("test")
+    assert len(test) == 90
     fake = model.translate(test.images_b)
     assert summary["final"]["val/l1"] == pytest.approx(paired_scores(fake, test.images_a)["l1"].mean().item(),
                                                        rel=1e-4)
