@@ -62,3 +62,20 @@ def unpaired_folder(tmp_path) -> Path:
         for i in range(count):
             Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(root / folder / f"{i}.png")
     return root
+
+
+@pytest.fixture
+def paired_folder(tmp_path) -> Path:
+    """A tiny paired dataset in the pix2pix layout: train/ (6) and test/ (3) of side-by-side A | B RGB PNGs,
+    each 80x40 (A and B 40x40; B = A with its colour channels reversed, so the pairs are learnable)."""
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path / "paired"
+    rng = np.random.default_rng(0)
+    for folder, count in (("train", 6), ("test", 3)):
+        (root / folder).mkdir(parents=True)
+        for i in range(count):
+            a = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
+            Image.fromarray(np.concatenate([a, a[..., ::-1]], 1)).save(root / folder / f"{i}.png")
+    return root

@@ -28,3 +28,6 @@ def compose_config(overrides: list[str], output_dir: Path) -> DictConfig:
     """The config `python run.py OVERRIDES` would get, with its run directory at `output_dir`."""
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose("config", overrides=[*overrides, f"paths.output_dir={output_dir}"])
+# model=pix2pix with small nets: a 5-level U-Net (32 px -> 1x1) on any paired data.
+TINY_PIX2PIX = ["model=pix2pix", "data.image_size=32", "model.generator.num_downs=5", "model.generator.ngf=8",
+                "model.discriminator.ndf=8", *TINY_TRAINER]

@@ -23,6 +23,10 @@ def overrides_for(group: str, option: str) -> list[str]:
         return ["hydra/sweeper=optuna", f"{group}={option}"]
     if (group, option) == ("metrics", "translation"):
         return ["model=cyclegan", "metrics=translation"]  # translation metrics are for translation models
+    if (group, option) == ("metrics", "pix2pix"):
+        return ["model=pix2pix"]  # paired translation metrics are pix2pix's
+    if group == "model/generator":  # pix2pix's generator options
+        return ["model=pix2pix", f"model/generator={option}"]
     return [f"{group}={option}"]
 
 
@@ -45,7 +49,7 @@ def test_every_config_file_composes(group, option, tmp_path):
     if group == "data_model":
         assert job["data"]["_target_"] and job["model"]["_target_"]
     elif not group.startswith("hydra"):
-        choice = cfg.hydra.runtime.choices.get(group)
+        choice = cfg.hydra.runtime.choices.get(group) or cfg.hydra.runtime.choices.get(f"{group}@{group.replace('/', '.')}")
         assert choice == option or group in ("experiment", "debug", "hparams_search"), choice
     if group.startswith("hydra/sweeper") or group == "hparams_search":
         sweeper = OmegaConf.to_container(cfg.hydra.sweeper, resolve=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import CONF, ROOT, TINY, TINY_CYCLEGAN, compose_config
+from helpers import CONF, ROOT, TINY, TINY_CYCLEGAN, TINY_PIX2PIX, compose_config
 
 from gdm.app import run, user_error
 from gdm.data.digits import DigitsDataModule
@@ -24,19 +24,22 @@ EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 DEBUGS = sorted(p.stem for p in (CONF / "debug").glob("*.yaml"))
 
 
-# Each model with the data it supports: unpaired two-domain data for CycleGAN, images otherwise.
-MODEL_DATA = [(m, d) for m in MODELS
-              for d in (("digits_colour", "unpaired") if m == "cyclegan" else ("digits", "image_folder"))]
+# Each model with the data it supports: unpaired two-domain data for CycleGAN, paired for pix2pix, images otherwise.
+SUPPORTED = {"cyclegan": ("digits_colour", "unpaired"), "pix2pix": ("digits_paired", "paired")}
+MODEL_DATA = [(m, d) for m in MODELS for d in SUPPORTED.get(m, ("digits", "image_folder"))]
+TINY_FOR = {"cyclegan": TINY_CYCLEGAN, "pix2pix": TINY_PIX2PIX}
+# pix2pix's evaluation translates each test pair on its own (paper inference): 90 of the embedded pairs, not 180.
+PAIRED_EVAL = {"digits_paired": ["data.test_fraction=0.05"]}
 
 
 def data_overrides(data: str, folder: Path) -> list[str]:
     if data == "image_folder":
         return ["data=image_folder", f"data.root={folder}", "data.image_size=16", "data.num_workers=0",
                 "data.batch_size=8", "data.fid_features=digits"]
-    if data == "unpaired":
-        return ["data=unpaired", f"data.root={folder}", "data.image_size=32", "data.load_size=36",
+    if data in ("unpaired", "paired"):
+        return [f"data={data}", f"data.root={folder}", "data.image_size=32", "data.load_size=36",
                 "data.num_workers=0", "data.fid_features=digits_colour"]
-    return [f"data={data}"] + (["data.image_size=16"] if data == "digits" else [])
+    return [f"data={data}"] + (["data.image_size=16"] if data == "digits" else []) + PAIRED_EVAL.get(data, [])
 
 
 def check_run_dir(run_dir: Path, monitor: str, check_grid: bool = True) -> dict:
@@ -58,9 +61,9 @@ def check_run_dir(run_dir: Path, monitor: str, check_grid: bool = True) -> dict:
 
 
 @pytest.mark.parametrize(("model", "data"), MODEL_DATA)
-def test_every_model_with_every_data(model, data, tmp_path, image_folder, unpaired_folder):
-    tiny = TINY_CYCLEGAN if model == "cyclegan" else [f"model={model}", *TINY]
-    folder = unpaired_folder if data == "unpaired" else image_folder
+def test_every_model_with_every_data(model, data, tmp_path, image_folder, unpaired_folder, paired_folder):
+    tiny = TINY_FOR.get(model, [f"model={model}", *TINY])
+    folder = {"unpaired": unpaired_folder, "paired": paired_folder}.get(data, image_folder)
     cfg = compose_config([*tiny, *data_overrides(data, folder), "logger=csv"], tmp_path)
     best = run(cfg)
     # Two batches on random-noise images may legitimately give a flat grid; the digits must not.
@@ -79,8 +82,9 @@ def test_every_experiment(experiment, tmp_path):
 @pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("debug", DEBUGS)
 def test_every_debug_config_with_every_model(debug, model, tmp_path):
-    small = (["model=cyclegan", "data.image_size=32", "model.generator.ngf=8", "model.discriminator.ndf=8"]
-             if model == "cyclegan" else [f"model={model}", "data.image_size=16", "metrics.fid.num_samples=40"])
+    small = ([o for o in TINY_FOR[model] if not o.startswith(("trainer.", "++trainer.", "print_config"))]
+             if model in TINY_FOR else [f"model={model}", "data.image_size=16", "metrics.fid.num_samples=40"])
+    small += PAIRED_EVAL["digits_paired"] if model == "pix2pix" else []
     cfg = compose_config([*small, f"debug={debug}", "++trainer.limit_train_batches=2", "++trainer.limit_val_batches=1",
                           "trainer.max_epochs=1", "print_config=false"], tmp_path)
     run(cfg)
@@ -135,8 +139,8 @@ def run_py(*args: str, env_extra: dict | None = None, timeout: int = 300) -> sub
 
 def test_help_lists_groups_and_options():
     out = run_py("--help").stdout
-    for line in ("model: ae, cgan, cyclegan, gan, vae",
-                 "data: apple2orange, cifar10, digits, digits_colour, horse2zebra, image_folder, mnist, monet",
+    for line in ("model: ae, cgan, cyclegan, gan, pix2pix, vae",
+                 "data: apple2orange, cifar10, digits, digits_colour, digits_paired, edges2handbags, edges2shoes",
                  "logger: csv, none, tensorboard, wandb"):
         assert line in out
     assert "debug: fast_dev_run, fdr, limit, overfit, profiler" in out

@@ -8,7 +8,7 @@ import os
 
 import pytest
 import torch
-from helpers import ROOT, TINY_CYCLEGAN, TINY_TRAINER, compose_config
+from helpers import ROOT, TINY_CYCLEGAN, TINY_PIX2PIX, TINY_TRAINER, compose_config
 from test_e2e import run_py
 
 from gdm.app import run
@@ -20,6 +20,9 @@ MODELS = {
     "gan": ["model=gan", "data.image_size=16", "model.ema_decay=0.9", "metrics.fid.num_samples=40"],
     "cyclegan": [*(o for o in TINY_CYCLEGAN if o not in TINY_TRAINER), "model.pool_size=2", "trainer.accelerator=cpu",
                  "++trainer.limit_val_batches=1", "print_config=false"],
+    "pix2pix": [*(o for o in TINY_PIX2PIX if o not in TINY_TRAINER), "trainer.accelerator=cpu",
+                "++trainer.limit_val_batches=1", "print_config=false", "model.n_epochs=1", "model.n_epochs_decay=2",
+                "data.test_fraction=0.02"],  # each evaluation (paper inference, one image at a time): 36 test pairs
 }
 
 
@@ -49,6 +52,8 @@ def test_stop_and_resume_equals_one_uninterrupted_run(model, tmp_path):
         assert equal(full[key], resumed[key]), key
     if model == "gan":
         assert any(k.startswith("generator_ema.") for k in full["state_dict"])
+    elif model == "pix2pix":  # the lr decayed in epochs 1 and 2: the schedulers were restored, not restarted
+        assert full["lr_schedulers"][0]["last_epoch"] == 2
     else:  # the image pools (module extra state) are full and equal
         pools = [k for k in full["state_dict"] if k.endswith("_extra_state")]
         assert pools and all(full["state_dict"][k]["count"] == 2 for k in pools)

@@ -120,7 +120,7 @@ def test_cli_download_uses_env_url(tmp_path, served):
 def test_download_failure_names_url_and_leaves_nothing(tmp_path, served, failure):
     url_base = served[0] if failure == "404" else f"http://127.0.0.1:{closed_port()}/"
     name = "monet2photo" if failure == "404" else NAME  # the server has no monet2photo.zip
-    with pytest.raises(GdmError, match="--zip FILE") as err:
+    with pytest.raises(GdmError, match="--archive FILE") as err:
         dl.download(name, tmp_path / "data", url_base=url_base)
     assert f"{url_base}{name}.zip" in str(err.value)
     assert ("HTTP 404" in str(err.value)) == (failure == "404")
@@ -137,7 +137,7 @@ def test_cli_failure_is_one_line_and_exit_2(tmp_path):
 
 
 def test_unknown_name_lists_datasets(tmp_path):
-    with pytest.raises(GdmError, match="'tiny2set' is not a CycleGAN dataset") as err:
+    with pytest.raises(GdmError, match="'tiny2set' is not a CycleGAN or pix2pix dataset") as err:
         dl.download("tiny2set", tmp_path / "data")
     assert all(name in str(err.value) for name in dl.DATASETS)
     assert dl.main(["tiny2set", "--data-dir", str(tmp_path / "data")]) == 2
@@ -151,7 +151,7 @@ def test_install_from_local_zip(tmp_path, capsys):
     assert (tmp_path / "h2z-copy.zip").is_file()  # the user's own file is kept
     # A renamed top folder is found too.
     make_zip(tmp_path / "other.zip", top="something_else")
-    dl.download(NAME, tmp_path / "data2", zip_path=tmp_path / "other.zip")
+    dl.download(NAME, tmp_path / "data2", archive_path=tmp_path / "other.zip")
     assert (tmp_path / "data2" / NAME / "testB" / "1.png").is_file()
     assert dl.main([NAME, "--data-dir", str(tmp_path / "data3"), "--zip", str(tmp_path / "nope.zip")]) == 2
     assert "nope.zip is not a file" in capsys.readouterr().err
@@ -159,11 +159,11 @@ def test_install_from_local_zip(tmp_path, capsys):
 
 def test_bad_or_incomplete_zip(tmp_path):
     (tmp_path / "bad.zip").write_bytes(b"<html>not a zip</html>")
-    with pytest.raises(GdmError, match="bad.zip is not a readable zip file"):
-        dl.download(NAME, tmp_path / "data", zip_path=tmp_path / "bad.zip")
+    with pytest.raises(GdmError, match="bad.zip is not a readable zip or tar.gz file"):
+        dl.download(NAME, tmp_path / "data", archive_path=tmp_path / "bad.zip")
     make_zip(tmp_path / "partial.zip", folders={"trainA": 2, "trainB": 2, "testA": 1})
     with pytest.raises(GdmError, match=f"partial.zip has no images in {NAME}/testB/"):
-        dl.download(NAME, tmp_path / "data", zip_path=tmp_path / "partial.zip")
+        dl.download(NAME, tmp_path / "data", archive_path=tmp_path / "partial.zip")
     assert_nothing_left(tmp_path / "data")
 
 
@@ -171,8 +171,8 @@ def test_partial_folder_is_replaced_only_with_force(tmp_path):
     (tmp_path / "data" / NAME / "trainA").mkdir(parents=True)
     files = make_zip(tmp_path / "h2z.zip")
     with pytest.raises(GdmError, match="pass --force"):
-        dl.download(NAME, tmp_path / "data", zip_path=tmp_path / "h2z.zip")
-    dl.download(NAME, tmp_path / "data", zip_path=tmp_path / "h2z.zip", force=True)
+        dl.download(NAME, tmp_path / "data", archive_path=tmp_path / "h2z.zip")
+    dl.download(NAME, tmp_path / "data", archive_path=tmp_path / "h2z.zip", force=True)
     assert_installed(tmp_path / "data", files)
 
 

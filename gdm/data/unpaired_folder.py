@@ -38,7 +38,7 @@ def check_layout(root: Path, name: str | None) -> None:
     if not missing:
         return
     if name in DATASETS:
-        how = f"get it with `{download_command(name, root.parent)}`"
+        how = f"get it with `{download_command(name, root.parent, kind='cyclegan')}`"
         if root.name != name:  # the download unpacks into <data-dir>/<name>
             how += f" and set data.root={root.parent / name}"
     else:

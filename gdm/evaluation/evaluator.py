@@ -180,7 +180,7 @@ class Evaluator(L.Callback):
     def examples(model, ev: Evaluation, n: int = 32) -> dict[str, torch.Tensor]:
         """The first real images a model's grids show: a translator's test images per domain, else validation."""
         if isinstance(model, Translates):
-            names = {source: f"{source}/test" for source, _ in model.directions.values()}
+            names = {d: f"{d}/test" for pair in model.directions.values() for d in pair}  # pix2pix: ground truth
         else:
             names = {"val": "val"}
         found = {}

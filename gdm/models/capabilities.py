@@ -34,6 +34,7 @@ class Translates(ABC):
     # direction -> (source domain, target domain)
     directions: dict[str, tuple[str, str]] = {}
     reverse: dict[str, str] = {}
+    size_multiple: int = 4  # image sides the generator takes are multiples of this (its stride-2 stages)
 
     @abstractmethod
     def translate(self, images: torch.Tensor, direction: str) -> torch.Tensor:

@@ -46,6 +46,7 @@ def linear_decay(n_epochs: int, n_epochs_decay: int) -> Callable[[int], float]:
 class CycleGAN(GenerativeModule, Translates):
     requires = frozenset({"image_a", "image_b"})
     directions, reverse = DIRECTIONS, REVERSE
+    size_multiple = 4  # the ResNet generator's two stride-2 stages
 
     def __init__(
         self,

@@ -1,4 +1,4 @@
-"""`task=translate`: translate a folder of images with a trained CycleGAN checkpoint.
+"""`task=translate`: translate a folder of images with a trained CycleGAN or pix2pix checkpoint.
 
     python run.py task=translate ckpt_path=RUN/checkpoints/best.ckpt \
         translate.input=photos/ translate.output=as_monet/ translate.direction=BtoA
@@ -7,8 +7,10 @@ Writes one image per input image under `translate.output`, with the same relativ
 (and so the same format). Inputs are read as training reads them (`gdm.data.image_files.open_image`:
 upright by EXIF, 16-bit scaled to 8, transparency over the training data's background); every input is
 decoded before anything is written, and each output is written whole and then renamed. Resolution: by default each image is translated at its own size (the
-generator is fully convolutional; sides are reflection-padded to a multiple of 4 and the result cropped
-back), so the output has the input's size. `translate.load_size=N` first resizes each image so its short
+generator is fully convolutional; sides are reflection-padded to a multiple of the generator's
+`size_multiple`, 4 for the ResNet generator, 2**num_downs for a U-Net, and the result cropped back), so the
+output has the input's size. `translate.direction` defaults to the model's first direction (AtoB for a
+CycleGAN, the trained one for pix2pix). `translate.load_size=N` first resizes each image so its short
 side is N (e.g. the training `data.image_size`, the scale the generator learned), and the output has
 that size.
 """
@@ -44,8 +46,10 @@ def translate_image(model, image: Image.Image, direction: str, load_size: int | 
     if min(h, w) < 8:  # the residual blocks' reflection padding needs 2 px at 1/4 scale
         raise GdmError(f"an image of {w}x{h} px is too small to translate (at least 8x8): drop it or set "
                        "translate.load_size.")
-    pad_h, pad_w = -h % 4, -w % 4  # two stride-2 stages: sides must be multiples of 4
-    x = F.pad(x, (0, pad_w, 0, pad_h), mode="reflect")
+    multiple = model.size_multiple  # the generator's stride-2 stages
+    pad_h, pad_w = -h % multiple, -w % multiple
+    # Reflection needs pads smaller than the image (a U-Net's 256 px multiple may not be): else edge pixels.
+    x = F.pad(x, (0, pad_w, 0, pad_h), mode="reflect" if pad_h < h and pad_w < w else "replicate")
     y = to_uint8(model.translate(x, direction)[..., :h, :w])[0].cpu()
     return Image.fromarray(y.permute(1, 2, 0).squeeze(-1).numpy())
 
@@ -53,17 +57,21 @@ def translate_image(model, image: Image.Image, direction: str, load_size: int | 
 def translate(cfg: DictConfig) -> None:
     opts = cfg.translate
     if not cfg.get("ckpt_path"):
-        raise GdmError("task=translate needs ckpt_path=RUN/checkpoints/best.ckpt (a CycleGAN checkpoint).")
+        raise GdmError("task=translate needs ckpt_path=RUN/checkpoints/best.ckpt (a CycleGAN or pix2pix checkpoint).")
     for key in ("input", "output"):
         if not opts.get(key):
             raise GdmError(f"translate.{key} is not set: task=translate needs translate.input=DIR translate.output=DIR.")
-    if opts.direction not in DIRECTIONS:
+    if opts.direction is not None and opts.direction not in DIRECTIONS:
         raise GdmError(f"translate.direction={opts.direction} is not a direction; choose AtoB or BtoA.")
     # Built on the CPU and then moved: map_location alone would leave the model's weights on the CPU.
     model = load_model(cfg.ckpt_path).to("cuda" if torch.cuda.is_available() else "cpu")
     if not isinstance(model, Translates):
         raise GdmError(f"ckpt_path={cfg.ckpt_path} holds a {type(model).__name__}, not a translation model: "
-                       "task=translate needs a model=cyclegan checkpoint.")
+                       "task=translate needs a model=cyclegan or model=pix2pix checkpoint.")
+    direction = opts.direction or next(iter(model.directions))
+    if direction not in model.directions:
+        raise GdmError(f"translate.direction={direction}, but ckpt_path={cfg.ckpt_path} translates "
+                       f"{', '.join(model.directions)} only: set translate.direction to that.")
     source, output = Path(opts.input).expanduser(), Path(opts.output).expanduser()
     if output.resolve() == source.resolve() or source.resolve() in output.resolve().parents:
         raise GdmError(f"translate.output={output} is inside translate.input={source}: the translations would "
@@ -76,7 +84,7 @@ def translate(cfg: DictConfig) -> None:
         out = output / path.relative_to(source)
         out.parent.mkdir(parents=True, exist_ok=True)
         try:
-            result = translate_image(model, open_image(path, channels, background), opts.direction,
+            result = translate_image(model, open_image(path, channels, background), direction,
                                      opts.get("load_size"))
         except GdmError as err:  # a file that changed since it was verified, an image too small
             raise GdmError(f"{str(err).rstrip('.')}; translated {done} of {len(files)} images into {output} (in "
@@ -85,4 +93,4 @@ def translate(cfg: DictConfig) -> None:
         result.save(tmp, format=Image.registered_extensions()[out.suffix.lower()],
                     **({"quality": 95} if out.suffix.lower() in (".jpg", ".jpeg") else {}))
         tmp.replace(out)
-    log.info(f"translated {len(files)} images {opts.direction}: {source} -> {output.resolve()}")
+    log.info(f"translated {len(files)} images {direction}: {source} -> {output.resolve()}")

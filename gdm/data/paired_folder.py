@@ -1,0 +1,132 @@
+"""A paired dataset on disk, in either of two layouts:
+
+- side by side, as the pix2pix reference sets (`data=facades`, `maps`, `edges2shoes`, ...): `root/train/`,
+  `root/val/`, `root/test/`, each image A | B, the left half A and the right half B;
+- two aligned folders per split: `root/trainA/` + `root/trainB/` (and `valA/ valB/`, `testA/ testB/`),
+  the pairs matched by relative file name.
+
+Splits: `test` is test/ where there is one, else val/ (maps, edges2shoes and edges2handbags have no test
+set); `val` is val/, else test/. Transforms as the reference code: training pairs resized to
+`load_size` x `load_size` (bicubic), randomly cropped to `image_size` and flipped, the same crop and flip
+for A and B (`gdm.data.paired.paired_transform`); evaluation pairs resized to `image_size`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision.transforms.functional import pil_to_tensor
+
+from gdm.data.download import PAIRED_DATASETS, download_command
+from gdm.data.image_folder import IMAGE_EXTENSIONS, find_images, verify_images
+from gdm.data.paired import PairedDataModule, paired_transform
+from gdm.errors import GdmError
+
+
+def split_side_by_side(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(C, H, 2W) A | B -> A (C, H, W) and B (C, H, W), as the reference's aligned dataset (left half A)."""
+    half = image.shape[-1] // 2
+    return image[..., :half], image[..., half:2 * half]
+
+
+class PairedFileDataset(Dataset):
+    """Pairs from files: `files_b` None = each file holds A | B side by side."""
+
+    def __init__(self, files_a: list[Path], files_b: list[Path] | None, transform, channels: int):
+        self.files_a, self.files_b, self.transform = files_a, files_b, transform
+        self.mode = "L" if channels == 1 else "RGB"
+
+    def __len__(self) -> int:
+        return len(self.files_a)
+
+    def fingerprint(self) -> dict:
+        digest = hashlib.sha256()
+        for path in [*self.files_a, *(self.files_b or [])]:
+            stat = path.stat()
+            digest.update(f"{path.resolve()}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
+        return {"kind": "image file pairs", "n": len(self), "files_sha256": digest.hexdigest(), "mode": self.mode,
+                "side_by_side": self.files_b is None, "transform": repr(self.transform)}
+
+    def read(self, path: Path) -> torch.Tensor:
+        with Image.open(path) as img:
+            return pil_to_tensor(img.convert(self.mode))
+
+    def __getitem__(self, index: int) -> dict:
+        if self.files_b is None:
+            image_a, image_b = split_side_by_side(self.read(self.files_a[index]))
+        else:
+            image_a, image_b = self.read(self.files_a[index]), self.read(self.files_b[index])
+            if image_a.shape != image_b.shape:  # one common size, so they can travel as one tensor
+                image_b = torch.nn.functional.interpolate(image_b[None].float(), size=image_a.shape[-2:],
+                                                          mode="bicubic", antialias=True)[0].round().clamp(0, 255)
+                image_b = image_b.to(torch.uint8)
+        # One tensor of A's and B's channels: one crop and one flip, by construction.
+        both = self.transform(torch.cat([image_a, image_b]))
+        image_a, image_b = both.split(image_a.shape[0])
+        return {"image_a": image_a, "image_b": image_b}
+
+
+def has_images(folder: Path) -> bool:
+    return folder.is_dir() and any(p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() for p in folder.rglob("*"))
+
+
+def find_pairs(root: Path, split: str) -> tuple[list[Path], list[Path] | None] | None:
+    """The files of one split (A files, B files or None for side by side), or None if the split is absent."""
+    if has_images(root / split):
+        return find_images(root / split, key=f"data.root/{split}"), None
+    folder_a, folder_b = root / f"{split}A", root / f"{split}B"
+    if not (has_images(folder_a) or has_images(folder_b)):
+        return None
+    files_a = find_images(folder_a, key=f"data.root/{split}A")
+    files_b = find_images(folder_b, key=f"data.root/{split}B")
+    names_a = [p.relative_to(folder_a) for p in files_a]
+    names_b = {p.relative_to(folder_b) for p in files_b}
+    unmatched = [str(n) for n in names_a if n not in names_b] + sorted(
+        str(n) for n in names_b - set(names_a))
+    if unmatched:
+        raise GdmError(f"data.root={root}: {split}A/ and {split}B/ must hold the same file names (pairs match by "
+                       f"name), but {len(unmatched)} do not, e.g. {unmatched[0]}: add or remove those files.")
+    return files_a, [folder_b / n for n in names_a]
+
+
+class PairedFolderDataModule(PairedDataModule):
+    def __init__(self, root: str, name: str | None = None, image_size: int = 256, load_size: int = 286,
+                 channels: int = 3, flip: bool = True, direction: str = "AtoB", verify: bool = True,
+                 batch_size: int = 1, num_workers: int = 4, pin_memory: bool = False,
+                 fid_features: str = "inception"):
+        super().__init__(direction, batch_size, num_workers, pin_memory, fid_features)
+        if load_size < image_size:
+            raise GdmError(f"data.load_size={load_size} is smaller than data.image_size={image_size}: the random "
+                           "crop needs load_size >= image_size.")
+        self.root, self.name = Path(root).expanduser(), name
+        self.image_shape = (channels, image_size, image_size)
+        self.image_size, self.load_size, self.channels, self.flip = image_size, load_size, channels, flip
+        # Scan now, so a missing or mismatched folder fails before the model is built.
+        found = {split: find_pairs(self.root, split) for split in ("train", "val", "test")}
+        if found["train"] is None or (found["val"] is None and found["test"] is None):
+            if name in PAIRED_DATASETS:
+                how = f"get it with `{download_command(name, self.root.parent)}`"
+                if self.root.name != name:
+                    how += f" and set data.root={self.root.parent / name}"
+            else:
+                how = ("point data.root at a folder with train/ and test/ (or val/) of side-by-side A | B images, "
+                       "or trainA/ trainB/ testA/ testB/ of pairs with matching file names")
+            raise GdmError(f"data.root={self.root} has no training pairs and test pairs: {how}.")
+        found["val"] = found["val"] or found["test"]
+        found["test"] = found["test"] or found["val"]
+        self.files = found
+        if verify:
+            for files_a, files_b in found.values():
+                verify_images([*files_a, *(files_b or [])])
+
+    def build_pairs(self) -> dict[str, PairedFileDataset]:
+        pairs = {}
+        for key, split, train in (("train", "train", False), ("train_augmented", "train", True),
+                                  ("val", "val", False), ("test", "test", False)):
+            transform = paired_transform(self.image_size, self.load_size, train, self.flip)
+            pairs[key] = PairedFileDataset(*self.files[split], transform, self.channels)
+        return pairs
