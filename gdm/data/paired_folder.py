@@ -14,15 +14,15 @@ for A and B (`gdm.data.paired.paired_transform`); evaluation pairs resized to `i
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms.functional import pil_to_tensor
 
 from gdm.data.download import PAIRED_DATASETS, download_command
-from gdm.data.image_folder import IMAGE_EXTENSIONS, find_images, verify_images
+from gdm.data.image_files import WHITE, find_images, image_paths, open_image, verify_images
 from gdm.data.paired import PairedDataModule, paired_transform
 from gdm.errors import GdmError
 
@@ -36,8 +36,10 @@ def split_side_by_side(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
 class PairedFileDataset(Dataset):
     """Pairs from files: `files_b` None = each file holds A | B side by side."""
 
-    def __init__(self, files_a: list[Path], files_b: list[Path] | None, transform, channels: int):
+    def __init__(self, files_a: list[Path], files_b: list[Path] | None, transform, channels: int,
+                 background: tuple[int, int, int] = WHITE):
         self.files_a, self.files_b, self.transform = files_a, files_b, transform
+        self.channels, self.background = channels, tuple(background)
         self.mode = "L" if channels == 1 else "RGB"
 
     def __len__(self) -> int:
@@ -46,14 +48,14 @@ class PairedFileDataset(Dataset):
     def fingerprint(self) -> dict:
         digest = hashlib.sha256()
         for path in [*self.files_a, *(self.files_b or [])]:
-            stat = path.stat()
-            digest.update(f"{path.resolve()}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
+            stat = os.stat(path)
+            digest.update(f"{os.path.abspath(path)}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
         return {"kind": "image file pairs", "n": len(self), "files_sha256": digest.hexdigest(), "mode": self.mode,
-                "side_by_side": self.files_b is None, "transform": repr(self.transform)}
+                "background": list(self.background), "side_by_side": self.files_b is None,
+                "transform": repr(self.transform)}
 
     def read(self, path: Path) -> torch.Tensor:
-        with Image.open(path) as img:
-            return pil_to_tensor(img.convert(self.mode))
+        return pil_to_tensor(open_image(path, self.channels, self.background))
 
     def __getitem__(self, index: int) -> dict:
         if self.files_b is None:
@@ -71,7 +73,7 @@ class PairedFileDataset(Dataset):
 
 
 def has_images(folder: Path) -> bool:
-    return folder.is_dir() and any(p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() for p in folder.rglob("*"))
+    return bool(image_paths(folder))
 
 
 def find_pairs(root: Path, split: str) -> tuple[list[Path], list[Path] | None] | None:
@@ -97,8 +99,9 @@ class PairedFolderDataModule(PairedDataModule):
     def __init__(self, root: str, name: str | None = None, image_size: int = 256, load_size: int = 286,
                  channels: int = 3, flip: bool = True, direction: str = "AtoB", verify: bool = True,
                  batch_size: int = 1, num_workers: int = 4, pin_memory: bool = False,
-                 fid_features: str = "inception"):
+                 fid_features: str = "inception", background: tuple[int, int, int] = WHITE):
         super().__init__(direction, batch_size, num_workers, pin_memory, fid_features)
+        self.background = tuple(background)
         if load_size < image_size:
             raise GdmError(f"data.load_size={load_size} is smaller than data.image_size={image_size}: the random "
                            "crop needs load_size >= image_size.")
@@ -121,12 +124,12 @@ class PairedFolderDataModule(PairedDataModule):
         self.files = found
         if verify:
             for files_a, files_b in found.values():
-                verify_images([*files_a, *(files_b or [])])
+                verify_images([*files_a, *(files_b or [])], root=self.root)
 
     def build_pairs(self) -> dict[str, PairedFileDataset]:
         pairs = {}
         for key, split, train in (("train", "train", False), ("train_augmented", "train", True),
                                   ("val", "val", False), ("test", "test", False)):
             transform = paired_transform(self.image_size, self.load_size, train, self.flip)
-            pairs[key] = PairedFileDataset(*self.files[split], transform, self.channels)
+            pairs[key] = PairedFileDataset(*self.files[split], transform, self.channels, self.background)
         return pairs
