@@ -42,7 +42,10 @@ def read_checkpoint(path: str | Path) -> dict:
 
 
 def checkpoint_step(checkpoint: dict) -> int | None:
-    """gdm's step (training batches completed) at which a checkpoint was saved, from Lightning's loop state."""
+    """gdm's step (training batches completed) at which a checkpoint was saved (the Evaluator stores it; older
+    checkpoints: Lightning's batch progress)."""
+    if "gdm_step" in checkpoint:
+        return int(checkpoint["gdm_step"])
     try:
         return int(checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]["completed"])
     except (KeyError, TypeError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,6 +27,7 @@ TINY_CYCLEGAN = ["model=cyclegan", "data.image_size=32", "model.generator.ngf=8"
 
 def compose_config(overrides: list[str], output_dir: Path) -> DictConfig:
     """The config `python run.py OVERRIDES` would get, with its run directory at `output_dir`."""
+    HydraConfig.instance().cfg = None  # not a Hydra run: no stale choices from an earlier in-process one
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose("config", overrides=[*overrides, f"paths.output_dir={output_dir}"])
 # model=pix2pix with small nets: a 5-level U-Net (32 px -> 1x1) on any paired data.

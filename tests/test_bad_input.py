@@ -65,7 +65,7 @@ def test_a_model_that_needs_labels_on_unlabelled_images(tmp_path):
 @pytest.mark.slow
 def test_a_two_domain_model_on_one_domain_data(tmp_path):
     fails_cleanly(tmp_path, "model=cyclegan", "data=digits",
-                  message="model=CycleGAN needs batches with image_a, image_b, which data=DigitsDataModule")
+                  message="model=cyclegan needs two image domains (A and B), which data=digits does not have")
 
 
 @pytest.mark.slow

@@ -221,7 +221,7 @@ def test_translate_task_keeps_names_and_sizes(tmp_path):
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
-    (["model=cyclegan", "data=digits"], "needs batches with image_a, image_b"),
+    (["model=cyclegan", "data=digits"], "needs two image domains (A and B), which data=DigitsDataModule"),
     (["task=translate", "ckpt_path=/nonexistent.ckpt", "translate.input=x", "translate.output=y"],
      "is not a file"),
     (["task=translate", "translate.input=x"], "needs ckpt_path"),

@@ -47,7 +47,7 @@ def test_ddp_inside_a_multirun_runs_each_job_once_in_its_own_directory(tmp_path)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-2000:]
     # The extra rank runs its job alone: the sweep is launched (and summarised) once, not once per rank.
-    assert out.count("Launching 2 jobs locally") == 1 and out.count("sweep summary") == 1
+    assert out.count("Launching 2 jobs locally") == 1 and out.count("sweep summary (") == 1
     for job, seed in (("0", 1), ("1", 2)):
         rank1_log = (sweep_dir / job / "train_ddp_process_1.log").read_text()
         assert f"[rank: 1] Seed set to {seed}" in rank1_log

@@ -197,7 +197,7 @@ def test_errors_name_the_options_as_typed(tmp_path):
     proc = run_py("model=cgan", "data=digits_colour", "logger=none", f"hydra.run.dir={tmp_path}", timeout=120)
     assert proc.returncode == 2
     out = proc.stdout + proc.stderr
-    assert ("model=cgan needs single images, which data=digits_colour does not have (it has two unpaired image "
+    assert ("model=cgan needs single images, which data=digits_colour does not have (it has two image "
             "domains (A and B) and class labels in both domains): pick other data, e.g. data=digits") in out
     assert "Traceback" not in out
 

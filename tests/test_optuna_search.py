@@ -153,9 +153,8 @@ def test_grid_sampler_stops_at_the_end_of_its_grid(hydra_sweep_runner, tmp_path)
 
 def evaluation(pruning: OptunaPruning, value: float, step: int, fn=TrainerFn.FITTING):
     """The trainer as OptunaPruning sees it at one evaluation."""
-    trainer = SimpleNamespace(sanity_checking=False, callback_metrics={"val/fid": value}, is_global_zero=True,
-                              fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(
-                                  batch_progress=SimpleNamespace(total=SimpleNamespace(completed=step)))),
+    trainer = SimpleNamespace(sanity_checking=False, callback_metrics={"val/fid": value, "step": float(step)},
+                              is_global_zero=True,
                               state=SimpleNamespace(fn=fn), strategy=SimpleNamespace(broadcast=lambda x, src: x),
                               should_stop=False)
     pruning.on_validation_end(trainer, None)

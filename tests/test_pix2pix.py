@@ -209,7 +209,9 @@ def test_training_checkpoint_metrics_and_translate_task(tmp_path):
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
-    (["data=digits"], "needs batches with image_a, image_b"),
+    (["data=digits"], "needs aligned pairs (A[i] and B[i] the same scene) and two image domains (A and B), which "
+                      "data=DigitsDataModule"),
+    (["data=digits_colour"], "needs aligned pairs (A[i] and B[i] the same scene), which data=DigitsColourDataModule"),
     (["metrics=fid"], "use metrics=translation"),
     (["model.inference=train"], "not a mode"),
     (["data.image_size=48"], "multiples of 32"),

@@ -105,7 +105,8 @@ def test_a_pruned_trial_ends_cleanly_and_a_failed_one_is_recorded(tmp_path):
                   "model.lr_g=0.0002", "model.lr_d=0.0002", "data.batch_size=32", ALWAYS_PRUNE,
                   *[a for a in PRUNABLE_ARGS if a != "logger=none"], "logger.wandb.mode=offline",
                   f"hydra.sweep.dir={sweep_dir}", env_extra={"WANDB_DIR": str(tmp_path), "WANDB_SILENT": "true"})
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.returncode == 1, proc.stderr[-2000:]  # the failed trial; a pruned one counts as done
+    assert "1 of 2 jobs did not finish" in proc.stdout + proc.stderr
     with (sweep_dir / "sweep_summary.csv").open() as f:
         rows = {r["status"]: r for r in csv.DictReader(f)}
     assert set(rows) == {"failed", "pruned"} and "model.loss=hinge" in rows["pruned"]["overrides"]
@@ -119,7 +120,7 @@ def test_a_pruned_trial_ends_cleanly_and_a_failed_one_is_recorded(tmp_path):
     summary = json.loads((pruned_dir / "summary.json").read_text())
     assert summary["status"] == "pruned" and summary["monitor"] == "val/fid_digits"
     assert summary["best"]["metric"] == "val/fid_digits" and math.isfinite(summary["best"]["value"])
-    assert summary["batches"] == 2  # stopped after the first of three epochs (2 batches each)
+    assert summary["step"] == 2  # stopped after the first of three epochs (2 batches each)
     assert list(trials["hinge"].intermediate_values.values()) == [summary["best"]["value"]]
     assert trials["hinge"].user_attrs["pruned_at_step"] == next(iter(trials["hinge"].intermediate_values))
     for name in ("checkpoints/best.ckpt", "checkpoints/last.ckpt", "config.yaml", "optuna_trial.json"):

@@ -17,8 +17,6 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.trainer.states import TrainerFn
 
-from gdm.evaluation.evaluator import training_step_count
-
 log = logging.getLogger(__name__)
 
 
@@ -59,7 +57,7 @@ class OptunaPruning(L.Callback):
     def on_validation_end(self, trainer: L.Trainer, pl_module) -> None:
         if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
             return
-        step = training_step_count(trainer)  # the Evaluator's step: training batches so far
+        step = int(trainer.callback_metrics["step"])  # the evaluation's step (training batches), as logged
         prune = False
         if trainer.is_global_zero and self.trial is not None:
             value = float(trainer.callback_metrics[self.monitor])

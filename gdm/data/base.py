@@ -13,7 +13,8 @@ class SplitDataModule(L.LightningDataModule):
     """A data module with train / val / test datasets built by `build_splits()`.
 
     Subclasses set `image_shape` (C, H, W), `num_classes` (None when unlabelled) and `provides`
-    (the keys of a batch) in `__init__`, so they are known before any data is loaded.
+    (the keys of a batch, and "aligned" when image_a[i] and image_b[i] are a pair) in `__init__`, so they are
+    known before any data is loaded.
     """
 
     image_shape: tuple[int, int, int]

@@ -19,7 +19,7 @@ from gdm.data.paired import PairedDataModule, TensorPairDataset
 
 class DigitsPairedDataModule(PairedDataModule):
     num_classes = 10
-    provides = frozenset({"image_a", "image_b", "label_a", "label_b"})
+    provides = frozenset({"image_a", "image_b", "aligned", "label_a", "label_b"})
 
     def __init__(self, image_size: int = 32, patch_crop: int = 64, patch_brightness: float = 0.4,
                  val_fraction: float = 0.1, test_fraction: float = 0.1, split_seed: int = 0,

@@ -87,7 +87,8 @@ class PairedDataModule(SplitDataModule):
     "train_augmented" for training with random augmentation. This base adds each split's domain views
     ("A/test", "B/test", ...)."""
 
-    provides = frozenset({"image_a", "image_b"})
+    # "aligned": image_a[i] and image_b[i] are the same scene (not a batch key: what the pairs are)
+    provides = frozenset({"image_a", "image_b", "aligned"})
 
     def __init__(self, direction: str = "AtoB", batch_size: int = 1, num_workers: int = 0, pin_memory: bool = False,
                  fid_features: str = "inception"):

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader
 
@@ -38,12 +39,6 @@ from gdm.models.capabilities import Samples, Translates
 
 log = logging.getLogger(__name__)
 MODES = ("min", "max")
-
-
-def training_step_count(trainer: L.Trainer) -> int:
-    """gdm's step: training batches completed (restored on resume). Not Lightning's `global_step`, which
-    counts optimizer steps (2 per GAN batch)."""
-    return int(trainer.fit_loop.epoch_loop.batch_progress.total.completed)
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -79,9 +74,14 @@ class Evaluator(L.Callback):
         self.test: dict = {}
         self.status = "running"
         self.evaluations = 0
+        # gdm's step: training batches so far, counted here and kept in checkpoints. Not Lightning's
+        # `global_step`, which counts optimizer steps (2 per GAN batch), nor its batch progress, which a resume
+        # from a checkpoint written during validation counts one batch too far.
+        self.batches = 0
         self.wall_before, self.session_start = 0.0, time.time()
         self.restored_from: str | None = None
         self.pending: tuple[int, MetricResult] | None = None
+        self.save_at_epoch_end: bool | None = None  # an evaluation's checkpoints, waiting for its epoch to close
 
     # ---- set-up and the run's lifetime ------------------------------------------------------------
 
@@ -118,13 +118,20 @@ class Evaluator(L.Callback):
         self.test = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
         self.write(trainer)
 
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
+        self.batches += 1
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        checkpoint["gdm_step"] = self.batches  # read by task=eval (gdm.checkpoints.checkpoint_step)
+
     def state_dict(self) -> dict:
         return {"best": self.best, "run_dir": str(self.run_dir.resolve()), "wall_seconds": self.wall_seconds(),
-                "evaluations": self.evaluations}
+                "evaluations": self.evaluations, "batches": self.batches}
 
     def load_state_dict(self, state: dict) -> None:
         self.best, self.restored_from = state.get("best"), state.get("run_dir")
         self.wall_before, self.evaluations = state.get("wall_seconds", 0.0), state.get("evaluations", 0)
+        self.batches = state.get("batches", 0)
 
     def wall_seconds(self) -> float:
         return round(self.wall_before + time.time() - self.session_start, 2)
@@ -135,13 +142,13 @@ class Evaluator(L.Callback):
         metrics, grids and checkpoints describe the final model."""
         if trainer.interrupted or trainer.fast_dev_run or not trainer.limit_val_batches or self.status != "finished":
             return
-        if self.final.get("step") != training_step_count(trainer):
+        if self.final.get("step") != self.batches:
             trainer.validate(model, datamodule=datamodule, verbose=False)
 
     # ---- one evaluation ---------------------------------------------------------------------------
 
     def step(self, trainer: L.Trainer) -> int:
-        return self.fixed_step if self.fixed_step is not None else training_step_count(trainer)
+        return self.fixed_step if self.fixed_step is not None else self.batches
 
     def evaluation(self, trainer: L.Trainer, model: L.LightningModule) -> Evaluation:
         strategy = trainer.strategy
@@ -210,11 +217,26 @@ class Evaluator(L.Callback):
                 f.write(json.dumps({**record, "metrics": values,
                                     "protocols": {k: p["id"] for k, p in protocols.items()}}) + "\n")
         self.write(trainer)
-        if self.save_checkpoints and not trainer.fast_dev_run:
-            checkpoints = self.run_dir / "checkpoints"
-            trainer.save_checkpoint(checkpoints / "last.ckpt", weights_only=False)
-            if improved:
-                trainer.save_checkpoint(checkpoints / "best.ckpt", weights_only=False)
+        if not self.save_checkpoints or trainer.fast_dev_run:
+            return
+        if trainer.state.fn == TrainerFn.FITTING and trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            # At an epoch's end, saved once the epoch is closed (on_train_epoch_end, as Lightning's ModelCheckpoint
+            # does): a checkpoint written inside the epoch makes a resumed run re-enter it, and one whose
+            # check_val_every_n_epoch differs then trains an extra batch there.
+            self.save_at_epoch_end = improved
+        else:
+            self.save(trainer, improved)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.save_at_epoch_end is not None:
+            self.save(trainer, self.save_at_epoch_end)
+            self.save_at_epoch_end = None
+
+    def save(self, trainer: L.Trainer, best: bool) -> None:
+        checkpoints = self.run_dir / "checkpoints"
+        trainer.save_checkpoint(checkpoints / "last.ckpt", weights_only=False)
+        if best:
+            trainer.save_checkpoint(checkpoints / "best.ckpt", weights_only=False)
 
     def validation_protocol(self, name: str, trainer: L.Trainer) -> dict:
         """The protocol of a value the model's validation_step logged: its mean over the validation split."""

@@ -49,7 +49,7 @@ def seed_dropout(device: torch.device, seed: int) -> None:
 
 
 class Pix2Pix(GenerativeModule, Translates):
-    requires = frozenset({"image_a", "image_b"})
+    requires = frozenset({"image_a", "image_b", "aligned"})
 
     def __init__(
         self,

@@ -39,13 +39,14 @@ def build_model(cfg: DictConfig, datamodule: SplitDataModule) -> GenerativeModul
 
 
 # What a batch key means to a user, and data options that have it.
-KEY_WORDS = {"image": "single images", "label": "class labels", "image_a": "two unpaired image domains (A and B)",
-             "image_b": "two unpaired image domains (A and B)", "label_a": "class labels in both domains",
-             "label_b": "class labels in both domains"}
+KEY_WORDS = {"image": "single images", "label": "class labels", "image_a": "two image domains (A and B)",
+             "image_b": "two image domains (A and B)", "aligned": "aligned pairs (A[i] and B[i] the same scene)",
+             "label_a": "class labels in both domains", "label_b": "class labels in both domains"}
 DATA_WITH = {"image": "data=digits, mnist, cifar10 or image_folder",
              "label": "data=digits, mnist, cifar10, or image_folder with one sub-folder per class",
-             "image_a": "data=digits_colour, unpaired, monet, horse2zebra, ...",
-             "image_b": "data=digits_colour, unpaired, monet, horse2zebra, ...",
+             "image_a": "data=digits_colour, unpaired, monet, horse2zebra, ... (unpaired) or digits_paired, facades, ...",
+             "image_b": "data=digits_colour, unpaired, monet, horse2zebra, ... (unpaired) or digits_paired, facades, ...",
+             "aligned": "data=digits_paired, paired, facades, maps, edges2shoes, ...",
              "label_a": "data=digits_colour", "label_b": "data=digits_colour"}
 
 
