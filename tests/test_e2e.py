@@ -246,9 +246,13 @@ def test_resume_keeps_the_best_of_its_own_run_directory_only(tmp_path):
     kept = json.loads((tmp_path / "a" / "summary.json").read_text())["best"]
     assert kept["value"] >= first["value"] and kept["step"] in (first["step"], 6)
     last = tmp_path / "a" / "checkpoints" / "last.ckpt"
-    run(compose_config([*tiny, "trainer.max_epochs=4", f"ckpt_path={last}"], tmp_path / "b"))  # a new directory
+    # (the same evaluation schedule: Lightning re-enters the epoch of a checkpoint written in its validation, and
+    # with another check_val_every_n_epoch trains one more batch there)
+    run(compose_config([*tiny, "trainer.max_epochs=4", "trainer.check_val_every_n_epoch=1", f"ckpt_path={last}"],
+                       tmp_path / "b"))  # a new directory
     own = json.loads((tmp_path / "b" / "summary.json").read_text())["best"]
-    assert own["step"] == 8  # only this run's evaluation (its last epoch) counts
+    assert own["step"] == 8 and own["value"] == json.loads((tmp_path / "b" / "summary.json").read_text())["final"][
+        own["metric"]]  # only this run's evaluation (its last epoch) counts
 
 
 @pytest.mark.parametrize(

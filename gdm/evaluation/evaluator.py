@@ -24,7 +24,6 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader
 
@@ -81,7 +80,6 @@ class Evaluator(L.Callback):
         self.wall_before, self.session_start = 0.0, time.time()
         self.restored_from: str | None = None
         self.pending: tuple[int, MetricResult] | None = None
-        self.save_at_epoch_end: bool | None = None  # an evaluation's checkpoints, waiting for its epoch to close
 
     # ---- set-up and the run's lifetime ------------------------------------------------------------
 
@@ -217,20 +215,8 @@ class Evaluator(L.Callback):
                 f.write(json.dumps({**record, "metrics": values,
                                     "protocols": {k: p["id"] for k, p in protocols.items()}}) + "\n")
         self.write(trainer)
-        if not self.save_checkpoints or trainer.fast_dev_run:
-            return
-        if trainer.state.fn == TrainerFn.FITTING and trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
-            # At an epoch's end, saved once the epoch is closed (on_train_epoch_end, as Lightning's ModelCheckpoint
-            # does): a checkpoint written inside the epoch makes a resumed run re-enter it, and one whose
-            # check_val_every_n_epoch differs then trains an extra batch there.
-            self.save_at_epoch_end = improved
-        else:
+        if self.save_checkpoints and not trainer.fast_dev_run:
             self.save(trainer, improved)
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.save_at_epoch_end is not None:
-            self.save(trainer, self.save_at_epoch_end)
-            self.save_at_epoch_end = None
 
     def save(self, trainer: L.Trainer, best: bool) -> None:
         checkpoints = self.run_dir / "checkpoints"
