@@ -1,5 +1,5 @@
 """Resuming a run: stopping after epoch k and resuming from last.ckpt ends bit for bit where the
-uninterrupted run ends (weights, EMA, optimizers, schedulers, image pools, RNG streams)."""
+uninterrupted run ends (weights, EMA, ADA's p, optimizers, schedulers, image pools, RNG streams)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,9 @@ EXACT = ["++trainer.limit_train_batches=3", "trainer.check_val_every_n_epoch=1",
          "logger=none", "test_after_fit=false"]
 TESTS = ROOT / "tests"
 MODELS = {
-    "gan": ["model=gan", "data.image_size=16", "model.ema_decay=0.9", "metrics.fid.num_samples=40"],
+    # ADA's p moves every 2 batches (an interval spans the stop after epoch 0's 3 batches).
+    "gan": ["model=gan", "data.image_size=16", "model.ema_decay=0.9", "metrics.fid.num_samples=40",
+            "model.augment=ada", "model.ada_interval=2", "model.ada_kimg=0.5"],
     "cyclegan": [*(o for o in TINY_CYCLEGAN if o not in TINY_TRAINER), "model.pool_size=2", "trainer.accelerator=cpu",
                  "++trainer.limit_val_batches=1", "print_config=false"],
     "pix2pix": [*(o for o in TINY_PIX2PIX if o not in TINY_TRAINER), "trainer.accelerator=cpu",
@@ -52,6 +54,7 @@ def test_stop_and_resume_equals_one_uninterrupted_run(model, tmp_path):
         assert equal(full[key], resumed[key]), key
     if model == "gan":
         assert any(k.startswith("generator_ema.") for k in full["state_dict"])
+        assert full["state_dict"]["augment._extra_state"] == {"batches": 9}  # ADA's p and sums restored too
     elif model == "pix2pix":  # the lr decayed in epochs 1 and 2: the schedulers were restored, not restarted
         assert full["lr_schedulers"][0]["last_epoch"] == 2
     else:  # the image pools (module extra state) are full and equal

@@ -49,6 +49,29 @@ class GenerativeModule(L.LightningModule):
     nonfinite_action: str = "stop"
     max_consecutive_skips: int = 20
 
+    def __init__(self) -> None:
+        super().__init__()
+        # What adversarial models' discriminators see of training images (gdm.augment); None: the images.
+        # (An instance attribute: a class attribute would hide the submodule nn.Module registers.)
+        self.augment = None
+
+    def d_input(self, images: torch.Tensor) -> torch.Tensor:
+        """What a discriminator sees of a training batch (B, C, H, W) in [-1, 1]: the images, augmented
+        when model.augment is set. Differentiable, so G's gradient flows through the augmented fakes."""
+        return images if self.augment is None else self.augment(images)
+
+    def log_augment(self, real_logits: torch.Tensor, images: int, logs: dict[str, torch.Tensor]) -> None:
+        """Hand D's logits on augmented real images to the augmentation (ADA's p follows them) and add
+        its values (train/ada_p, train/ada_rt) to `logs`. `images`: the batch's number of images."""
+        if self.augment is not None:
+            self.augment.observe(real_logits, images)
+            logs.update(self.augment.logs())
+
+    def log_augment_state(self) -> None:
+        """At an evaluation: the augmentation's values (val/ada_p, ...), so each evaluation records its p."""
+        if self.augment is not None:
+            self.log_dict({k.replace("train/", "val/"): v for k, v in self.augment.logs().items()}, on_epoch=True)
+
     def loss_ok(self, name: str, loss: torch.Tensor) -> bool:
         """Whether to take the update for `loss`; False: skip it. Call before its backward pass.
         A non-finite loss stops the run (one line: the loss, its value, the step) or, with

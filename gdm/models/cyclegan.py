@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gdm.augment import build_augment
 from gdm.errors import GdmError
 from gdm.losses import get_target_loss
 from gdm.models.base import GenerativeModule
@@ -65,6 +66,11 @@ class CycleGAN(GenerativeModule, Translates):
         n_epochs_decay: int = 100,
         channels_last: bool = False,
         num_visuals: int = 8,
+        augment: str | None = None,
+        augment_policy: str = "color,translation,cutout",
+        ada_target: float = 0.6,
+        ada_interval: int = 4,
+        ada_kimg: float = 500.0,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["generator", "discriminator"])
@@ -75,6 +81,8 @@ class CycleGAN(GenerativeModule, Translates):
         self.g_ab, self.g_ba = generator(image_shape=image_shape), generator(image_shape=image_shape)
         self.d_a, self.d_b = discriminator(image_shape=image_shape), discriminator(image_shape=image_shape)
         self.pool_a, self.pool_b = ImagePool(pool_size, image_shape), ImagePool(pool_size, image_shape)
+        # What both discriminators see of real and generated images (gdm.augment): one p for the pair.
+        self.augment = build_augment(augment, augment_policy, ada_target, ada_interval, ada_kimg)
         # Batch norm mixes the samples of a batch, so only per-sample norms may share a call.
         self.fuse = not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.modules())
         self.channels_last = channels_last
@@ -123,8 +131,8 @@ class CycleGAN(GenerativeModule, Translates):
         rec_a, rec_b = self.g_ba(fake_b), self.g_ab(fake_a)
 
         with self.toggled_optimizer(opt_g):  # D's weights need no gradients for G's update
-            adv_b = self.criterion(self.d_b(fake_b), True)
-            adv_a = self.criterion(self.d_a(fake_a), True)
+            adv_b = self.criterion(self.d_b(self.d_input(fake_b)), True)
+            adv_a = self.criterion(self.d_a(self.d_input(fake_a)), True)
             cycle_a = F.l1_loss(rec_a, real_a)
             cycle_b = F.l1_loss(rec_b, real_b)
             g_loss = adv_a + adv_b + hp.lambda_a * cycle_a + hp.lambda_b * cycle_b
@@ -138,8 +146,9 @@ class CycleGAN(GenerativeModule, Translates):
                 self.manual_backward(g_loss)
                 opt_g.step()
 
-        d_a_loss = self._d_loss(self.d_a, real_a, self.pool_a.query(fake_a.detach()))
-        d_b_loss = self._d_loss(self.d_b, real_b, self.pool_b.query(fake_b.detach()))
+        d_a_loss, real_logits_a = self._d_loss(self.d_a, real_a, self.pool_a.query(fake_a.detach()))
+        d_b_loss, real_logits_b = self._d_loss(self.d_b, real_b, self.pool_b.query(fake_b.detach()))
+        self.log_augment(torch.cat([real_logits_a.flatten(), real_logits_b.flatten()]), 2 * real_a.shape[0], logs)
         if self.loss_ok("d_loss", d_a_loss + d_b_loss):
             opt_d.zero_grad(set_to_none=True)
             self.manual_backward(d_a_loss + d_b_loss)
@@ -149,9 +158,10 @@ class CycleGAN(GenerativeModule, Translates):
         self.log_dict({k: v.detach() for k, v in logs.items()}, on_step=True, on_epoch=False,
                       batch_size=real_a.shape[0])
 
-    def _d_loss(self, d: nn.Module, real: Tensor, fake: Tensor) -> Tensor:
-        real_logits, fake_logits = self._fused(d, real, self._layout(fake))
-        return 0.5 * (self.criterion(real_logits, True) + self.criterion(fake_logits, False))
+    def _d_loss(self, d: nn.Module, real: Tensor, fake: Tensor) -> tuple[Tensor, Tensor]:
+        """The discriminator's loss and its logits on the (augmented) real images."""
+        real_logits, fake_logits = self._fused(d, self.d_input(real), self.d_input(self._layout(fake)))
+        return 0.5 * (self.criterion(real_logits, True) + self.criterion(fake_logits, False)), real_logits
 
     def on_train_epoch_start(self) -> None:
         # Manual optimization leaves the schedulers to us. Bringing them to the current epoch here, not
@@ -168,6 +178,8 @@ class CycleGAN(GenerativeModule, Translates):
         n = batch["image_a"].shape[0]
         for name, d, real in (("a", self.d_a, batch["image_a"]), ("b", self.d_b, batch["image_b"])):
             self.log(f"val/d_{name}_real", d(self._layout(real)).mean(), on_epoch=True, batch_size=n, sync_dist=True)
+        if batch_idx == 0:
+            self.log_augment_state()
 
     # ---- translation ----------------------------------------------------------------------
 

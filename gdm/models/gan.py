@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from gdm.augment import build_augment
 from gdm.errors import GdmError
 from gdm.losses import get_loss, gradient_penalty, r1_penalty
 from gdm.models.base import GenerativeModule, latent_labels, latent_noise
@@ -46,6 +47,11 @@ class GAN(GenerativeModule, Samples):
         num_visuals: int = 64,
         visual_seed: int = 1234,
         conditional: bool = False,
+        augment: str | None = None,
+        augment_policy: str = "color,translation,cutout",
+        ada_target: float = 0.6,
+        ada_interval: int = 4,
+        ada_kimg: float = 500.0,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["generator", "discriminator"])
@@ -79,6 +85,8 @@ class GAN(GenerativeModule, Samples):
         )
         if self.generator_ema is not None:
             self.generator_ema.requires_grad_(False)
+        # What D sees of real and generated images during training (gdm.augment), None = the images.
+        self.augment = build_augment(augment, augment_policy, ada_target, ada_interval, ada_kimg)
         if channels_last:
             self.to(memory_format=torch.channels_last)
 
@@ -110,13 +118,16 @@ class GAN(GenerativeModule, Samples):
             fake = self.generator(z, labels)  # fakes for the real batch's labels
 
         if self.r1_gamma > 0:
-            real.requires_grad_(True)
-        real_logits = self.discriminator(real, labels)
-        fake_logits = self.discriminator(fake.detach(), labels)
+            real.requires_grad_(True)  # R1 is the gradient with respect to the images before augmentation
+        # Real and fake batches are augmented independently (each draws its own transforms).
+        real_seen, fake_seen = self.d_input(real), self.d_input(fake.detach())
+        real_logits = self.discriminator(real_seen, labels)
+        fake_logits = self.discriminator(fake_seen, labels)
         d_loss = self.adversarial.d_loss(real_logits, fake_logits)
         logs = {"train/d_loss": d_loss.detach()}
+        self.log_augment(real_logits, real.shape[0], logs)
         if self.gp_weight > 0:
-            gp = gradient_penalty(partial(self.discriminator, labels=labels), real, fake)
+            gp = gradient_penalty(partial(self.discriminator, labels=labels), real_seen, fake_seen)
             d_loss = d_loss + self.gp_weight * gp
             logs["train/gp"] = gp.detach()
         if self.r1_gamma > 0:
@@ -131,7 +142,7 @@ class GAN(GenerativeModule, Samples):
         if g_turn:
             # D's weights need no gradient for G's update: toggling skips that work.
             with self.toggled_optimizer(opt_g):
-                g_loss = self.adversarial.g_loss(self.discriminator(fake, labels))
+                g_loss = self.adversarial.g_loss(self.discriminator(self.d_input(fake), labels))
                 g_step = self.loss_ok("g_loss", g_loss)
                 if g_step:
                     opt_g.zero_grad(set_to_none=True)
@@ -153,6 +164,8 @@ class GAN(GenerativeModule, Samples):
         labels = batch["label"] if self.conditional else None
         self.log("val/d_real", self.discriminator(real, labels).mean(), on_epoch=True, batch_size=real.shape[0],
                  sync_dist=True)
+        if batch_idx == 0:
+            self.log_augment_state()
 
     # ---- sampling -------------------------------------------------------------------------
 

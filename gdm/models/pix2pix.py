@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gdm.augment import build_augment
 from gdm.errors import GdmError
 from gdm.losses import get_target_loss
 from gdm.models.base import GenerativeModule
@@ -68,6 +69,11 @@ class Pix2Pix(GenerativeModule, Translates):
         inference_seed: int = 0,
         channels_last: bool = False,
         num_visuals: int = 8,
+        augment: str | None = None,
+        augment_policy: str = "color,translation,cutout",
+        ada_target: float = 0.6,
+        ada_interval: int = 4,
+        ada_kimg: float = 500.0,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["generator", "discriminator"])
@@ -87,6 +93,9 @@ class Pix2Pix(GenerativeModule, Translates):
         channels, height, width = image_shape
         self.net_g = generator(image_shape=image_shape)
         self.net_d = discriminator(image_shape=(2 * channels, height, width))
+        # What D sees of (input, output) pairs (gdm.augment): both images of a pair get the same transform.
+        self.augment = build_augment(augment, augment_policy, ada_target, ada_interval, ada_kimg,
+                                     channels_per_image=channels)
         self.channels_last = channels_last
         if channels_last:
             self.to(memory_format=torch.channels_last)
@@ -107,13 +116,13 @@ class Pix2Pix(GenerativeModule, Translates):
 
     def d_loss(self, real_in: Tensor, real_out: Tensor, fake_out: Tensor) -> dict[str, Tensor]:
         """The discriminator's loss on one batch of pairs (fake_out detached by the caller)."""
-        real_logits = self.net_d(torch.cat([real_in, real_out], 1))
-        fake_logits = self.net_d(torch.cat([real_in, fake_out], 1))
+        real_logits = self.net_d(self.d_input(torch.cat([real_in, real_out], 1)))
+        fake_logits = self.net_d(self.d_input(torch.cat([real_in, fake_out], 1)))
         d_real, d_fake = self.criterion(real_logits, True), self.criterion(fake_logits, False)
-        return {"d_loss": 0.5 * (d_real + d_fake), "d_real": d_real, "d_fake": d_fake}
+        return {"d_loss": 0.5 * (d_real + d_fake), "d_real": d_real, "d_fake": d_fake, "real_logits": real_logits}
 
     def g_loss(self, real_in: Tensor, real_out: Tensor, fake_out: Tensor) -> dict[str, Tensor]:
-        adv = self.criterion(self.net_d(torch.cat([real_in, fake_out], 1)), True)
+        adv = self.criterion(self.net_d(self.d_input(torch.cat([real_in, fake_out], 1))), True)
         l1 = F.l1_loss(fake_out, real_out)
         return {"g_loss": adv + self.hparams.lambda_l1 * l1, "g_adv": adv, "l1": l1}
 
@@ -121,6 +130,8 @@ class Pix2Pix(GenerativeModule, Translates):
         """One training step of the reference: G(x), then D's update, then G's against the updated D."""
         fake_out = self.net_g(real_in)
         d_losses = self.d_loss(real_in, real_out, fake_out.detach())
+        augment_logs: dict[str, Tensor] = {}
+        self.log_augment(d_losses.pop("real_logits"), real_in.shape[0], augment_logs)
         if self.loss_ok("d_loss", d_losses["d_loss"]):
             opt_d.zero_grad(set_to_none=True)
             self.manual_backward(d_losses["d_loss"])
@@ -131,7 +142,7 @@ class Pix2Pix(GenerativeModule, Translates):
                 opt_g.zero_grad(set_to_none=True)
                 self.manual_backward(g_losses["g_loss"])
                 opt_g.step()
-        return {**d_losses, **g_losses}
+        return {**d_losses, **g_losses, **{k.removeprefix("train/"): v for k, v in augment_logs.items()}}
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
         opt_g, opt_d = self.optimizers()
@@ -153,6 +164,8 @@ class Pix2Pix(GenerativeModule, Translates):
         real = torch.cat([batch[self.source_key], batch[self.target_key]], 1)
         self.log("val/d_real", self.net_d(self._layout(real)).mean(), on_epoch=True, batch_size=real.shape[0],
                  sync_dist=True)
+        if batch_idx == 0:
+            self.log_augment_state()
 
     # ---- translation ----------------------------------------------------------------------
 
