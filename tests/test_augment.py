@@ -69,6 +69,7 @@ def test_color_is_the_reference_brightness_saturation_contrast():
 
 def test_diffaugment_policy_strings_and_errors():
     assert DiffAugment("color, translation").policy == ["color", "translation"]
+    assert DiffAugment(["translation", "cutout"]).policy == ["translation", "cutout"]  # a command-line list
     with pytest.raises(GdmError, match="model.augment_policy='colour'.*color, translation, cutout"):
         DiffAugment("colour")
     with pytest.raises(GdmError, match="model.augment='diffaug'.*diffaugment, ada"):
