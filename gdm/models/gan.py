@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from functools import partial
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from gdm.errors import GdmError
@@ -98,7 +98,13 @@ class GAN(GenerativeModule, Samples):
         self.class_probs.copy_(counts.float() / counts.sum())
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
-        opt_g, opt_d = self.optimizers()
+        logs = self.update(batch, batch_idx, *self.training_optimizers())
+        self.log_train(logs, batch_size=batch["image"].shape[0])
+
+    def update(self, batch: dict, batch_idx: int, opt_g, opt_d) -> dict[str, Tensor]:
+        """One training batch: a D update and, every n_critic-th batch, a G update, with the optimizers of
+        `configure_optimizers` (Lightning's wrappers, or the plain ones in a loop without a Trainer). Returns
+        the values to log, detached (no host read)."""
         real = batch["image"]
         labels = batch["label"] if self.conditional else None
         if self.channels_last:
@@ -124,25 +130,21 @@ class GAN(GenerativeModule, Samples):
             d_loss = d_loss + 0.5 * self.r1_gamma * r1
             logs["train/r1"] = r1.detach()
         if self.loss_ok("d_loss", d_loss):
-            opt_d.zero_grad(set_to_none=True)
-            self.manual_backward(d_loss)
-            opt_d.step()
+            self.step_optimizer(opt_d, d_loss)
 
         if g_turn:
-            # D's weights need no gradient for G's update: toggling skips that work.
-            with self.toggled_optimizer(opt_g):
+            # D's weights need no gradient for G's update: freezing them skips that work.
+            with self.frozen(self.discriminator):
                 g_loss = self.adversarial.g_loss(self.discriminator(fake, labels))
                 g_step = self.loss_ok("g_loss", g_loss)
                 if g_step:
-                    opt_g.zero_grad(set_to_none=True)
-                    self.manual_backward(g_loss)
-                    opt_g.step()
+                    self.step_optimizer(opt_g, g_loss)
             if self.generator_ema is not None and g_step:
                 self.generator_ema.update_parameters(self.generator)
             logs["train/g_loss"] = g_loss.detach()
         logs["train/d_real"] = real_logits.detach().mean()
         logs["train/d_fake"] = fake_logits.detach().mean()
-        self.log_dict(logs, on_step=True, on_epoch=False)
+        return logs
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         # The sample-quality metrics (FID) run in the Evaluator at the end of validation; here the
