@@ -113,15 +113,15 @@ class GenerativeModule(L.LightningModule):
             self._skipped_in_a_row: dict[str, int] = {}  # per loss: a GAN's D and G updates alternate
         skipped = self._skipped_in_a_row
         # DDP: every rank takes the same decision, or their gradient all-reduces would wait on each other.
-        distributed = self._trainer is not None
-        if self.trainer.strategy.reduce_boolean_decision(finite, all=True) if distributed else finite:
+        attached = self._trainer is not None
+        if self.trainer.strategy.reduce_boolean_decision(finite, all=True) if attached else finite:
             skipped[name] = 0
             return True
         value = "finite here but not on another DDP rank" if finite else loss.detach().float().mean().item()
         where = self._describe(name, value, self._where())
         skipped[name] = skipped.get(name, 0) + 1
         if skipped[name] <= self.max_consecutive_skips:
-            self.print(f"{where}: update skipped (callbacks.nonfinite_loss.action=skip)")
+            (self.print if attached else print)(f"{where}: update skipped (callbacks.nonfinite_loss.action=skip)")
             return False
         self._stop(where, f" ({skipped[name]} in a row)")
 

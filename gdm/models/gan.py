@@ -140,11 +140,30 @@ class GAN(GenerativeModule, Samples):
                 if g_step:
                     self.step_optimizer(opt_g, g_loss)
             if self.generator_ema is not None and g_step:
-                self.generator_ema.update_parameters(self.generator)
+                self.update_ema()
             logs["train/g_loss"] = g_loss.detach()
         logs["train/d_real"] = real_logits.detach().mean()
         logs["train/d_fake"] = fake_logits.detach().mean()
         return logs
+
+    def update_ema(self) -> None:
+        """generator_ema.update_parameters(generator) without its two reads of the update count per call
+        (host syncs on a GPU): once the count is known to be past 0, the EMA step runs on the device."""
+        ema = self.generator_ema
+        if not self.__dict__.get("_ema_started"):  # the first update here (the count may come from a checkpoint)
+            ema.update_parameters(self.generator)
+            self._ema_started = True
+            return
+        by_dtype: dict[torch.dtype, tuple[list[Tensor], list[Tensor]]] = {}
+        pairs = zip([*ema.module.parameters(), *ema.module.buffers()],
+                    [*self.generator.parameters(), *self.generator.buffers()], strict=True)
+        for averaged, current in pairs:  # the EMA's lerp takes one dtype per call, as update_parameters groups
+            group = by_dtype.setdefault(averaged.dtype, ([], []))
+            group[0].append(averaged.detach())
+            group[1].append(current.detach())
+        for averaged, current in by_dtype.values():
+            ema.multi_avg_fn(averaged, current, ema.n_averaged)
+        ema.n_averaged += 1
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         # The sample-quality metrics (FID) run in the Evaluator at the end of validation; here the
