@@ -4,69 +4,68 @@ pix2pix: gdm.models.pix2pix.Pix2Pix with the paper's nets (unet_256 with 8 level
 256 px, or unet_128 below 256 px; 70x70 PatchGAN on 6 channels, batch norm), vanilla GAN + 100 L1, one step =
 one pair = one D and one G update. CycleGAN: bench_cyclegan_throughput.py's `gdm-channels_last` variant
 (ResNet generators, one step = one A and one B image = both generators' and both Ds' updates). Both with
-channels_last (the configs' default), random in-memory images, each variant in its own child process
-(bench_harness). Steps/s and the median step time are printed; on a shared machine trust the median.
+channels_last (the configs' default), random in-memory images, each in its own child process (bench_harness).
+Other variants (`plain-loop`, `-compile`) work too.
 
     .venv/bin/python experiments/bench_pix2pix_throughput.py --image-size 256 --steps 10 --warmup 2
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
-import json
 import os
 import sys
 
-import bench_cyclegan_throughput as cyclegan
-from bench_harness import RESULT_TAG, default_threads, run_variant
+import bench_harness as bench
+import torch
 
 
-def pix2pix_model(args: argparse.Namespace, channels_last: bool):
+def pix2pix_model(args, options: set[str]):
     from gdm.models.pix2pix import Pix2Pix
     from gdm.nets.cyclegan import PatchDiscriminator
     from gdm.nets.pix2pix import UnetGenerator
 
     num_downs = 8 if args.image_size >= 256 else 7
-    return Pix2Pix(image_shape=(3, args.image_size, args.image_size),
-                   generator=functools.partial(UnetGenerator, num_downs=num_downs, ngf=args.ngf, norm="batch"),
-                   discriminator=functools.partial(PatchDiscriminator, ndf=args.ndf, n_layers=3, norm="batch"),
-                   channels_last=channels_last)
+    model = Pix2Pix(image_shape=(3, args.image_size, args.image_size),
+                    generator=functools.partial(UnetGenerator, num_downs=num_downs, ngf=args.ngf, norm="batch"),
+                    discriminator=functools.partial(PatchDiscriminator, ndf=args.ndf, n_layers=3, norm="batch"),
+                    channels_last="channels_last" in options)
+    if "compile" in options:
+        model.compile_nets()
+    return model
 
 
-def pix2pix_params(model) -> dict:
-    return {"g": cyclegan.count_params(model.net_g), "d": cyclegan.count_params(model.net_d),
-            "layout": cyclegan.weights_layout(model.net_g, model.net_d)}
+def run(args, runner: str, options: set[str], device: torch.device) -> tuple[list[float], dict]:
+    if runner == "reference":
+        raise SystemExit("no pix2pix reference here: variants gdm or plain-loop")
+    model = pix2pix_model(args, options)
+    marks = (bench.run_trainer if runner == "gdm" else bench.run_plain)(
+        model, args, bench.make_loader(args, ("image_a", "image_b")), device)
+    return marks, {"g_params": sum(p.numel() for p in model.net_g.parameters()),
+                   "d_params": sum(p.numel() for p in model.net_d.parameters())}
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--image-size", type=int, default=256)
-    p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--threads", type=int, default=default_threads())
-    p.add_argument("--only", default=None, help=argparse.SUPPRESS)
+    p = bench.parser(__doc__, image_size=256, batch_size=1, steps=10, warmup=2, variants="gdm-channels_last")
     args = p.parse_args()
-    # The settings bench_cyclegan_throughput's Lightning runner reads.
-    args.batch_size, args.device, args.precision, args.cudnn_benchmark = 1, "cpu", "32-true", False
-    args.ngf = args.ndf = 64
-    args.n_blocks, args.pool_size, args.seed, args.log_every = None, 50, 0, 50
-    if args.only == "pix2pix":  # child: the CycleGAN runner with the pix2pix model in its place
-        cyclegan.gdm_model, cyclegan.gdm_params = pix2pix_model, pix2pix_params
-        args.only = "gdm-channels_last"
-        print(RESULT_TAG + json.dumps({**cyclegan.run_one(args), "variant": "pix2pix"}), flush=True)
+    if args.only:
+        bench.main(args, functools.partial(run, args), 1, [])
         return
-    mine = [sys.executable, os.path.abspath(__file__), "--only", "pix2pix", "--image-size", str(args.image_size),
-            "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads)]
-    results = [run_variant(mine, args.threads, "pix2pix"),
-               run_variant(cyclegan.child_argv(args, "gdm-channels_last"), args.threads, "cyclegan")]
-    results[1]["variant"] = "cyclegan"
-    print(f"{args.image_size} px, batch 1, CPU, {args.threads} threads, {args.steps} timed steps "
-          f"(after {args.warmup}), Lightning, channels_last")
+    here = os.path.dirname(os.path.abspath(__file__))
+    common = ["--image-size", str(args.image_size), "--steps", str(args.steps), "--warmup", str(args.warmup),
+              "--threads", str(args.threads), "--device", args.device, "--precision", args.precision,
+              "--ngf", str(args.ngf), "--ndf", str(args.ndf),
+              "--only", args.variants.split(",")[0]]
+    results = {"pix2pix": bench.run_variant([sys.executable, os.path.join(here, "bench_pix2pix_throughput.py"),
+                                              *common], args.threads, "pix2pix"),
+               "cyclegan": bench.run_variant([sys.executable, os.path.join(here, "bench_cyclegan_throughput.py"),
+                                               *common], args.threads, "cyclegan")}
+    print(f"{args.image_size} px, batch 1, {args.device}, {args.threads} threads, {args.steps} timed steps "
+          f"(after {args.warmup}), {args.variants.split(',')[0]}")
     print(f"{'model':<10} {'G params':>11} {'D params':>10} {'steps/s':>8} {'median s/step':>14} {'peak RSS GiB':>13}")
-    for r in results:
-        print(f"{r['variant']:<10} {r['g_params']:>11,} {r['d_params']:>10,} {r['steps_per_s']:>8.3f} "
-              f"{r['median_step_s']:>14.3f} {r['peak_rss_gib']:>13.2f}")
+    for name, r in results.items():
+        print(f"{name:<10} {r['g_params']:>11,} {r['d_params']:>10,} {r['steps_per_s']:>8.3f} "
+              f"{r['median_step_s']:>14.3f} {r['peak_rss_mib'] / 1024:>13.2f}")
 
 
 if __name__ == "__main__":

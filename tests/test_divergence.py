@@ -4,6 +4,7 @@ checkpoint, or (action=skip) skips that update."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 
 import pytest
@@ -12,7 +13,9 @@ from helpers import TINY, compose_config
 
 from gdm import losses
 from gdm.app import run, user_error
+from gdm.callbacks.nonfinite_loss import Diverged
 from gdm.models import gan
+from gdm.nets.dcgan import DCGANDiscriminator, DCGANGenerator
 
 RUN = ["data.image_size=16", *TINY, "logger=none", "trainer.max_epochs=2", "trainer.check_val_every_n_epoch=1",
        "test_after_fit=false"]
@@ -38,6 +41,7 @@ def nan_on_call(monkeypatch):
             return dataclasses.replace(loss, **{which: poisoned})
 
         monkeypatch.setattr(gan, "get_loss", make)
+        return calls
 
     return install
 
@@ -81,3 +85,42 @@ def test_skipping_stops_after_too_many_bad_updates_of_one_loss(nan_on_call, tmp_
         run(cfg)
     assert "train/g_loss is nan at step 5 (epoch 1, batch 1) (3 in a row): training stopped" in str(
         user_error(caught.value))
+
+
+def test_stop_reads_the_losses_back_every_n_batches(nan_on_call, tmp_path):
+    """No device sync per update: the NaN of batch 6 is read back at the end of batch 9 (every 5th batch), and
+    the message still names the loss, its value and the step it happened at."""
+    calls = nan_on_call(7)
+    cfg = compose_config([*RUN, "trainer.max_epochs=1", "++trainer.limit_train_batches=20",
+                          "callbacks.nonfinite_loss.check_every_n_steps=5"], tmp_path)
+    with pytest.raises(Exception) as caught:  # noqa: B017
+        run(cfg)
+    assert str(user_error(caught.value)).startswith("train/d_loss is nan at step 12 (epoch 0, batch 6): training "
+                                                    "stopped; no checkpoint was written yet")
+    assert len(calls) == 10  # batches 0-9 trained, none after the check
+    assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
+
+
+def tiny_gan() -> gan.GAN:
+    return gan.GAN((3, 16, 16), functools.partial(DCGANGenerator, ngf=4), functools.partial(DCGANDiscriminator, ndf=4))
+
+
+def test_guard_in_a_plain_loop_reads_back_when_asked_or_when_too_many_are_kept():
+    model = tiny_gan()
+    assert model.loss_ok("d_loss", torch.tensor(0.5)) and model.loss_ok("g_loss", torch.tensor(float("inf")))
+    with pytest.raises(Diverged, match=r"^train/g_loss is inf: training stopped; no checkpoint was written yet"):
+        model.check_losses()
+    model.check_losses()  # read back once: nothing left
+    model.max_pending_losses = 3
+    assert model.loss_ok("d_loss", torch.tensor(float("nan"))) and model.loss_ok("g_loss", torch.tensor(1.0))
+    with pytest.raises(Diverged, match="^train/d_loss is nan"):
+        model.loss_ok("d_loss", torch.tensor(1.0))  # the third kept loss: read back without being asked
+
+
+def test_skip_in_a_plain_loop_decides_per_update():
+    model = tiny_gan()
+    model.nonfinite_action, model.max_consecutive_skips = "skip", 1
+    assert model.loss_ok("d_loss", torch.tensor(1.0))
+    assert not model.loss_ok("d_loss", torch.tensor(float("nan")))
+    with pytest.raises(Diverged, match=r"^train/d_loss is nan \(2 in a row\): training stopped"):
+        model.loss_ok("d_loss", torch.tensor(float("nan")))

@@ -38,7 +38,8 @@ def digits16() -> DigitsDataModule:
 def fit(model: GAN, datamodule, batches: int, val_batches: int = 0) -> L.Trainer:
     trainer = L.Trainer(max_epochs=1, limit_train_batches=batches, limit_val_batches=val_batches,
                         num_sanity_val_steps=0, accelerator="cpu", devices=1, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        log_every_n_steps=1)  # training values are logged on the batches the logger writes
     trainer.fit(model, datamodule=datamodule)
     return trainer
 

@@ -3,8 +3,12 @@
 Models call `GenerativeModule.loss_ok(name, loss)` before each backward pass; this callback sets the
 policy they follow. `stop` raises one line naming the loss, its value and the step; the run's
 last.ckpt (the last evaluation's, before the divergence) stays as it was and no crash checkpoint is
-written over it. `skip` leaves the weights and optimizer state untouched for that update and warns;
-`max_consecutive_skips` skipped updates in a row stop the run as well (the weights are likely broken).
+written over it. `stop` costs no device sync per update: the losses stay on the device and are read back
+every `check_every_n_steps` batches and before each evaluation or checkpoint, so the run stops at most
+that many batches after the bad one. `skip` leaves the weights and optimizer state untouched for that
+update and warns; it must decide before the step, so it reads every loss back (one device sync per
+update, and under DDP one collective); `max_consecutive_skips` skipped updates in a row stop the run as
+well (the weights are likely broken).
 """
 
 from __future__ import annotations
@@ -21,11 +25,15 @@ class Diverged(GdmError):
 
 
 class NonFiniteLoss(L.Callback):
-    def __init__(self, action: str = "stop", max_consecutive_skips: int = 20):
+    def __init__(self, action: str = "stop", max_consecutive_skips: int = 20, check_every_n_steps: int = 10):
         if action not in ACTIONS:
             raise GdmError(f"callbacks.nonfinite_loss.action='{action}' is not one of {', '.join(ACTIONS)}.")
+        if check_every_n_steps < 1:
+            raise GdmError(f"callbacks.nonfinite_loss.check_every_n_steps={check_every_n_steps} must be at least 1.")
         self.action, self.max_consecutive_skips = action, max_consecutive_skips
+        self.check_every_n_steps = check_every_n_steps
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         pl_module.nonfinite_action = self.action
         pl_module.max_consecutive_skips = self.max_consecutive_skips
+        pl_module.nonfinite_check_every = self.check_every_n_steps

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
+from torch import nn
 
 
 def latent_noise(indices: Sequence[int] | torch.Tensor, dim: int, seed: int) -> torch.Tensor:
@@ -45,9 +47,13 @@ class GenerativeModule(L.LightningModule):
 
     conditional: bool = False
     requires: frozenset[str] = frozenset({"image"})
-    # Set by the NonFiniteLoss callback (callbacks.nonfinite_loss): what a NaN / Inf loss does.
+    # Set by the NonFiniteLoss callback (callbacks.nonfinite_loss): what a NaN / Inf loss does, and how many
+    # batches may pass before the recorded losses are read back (action=stop).
     nonfinite_action: str = "stop"
     max_consecutive_skips: int = 20
+    nonfinite_check_every: int = 10
+    # Losses recorded without a trainer (a plain loop) are read back after this many, so they cannot pile up.
+    max_pending_losses: int = 256
 
     def __init__(self) -> None:
         super().__init__()
@@ -74,33 +80,183 @@ class GenerativeModule(L.LightningModule):
 
     def loss_ok(self, name: str, loss: torch.Tensor) -> bool:
         """Whether to take the update for `loss`; False: skip it. Call before its backward pass.
-        A non-finite loss stops the run (one line: the loss, its value, the step) or, with
-        action=skip, is skipped. One device sync per call."""
-        finite = bool(torch.isfinite(loss).all())
+
+        action=stop (default): no device sync here. The loss is kept (on its device) and `check_losses` reads
+        the kept ones back every `nonfinite_check_every` batches and before each evaluation or checkpoint;
+        a non-finite one stops the run there with one line: the loss, its value, the step it happened at.
+        The few updates in between are taken, but no checkpoint holds their weights.
+        action=skip decides now, before the step: one device sync (and under DDP one collective) per call,
+        the price of leaving that update out."""
+        if self.nonfinite_action == "skip":
+            return self._skip_decision(name, loss)
+        pending = self.__dict__.setdefault("_pending_losses", [])
+        pending.append((name, loss.detach(), self._where()))
+        if self._trainer is None and len(pending) >= self.max_pending_losses:
+            self.check_losses()
+        return True
+
+    def _where(self) -> tuple[int, int, int] | None:
+        """(step, epoch, batch) of the update under way; None in a loop without a trainer."""
+        trainer = self._trainer
+        if trainer is None:
+            return None
+        return trainer.global_step, trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_idx
+
+    @staticmethod
+    def _describe(name: str, value: object, where: tuple[int, int, int] | None) -> str:
+        at = f" at step {where[0]} (epoch {where[1]}, batch {where[2]})" if where is not None else ""
+        return f"train/{name} is {value}{at}"
+
+    def check_losses(self) -> None:
+        """Read back the losses `loss_ok` kept since the last check and stop on the first non-finite one."""
+        pending = self.__dict__.get("_pending_losses")
+        if not pending:
+            return  # every DDP rank runs the same updates: all return here, or none
+        self._pending_losses = []
+        # note: a CPU-GPU sync point, once per check
+        values = torch.stack([loss.float().reshape(-1).mean() for _, loss, _ in pending]).cpu()
+        finite = torch.isfinite(values)
+        local_ok = bool(finite.all())
+        # DDP: every rank takes the same decision, or the ranks that carry on would wait on the others.
+        all_ok = local_ok if self._trainer is None else self.trainer.strategy.reduce_boolean_decision(local_ok, all=True)
+        if all_ok:
+            return
+        if local_ok:
+            where = f"a training loss was not finite on another DDP rank between steps {pending[0][2][0]} and " \
+                    f"{pending[-1][2][0]}"
+        else:
+            first = int((~finite).nonzero()[0])
+            name, _, at = pending[first]
+            where = self._describe(name, float(values[first]), at)
+        self._stop(where, "")
+
+    def _skip_decision(self, name: str, loss: torch.Tensor) -> bool:
+        finite = bool(torch.isfinite(loss).all())  # note: a CPU-GPU sync point, per update
         if not hasattr(self, "_skipped_in_a_row"):
             self._skipped_in_a_row: dict[str, int] = {}  # per loss: a GAN's D and G updates alternate
         skipped = self._skipped_in_a_row
         # DDP: every rank takes the same decision, or their gradient all-reduces would wait on each other.
-        if self.trainer.strategy.reduce_boolean_decision(finite, all=True):
+        attached = self._trainer is not None
+        if self.trainer.strategy.reduce_boolean_decision(finite, all=True) if attached else finite:
             skipped[name] = 0
             return True
+        value = "finite here but not on another DDP rank" if finite else loss.detach().float().mean().item()
+        where = self._describe(name, value, self._where())
+        skipped[name] = skipped.get(name, 0) + 1
+        if skipped[name] <= self.max_consecutive_skips:
+            (self.print if attached else print)(f"{where}: update skipped (callbacks.nonfinite_loss.action=skip)")
+            return False
+        self._stop(where, f" ({skipped[name]} in a row)")
+
+    def _stop(self, where: str, repeat: str) -> None:
         from gdm.callbacks.nonfinite_loss import Diverged
 
-        value = "finite here but not on another DDP rank" if finite else loss.detach().float().mean().item()
-        where = f"train/{name} is {value} at step {self.global_step} (epoch {self.current_epoch}, batch " \
-                f"{self.trainer.fit_loop.epoch_loop.batch_idx})"
-        skipped[name] = skipped.get(name, 0) + 1
-        if self.nonfinite_action == "skip" and skipped[name] <= self.max_consecutive_skips:
-            self.print(f"{where}: update skipped (callbacks.nonfinite_loss.action=skip)")
-            return False
-        last = Path(self.trainer.default_root_dir) / "checkpoints" / "last.ckpt"  # where the Evaluator saves it
-        keep = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was written yet"
-        if self.nonfinite_action == "skip":
-            repeat, other = f" ({skipped[name]} in a row)", ""
-        else:
-            repeat, other = "", ", or set callbacks.nonfinite_loss.action=skip to skip such updates"
+        keep = "no checkpoint was written yet"
+        if self._trainer is not None:
+            last = Path(self.trainer.default_root_dir) / "checkpoints" / "last.ckpt"  # where the Evaluator saves it
+            keep = f"the last good checkpoint is {last}" if last.is_file() else keep
+        other = "" if self.nonfinite_action == "skip" else \
+            ", or set callbacks.nonfinite_loss.action=skip to skip such updates"
         raise Diverged(f"{where}{repeat}: training stopped; {keep}. Lower the learning rates (in a new run: a "
                        f"resumed one keeps the saved optimizer settings){other}.")
+
+    # The kept losses are read back every `nonfinite_check_every` batches and before anything is evaluated or
+    # saved, so a checkpoint never holds weights trained on a non-finite loss.
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if (batch_idx + 1) % self.nonfinite_check_every == 0:
+            self.check_losses()
+
+    def on_validation_start(self) -> None:
+        self.check_losses()
+
+    def on_train_end(self) -> None:
+        self.check_losses()
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        self.check_losses()
+
+    # ---- the update, callable without a Trainer ----------------------------------------------
+
+    def step_optimizer(self, optimizer, loss: torch.Tensor) -> None:
+        """zero_grad, backward of `loss`, step. Plain PyTorch without a Trainer. Under a Trainer, Lightning's way
+        (`manual_backward`, its optimizer wrapper: precision plugin, DDP, hooks) unless nothing would use it
+        (`direct_steps`): then the torch optimizer steps and Lightning only counts the step (global_step)."""
+        optimizer.zero_grad(set_to_none=True)
+        if self._trainer is None:
+            loss.backward()
+            optimizer.step()
+        elif self.direct_steps():
+            loss.backward()
+            optimizer._on_before_step()  # Lightning's optimizer-step count: trainer.global_step, max_steps
+            optimizer.optimizer.step()
+            optimizer._on_after_step()
+        else:
+            self.manual_backward(loss)
+            optimizer.step()
+
+    def direct_steps(self) -> bool:
+        """Whether Lightning's backward and optimizer-step machinery would only add its cost (~0.1 ms per update):
+        one process, fp32 or bf16 autocast (no gradient scaler), and no hook around backward or the step
+        overridden by the model or a callback. Decided once per trainer."""
+        trainer = self._trainer
+        if self.__dict__.get("_direct_steps_for") is not trainer:
+            from lightning.pytorch.plugins.precision import MixedPrecision, Precision
+            from lightning.pytorch.strategies import SingleDeviceStrategy
+
+            hooks = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")
+            plugin = trainer.precision_plugin
+            self._direct_steps = (
+                type(trainer.strategy) is SingleDeviceStrategy
+                and (type(plugin) is Precision or (type(plugin) is MixedPrecision and plugin.scaler is None))
+                and type(self).backward is L.LightningModule.backward
+                and all(getattr(type(self), h) is getattr(L.LightningModule, h) for h in hooks)
+                and all(getattr(type(cb), h) is getattr(L.Callback, h) for cb in trainer.callbacks for h in hooks)
+            )
+            self._direct_steps_for = trainer
+        return self._direct_steps
+
+    @staticmethod
+    @contextmanager
+    def frozen(*nets: nn.Module) -> Iterator[None]:
+        """The nets' parameters need no gradients inside (the discriminators' during the generators' update):
+        the backward pass skips their weight gradients. Lightning's toggled_optimizer, without a Trainer."""
+        params = [p for net in nets for p in net.parameters() if p.requires_grad]
+        for p in params:
+            p.requires_grad_(False)
+        try:
+            yield
+        finally:
+            for p in params:
+                p.requires_grad_(True)
+
+    def training_optimizers(self) -> list:
+        """The optimizers `update` takes: Lightning's wrappers under a Trainer, else `configure_optimizers`'s own,
+        built once (a plain loop's)."""
+        if self._trainer is not None:
+            return self.optimizers()
+        if "_plain_optimizers" not in self.__dict__:
+            configured = self.configure_optimizers()
+            optimizers = configured[0] if isinstance(configured, tuple) and isinstance(configured[0], list) \
+                else configured
+            self._plain_optimizers = list(optimizers) if isinstance(optimizers, (list, tuple)) else [optimizers]
+        return self._plain_optimizers
+
+    def compile_nets(self, **options) -> None:
+        """torch.compile each trained net in place (`nn.Module.compile`: the state dict keeps its keys, so
+        checkpoints load either way). `options`: torch.compile's (mode, dynamic, ...)."""
+        from torch.optim.swa_utils import AveragedModel
+
+        for net in self.children():
+            if any(True for _ in net.parameters()) and not isinstance(net, AveragedModel):
+                net.compile(**options)
+
+    def log_train(self, logs: dict[str, torch.Tensor], batch_size: int) -> None:
+        """Log the update's values (detached tensors: no host read here) on the batches the logger writes,
+        every trainer.log_every_n_steps: on the others Lightning would only keep the latest value, at tens of
+        microseconds per key per batch."""
+        connector = self.trainer._logger_connector  # private, but the very test Lightning makes before writing
+        if connector.should_update_logs or self.trainer.fast_dev_run:
+            self.log_dict(logs, on_step=True, on_epoch=False, batch_size=batch_size)
 
     def visuals(self, examples: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, int]]:
         """Named image sets in [-1, 1] to save and log as grids, each with its number of columns.

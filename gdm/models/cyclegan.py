@@ -121,8 +121,16 @@ class CycleGAN(GenerativeModule, Translates):
         return tuple(net(x) for x in inputs)
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
+        opt_g, _ = optimizers = self.training_optimizers()
+        logs = self.update(batch, batch_idx, *optimizers)
+        logs["train/lr"] = opt_g.param_groups[0]["lr"]  # a float: Lightning makes it a tensor on the logged batches
+        self.log_train(logs, batch_size=batch["image_a"].shape[0])
+
+    def update(self, batch: dict, batch_idx: int, opt_g, opt_d) -> dict[str, Tensor]:
+        """One training batch, the reference's optimize_parameters(): the generators' update, then the
+        discriminators' on pooled fakes, with the optimizers of `configure_optimizers` (Lightning's wrappers, or
+        the plain ones in a loop without a Trainer). Returns the values to log, detached (no host read)."""
         hp = self.hparams
-        opt_g, opt_d = self.optimizers()
         real_a, real_b = self._layout(batch["image_a"]), self._layout(batch["image_b"])
         identity = hp.lambda_identity > 0
         # A generator's identity input (the other domain's real image) shares its first call.
@@ -130,7 +138,7 @@ class CycleGAN(GenerativeModule, Translates):
         fake_a, *idt_a = self._fused(self.g_ba, real_b, *([real_a] if identity else []))
         rec_a, rec_b = self.g_ba(fake_b), self.g_ab(fake_a)
 
-        with self.toggled_optimizer(opt_g):  # D's weights need no gradients for G's update
+        with self.frozen(self.d_a, self.d_b):  # D's weights need no gradients for G's update
             adv_b = self.criterion(self.d_b(self.d_input(fake_b)), True)
             adv_a = self.criterion(self.d_a(self.d_input(fake_a)), True)
             cycle_a = F.l1_loss(rec_a, real_a)
@@ -142,21 +150,16 @@ class CycleGAN(GenerativeModule, Translates):
                 g_loss = g_loss + hp.lambda_identity * (hp.lambda_a * idt_loss_a + hp.lambda_b * idt_loss_b)
                 logs.update({"train/idt_a": idt_loss_a, "train/idt_b": idt_loss_b})
             if self.loss_ok("g_loss", g_loss):
-                opt_g.zero_grad(set_to_none=True)
-                self.manual_backward(g_loss)
-                opt_g.step()
+                self.step_optimizer(opt_g, g_loss)
 
         d_a_loss, real_logits_a = self._d_loss(self.d_a, real_a, self.pool_a.query(fake_a.detach()))
         d_b_loss, real_logits_b = self._d_loss(self.d_b, real_b, self.pool_b.query(fake_b.detach()))
         self.log_augment(torch.cat([real_logits_a.flatten(), real_logits_b.flatten()]), 2 * real_a.shape[0], logs)
-        if self.loss_ok("d_loss", d_a_loss + d_b_loss):
-            opt_d.zero_grad(set_to_none=True)
-            self.manual_backward(d_a_loss + d_b_loss)
-            opt_d.step()
-        logs.update({"train/g_loss": g_loss, "train/d_a": d_a_loss, "train/d_b": d_b_loss,
-                     "train/lr": torch.tensor(opt_g.param_groups[0]["lr"])})
-        self.log_dict({k: v.detach() for k, v in logs.items()}, on_step=True, on_epoch=False,
-                      batch_size=real_a.shape[0])
+        d_loss = d_a_loss + d_b_loss
+        if self.loss_ok("d_loss", d_loss):
+            self.step_optimizer(opt_d, d_loss)
+        logs.update({"train/g_loss": g_loss, "train/d_a": d_a_loss, "train/d_b": d_b_loss})
+        return {k: v.detach() for k, v in logs.items()}
 
     def _d_loss(self, d: nn.Module, real: Tensor, fake: Tensor) -> tuple[Tensor, Tensor]:
         """The discriminator's loss and its logits on the (augmented) real images."""

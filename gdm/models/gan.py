@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from functools import partial
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from gdm.augment import build_augment
@@ -106,7 +106,13 @@ class GAN(GenerativeModule, Samples):
         self.class_probs.copy_(counts.float() / counts.sum())
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
-        opt_g, opt_d = self.optimizers()
+        logs = self.update(batch, batch_idx, *self.training_optimizers())
+        self.log_train(logs, batch_size=batch["image"].shape[0])
+
+    def update(self, batch: dict, batch_idx: int, opt_g, opt_d) -> dict[str, Tensor]:
+        """One training batch: a D update and, every n_critic-th batch, a G update, with the optimizers of
+        `configure_optimizers` (Lightning's wrappers, or the plain ones in a loop without a Trainer). Returns
+        the values to log, detached (no host read)."""
         real = batch["image"]
         labels = batch["label"] if self.conditional else None
         if self.channels_last:
@@ -135,25 +141,40 @@ class GAN(GenerativeModule, Samples):
             d_loss = d_loss + 0.5 * self.r1_gamma * r1
             logs["train/r1"] = r1.detach()
         if self.loss_ok("d_loss", d_loss):
-            opt_d.zero_grad(set_to_none=True)
-            self.manual_backward(d_loss)
-            opt_d.step()
+            self.step_optimizer(opt_d, d_loss)
 
         if g_turn:
-            # D's weights need no gradient for G's update: toggling skips that work.
-            with self.toggled_optimizer(opt_g):
+            # D's weights need no gradient for G's update: freezing them skips that work.
+            with self.frozen(self.discriminator):
                 g_loss = self.adversarial.g_loss(self.discriminator(self.d_input(fake), labels))
                 g_step = self.loss_ok("g_loss", g_loss)
                 if g_step:
-                    opt_g.zero_grad(set_to_none=True)
-                    self.manual_backward(g_loss)
-                    opt_g.step()
+                    self.step_optimizer(opt_g, g_loss)
             if self.generator_ema is not None and g_step:
-                self.generator_ema.update_parameters(self.generator)
+                self.update_ema()
             logs["train/g_loss"] = g_loss.detach()
         logs["train/d_real"] = real_logits.detach().mean()
         logs["train/d_fake"] = fake_logits.detach().mean()
-        self.log_dict(logs, on_step=True, on_epoch=False)
+        return logs
+
+    def update_ema(self) -> None:
+        """generator_ema.update_parameters(generator) without its two reads of the update count per call
+        (host syncs on a GPU): once the count is known to be past 0, the EMA step runs on the device."""
+        ema = self.generator_ema
+        if not self.__dict__.get("_ema_started"):  # the first update here (the count may come from a checkpoint)
+            ema.update_parameters(self.generator)
+            self._ema_started = True
+            return
+        by_dtype: dict[torch.dtype, tuple[list[Tensor], list[Tensor]]] = {}
+        pairs = zip([*ema.module.parameters(), *ema.module.buffers()],
+                    [*self.generator.parameters(), *self.generator.buffers()], strict=True)
+        for averaged, current in pairs:  # the EMA's lerp takes one dtype per call, as update_parameters groups
+            group = by_dtype.setdefault(averaged.dtype, ([], []))
+            group[0].append(averaged.detach())
+            group[1].append(current.detach())
+        for averaged, current in by_dtype.values():
+            ema.multi_avg_fn(averaged, current, ema.n_averaged)
+        ema.n_averaged += 1
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         # The sample-quality metrics (FID) run in the Evaluator at the end of validation; here the

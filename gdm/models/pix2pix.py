@@ -126,31 +126,28 @@ class Pix2Pix(GenerativeModule, Translates):
         l1 = F.l1_loss(fake_out, real_out)
         return {"g_loss": adv + self.hparams.lambda_l1 * l1, "g_adv": adv, "l1": l1}
 
-    def optimize(self, real_in: Tensor, real_out: Tensor, opt_g, opt_d) -> dict[str, Tensor]:
-        """One training step of the reference: G(x), then D's update, then G's against the updated D."""
+    def update(self, batch: dict, batch_idx: int, opt_g, opt_d) -> dict[str, Tensor]:
+        """One training batch, the reference's optimize_parameters(): G(x), then D's update, then G's against the
+        updated D, with the optimizers of `configure_optimizers` (Lightning's wrappers, or the plain ones in a
+        loop without a Trainer). Returns the values to log, detached (no host read)."""
+        real_in, real_out = self._layout(batch[self.source_key]), self._layout(batch[self.target_key])
         fake_out = self.net_g(real_in)
         d_losses = self.d_loss(real_in, real_out, fake_out.detach())
         augment_logs: dict[str, Tensor] = {}
         self.log_augment(d_losses.pop("real_logits"), real_in.shape[0], augment_logs)
         if self.loss_ok("d_loss", d_losses["d_loss"]):
-            opt_d.zero_grad(set_to_none=True)
-            self.manual_backward(d_losses["d_loss"])
-            opt_d.step()
-        with self.toggled_optimizer(opt_g):  # D's weights need no gradients for G's update
+            self.step_optimizer(opt_d, d_losses["d_loss"])
+        with self.frozen(self.net_d):  # D's weights need no gradients for G's update
             g_losses = self.g_loss(real_in, real_out, fake_out)
             if self.loss_ok("g_loss", g_losses["g_loss"]):
-                opt_g.zero_grad(set_to_none=True)
-                self.manual_backward(g_losses["g_loss"])
-                opt_g.step()
-        return {**d_losses, **g_losses, **{k.removeprefix("train/"): v for k, v in augment_logs.items()}}
+                self.step_optimizer(opt_g, g_losses["g_loss"])
+        return {**{f"train/{k}": v.detach() for k, v in {**d_losses, **g_losses}.items()}, **augment_logs}
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
-        opt_g, opt_d = self.optimizers()
-        real_in, real_out = self._layout(batch[self.source_key]), self._layout(batch[self.target_key])
-        losses = self.optimize(real_in, real_out, opt_g, opt_d)
-        logs = {f"train/{k}": v.detach() for k, v in losses.items()}
-        logs["train/lr"] = torch.tensor(opt_g.param_groups[0]["lr"])
-        self.log_dict(logs, on_step=True, on_epoch=False, batch_size=real_in.shape[0])
+        opt_g, _ = optimizers = self.training_optimizers()
+        logs = self.update(batch, batch_idx, *optimizers)
+        logs["train/lr"] = opt_g.param_groups[0]["lr"]  # a float: Lightning makes it a tensor on the logged batches
+        self.log_train(logs, batch_size=batch[self.source_key].shape[0])
 
     def on_train_epoch_start(self) -> None:
         # As CycleGAN: bring the schedulers to the current epoch here, which stays right after a resume.

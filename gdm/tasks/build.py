@@ -35,6 +35,8 @@ def build_model(cfg: DictConfig, datamodule: SplitDataModule) -> GenerativeModul
     check_provides(cfg, model.requires, datamodule)
     if model.conditional:  # class-balanced samples follow the training split's class frequencies
         model.set_class_frequencies(datamodule.class_counts("train"))
+    if cfg.get("compile"):
+        model.compile_nets()
     return model
 
 

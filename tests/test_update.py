@@ -1,0 +1,121 @@
+"""Each adversarial model's update is one plain method, `update(batch, batch_idx, opt_g, opt_d)`: Lightning's
+training_step and a bare loop (the benchmarks' baseline) run the same code, to the same weights; on a GPU it
+makes no host-device synchronisation."""
+
+from __future__ import annotations
+
+import functools
+
+import lightning as L
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from gdm.models.cyclegan import CycleGAN
+from gdm.models.gan import GAN
+from gdm.models.pix2pix import Pix2Pix
+from gdm.nets.cyclegan import PatchDiscriminator, ResnetGenerator
+from gdm.nets.dcgan import DCGANDiscriminator, DCGANGenerator
+from gdm.nets.pix2pix import UnetGenerator
+
+SHAPE = (3, 16, 16)
+
+
+def gan() -> GAN:
+    return GAN(SHAPE, functools.partial(DCGANGenerator, ngf=4), functools.partial(DCGANDiscriminator, ndf=4),
+               ema_decay=0.9, channels_last=True)
+
+
+def cyclegan() -> CycleGAN:
+    return CycleGAN(SHAPE, functools.partial(ResnetGenerator, ngf=4, n_blocks=1, norm="instance"),
+                    functools.partial(PatchDiscriminator, ndf=4, n_layers=2, norm="instance"), pool_size=2)
+
+
+def pix2pix() -> Pix2Pix:
+    return Pix2Pix((3, 32, 32), functools.partial(UnetGenerator, num_downs=5, ngf=4, norm="batch"),
+                   functools.partial(PatchDiscriminator, ndf=4, n_layers=2, norm="batch"))
+
+
+MODELS = {"gan": (gan, ("image",), SHAPE), "cyclegan": (cyclegan, ("image_a", "image_b"), SHAPE),
+          "pix2pix": (pix2pix, ("image_a", "image_b"), (3, 32, 32))}
+
+
+class Batches(Dataset):
+    def __init__(self, keys: tuple[str, ...], shape: tuple[int, int, int], n: int = 8):
+        g = torch.Generator().manual_seed(1)
+        self.images = {k: torch.rand(n, *shape, generator=g) * 2 - 1 for k in keys}
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict:
+        return {k: v[i] for k, v in self.images.items()}
+
+
+def loader(keys, shape) -> DataLoader:
+    return DataLoader(Batches(keys, shape), batch_size=2)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_lightning_and_a_plain_loop_train_the_same_weights(name):
+    make, keys, shape = MODELS[name]
+    torch.manual_seed(0)
+    by_lightning = make()
+    L.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+              enable_progress_bar=False, enable_model_summary=False).fit(by_lightning, loader(keys, shape))
+    torch.manual_seed(0)
+    by_hand = make()
+    optimizers = by_hand.training_optimizers()
+    for i, batch in enumerate(loader(keys, shape)):
+        logs = by_hand.update(batch, i, *optimizers)
+    by_hand.check_losses()
+    assert all(not v.requires_grad for v in logs.values())
+    theirs = by_lightning.state_dict()
+    for key, value in by_hand.state_dict().items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(value, theirs[key]), key
+
+
+class SyncDebug(L.Callback):
+    """torch.cuda.set_sync_debug_mode("error") from the start of each training batch to its end: any host-device
+    synchronisation inside the step raises."""
+
+    def __init__(self):
+        self.batches = 0
+
+    def on_train_batch_start(self, *args) -> None:
+        torch.cuda.set_sync_debug_mode("error")
+
+    def on_train_batch_end(self, *args) -> None:
+        torch.cuda.set_sync_debug_mode(0)
+        self.batches += 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_no_host_sync_inside_a_training_step_on_a_gpu(name, precision):
+    make, keys, shape = MODELS[name]
+    model, debug = make(), SyncDebug()
+    model.nonfinite_check_every = 3  # the read-back happens between batches, outside the checked window
+    trainer = L.Trainer(max_epochs=1, accelerator="gpu", devices=1, precision=precision, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        log_every_n_steps=1000, callbacks=[debug])
+    try:
+        trainer.fit(model, loader(keys, shape))
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert debug.batches == 4
+    # The same in a plain loop of the update.
+    model._trainer = None
+    model.__dict__.pop("_plain_optimizers", None)
+    optimizers = model.training_optimizers()
+    batches = [{k: v.cuda() for k, v in b.items()} for b in loader(keys, shape)]
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for i, batch in enumerate(batches):
+            model.update(batch, i, *optimizers)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    model.check_losses()
