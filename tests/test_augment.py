@@ -201,6 +201,10 @@ def test_ada_state_is_in_the_state_dict():
 def test_ada_settings_out_of_range_are_refused(kwargs, message):
     with pytest.raises(GdmError, match=message):
         AdaptiveAugment(**kwargs)
+    ada_kwargs = {f"ada_{k}": v for k, v in kwargs.items()}
+    for name in ("ada", "diffaugment", None):  # refused even where ADA is not in use: never silently ignored
+        with pytest.raises(GdmError, match=message):
+            build_augment(name, **ada_kwargs)
 
 
 def test_ada_rotation_probability_makes_the_two_rotations_p_overall():
