@@ -23,7 +23,7 @@ from gdm.evaluation.context import Evaluation, MetricResult
 from gdm.evaluation.protocol import QUANTIZATION, with_id
 from gdm.images import to_uint8
 from gdm.metrics.frechet import frechet_distance
-from gdm.metrics.translation import LABEL_CLASSIFIERS
+from gdm.metrics.translation import LABEL_CLASSIFIERS, load_label_classifier
 from gdm.models.capabilities import Translates
 
 
@@ -48,20 +48,8 @@ class PairedTranslationQuality:
         if not isinstance(model, Translates) or not hasattr(data, "direction"):
             raise GdmError(f"metrics=pix2pix measures a translation model on paired data (model=pix2pix), not "
                            f"{type(model).__name__} on {type(data).__name__}: use metrics=fid or metrics=translation.")
-        choice = self.label_classifier
-        labelled = {"label_a", "label_b"} <= data.provides
-        if choice == "auto":
-            choice = "digits_colour" if labelled and features == "digits_colour" else "none"
-        if choice == "none":
-            return
-        if not labelled:
-            raise GdmError(f"metrics.paired.label_classifier={choice} needs labelled pairs, and this data has none: "
-                           "set it to none.")
         if self.classifier is None:
-            from gdm.metrics.digits_classifier import load_digit_classifier
-
-            with torch.random.fork_rng(devices=[]):
-                self.classifier = load_digit_classifier(choice)
+            self.classifier = load_label_classifier(self.label_classifier, data, features, "metrics.paired")
 
     @torch.no_grad()
     def __call__(self, ev: Evaluation) -> MetricResult:

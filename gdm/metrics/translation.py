@@ -25,6 +25,24 @@ from gdm.models.capabilities import Translates
 LABEL_CLASSIFIERS = ("auto", "digits_colour", "none")
 
 
+def load_label_classifier(choice: str, data, features: str, key: str):
+    """The classifier that reads the labels of translated images (label preservation), or None.
+    `choice` (`<key>.label_classifier`): auto = digits_colour on labelled two-domain digit data, else none.
+    Raises GdmError when a classifier is asked for and the data has no labels."""
+    labelled = {"label_a", "label_b"} <= data.provides
+    if choice == "auto":
+        choice = "digits_colour" if labelled and features == "digits_colour" else "none"
+    if choice == "none":
+        return None
+    if not labelled:
+        raise GdmError(f"{key}.label_classifier={choice} needs labelled images in both domains, and this data "
+                       "has none: set it to none.")
+    from gdm.metrics.digits_classifier import load_digit_classifier
+
+    with torch.random.fork_rng(devices=[]):  # loading draws nothing from the training RNG
+        return load_digit_classifier(choice)
+
+
 class TranslationQuality:
     def __init__(self, split: str = "test", real_split: str = "test", label_classifier: str = "auto"):
         if label_classifier not in LABEL_CLASSIFIERS:
@@ -42,20 +60,8 @@ class TranslationQuality:
                 if len(data.split(split)) < 2:
                     raise GdmError(f"metrics.translation needs at least 2 images in {split} for FID, and it has "
                                    f"{len(data.split(split))}: add images to that folder.")
-        choice = self.label_classifier
-        labelled = {"label_a", "label_b"} <= data.provides
-        if choice == "auto":
-            choice = "digits_colour" if labelled and features == "digits_colour" else "none"
-        if choice == "none":
-            return
-        if not labelled:
-            raise GdmError(f"metrics.translation.label_classifier={choice} needs labelled domains, and this data "
-                           "has none: set it to none.")
         if self.classifier is None:
-            from gdm.metrics.digits_classifier import load_digit_classifier
-
-            with torch.random.fork_rng(devices=[]):
-                self.classifier = load_digit_classifier(choice)
+            self.classifier = load_label_classifier(self.label_classifier, data, features, "metrics.translation")
 
     @torch.no_grad()
     def __call__(self, ev: Evaluation) -> MetricResult:
