@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from gdm.errors import GdmError
-from gdm.nets.dcgan import DCGANDiscriminator, DCGANGenerator, norm_layer, num_doublings
+from gdm.nets.dcgan import DCGANDiscriminator, DCGANGenerator, norm_layer, num_doublings, upsampling
 
 
 def n_params(module: nn.Module) -> int:
@@ -40,6 +40,37 @@ def test_generator_accepts_4d_latents():
     g = DCGANGenerator((1, 16, 16), latent_dim=8, ngf=8).eval()
     z = torch.randn(3, 8)
     torch.testing.assert_close(g(z), g(z.view(3, 8, 1, 1)))
+
+
+@pytest.mark.parametrize("upsample", ["nearest", "bilinear"])
+def test_resize_convolution_generator(upsample):
+    # Odena et al. 2016: resize, then a 3x3 convolution, at every stage after the first 4x4 map.
+    g = DCGANGenerator((1, 32, 32), latent_dim=16, ngf=8, upsample=upsample)
+    assert not any(isinstance(m, nn.ConvTranspose2d) for m in g.main[1:])
+    resizes = [m for m in g.main if isinstance(m, nn.Upsample)]
+    assert len(resizes) == 3 and all(m.mode == upsample and m.scale_factor == 2 for m in resizes)
+    # 100 -> 32 @4x4 (4x4 transposed), 32 -> 16 @8, 16 -> 8 @16, 8 -> 1 @32 (3x3 convolutions), 2 BN + 1 BN.
+    assert n_params(g) == 16 * 32 * 16 + (32 * 16 + 16 * 8 + 8 * 1) * 9 + 2 * (32 + 16 + 8)
+    images = g(torch.randn(4, 16))
+    assert images.shape == (4, 1, 32, 32) and images.abs().max() <= 1
+
+
+def test_resize_convolution_has_no_checkerboard():
+    # A constant map through a stride-2 transposed convolution with a generic kernel comes out as a period-2
+    # pattern (each output pixel's parity picks other kernel taps: the checkerboard); resize + 3x3 convolution
+    # keeps it constant away from the border.
+    torch.manual_seed(0)
+    x = torch.ones(1, 1, 8, 8)
+    for upsample in ("transposed", "nearest"):
+        y = nn.Sequential(*upsampling(upsample, 1, 1))(x)[0, 0, 2:-2, 2:-2].detach()
+        assert y.shape == (12, 12)
+        torch.testing.assert_close(y[::2, ::2], y[2::2, 2::2][0, 0].expand(6, 6))  # one parity class is flat
+        assert (y.std().item() > 1e-3) == (upsample == "transposed")
+
+
+def test_unknown_upsample_raises():
+    with pytest.raises(GdmError, match="model.generator.upsample='pixelshuffle'"):
+        DCGANGenerator((1, 16, 16), upsample="pixelshuffle")
 
 
 @pytest.mark.parametrize("size", [24, 4, 12, 2048])

@@ -5,6 +5,9 @@ projection term <embed(y), pooled features> (Miyato & Koyama 2018) to its logit.
 The generator maps a latent vector to a 4x4 map and doubles the resolution with strided
 transposed convolutions until it reaches the image size; the discriminator mirrors it. With a
 64x64 image and ngf = ndf = 64 these are exactly the nets of the PyTorch DCGAN example.
+`upsample="nearest"` (or "bilinear") doubles the resolution with a resize and a 3x3 convolution
+instead, the cure for the transposed convolution's checkerboard artifacts in Odena et al. 2016,
+"Deconvolution and Checkerboard Artifacts" (Distill).
 """
 
 from __future__ import annotations
@@ -42,14 +45,25 @@ def norm_layer(kind: str, channels: int) -> nn.Module:
     return layers[kind]()
 
 
+def upsampling(kind: str, in_channels: int, out_channels: int) -> list[nn.Module]:
+    """(N, in, H, W) -> (N, out, 2H, 2W): a stride-2 4x4 transposed convolution (DCGAN), or a resize
+    (`nearest` / `bilinear`) followed by a 3x3 convolution (Odena et al. 2016); no bias, as in DCGAN."""
+    if kind == "transposed":
+        return [nn.ConvTranspose2d(in_channels, out_channels, 4, 2, 1, bias=False)]
+    return [nn.Upsample(scale_factor=2, mode=kind), nn.Conv2d(in_channels, out_channels, 3, 1, 1, bias=False)]
+
+
 class DCGANGenerator(nn.Module):
     """z (N, latent_dim) -> images (N, C, H, W) in [-1, 1]."""
 
     def __init__(self, image_shape: tuple[int, int, int], latent_dim: int = 100, ngf: int = 64,
                  norm: str = "batch", init_std: float = 0.02, num_classes: int | None = None,
-                 label_dim: int = 50):
+                 label_dim: int = 50, upsample: str = "transposed"):
         super().__init__()
         channels, height, width = image_shape
+        if upsample not in ("transposed", "nearest", "bilinear"):
+            raise GdmError(f"model.generator.upsample={upsample!r} is not a known upsampling; choose transposed "
+                           "(strided transposed convolutions, DCGAN), nearest or bilinear (resize + 3x3 convolution).")
         if height != width:
             raise GdmError(f"DCGAN nets need square images, got {height}x{width}: set data.image_size.")
         n_up = num_doublings(height)
@@ -63,9 +77,9 @@ class DCGANGenerator(nn.Module):
         ]
         for i in range(n_up - 1):
             out = ngf * min(2 ** (n_up - 2 - i), 8)
-            layers += [nn.ConvTranspose2d(ch, out, 4, 2, 1, bias=False), norm_layer(norm, out), nn.ReLU(True)]
+            layers += [*upsampling(upsample, ch, out), norm_layer(norm, out), nn.ReLU(True)]
             ch = out
-        layers += [nn.ConvTranspose2d(ch, channels, 4, 2, 1, bias=False), nn.Tanh()]
+        layers += [*upsampling(upsample, ch, channels), nn.Tanh()]
         self.main = nn.Sequential(*layers)
         init_normal(self, init_std)
 
