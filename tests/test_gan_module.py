@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from functools import partial
+from types import SimpleNamespace
 
 import lightning as L
 import pytest
@@ -136,6 +137,45 @@ def test_channels_last_gives_the_same_samples():
     cl = make_gan(seed=3, channels_last=True)
     assert cl.generator.main[0].weight.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(cl.generate(range(4)), plain.generate(range(4)), rtol=1e-4, atol=1e-5)
+
+
+def _setup_on(model, device: str):
+    """What a Trainer does first on `device`: LightningModule.setup, before optimizers and the device move."""
+    model.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device(device)))
+    model.setup("fit")
+    return model
+
+
+def test_channels_last_auto_picks_the_layout_by_device():
+    from gdm.models.cyclegan import CycleGAN
+    from gdm.nets.cyclegan import PatchDiscriminator, ResnetGenerator
+
+    def cyclegan():
+        return CycleGAN((3, 16, 16), partial(ResnetGenerator, ngf=8, n_blocks=1),
+                        partial(PatchDiscriminator, ndf=8, n_layers=1), channels_last="auto")
+
+    def nhwc(net):
+        return next(m for m in net.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))).weight.is_contiguous(
+            memory_format=torch.channels_last)
+
+    # Without a Trainer (a plain loop, task=sample): NCHW until a device says otherwise.
+    gan = make_gan(channels_last="auto")
+    assert gan.channels_last is False and not nhwc(gan.generator)
+    # DCGAN on the CPU: NHWC measured faster; the CycleGAN's ResNet / PatchGAN nets: NCHW measured faster.
+    assert _setup_on(gan, "cpu").channels_last is True and nhwc(gan.generator) and nhwc(gan.discriminator)
+    model = _setup_on(cyclegan(), "cpu")
+    assert model.channels_last is False and not nhwc(model.g_ab)
+    # On CUDA both take NHWC (only the layout changes here: no GPU needed).
+    model = _setup_on(cyclegan(), "cuda")
+    assert model.channels_last is True and nhwc(model.g_ab) and nhwc(model.d_b)
+    # true / false are kept whatever the device.
+    assert _setup_on(make_gan(channels_last=False), "cuda").channels_last is False
+
+
+@pytest.mark.parametrize("value", ["yes", "nhwc", 1.0])
+def test_channels_last_bad_value_raises(value):
+    with pytest.raises(GdmError, match=f"model.channels_last={value!r} is not a choice"):
+        make_gan(channels_last=value)
 
 
 def test_hyperparameters_saved_without_nets():

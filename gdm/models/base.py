@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from gdm.errors import GdmError
 from gdm.models.nonfinite_guard import NonFiniteGuard
 
 
@@ -48,12 +49,36 @@ class GenerativeModule(NonFiniteGuard, L.LightningModule):
 
     conditional: bool = False
     requires: frozenset[str] = frozenset({"image"})
+    # What `model.channels_last=auto` picks on the CPU, measured per model family on the 2-core CPU
+    # (experiments/README.md, "channels_last by device"); on CUDA auto picks NHWC, the layout cuDNN's
+    # tensor-core convolutions want.
+    channels_last_on_cpu: bool = False
 
     def __init__(self) -> None:
         super().__init__()
         # What adversarial models' discriminators see of training images (gdm.augment); None: the images.
         # (An instance attribute: a class attribute would hide the submodule nn.Module registers.)
         self.augment = None
+        self.channels_last, self.channels_last_auto = False, False  # set_memory_format
+
+    def set_memory_format(self, channels_last: bool | str) -> None:
+        """model.channels_last: true (NHWC weights and activations), false (NCHW) or auto (decided at setup from
+        the trainer's device: NHWC on CUDA, `channels_last_on_cpu` on the CPU; NCHW without a Trainer).
+        Changes speed, not results. Raises GdmError for another value."""
+        if not (isinstance(channels_last, bool) or channels_last == "auto"):
+            raise GdmError(f"model.channels_last={channels_last!r} is not a choice: true (NHWC), false (NCHW) or "
+                           "auto (by device: NHWC on CUDA, and on the CPU where it measured faster).")
+        self.channels_last_auto = channels_last == "auto"
+        self.channels_last = channels_last is True
+        if self.channels_last:
+            self.to(memory_format=torch.channels_last)
+
+    def setup(self, stage: str) -> None:
+        # Before the optimizers are built and the model moved: the layout of `auto` for the trainer's device.
+        if self.channels_last_auto:
+            device = self.trainer.strategy.root_device
+            self.channels_last = device.type == "cuda" or (device.type == "cpu" and self.channels_last_on_cpu)
+            self.to(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
 
     def d_input(self, images: torch.Tensor) -> torch.Tensor:
         """What a discriminator sees of a training batch (B, C, H, W) in [-1, 1]: the images, augmented

@@ -64,7 +64,7 @@ class CycleGAN(GenerativeModule, Translates):
         betas: Sequence[float] = (0.5, 0.999),
         n_epochs: int = 100,
         n_epochs_decay: int = 100,
-        channels_last: bool = False,
+        channels_last: bool | str = False,
         num_visuals: int = 8,
         augment: str | None = None,
         augment_policy: str = "color,translation,cutout",
@@ -85,9 +85,7 @@ class CycleGAN(GenerativeModule, Translates):
         self.augment = build_augment(augment, augment_policy, ada_target, ada_interval, ada_kimg)
         # Batch norm mixes the samples of a batch, so only per-sample norms may share a call.
         self.fuse = not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.modules())
-        self.channels_last = channels_last
-        if channels_last:
-            self.to(memory_format=torch.channels_last)
+        self.set_memory_format(channels_last)
 
     # ---- training -------------------------------------------------------------------------
 

@@ -28,6 +28,8 @@ NetFactory = Callable[..., nn.Module]
 
 
 class GAN(GenerativeModule, Samples):
+    channels_last_on_cpu = True  # DCGAN nets on the CPU: NHWC 1.10-1.16x NCHW (experiments/README.md)
+
     def __init__(
         self,
         image_shape: tuple[int, int, int],
@@ -43,7 +45,7 @@ class GAN(GenerativeModule, Samples):
         gp_weight: float | None = None,
         r1_gamma: float = 0.0,
         ema_decay: float | None = None,
-        channels_last: bool = False,
+        channels_last: bool | str = False,
         num_visuals: int = 64,
         visual_seed: int = 1234,
         conditional: bool = False,
@@ -61,7 +63,6 @@ class GAN(GenerativeModule, Samples):
             raise GdmError(f"model.n_critic={n_critic} must be at least 1 (discriminator updates per generator update).")
         self.gp_weight = self.adversarial.gradient_penalty_weight if gp_weight is None else gp_weight
         self.latent_dim, self.n_critic, self.r1_gamma = latent_dim, n_critic, r1_gamma
-        self.channels_last = channels_last
         self.conditional = conditional
         if conditional and not num_classes:
             raise GdmError("model=cgan needs labelled data, and this data has no labels: use data=digits, mnist, "
@@ -87,8 +88,7 @@ class GAN(GenerativeModule, Samples):
             self.generator_ema.requires_grad_(False)
         # What D sees of real and generated images during training (gdm.augment), None = the images.
         self.augment = build_augment(augment, augment_policy, ada_target, ada_interval, ada_kimg)
-        if channels_last:
-            self.to(memory_format=torch.channels_last)
+        self.set_memory_format(channels_last)
 
     # ---- training -------------------------------------------------------------------------
 

@@ -67,7 +67,7 @@ class Pix2Pix(GenerativeModule, Translates):
         n_epochs_decay: int = 100,
         inference: str = "paper",
         inference_seed: int = 0,
-        channels_last: bool = False,
+        channels_last: bool | str = False,
         num_visuals: int = 8,
         augment: str | None = None,
         augment_policy: str = "color,translation,cutout",
@@ -96,9 +96,7 @@ class Pix2Pix(GenerativeModule, Translates):
         # What D sees of (input, output) pairs (gdm.augment): both images of a pair get the same transform.
         self.augment = build_augment(augment, augment_policy, ada_target, ada_interval, ada_kimg,
                                      channels_per_image=channels)
-        self.channels_last = channels_last
-        if channels_last:
-            self.to(memory_format=torch.channels_last)
+        self.set_memory_format(channels_last)
 
     # ---- training -------------------------------------------------------------------------
 
