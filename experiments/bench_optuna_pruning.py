@@ -1,12 +1,16 @@
-"""The same 12-trial Optuna GAN search on the digits, without and with median pruning: best FID and wall time.
+"""The same 12-trial Optuna GAN search on the digits, without and with pruning: best FID and wall time.
 
-    nice -n 10 .venv/bin/python experiments/bench_optuna_pruning.py            # ~16 min on 2 shared CPU cores
+    .venv/bin/python experiments/bench_optuna_pruning.py                       # none, then median
+    .venv/bin/python experiments/bench_optuna_pruning.py --pruners none,hyperband
+    .venv/bin/python experiments/bench_optuna_pruning.py --replay median median:44 hyperband hyperband:44:3
 
 Each search is one `python run.py -m hparams_search=gan_optuna ...` (seeded TPE, basic launcher: the trials
 run one after another in that process); short trials (`--epochs`, an evaluation every `--val-every` epochs)
 so that the pruner sees several evaluations. The batch size is fixed (64) rather than searched: the median
 pruner compares trials at equal steps, and the step axis is training batches, which a different batch size
 would put at other steps. Prints one table; the sweeps stay in `--out` for a look at their summaries.
+`--replay` runs no training: it feeds the no-pruning search's recorded curves to other pruners, which is
+exact as long as pruning does not change the trials the sampler proposes.
 """
 
 from __future__ import annotations
@@ -45,14 +49,28 @@ def search(out: Path, pruner: str, args: argparse.Namespace) -> dict:
     every = [s["best"]["value"] for s in summaries if s.get("best") and math.isfinite(s["best"]["value"])]
     return {"pruner": pruner, "seconds": seconds, "trials": len(summaries),
             "pruned": sum(s["status"] == "pruned" for s in summaries),
-            "batches": sum(s["batches"] for s in summaries),
+            "batches": sum(s["step"] for s in summaries),  # training batches (summary.json step_unit)
             "best_finished": min(finished, default=math.nan), "best_any": min(every, default=math.nan)}
 
 
-def replay(study_file: Path, warmups: list[int], startup: int = 3) -> None:
-    """Replays the recorded curves of a no-pruning search under MedianPruner settings (no training): which
-    trials each setting would have pruned, the evaluations it would have run, and its best finished FID.
-    Exact as long as pruning does not change the trials TPE proposes (it did not in the runs recorded)."""
+def make_pruner(spec: str):
+    """'median', 'median:WARMUP', 'hyperband' or 'hyperband:MIN_RESOURCE:REDUCTION_FACTOR' (steps = training
+    batches) -> the Optuna pruner, configured as conf/hydra/sweeper/optuna.yaml does apart from those values."""
+    import optuna
+
+    name, *values = spec.split(":")
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=int(values[0]) if values else 0)
+    if name == "hyperband":
+        min_resource, reduction = (int(values[0]), int(values[1])) if values else (1, 3)
+        return optuna.pruners.HyperbandPruner(min_resource=min_resource, reduction_factor=reduction)
+    raise SystemExit(f"--replay {spec!r}: median[:WARMUP] or hyperband[:MIN_RESOURCE:REDUCTION_FACTOR]")
+
+
+def replay(study_file: Path, specs: list[str]) -> None:
+    """Replays the recorded curves of a no-pruning search under other pruners (no training): which trials each
+    would have pruned, the evaluations it would have run, and its best finished FID. Exact as long as pruning
+    does not change the trials TPE proposes (it did not in the runs recorded)."""
     import optuna
 
     from gdm.optuna_search import open_storage
@@ -60,12 +78,14 @@ def replay(study_file: Path, warmups: list[int], startup: int = 3) -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     recorded = optuna.load_study(study_name="gan_optuna", storage=open_storage(str(study_file))).trials
     total = sum(len(t.intermediate_values) for t in recorded)
-    for warmup in warmups:
-        study = optuna.create_study(pruner=optuna.pruners.MedianPruner(startup, warmup))
+    best_all = min(min(t.intermediate_values.values()) for t in recorded if t.intermediate_values)
+    for spec in specs:
+        # The study's name as in the search: HyperbandPruner puts a trial in a bracket by hashing it.
+        study = optuna.create_study(study_name="gan_optuna", pruner=make_pruner(spec))
         evaluations, pruned, best = 0, [], []
         for source in recorded:
             trial = study.ask()
-            for step, value in source.intermediate_values.items():
+            for step, value in sorted(source.intermediate_values.items()):
                 trial.report(value, step)
                 evaluations += 1
                 if trial.should_prune():
@@ -75,8 +95,8 @@ def replay(study_file: Path, warmups: list[int], startup: int = 3) -> None:
             else:
                 best.append(min(source.intermediate_values.values()))
                 study.tell(trial, best[-1])
-        print(f"n_startup_trials={startup} n_warmup_steps={warmup}: {evaluations}/{total} evaluations "
-              f"({evaluations / total:.0%}), pruned trials {pruned}, best finished FID {min(best):.2f}")
+        print(f"{spec:<16} {evaluations:>4}/{total} evaluations ({evaluations / total:.0%}), pruned trials {pruned}, "
+              f"best finished FID {min(best):.2f} (without pruning {best_all:.2f})")
 
 
 def main() -> None:
@@ -89,21 +109,25 @@ def main() -> None:
     # On a CPU shared with other jobs, 2 OpenMP threads each waiting for a core ran a trial ~5x slower than 1.
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench_optuna_pruning")
-    parser.add_argument("--replay", type=int, nargs="*", metavar="WARMUP_STEPS",
-                        help="instead of searching: replay --out's no-pruning search with these n_warmup_steps")
+    parser.add_argument("--pruners", default="none,median", help="the searches to run (the first is the baseline): "
+                        "comma-separated hydra.sweeper.pruner values (none, median, hyperband)")
+    parser.add_argument("--replay", nargs="*", metavar="PRUNER",
+                        help="instead of searching: replay --out's no-pruning search under these pruners: "
+                             "median[:WARMUP_STEPS], hyperband[:MIN_RESOURCE:REDUCTION_FACTOR]")
     args = parser.parse_args()
     if args.replay is not None:
-        replay(args.out / "none" / "study.journal", args.replay or [0])
+        replay(args.out / "none" / "study.journal", args.replay or ["median"])
         return
     args.out.mkdir(parents=True, exist_ok=True)
-    rows = [search(args.out, pruner, args) for pruner in ("none", "median")]
+    rows = [search(args.out, pruner, args) for pruner in args.pruners.split(",")]
     print(f"\n{'pruner':<8} {'wall s':>8} {'trials':>6} {'pruned':>6} {'batches':>8} {'best FID (finished)':>20} "
           f"{'best FID (any)':>15}")
     for r in rows:
         print(f"{r['pruner']:<8} {r['seconds']:>8.1f} {r['trials']:>6} {r['pruned']:>6} {r['batches']:>8} "
               f"{r['best_finished']:>20.2f} {r['best_any']:>15.2f}")
-    print(f"median pruning: {rows[1]['seconds'] / rows[0]['seconds']:.0%} of the wall time, "
-          f"{rows[1]['batches'] / rows[0]['batches']:.0%} of the training batches")
+    for r in rows[1:]:
+        print(f"{r['pruner']} pruning: {r['seconds'] / rows[0]['seconds']:.0%} of the wall time, "
+              f"{r['batches'] / rows[0]['batches']:.0%} of the training batches of {rows[0]['pruner']}")
 
 
 if __name__ == "__main__":
