@@ -58,13 +58,18 @@ def make_pruner(spec: str):
     batches) -> the Optuna pruner, configured as conf/hydra/sweeper/optuna.yaml does apart from those values."""
     import optuna
 
+    usage = f"--replay {spec!r}: median[:WARMUP >= 0] or hyperband[:MIN_RESOURCE >= 1:REDUCTION_FACTOR >= 2]"
     name, *values = spec.split(":")
-    if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=int(values[0]) if values else 0)
-    if name == "hyperband":
-        min_resource, reduction = (int(values[0]), int(values[1])) if values else (1, 3)
+    try:
+        numbers = [int(v) for v in values]
+    except ValueError:
+        raise SystemExit(usage) from None
+    if name == "median" and len(numbers) <= 1 and all(n >= 0 for n in numbers):
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=numbers[0] if numbers else 0)
+    if name == "hyperband" and len(numbers) in (0, 2) and (not numbers or (numbers[0] >= 1 and numbers[1] >= 2)):
+        min_resource, reduction = numbers or (1, 3)
         return optuna.pruners.HyperbandPruner(min_resource=min_resource, reduction_factor=reduction)
-    raise SystemExit(f"--replay {spec!r}: median[:WARMUP] or hyperband[:MIN_RESOURCE:REDUCTION_FACTOR]")
+    raise SystemExit(usage)
 
 
 def replay(study_file: Path, specs: list[str]) -> None:
@@ -76,12 +81,16 @@ def replay(study_file: Path, specs: list[str]) -> None:
     from gdm.optuna_search import open_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    pruners = {spec: make_pruner(spec) for spec in specs}  # every spec checked before any replay
+    if not study_file.is_file():
+        raise SystemExit(f"no recorded search at {study_file}: run `bench_optuna_pruning.py --pruners none --out "
+                         f"{study_file.parent.parent}` first")
     recorded = optuna.load_study(study_name="gan_optuna", storage=open_storage(str(study_file))).trials
     total = sum(len(t.intermediate_values) for t in recorded)
     best_all = min(min(t.intermediate_values.values()) for t in recorded if t.intermediate_values)
     for spec in specs:
         # The study's name as in the search: HyperbandPruner puts a trial in a bracket by hashing it.
-        study = optuna.create_study(study_name="gan_optuna", pruner=make_pruner(spec))
+        study = optuna.create_study(study_name="gan_optuna", pruner=pruners[spec])
         evaluations, pruned, best = 0, [], []
         for source in recorded:
             trial = study.ask()
@@ -101,14 +110,15 @@ def replay(study_file: Path, specs: list[str]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=12)
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--val-every", type=int, default=2)
-    parser.add_argument("--fid-samples", type=int, default=500)
+    parser.add_argument("--trials", type=int, default=12, help="trials per search (default 12)")
+    parser.add_argument("--epochs", type=int, default=20, help="epochs per trial (default 20)")
+    parser.add_argument("--val-every", type=int, default=2, help="epochs between evaluations (default 2)")
+    parser.add_argument("--fid-samples", type=int, default=500, help="FID samples per evaluation (default 500)")
     parser.add_argument("--image-size", type=int, default=16, help="the digits are 8x8: 16 px loses nothing")
     # On a CPU shared with other jobs, 2 OpenMP threads each waiting for a core ran a trial ~5x slower than 1.
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench_optuna_pruning")
+    parser.add_argument("--threads", type=int, default=1, help="OpenMP threads per trial (default 1)")
+    parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench_optuna_pruning",
+                        help="the searches' sweep directories, one per pruner (default outputs/bench_optuna_pruning)")
     parser.add_argument("--pruners", default="none,median", help="the searches to run (the first is the baseline): "
                         "comma-separated hydra.sweeper.pruner values (none, median, hyperband)")
     parser.add_argument("--replay", nargs="*", metavar="PRUNER",

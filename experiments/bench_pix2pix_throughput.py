@@ -2,10 +2,11 @@
 
 pix2pix: gdm.models.pix2pix.Pix2Pix with the paper's nets (unet_256 with 8 levels, 54.4M parameters at
 256 px, or unet_128 below 256 px; 70x70 PatchGAN on 6 channels, batch norm), vanilla GAN + 100 L1, one step =
-one pair = one D and one G update. CycleGAN: bench_cyclegan_throughput.py's `gdm-channels_last` variant
-(ResNet generators, one step = one A and one B image = both generators' and both Ds' updates). Both with
-channels_last (the configs' default), random in-memory images, each in its own child process (bench_harness).
-Other variants (`plain-loop`, `-compile`) work too.
+one pair = one D and one G update. CycleGAN: bench_cyclegan_throughput.py's variant of the same name
+(ResNet generators, one step = one A and one B image = both generators' and both Ds' updates). Both NCHW by
+default (`gdm`: what model.channels_last=auto picks for both on the CPU; `--variants gdm-channels_last` for
+NHWC), random in-memory images, each in its own child process (bench_harness). Other variants (`plain-loop`,
+`-compile`) work too.
 
     .venv/bin/python experiments/bench_pix2pix_throughput.py --image-size 256 --steps 10 --warmup 2
 """
@@ -46,7 +47,7 @@ def run(args, runner: str, options: set[str], device: torch.device) -> tuple[lis
 
 
 def main() -> None:
-    p = bench.parser(__doc__, image_size=256, batch_size=1, steps=10, warmup=2, variants="gdm-channels_last")
+    p = bench.parser(__doc__, image_size=256, batch_size=1, steps=10, warmup=2, variants="gdm")
     args = p.parse_args()
     if args.only:
         bench.main(args, functools.partial(run, args), 1, [])

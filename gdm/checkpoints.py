@@ -110,10 +110,15 @@ def check_fits(model: GenerativeModule, checkpoint: dict, path: str | Path) -> N
                        "the model or data settings differ from the run that wrote it.")
 
 
+# Settings that change how fast a model trains, not what the restored optimizers carry: no warning on resume.
+SPEED_ONLY = frozenset({"channels_last"})
+
+
 def changed_settings(model: GenerativeModule, checkpoint: dict) -> list[str]:
-    """Model settings that differ from the checkpoint's, as `name: old -> new`."""
+    """Model settings that differ from the checkpoint's, as `name: old -> new` (speed-only ones left out)."""
     saved = checkpoint.get("hyper_parameters", {})
-    return [f"{k}: {saved[k]!r} -> {v!r}" for k, v in model.hparams.items() if k in saved and saved[k] != v]
+    return [f"{k}: {saved[k]!r} -> {v!r}" for k, v in model.hparams.items()
+            if k in saved and saved[k] != v and k not in SPEED_ONLY]
 
 
 def load_state(model: GenerativeModule, checkpoint: dict, path: str | Path) -> GenerativeModule:

@@ -172,6 +172,32 @@ def test_channels_last_auto_picks_the_layout_by_device():
     assert _setup_on(make_gan(channels_last=False), "cuda").channels_last is False
 
 
+def test_optimizer_state_takes_the_parameters_layout():
+    # A checkpoint written with channels_last=true, resumed as NCHW: Adam's moments come back NHWC.
+    gan = make_gan(channels_last=True)
+    opt_g, _ = gan.configure_optimizers()
+    gan.generator(torch.randn(2, 16)).mean().backward()
+    opt_g.step()
+    moments = opt_g.state[gan.generator.main[0].weight]
+    assert moments["exp_avg"].is_contiguous(memory_format=torch.channels_last)
+    before = {k: v.clone() for k, v in moments.items()}
+    gan.to(memory_format=torch.contiguous_format)
+    GAN.match_optimizer_state_layout([opt_g])
+    moments = opt_g.state[gan.generator.main[0].weight]
+    assert moments["exp_avg"].is_contiguous() and moments["exp_avg_sq"].is_contiguous()
+    for k, v in before.items():
+        torch.testing.assert_close(moments[k], v, rtol=0, atol=0)  # same values, other strides
+    assert moments["step"].shape == ()  # the step count (not shaped like the weight) is left alone
+
+
+def test_resume_warning_names_optimizer_settings_not_the_layout():
+    from gdm.checkpoints import changed_settings
+
+    saved = {"hyper_parameters": dict(make_gan(channels_last=True, lr_g=1e-4).hparams)}
+    assert changed_settings(make_gan(channels_last="auto", lr_g=1e-4), saved) == []
+    assert changed_settings(make_gan(channels_last=False, lr_g=3e-4), saved) == ["lr_g: 0.0001 -> 0.0003"]
+
+
 @pytest.mark.parametrize("value", ["yes", "nhwc", 1.0])
 def test_channels_last_bad_value_raises(value):
     with pytest.raises(GdmError, match=f"model.channels_last={value!r} is not a choice"):

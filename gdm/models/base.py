@@ -80,6 +80,20 @@ class GenerativeModule(NonFiniteGuard, L.LightningModule):
             self.channels_last = device.type == "cuda" or (device.type == "cpu" and self.channels_last_on_cpu)
             self.to(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
 
+    def on_train_start(self) -> None:
+        # A resumed run restores the optimizer state (Adam's moments) in the layout it was saved in; a run resumed
+        # with another model.channels_last would step mixed layouts (right, but slower) for good.
+        self.match_optimizer_state_layout(self.trainer.optimizers)
+
+    @staticmethod
+    def match_optimizer_state_layout(optimizers) -> None:
+        """Give each optimizer-state tensor shaped like its parameter the parameter's memory layout (strides)."""
+        for optimizer in optimizers:
+            for param, state in optimizer.state.items():
+                for key, value in state.items():
+                    if isinstance(value, torch.Tensor) and value.shape == param.shape and value.stride() != param.stride():
+                        state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
+
     def d_input(self, images: torch.Tensor) -> torch.Tensor:
         """What a discriminator sees of a training batch (B, C, H, W) in [-1, 1]: the images, augmented
         when model.augment is set. Differentiable, so G's gradient flows through the augmented fakes."""
