@@ -54,11 +54,13 @@ def search(out: Path, pruner: str, args: argparse.Namespace) -> dict:
 
 
 def make_pruner(spec: str):
-    """'median', 'median:WARMUP', 'hyperband' or 'hyperband:MIN_RESOURCE:REDUCTION_FACTOR' (steps = training
-    batches) -> the Optuna pruner, configured as conf/hydra/sweeper/optuna.yaml does apart from those values."""
+    """'median', 'median:WARMUP', 'hyperband', 'hyperband:MIN_RESOURCE:REDUCTION_FACTOR', 'successive_halving' or
+    'successive_halving:MIN_RESOURCE:REDUCTION_FACTOR' (steps = training batches) -> the Optuna pruner, configured as
+    conf/hydra/sweeper/optuna.yaml does apart from those values."""
     import optuna
 
-    usage = f"--replay {spec!r}: median[:WARMUP >= 0] or hyperband[:MIN_RESOURCE >= 1:REDUCTION_FACTOR >= 2]"
+    usage = (f"--replay {spec!r}: median[:WARMUP >= 0], hyperband[:MIN_RESOURCE >= 1:REDUCTION_FACTOR >= 2] or "
+             f"successive_halving[:MIN_RESOURCE >= 1:REDUCTION_FACTOR >= 2]")
     name, *values = spec.split(":")
     try:
         numbers = [int(v) for v in values]
@@ -69,6 +71,9 @@ def make_pruner(spec: str):
     if name == "hyperband" and len(numbers) in (0, 2) and (not numbers or (numbers[0] >= 1 and numbers[1] >= 2)):
         min_resource, reduction = numbers or (1, 3)
         return optuna.pruners.HyperbandPruner(min_resource=min_resource, reduction_factor=reduction)
+    if name == "successive_halving" and len(numbers) in (0, 2) and (not numbers or (numbers[0] >= 1 and numbers[1] >= 2)):
+        min_resource, reduction = numbers or ("auto", 3)
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=min_resource, reduction_factor=reduction)
     raise SystemExit(usage)
 
 
@@ -120,10 +125,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench_optuna_pruning",
                         help="the searches' sweep directories, one per pruner (default outputs/bench_optuna_pruning)")
     parser.add_argument("--pruners", default="none,median", help="the searches to run (the first is the baseline): "
-                        "comma-separated hydra.sweeper.pruner values (none, median, hyperband)")
+                        "comma-separated hydra.sweeper.pruner values (none, median, hyperband, successive_halving)")
     parser.add_argument("--replay", nargs="*", metavar="PRUNER",
                         help="instead of searching: replay --out's no-pruning search under these pruners: "
-                             "median[:WARMUP_STEPS], hyperband[:MIN_RESOURCE:REDUCTION_FACTOR]")
+                             "median[:WARMUP_STEPS], hyperband[:MIN_RESOURCE:REDUCTION_FACTOR], "
+                             "successive_halving[:MIN_RESOURCE:REDUCTION_FACTOR]")
     args = parser.parse_args()
     if args.replay is not None:
         replay(args.out / "none" / "study.journal", args.replay or ["median"])

@@ -55,7 +55,7 @@ def test_every_config_file_composes(group, option, tmp_path):
         sweeper = OmegaConf.to_container(cfg.hydra.sweeper, resolve=True)
         assert sweeper["_target_"].endswith("gdm_optuna_sweeper.optuna_sweeper.OptunaSweeper")
         assert sweeper["sampler"]["_target_"].startswith("optuna.samplers.")
-        assert {"median", "hyperband", "none"} <= set(sweeper["pruners"])
+        assert {"median", "hyperband", "successive_halving", "none"} <= set(sweeper["pruners"])
     launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
     if group == "hydra/launcher":
         assert launcher["_target_"].endswith("SlurmLauncher")

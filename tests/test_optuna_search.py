@@ -210,6 +210,28 @@ def test_hyperband_reaches_the_jobs(hydra_sweep_runner, tmp_path):
     assert sum(results["trials"].values()) == 6 and set(results["trials"]) <= {"complete", "pruned"}
 
 
+def test_successive_halving_keeps_the_best_trial_and_prunes_at_rungs(hydra_sweep_runner, tmp_path):
+    PRUNERS_SEEN.clear()
+    results, _ = run_toy_sweep(
+        hydra_sweep_runner, tmp_path / "s", toy_training, "hydra/sweeper/sampler=random",
+        "model.loss=hinge", "data.batch_size=32", "model.lr_d=0.0002", "hydra.sweeper.pruner=successive_halving",
+        "hydra.sweeper.n_trials=6", f"hydra.sweeper.storage={tmp_path / 'study.journal'}")
+    assert PRUNERS_SEEN == ["SuccessiveHalvingPruner"] * 6
+    trials = load(str(tmp_path / "study.journal")).trials
+    # The toy curves never cross, so every rung ranks the trials by lr_g. Rungs at 1, 3, 9, 27 batches
+    # (min_resource 1, reduction factor 3): the first report (step 10) passes three at once, step 30 the fourth.
+    best = min(trials, key=lambda t: t.params["model.lr_g"])
+    assert best.state == TrialState.COMPLETE and list(best.intermediate_values) == [10, 20, 30, 40]
+    first, second = trials[:2]
+    assert first.state == TrialState.COMPLETE  # nothing to compete with at any rung
+    # the second trial goes on only when it beats the first (fewer than reduction_factor competitors)
+    assert (second.state == TrialState.COMPLETE) == (second.params["model.lr_g"] < first.params["model.lr_g"])
+    for trial in trials:
+        if trial.state == TrialState.PRUNED:
+            assert trial.user_attrs["pruned_at_step"] in (10, 30) and trial.params["model.lr_g"] > best.params["model.lr_g"]
+    assert results["trials"]["pruned"] >= 1 and sum(results["trials"].values()) == 6
+
+
 def test_pruning_reports_on_the_batch_axis_and_only_prunes_while_fitting(tmp_path):
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", study_name="s",
                                 pruner=optuna.pruners.ThresholdPruner(upper=1.0))
