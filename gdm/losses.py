@@ -84,6 +84,41 @@ def r1_penalty(real_logits: Tensor, real: Tensor) -> Tensor:
     return grad.flatten(1).pow(2).sum(dim=1).mean()
 
 
+class LeCam(nn.Module):
+    """LeCam regularization of the discriminator (Tseng et al. 2021, "Regularizing Generative Adversarial
+    Networks under Limited Data"; google/lecam-gan):
+
+        R_LC = E[relu(D(x) - a_F)^2] + E[relu(a_R - D(G(z)))^2]
+
+    where a_R and a_F are exponential moving averages of D's mean logit on real and on generated images
+    (decay 0.99 and zero-debiased, as the reference's TF code). It keeps D's outputs from drifting apart
+    on a small training set; the D loss adds lambda * R_LC (the paper: 0.3 for BigGAN on limited CIFAR).
+    The averages are buffers, so checkpoints keep them (exact resume); updating them reads nothing back to
+    the host. Under DDP each process averages its own batches.
+
+    Raises GdmError for a decay outside (0, 1).
+    """
+
+    def __init__(self, decay: float = 0.99):
+        super().__init__()
+        if not 0 < decay < 1:
+            raise GdmError(f"model.lecam_decay={decay} must be in (0, 1): the moving averages' decay per batch "
+                           "(0.99 in the paper).")
+        self.decay = decay
+        self.register_buffer("anchors", torch.zeros(2))  # biased EMAs of mean D(real), mean D(fake)
+        self.register_buffer("updates", torch.zeros(()))  # EMA updates so far: the debiasing divisor's exponent
+
+    def forward(self, real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+        """R_LC for D's logits on this batch's real (B,) and generated (B,) images (any shape; averaged),
+        after adding their means to the moving averages. A scalar >= 0."""
+        with torch.no_grad():
+            means = torch.stack([real_logits.detach().float().mean(), fake_logits.detach().float().mean()])
+            self.anchors.lerp_(means, 1 - self.decay)
+            self.updates += 1
+            anchor_real, anchor_fake = self.anchors / (1 - self.decay ** self.updates)
+        return F.relu(real_logits - anchor_fake).pow(2).mean() + F.relu(anchor_real - fake_logits).pow(2).mean()
+
+
 def _lsgan_target(logits: Tensor, real: bool) -> Tensor:
     return (logits - 1).pow(2).mean() if real else logits.pow(2).mean()  # MSE to 1 or 0
 

@@ -253,6 +253,7 @@ def test_unknown_loss_raises():
     ("hinge", "batch", {}),
     ("wgan-gp", "layer", {}),
     ("vanilla", "layer", {"r1_gamma": 1.0}),
+    ("hinge", "batch", {"lecam_weight": 0.3}),
 ])
 def test_training_steps(digits16, loss, d_norm, extra):
     gan = make_gan(d_norm=d_norm, loss=loss, **extra)
@@ -266,6 +267,10 @@ def test_training_steps(digits16, loss, d_norm, extra):
         assert math.isfinite(metrics[key].item()), key
     assert ("train/gp" in metrics) == (loss == "wgan-gp")
     assert ("train/r1" in metrics) == ("r1_gamma" in extra)
+    assert ("train/lecam" in metrics) == ("lecam_weight" in extra)
+    if "lecam_weight" in extra:  # its moving averages saw both batches and are in the state dict (checkpoints)
+        assert gan.lecam.updates.item() == 2 and torch.isfinite(gan.lecam.anchors).all()
+        assert {"lecam.anchors", "lecam.updates"} <= set(gan.state_dict())
     if "train/gp" in metrics:
         assert metrics["train/gp"].item() >= 0
     if "train/r1" in metrics:
@@ -296,6 +301,12 @@ def test_validation_logs_discriminator_view(digits16):
     trainer = fit(gan, digits16, batches=1, val_batches=2)
     assert "val/d_real" in trainer.callback_metrics
     assert math.isfinite(trainer.callback_metrics["val/d_real"].item())
+
+
+def test_negative_lecam_weight_is_refused():
+    with pytest.raises(GdmError, match="model.lecam_weight=-0.1 must be >= 0"):
+        make_gan(lecam_weight=-0.1)
+    assert make_gan().lecam is None  # off by default: nothing in the state dict
 
 
 def test_r1_with_batch_norm_is_refused():

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from gdm.errors import GdmError
-from gdm.losses import LOSSES, get_loss, gradient_penalty, r1_penalty
+from gdm.losses import LOSSES, LeCam, get_loss, gradient_penalty, r1_penalty
 
 
 def t(*values: float) -> torch.Tensor:
@@ -158,3 +158,42 @@ def test_r1_penalty_of_quadratic_critic():
     real = torch.tensor([[1.0, 2.0], [3.0, 0.0]], dtype=torch.float64).view(2, 1, 1, 2).requires_grad_(True)
     logits = 0.5 * real.pow(2).flatten(1).sum(1)  # grad = x: ||x||^2 = 5 and 9, mean 7
     assert r1_penalty(logits, real).item() == pytest.approx(7.0)
+
+
+def test_lecam_at_hand_computed_values():
+    lecam = LeCam(decay=0.9)
+    real, fake = t(2.0, 0.0), t(-1.0, -3.0)  # means 1 and -2
+    # First batch: the debiased averages are the batch means, a_R = 1, a_F = -2.
+    # relu(D(x) - a_F)^2: (4^2 + 2^2) / 2 = 10; relu(a_R - D(G(z)))^2: (2^2 + 4^2) / 2 = 10.
+    assert lecam(real, fake).item() == pytest.approx(20.0)
+    assert lecam.anchors.tolist() == pytest.approx([0.1, -0.2]) and lecam.updates.item() == 1
+    # Second batch, means 3 and 0: biased EMAs 0.9 * (0.1, -0.2) + 0.1 * (3, 0) = (0.39, -0.18), debiased by
+    # 1 - 0.9^2 = 0.19: a_R = 39/19, a_F = -18/19.
+    a_real, a_fake = 0.39 / 0.19, -0.18 / 0.19
+    real, fake = t(3.0, 3.0), t(0.0, 0.0)
+    expected = (3.0 - a_fake) ** 2 + (a_real - 0.0) ** 2
+    assert lecam(real, fake).item() == pytest.approx(expected)
+
+
+def test_lecam_is_zero_when_real_below_fake_anchor_and_fake_above_real_anchor():
+    lecam = LeCam()
+    lecam(t(0.0), t(0.0))  # anchors at 0
+    # Means -1.5 and 1.5 move the debiased anchors to a_R = -0.754, a_F = 0.754: every D(x) is below a_F
+    # and every D(G(z)) above a_R, so neither term has anything to pull back.
+    assert lecam(t(-1.0, -2.0), t(1.0, 2.0)).item() == 0.0
+    assert lecam(t(2.0, 2.0), t(-2.0, -2.0)).item() > 0  # real above a_F, fake below a_R: both pull back
+
+
+def test_lecam_gradient_reaches_the_logits_only():
+    lecam = LeCam()
+    real = t(1.0, 2.0).requires_grad_(True)
+    fake = t(-1.0, 0.5).requires_grad_(True)
+    lecam(real, fake).backward()
+    assert real.grad.abs().sum() > 0 and fake.grad.abs().sum() > 0
+    assert not lecam.anchors.requires_grad
+
+
+@pytest.mark.parametrize("decay", [0.0, 1.0, 1.5, -0.1])
+def test_lecam_decay_out_of_range_is_refused(decay):
+    with pytest.raises(GdmError, match=rf"model.lecam_decay={decay} must be in \(0, 1\)"):
+        LeCam(decay)

@@ -20,7 +20,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from gdm.augment import build_augment
 from gdm.errors import GdmError
-from gdm.losses import get_loss, gradient_penalty, r1_penalty
+from gdm.losses import LeCam, get_loss, gradient_penalty, r1_penalty
 from gdm.models.base import GenerativeModule, latent_labels, latent_noise
 from gdm.models.capabilities import Samples
 
@@ -44,6 +44,8 @@ class GAN(GenerativeModule, Samples):
         betas: Sequence[float] = (0.5, 0.999),
         gp_weight: float | None = None,
         r1_gamma: float = 0.0,
+        lecam_weight: float = 0.0,
+        lecam_decay: float = 0.99,
         ema_decay: float | None = None,
         channels_last: bool | str = False,
         num_visuals: int = 64,
@@ -79,6 +81,10 @@ class GAN(GenerativeModule, Samples):
                 f"{penalty} uses a per-sample gradient penalty, which batch norm in the discriminator "
                 "breaks: set model.discriminator.norm=layer (or none)."
             )
+        if lecam_weight < 0:
+            raise GdmError(f"model.lecam_weight={lecam_weight} must be >= 0 (0: off; 0.3 in the LeCam paper).")
+        self.lecam_weight = lecam_weight
+        self.lecam = LeCam(lecam_decay) if lecam_weight > 0 else None  # its moving averages: in the state dict
         # The EMA copy of G (Karras et al.) lives in the state dict, so checkpoints keep it.
         self.generator_ema = (
             AveragedModel(self.generator, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
@@ -140,6 +146,10 @@ class GAN(GenerativeModule, Samples):
             r1 = r1_penalty(real_logits, real)
             d_loss = d_loss + 0.5 * self.r1_gamma * r1
             logs["train/r1"] = r1.detach()
+        if self.lecam is not None:
+            lecam = self.lecam(real_logits, fake_logits)
+            d_loss = d_loss + self.lecam_weight * lecam
+            logs["train/lecam"] = lecam.detach()
         if self.loss_ok("d_loss", d_loss):
             self.step_optimizer(opt_d, d_loss)
 
