@@ -1,8 +1,8 @@
 """The same 12-trial Optuna GAN search on the digits, without and with pruning: best FID and wall time.
 
-    .venv/bin/python experiments/bench_optuna_pruning.py                       # none, then median
+    .venv/bin/python experiments/bench_optuna_pruning.py                  # none, median, successive_halving
     .venv/bin/python experiments/bench_optuna_pruning.py --pruners none,hyperband
-    .venv/bin/python experiments/bench_optuna_pruning.py --replay median median:44 hyperband hyperband:44:3
+    .venv/bin/python experiments/bench_optuna_pruning.py --replay median median:44 hyperband successive_halving:1:3
 
 Each search is one `python run.py -m hparams_search=gan_optuna ...` (seeded TPE, basic launcher: the trials
 run one after another in that process); short trials (`--epochs`, an evaluation every `--val-every` epochs)
@@ -33,6 +33,7 @@ def search(out: Path, pruner: str, args: argparse.Namespace) -> dict:
     shutil.rmtree(sweep_dir, ignore_errors=True)  # a fresh study: the journal there would be continued
     command = [sys.executable, "run.py", "-m", "hparams_search=gan_optuna", f"hydra.sweeper.n_trials={args.trials}",
                f"hydra.sweeper.pruner={pruner}", f"hydra.sweeper.storage={sweep_dir / 'study.journal'}",
+               f"hydra.sweeper.sampler.seed={args.sampler_seed}",
                "data.batch_size=64", f"data.image_size={args.image_size}", f"trainer.max_epochs={args.epochs}",
                f"trainer.check_val_every_n_epoch={args.val_every}", f"metrics.fid.num_samples={args.fid_samples}",
                "logger=none", "print_config=false", "test_after_fit=false", f"hydra.sweep.dir={sweep_dir}"]
@@ -109,7 +110,7 @@ def replay(study_file: Path, specs: list[str]) -> None:
             else:
                 best.append(min(source.intermediate_values.values()))
                 study.tell(trial, best[-1])
-        print(f"{spec:<16} {evaluations:>4}/{total} evaluations ({evaluations / total:.0%}), pruned trials {pruned}, "
+        print(f"{spec:<24} {evaluations:>4}/{total} evaluations ({evaluations / total:.0%}), pruned trials {pruned}, "
               f"best finished FID {min(best):.2f} (without pruning {best_all:.2f})")
 
 
@@ -118,13 +119,15 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=12, help="trials per search (default 12)")
     parser.add_argument("--epochs", type=int, default=20, help="epochs per trial (default 20)")
     parser.add_argument("--val-every", type=int, default=2, help="epochs between evaluations (default 2)")
+    parser.add_argument("--sampler-seed", type=int, default=1234, help="the TPE sampler's seed (default 1234, the "
+                        "config's): another seed, another sequence of trials")
     parser.add_argument("--fid-samples", type=int, default=500, help="FID samples per evaluation (default 500)")
     parser.add_argument("--image-size", type=int, default=16, help="the digits are 8x8: 16 px loses nothing")
     # On a CPU shared with other jobs, 2 OpenMP threads each waiting for a core ran a trial ~5x slower than 1.
     parser.add_argument("--threads", type=int, default=1, help="OpenMP threads per trial (default 1)")
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench_optuna_pruning",
                         help="the searches' sweep directories, one per pruner (default outputs/bench_optuna_pruning)")
-    parser.add_argument("--pruners", default="none,median", help="the searches to run (the first is the baseline): "
+    parser.add_argument("--pruners", default="none,median,successive_halving", help="the searches to run (the first is the baseline): "
                         "comma-separated hydra.sweeper.pruner values (none, median, hyperband, successive_halving)")
     parser.add_argument("--replay", nargs="*", metavar="PRUNER",
                         help="instead of searching: replay --out's no-pruning search under these pruners: "
@@ -136,10 +139,10 @@ def main() -> None:
         return
     args.out.mkdir(parents=True, exist_ok=True)
     rows = [search(args.out, pruner, args) for pruner in args.pruners.split(",")]
-    print(f"\n{'pruner':<8} {'wall s':>8} {'trials':>6} {'pruned':>6} {'batches':>8} {'best FID (finished)':>20} "
+    print(f"\n{'pruner':<18} {'wall s':>8} {'trials':>6} {'pruned':>6} {'batches':>8} {'best FID (finished)':>20} "
           f"{'best FID (any)':>15}")
     for r in rows:
-        print(f"{r['pruner']:<8} {r['seconds']:>8.1f} {r['trials']:>6} {r['pruned']:>6} {r['batches']:>8} "
+        print(f"{r['pruner']:<18} {r['seconds']:>8.1f} {r['trials']:>6} {r['pruned']:>6} {r['batches']:>8} "
               f"{r['best_finished']:>20.2f} {r['best_any']:>15.2f}")
     for r in rows[1:]:
         print(f"{r['pruner']} pruning: {r['seconds'] / rows[0]['seconds']:.0%} of the wall time, "
