@@ -101,8 +101,12 @@ def config_for_checkpoint(cfg: DictConfig, checkpoint: dict) -> DictConfig:
 def check_fits(model: GenerativeModule, checkpoint: dict, path: str | Path) -> None:
     """Resuming: the checkpoint's weights must have this model's names and shapes (same class, other settings
     such as `model=cgan` vs `model=gan` or another image size would fail deep inside Lightning)."""
-    mine = {k: tuple(v.shape) for k, v in model.state_dict().items() if hasattr(v, "shape")}
-    theirs = {k: tuple(v.shape) for k, v in checkpoint["state_dict"].items() if hasattr(v, "shape")}
+    optional = model.optional_state  # entries a resumed run may add or drop (match_optional_state)
+
+    def shapes(state: dict) -> dict:
+        return {k: tuple(v.shape) for k, v in state.items() if hasattr(v, "shape") and not k.startswith(optional)}
+
+    mine, theirs = shapes(model.state_dict()), shapes(checkpoint["state_dict"])
     differ = sorted(set(mine) ^ set(theirs)) or [k for k in mine if mine[k] != theirs[k]]
     if differ:
         raise GdmError(f"ckpt_path={path} does not fit this model ({differ[0]}: "
@@ -122,6 +126,7 @@ def changed_settings(model: GenerativeModule, checkpoint: dict) -> list[str]:
 
 
 def load_state(model: GenerativeModule, checkpoint: dict, path: str | Path) -> GenerativeModule:
+    model.match_optional_state(checkpoint["state_dict"])
     try:
         model.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as err:

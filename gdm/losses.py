@@ -94,19 +94,25 @@ class LeCam(nn.Module):
     (decay 0.99 and zero-debiased, as the reference's TF code). It keeps D's outputs from drifting apart
     on a small training set; the D loss adds lambda * R_LC (the paper: 0.3 for BigGAN on limited CIFAR).
     The averages are buffers, so checkpoints keep them (exact resume); updating them reads nothing back to
-    the host. Under DDP each process averages its own batches.
+    the host. The debiasing divides by the averages' accumulated weight, so a run resumed with another
+    decay stays debiased. Under DDP the buffers follow rank 0 (DDP broadcasts buffers before each forward):
+    every process regularizes against rank 0's history plus its own batch.
 
     Raises GdmError for a decay outside (0, 1).
     """
 
     def __init__(self, decay: float = 0.99):
         super().__init__()
+        self.decay = self.checked_decay(decay)
+        self.register_buffer("anchors", torch.zeros(2))  # biased EMAs of mean D(real), mean D(fake)
+        self.register_buffer("weight", torch.zeros(()))  # their accumulated weight: 1 - decay^updates
+
+    @staticmethod
+    def checked_decay(decay: float) -> float:
         if not 0 < decay < 1:
             raise GdmError(f"model.lecam_decay={decay} must be in (0, 1): the moving averages' decay per batch "
                            "(0.99 in the paper).")
-        self.decay = decay
-        self.register_buffer("anchors", torch.zeros(2))  # biased EMAs of mean D(real), mean D(fake)
-        self.register_buffer("updates", torch.zeros(()))  # EMA updates so far: the debiasing divisor's exponent
+        return decay
 
     def forward(self, real_logits: Tensor, fake_logits: Tensor) -> Tensor:
         """R_LC for D's logits on this batch's real (B,) and generated (B,) images (any shape; averaged),
@@ -114,8 +120,8 @@ class LeCam(nn.Module):
         with torch.no_grad():
             means = torch.stack([real_logits.detach().float().mean(), fake_logits.detach().float().mean()])
             self.anchors.lerp_(means, 1 - self.decay)
-            self.updates += 1
-            anchor_real, anchor_fake = self.anchors / (1 - self.decay ** self.updates)
+            self.weight.lerp_(torch.ones_like(self.weight), 1 - self.decay)
+            anchor_real, anchor_fake = self.anchors / self.weight
         return F.relu(real_logits - anchor_fake).pow(2).mean() + F.relu(anchor_real - fake_logits).pow(2).mean()
 
 

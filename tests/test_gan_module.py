@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from gdm.checkpoints import check_fits, load_state
 from gdm.data.digits import DigitsDataModule
 from gdm.errors import GdmError
 from gdm.models.gan import GAN
@@ -269,8 +270,8 @@ def test_training_steps(digits16, loss, d_norm, extra):
     assert ("train/r1" in metrics) == ("r1_gamma" in extra)
     assert ("train/lecam" in metrics) == ("lecam_weight" in extra)
     if "lecam_weight" in extra:  # its moving averages saw both batches and are in the state dict (checkpoints)
-        assert gan.lecam.updates.item() == 2 and torch.isfinite(gan.lecam.anchors).all()
-        assert {"lecam.anchors", "lecam.updates"} <= set(gan.state_dict())
+        assert gan.lecam.weight.item() == pytest.approx(1 - 0.99**2) and torch.isfinite(gan.lecam.anchors).all()
+        assert {"lecam.anchors", "lecam.weight"} <= set(gan.state_dict())
     if "train/gp" in metrics:
         assert metrics["train/gp"].item() >= 0
     if "train/r1" in metrics:
@@ -303,10 +304,33 @@ def test_validation_logs_discriminator_view(digits16):
     assert math.isfinite(trainer.callback_metrics["val/d_real"].item())
 
 
-def test_negative_lecam_weight_is_refused():
+def test_bad_lecam_values_are_refused():
     with pytest.raises(GdmError, match="model.lecam_weight=-0.1 must be >= 0"):
         make_gan(lecam_weight=-0.1)
+    with pytest.raises(GdmError, match=r"model.lecam_decay=1.5 must be in \(0, 1\)"):
+        make_gan(lecam_decay=1.5)  # refused even while LeCam is off
     assert make_gan().lecam is None  # off by default: nothing in the state dict
+
+
+def test_lecam_can_be_switched_on_or_off_when_resuming():
+    with_lecam, without = make_gan(lecam_weight=0.3), make_gan(seed=1)
+    with_lecam.lecam(torch.tensor([2.0]), torch.tensor([-2.0]))
+    # A checkpoint written with LeCam, resumed without: its averages are dropped, everything else loads.
+    checkpoint = {"state_dict": with_lecam.state_dict()}
+    check_fits(without, checkpoint, "with.ckpt")
+    without.on_load_checkpoint(checkpoint)
+    without.load_state_dict(checkpoint["state_dict"])
+    assert torch.equal(without.generator.main[0].weight, with_lecam.generator.main[0].weight)
+    # Resumed with LeCam from a checkpoint without it: the averages start anew.
+    fresh = make_gan(lecam_weight=0.3, seed=2)
+    checkpoint = {"state_dict": without.state_dict()}
+    check_fits(fresh, checkpoint, "without.ckpt")
+    load_state(fresh, checkpoint, "without.ckpt")  # task=eval's way
+    assert fresh.lecam.weight.item() == 0 and torch.equal(fresh.generator.main[0].weight, without.generator.main[0].weight)
+    # Other entries still have to match.
+    del checkpoint["state_dict"]["generator.main.0.weight"]
+    with pytest.raises(GdmError, match="generator.main.0.weight: absent in the checkpoint"):
+        check_fits(fresh, checkpoint, "broken.ckpt")
 
 
 def test_r1_with_batch_norm_is_refused():

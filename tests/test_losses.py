@@ -166,7 +166,7 @@ def test_lecam_at_hand_computed_values():
     # First batch: the debiased averages are the batch means, a_R = 1, a_F = -2.
     # relu(D(x) - a_F)^2: (4^2 + 2^2) / 2 = 10; relu(a_R - D(G(z)))^2: (2^2 + 4^2) / 2 = 10.
     assert lecam(real, fake).item() == pytest.approx(20.0)
-    assert lecam.anchors.tolist() == pytest.approx([0.1, -0.2]) and lecam.updates.item() == 1
+    assert lecam.anchors.tolist() == pytest.approx([0.1, -0.2]) and lecam.weight.item() == pytest.approx(0.1)
     # Second batch, means 3 and 0: biased EMAs 0.9 * (0.1, -0.2) + 0.1 * (3, 0) = (0.39, -0.18), debiased by
     # 1 - 0.9^2 = 0.19: a_R = 39/19, a_F = -18/19.
     a_real, a_fake = 0.39 / 0.19, -0.18 / 0.19
@@ -191,6 +191,18 @@ def test_lecam_gradient_reaches_the_logits_only():
     lecam(real, fake).backward()
     assert real.grad.abs().sum() > 0 and fake.grad.abs().sum() > 0
     assert not lecam.anchors.requires_grad
+
+
+def test_lecam_stays_debiased_when_the_decay_changes():
+    # 10 updates at 0.99 with constant means 1 and -1, then the decay changes (a run resumed with another
+    # model.lecam_decay): the anchors stay at the means, as the accumulated weight follows the decay.
+    lecam = LeCam(decay=0.99)
+    for _ in range(10):
+        lecam(t(1.0), t(-1.0))
+    resumed = LeCam(decay=0.9)
+    resumed.load_state_dict(lecam.state_dict())
+    resumed(t(1.0), t(-1.0))
+    assert (resumed.anchors / resumed.weight).tolist() == pytest.approx([1.0, -1.0])
 
 
 @pytest.mark.parametrize("decay", [0.0, 1.0, 1.5, -0.1])

@@ -232,6 +232,15 @@ def test_successive_halving_keeps_the_best_trial_and_prunes_at_rungs(hydra_sweep
     assert results["trials"]["pruned"] >= 1 and sum(results["trials"].values()) == 6
 
 
+def test_a_value_optuna_refuses_names_the_pruner_node_and_leaves_no_study(hydra_sweep_runner, tmp_path):
+    with pytest.raises(GdmError, match=r"hydra.sweeper.pruners.successive_halving \(optuna.pruners."
+                                       r"SuccessiveHalvingPruner\) was refused by Optuna: .*reduction_factor"):
+        run_toy_sweep(hydra_sweep_runner, tmp_path / "s", toy_objective, "hydra.sweeper.pruner=successive_halving",
+                      "hydra.sweeper.pruners.successive_halving.reduction_factor=1",
+                      f"hydra.sweeper.storage={tmp_path / 'study.journal'}")
+    assert not (tmp_path / "study.journal").exists()
+
+
 def test_pruning_reports_on_the_batch_axis_and_only_prunes_while_fitting(tmp_path):
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", study_name="s",
                                 pruner=optuna.pruners.ThresholdPruner(upper=1.0))

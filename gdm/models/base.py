@@ -61,6 +61,24 @@ class GenerativeModule(NonFiniteGuard, L.LightningModule):
         self.augment = None
         self.channels_last, self.channels_last_auto = False, False  # set_memory_format
 
+    # Prefixes of state-dict entries only training uses (the GAN's LeCam averages): a run resumed or fine-tuned
+    # with such an option switched on starts them anew, and one with it switched off drops them.
+    optional_state: tuple[str, ...] = ()
+
+    def match_optional_state(self, state_dict: dict) -> None:
+        """Make a checkpoint's `state_dict` hold this model's `optional_state` entries: the missing ones as they
+        are now, and none that this model lacks."""
+        if not self.optional_state:
+            return
+        mine = {k: v for k, v in self.state_dict().items() if k.startswith(self.optional_state)}
+        for key in [k for k in state_dict if k.startswith(self.optional_state) and k not in mine]:
+            del state_dict[key]
+        for key, value in mine.items():
+            state_dict.setdefault(key, value)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.match_optional_state(checkpoint["state_dict"])
+
     def set_memory_format(self, channels_last: bool | str) -> None:
         """model.channels_last: true (NHWC weights and activations), false (NCHW) or auto (decided at setup from
         the trainer's device: NHWC on CUDA, `channels_last_on_cpu` on the CPU; NCHW without a Trainer).

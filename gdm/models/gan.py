@@ -29,6 +29,7 @@ NetFactory = Callable[..., nn.Module]
 
 class GAN(GenerativeModule, Samples):
     channels_last_on_cpu = True  # DCGAN nets on the CPU: NHWC 1.10-1.16x NCHW (experiments/README.md)
+    optional_state = ("lecam.",)  # LeCam's moving averages: switching it on or off on resume starts / drops them
 
     def __init__(
         self,
@@ -84,6 +85,7 @@ class GAN(GenerativeModule, Samples):
         if lecam_weight < 0:
             raise GdmError(f"model.lecam_weight={lecam_weight} must be >= 0 (0: off; 0.3 in the LeCam paper).")
         self.lecam_weight = lecam_weight
+        LeCam.checked_decay(lecam_decay)
         self.lecam = LeCam(lecam_decay) if lecam_weight > 0 else None  # its moving averages: in the state dict
         # The EMA copy of G (Karras et al.) lives in the state dict, so checkpoints keep it.
         self.generator_ema = (

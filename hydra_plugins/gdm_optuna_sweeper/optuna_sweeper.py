@@ -62,11 +62,11 @@ class OptunaSweeper(Sweeper):
         if grid:
             n_trials = min(n_trials, math.prod(map(len, optuna_search.grid_choices(distributions).values())))
         sweep_dir = Path(self.config.hydra.sweep.dir)
-        url = optuna_search.storage_url(self.storage, sweep_dir)
         pruner_config = self.pruner_config_node()
+        pruner = self.build_pruner(pruner_config)  # before the storage: a bad pruner leaves no empty study behind
+        url = optuna_search.storage_url(self.storage, sweep_dir)
         study = optuna.create_study(study_name=self.study_name, storage=optuna_search.open_storage(url),
-                                    sampler=sampler, pruner=instantiate(pruner_config),
-                                    direction=self.direction, load_if_exists=True)
+                                    sampler=sampler, pruner=pruner, direction=self.direction, load_if_exists=True)
         if study.trials and self.sampler_config.get("seed") is not None:
             # A continued study: the same seed would propose its first (random start-up) trials again.
             seed = self.sampler_config.seed + len(study.trials)
@@ -106,6 +106,18 @@ class OptunaSweeper(Sweeper):
         if get_class(self.sampler_config._target_) is optuna.samplers.GridSampler:
             overrides["search_space"] = optuna_search.grid_choices(distributions)
         return instantiate(self.sampler_config, **overrides)
+
+    def build_pruner(self, pruner_config: dict) -> Any:
+        """The Optuna pruner of `pruner_config`; GdmError naming the config node when Optuna refuses a value."""
+        from gdm.errors import GdmError
+
+        try:
+            return instantiate(pruner_config)
+        except Exception as err:  # Hydra wraps the pruner's own ValueError in an InstantiationException
+            cause = err.__cause__ or err
+            name = self.pruner_config if isinstance(self.pruner_config, str) else "<node>"
+            raise GdmError(f"hydra.sweeper.pruners.{name} ({pruner_config.get('_target_')}) was refused by "
+                           f"Optuna: {cause}") from None
 
     def pruner_config_node(self) -> dict:
         """The pruner's config (with its `_target_`): the sweeper builds it, and so does every trial's job."""
