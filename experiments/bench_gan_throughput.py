@@ -40,7 +40,7 @@ def run(args, runner: str, options: set[str], device: torch.device) -> tuple[lis
         from reference_dcgan import run_reference
 
         return run_reference(args, loader, device), {}
-    marks = (bench.run_trainer if runner == "gdm" else bench.run_plain)(gdm_model(args, options), args, loader, device)
+    marks, _ = bench.run_model(runner, lambda: gdm_model(args, options), args, loader, device)
     return marks, {}
 
 

@@ -1,6 +1,7 @@
-"""What the throughput benchmarks share: the command line, random in-memory data, the three ways to time a
-model's training (`gdm`: a real lightning.Trainer; `plain-loop`: the model's own `update` in a bare loop;
-`reference`: a benchmark's re-implementation of the reference code's step), child processes and the table.
+"""What the throughput benchmarks share: the command line, random in-memory data, the ways to time a model's
+training (`gdm`: a real lightning.Trainer; `plain-loop`: the model's own `update` in a bare loop; `reference`: a
+benchmark's re-implementation of the reference code's step; `floor`: the same Trainer over the same batches with an
+empty training_step, Lightning's own cost per batch), child processes and the table.
 
 Each variant runs in a fresh child process (so one variant's allocator and thread state cannot colour the next)
 and reports one JSON line tagged RESULT_TAG. A variant is a runner with options: `gdm-channels_last-compile`
@@ -29,7 +30,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 RESULT_TAG = "BENCH_RESULT "
-RUNNERS = ("reference", "gdm", "plain-loop")
+RUNNERS = ("reference", "gdm", "plain-loop", "floor")
 OPTIONS = ("channels_last", "compile")
 
 
@@ -146,6 +147,36 @@ def run_plain(model, args: argparse.Namespace, loader: DataLoader, device: torch
             {k: float(v) for k, v in logs.items()}  # noqa: B018 - the logger's read
 
     return time_loop(loader, step, args.warmup, device)
+
+
+def run_floor(args: argparse.Namespace, loader: DataLoader, device: torch.device) -> list[float]:
+    """Lightning's own cost per batch: run_trainer's Trainer over the same batches, with a training_step that does
+    nothing (manual optimization, like gdm's adversarial models). What no model trained by the Trainer can go under."""
+    import lightning as L
+
+    class Empty(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.automatic_optimization = False
+            self.weight = torch.nn.Parameter(torch.zeros(1))
+
+        def training_step(self, batch, batch_idx):
+            return None
+
+        def configure_optimizers(self):
+            return torch.optim.SGD([self.weight], lr=0.0)
+
+    return run_trainer(Empty(), args, loader, device)
+
+
+def run_model(runner: str, make_model: Callable[[], torch.nn.Module], args: argparse.Namespace, loader: DataLoader,
+              device: torch.device) -> tuple[list[float], torch.nn.Module | None]:
+    """The runners that train gdm's model: `gdm` (the Trainer), `plain-loop` (its update, bare) and `floor`
+    (the Trainer's loop alone, no model); the timing marks and the model (None for the floor)."""
+    if runner == "floor":
+        return run_floor(args, loader, device), None
+    model = make_model()
+    return (run_trainer if runner == "gdm" else run_plain)(model, args, loader, device), model
 
 
 def run_trainer(model, args: argparse.Namespace, loader: DataLoader, device: torch.device) -> list[float]:
@@ -309,4 +340,5 @@ def print_table(runs: dict[str, list[dict]], cuda: bool) -> None:
     repeats = len(next(iter(runs.values())))
     print("steps/s = timed steps / wall seconds" + (f" (best of {repeats} repeats)" if repeats > 1 else "")
           + "; median ms = median single step; ratios on steps/s; vs plain-loop: gdm-X vs plain-loop-X "
-          "(the same model's update without Lightning; target >= 0.95x).")
+          "(the same model's update without Lightning; target >= 0.95x); floor: Lightning's loop with an empty "
+          "training_step.")
