@@ -115,9 +115,9 @@ class OptunaSweeper(Sweeper):
             return instantiate(pruner_config)
         except Exception as err:  # Hydra wraps the pruner's own ValueError in an InstantiationException
             cause = err.__cause__ or err
-            name = self.pruner_config if isinstance(self.pruner_config, str) else "<node>"
-            raise GdmError(f"hydra.sweeper.pruners.{name} ({pruner_config.get('_target_')}) was refused by "
-                           f"Optuna: {cause}") from None
+            key = (f"hydra.sweeper.pruners.{self.pruner_config}" if isinstance(self.pruner_config, str)
+                   else "hydra.sweeper.pruner")
+            raise GdmError(f"{key} ({pruner_config.get('_target_')}) was refused by Optuna: {cause}") from None
 
     def pruner_config_node(self) -> dict:
         """The pruner's config (with its `_target_`): the sweeper builds it, and so does every trial's job."""
