@@ -8,7 +8,8 @@ past fakes, Adam lr 2e-4, betas (0.5, 0.999); random in-memory images (bench_har
 
 Variants (bench_harness): `reference`; `gdm` (gdm.models.cyclegan.CycleGAN with gdm's nets, trained by
 lightning.Trainer); `plain-loop` (that module's own `update` with the optimizers of its configure_optimizers(),
-in a bare loop: the framework-free baseline); options `-channels_last` (model.channels_last=true) and
+in a bare loop: the framework-free baseline); `floor` and `opaque` (Lightning's loop alone, and around that bare
+step); options `-channels_last` (model.channels_last=true) and
 `-compile` (torch.compile'd nets, as `compile=true`). A step = one A and one B image = one G update (both
 generators) and one D update (both discriminators); Lightning's global_step counts 2 per step. The generator
 and discriminator parameter counts of the reference nets and gdm's are asserted equal (the same nets).

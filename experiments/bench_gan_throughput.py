@@ -5,7 +5,8 @@ The classic DCGAN configuration: 64x64 RGB random images in [-1, 1), nz = 100, n
 and one G update per batch, Adam(2e-4, (0.5, 0.999)). Variants (bench_harness): `reference` (64 px only);
 `gdm` (gdm.models.gan.GAN(loss="vanilla") with gdm's DCGAN nets, trained by lightning.Trainer); `plain-loop`
 (that module's own `update` with the fused Adams of its configure_optimizers(), in a bare loop: the framework-free
-baseline); options `-channels_last` and `-compile`. A step = one batch = one D + one G update (Lightning's
+baseline); `floor` and `opaque` (Lightning's loop alone, and around that bare step); options `-channels_last` and
+`-compile`. A step = one batch = one D + one G update (Lightning's
 global_step counts 2 per batch); images/s = batch x steps/s.
 
     .venv/bin/python experiments/bench_gan_throughput.py --steps 50 --warmup 5 --repeats 3

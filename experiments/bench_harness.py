@@ -1,7 +1,9 @@
 """What the throughput benchmarks share: the command line, random in-memory data, the ways to time a model's
 training (`gdm`: a real lightning.Trainer; `plain-loop`: the model's own `update` in a bare loop; `reference`: a
 benchmark's re-implementation of the reference code's step; `floor`: the same Trainer over the same batches with an
-empty training_step, Lightning's own cost per batch), child processes and the table.
+empty training_step, Lightning's own cost per batch; `opaque`: that Trainer around the plain loop's step, a model
+Lightning does not know, so gdm / opaque is what gdm adds under Lightning and opaque / plain-loop what Lightning's
+loop costs around real work), child processes and the table.
 
 Each variant runs in a fresh child process (so one variant's allocator and thread state cannot colour the next)
 and reports one JSON line tagged RESULT_TAG. A variant is a runner with options: `gdm-channels_last-compile`
@@ -30,7 +32,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 RESULT_TAG = "BENCH_RESULT "
-RUNNERS = ("reference", "gdm", "plain-loop", "floor")
+RUNNERS = ("reference", "gdm", "plain-loop", "floor", "opaque")
 OPTIONS = ("channels_last", "compile")
 
 
@@ -65,7 +67,7 @@ def parse_variant(variant: str) -> tuple[str, set[str]]:
 
 def baseline(variant: str) -> str | None:
     runner, _ = parse_variant(variant)
-    return "plain-loop" + variant[len("gdm"):] if runner == "gdm" else None
+    return "plain-loop" + variant[len(runner):] if runner in ("gdm", "opaque") else None
 
 
 def sync(device: torch.device) -> None:
@@ -127,9 +129,10 @@ def autocast(device: torch.device, precision: str):
     raise SystemExit(f"the plain loop knows --precision 32-true and bf16-mixed, not {precision!r}")
 
 
-def run_plain(model, args: argparse.Namespace, loader: DataLoader, device: torch.device) -> list[float]:
-    """The model's own `update`, in a bare loop: what gdm does per batch, without Lightning. Like the Trainer
-    it reads the logged values every --log-every batches and the kept losses every nonfinite_check_every."""
+def plain_step(model, args: argparse.Namespace, device: torch.device) -> Callable[[int, dict], None]:
+    """`step(i, batch)`: the model's own `update` with the optimizers of its configure_optimizers(), what gdm does per
+    batch without Lightning. Like the Trainer it reads the logged values every --log-every batches and the kept
+    losses every nonfinite_check_every."""
     if device.type == "cuda" and args.cudnn_benchmark:
         torch.backends.cudnn.benchmark = True
     model.to(device)
@@ -146,36 +149,49 @@ def run_plain(model, args: argparse.Namespace, loader: DataLoader, device: torch
         if args.log_every and (i + 1) % args.log_every == 0:
             {k: float(v) for k, v in logs.items()}  # noqa: B018 - the logger's read
 
-    return time_loop(loader, step, args.warmup, device)
+    return step
 
 
-def run_floor(args: argparse.Namespace, loader: DataLoader, device: torch.device) -> list[float]:
-    """Lightning's own cost per batch: run_trainer's Trainer over the same batches, with a training_step that does
-    nothing (manual optimization, like gdm's adversarial models). What no model trained by the Trainer can go under."""
+def run_plain(model, args: argparse.Namespace, loader: DataLoader, device: torch.device) -> list[float]:
+    """`plain_step` in a bare loop: the framework-free baseline."""
+    return time_loop(loader, plain_step(model, args, device), args.warmup, device)
+
+
+def run_floor(args: argparse.Namespace, loader: DataLoader, device: torch.device, model=None) -> list[float]:
+    """Lightning's own cost per batch: run_trainer's Trainer over the same batches (manual optimization, like gdm's
+    adversarial models), with a training_step that does nothing (`floor`: what no model trained by the Trainer can
+    go under) or, given `model`, runs `plain_step` on it (`opaque`: Lightning's loop around work it does not see,
+    the model being neither a submodule nor given its optimizers)."""
     import lightning as L
 
-    class Empty(L.LightningModule):
+    step = plain_step(model, args, device) if model is not None else None
+
+    class Floor(L.LightningModule):
         def __init__(self):
             super().__init__()
             self.automatic_optimization = False
             self.weight = torch.nn.Parameter(torch.zeros(1))
 
         def training_step(self, batch, batch_idx):
-            return None
+            if step is not None:
+                step(batch_idx, batch)
 
         def configure_optimizers(self):
             return torch.optim.SGD([self.weight], lr=0.0)
 
-    return run_trainer(Empty(), args, loader, device)
+    return run_trainer(Floor(), args, loader, device)
 
 
 def run_model(runner: str, make_model: Callable[[], torch.nn.Module], args: argparse.Namespace, loader: DataLoader,
               device: torch.device) -> tuple[list[float], torch.nn.Module | None]:
-    """The runners that train gdm's model: `gdm` (the Trainer), `plain-loop` (its update, bare) and `floor`
-    (the Trainer's loop alone, no model); the timing marks and the model (None for the floor)."""
+    """The runners that train gdm's model: `gdm` (the Trainer), `plain-loop` (its update, bare), `floor` (the
+    Trainer's loop alone, no model) and `opaque` (the Trainer's loop around the bare step); the timing marks and the
+    model (None for the floor)."""
     if runner == "floor":
         return run_floor(args, loader, device), None
     model = make_model()
+    if runner == "opaque":
+        return run_floor(args, loader, device, model), model
     return (run_trainer if runner == "gdm" else run_plain)(model, args, loader, device), model
 
 
@@ -241,6 +257,10 @@ def parser(doc: str, **defaults) -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=1,
                    help="run the variant list this many times, interleaved; the table shows each variant's best run "
                         "(on a shared machine the best is the least disturbed)")
+    p.add_argument("--in-process", action="store_true",
+                   help="run the variants in this process, one after another (repeats interleaved), instead of a child "
+                        "process each: the variants then share one memory layout and thread state, which on a noisy "
+                        "machine separates them better than fresh processes do (peak RSS is then not reported)")
     p.add_argument("--json", help="also write every run's result to this file")
     p.add_argument("--only", help=argparse.SUPPRESS)  # internal: run one variant in this process
     p.set_defaults(**defaults)
@@ -305,14 +325,18 @@ def main(args: argparse.Namespace, run: Callable, images_per_step: int, header: 
     runs: dict[str, list[dict]] = {v: [] for v in variants}
     for rep in range(args.repeats):
         for v in variants:
-            r = run_variant([*argv, "--only", v], args.threads, v)
+            if args.in_process:
+                args.only = v
+                r = dict(measure(args, run, images_per_step), peak_rss_mib=None)
+            else:
+                r = run_variant([*argv, "--only", v], args.threads, v)
             if check is not None:
                 check(r)
             runs[v].append(r)
             gpu = f", peak GPU {r['peak_gpu_mib']:.0f} MiB" if r["peak_gpu_mib"] is not None else ""
+            rss = f", peak RSS {r['peak_rss_mib']:.0f} MiB" if r["peak_rss_mib"] is not None else ""
             print(f"  [{rep + 1}/{args.repeats}] {v:<28} {r['steps_per_s']:9.2f} steps/s  (median step "
-                  f"{1e3 * r['median_step_s']:.2f} ms; {r['seconds']:.1f} s, peak RSS {r['peak_rss_mib']:.0f} MiB{gpu})",
-                  flush=True)
+                  f"{1e3 * r['median_step_s']:.2f} ms; {r['seconds']:.1f} s{rss}{gpu})", flush=True)
     print_table(runs, cuda)
     if args.json:
         with open(args.json, "w") as f:
@@ -322,23 +346,27 @@ def main(args: argparse.Namespace, run: Callable, images_per_step: int, header: 
 
 def print_table(runs: dict[str, list[dict]], cuda: bool) -> None:
     best = {v: max(rs, key=lambda r: r["steps_per_s"]) for v, rs in runs.items()}
+    typical = {v: statistics.median(r["steps_per_s"] for r in rs) for v, rs in runs.items()}  # the median run
     ref = best["reference"]["steps_per_s"] if "reference" in best else None
     gpu_col = f" {'peak GPU MiB':>12}" if cuda else ""
     header = (f"{'variant':<28} {'steps/s':>9} {'ms/step':>8} {'images/s':>9} {'median ms':>10} {'peak RSS MiB':>12}"
-              f"{gpu_col} {'vs reference':>12} {'vs plain-loop':>13}")
+              f"{gpu_col} {'vs reference':>12} {'vs plain-loop':>13} {'median runs':>11}")
     print()
     print(header)
     print("-" * len(header))
     for v, r in best.items():
         vs_ref = f"{r['steps_per_s'] / ref:.3f}x" if ref else "-"
-        base = best.get(baseline(v) or "")
-        vs_plain = f"{r['steps_per_s'] / base['steps_per_s']:.3f}x" if base else "-"
+        base = baseline(v)
+        vs_plain = f"{r['steps_per_s'] / best[base]['steps_per_s']:.3f}x" if base in best else "-"
+        vs_plain_typical = f"{typical[v] / typical[base]:.3f}x" if base in best else "-"
         gpu = f" {max(x['peak_gpu_mib'] for x in runs[v]):12.0f}" if cuda else ""
+        rss = [x["peak_rss_mib"] for x in runs[v] if x["peak_rss_mib"] is not None]
         print(f"{v:<28} {r['steps_per_s']:9.2f} {1e3 / r['steps_per_s']:8.2f} {r['images_per_s']:9.1f} "
-              f"{1e3 * r['median_step_s']:10.2f} {max(x['peak_rss_mib'] for x in runs[v]):12.0f}{gpu} "
-              f"{vs_ref:>12} {vs_plain:>13}")
+              f"{1e3 * r['median_step_s']:10.2f} {f'{max(rss):.0f}' if rss else '-':>12}{gpu} "
+              f"{vs_ref:>12} {vs_plain:>13} {vs_plain_typical:>11}")
     repeats = len(next(iter(runs.values())))
     print("steps/s = timed steps / wall seconds" + (f" (best of {repeats} repeats)" if repeats > 1 else "")
-          + "; median ms = median single step; ratios on steps/s; vs plain-loop: gdm-X vs plain-loop-X "
-          "(the same model's update without Lightning; target >= 0.95x); floor: Lightning's loop with an empty "
-          "training_step.")
+          + "; median ms = median single step; ratios on steps/s; vs plain-loop: gdm-X (or opaque-X) vs plain-loop-X "
+          "(the same model's update without Lightning; target >= 0.95x), best run against best run; median runs: "
+          "the same ratio of each variant's median run; floor: Lightning's loop with an empty "
+          "training_step; opaque: that loop around the plain-loop step.")
