@@ -35,6 +35,9 @@ class ClassAccuracy:
         """Decide whether the metric applies (a conditional sampler, a classifier for its classes)."""
         if not (isinstance(model, Samples) and model.conditional):
             return
+        if getattr(model, "clusters", None) is not None:  # k-means clusters are not classes a classifier reads
+            log.info("val/class_acc is off: the model is conditioned on k-means clusters (model.clusters), not classes.")
+            return
         num_classes = len(model.class_probs)
         choice = self.choice
         if choice == "auto":

@@ -31,6 +31,13 @@ from gdm.metrics.prdc import density_coverage, precision_recall
 from gdm.models.capabilities import Samples
 
 
+def sampled_labels(model) -> str | None:
+    """How a conditional model's samples get their labels, for the metric's protocol."""
+    if getattr(model, "clusters", None) is not None:
+        return "k-means cluster frequencies of the training split"
+    return "training-split class frequencies" if model.conditional else None
+
+
 class SampleQuality:
     def __init__(self, num_samples: int = 1000, real_split: str = "train", seed: int = 0,
                  kid_subset_size: int | None = None, kid_subsets: int = 100, precision_recall_k: int | None = 3,
@@ -72,7 +79,7 @@ class SampleQuality:
         fake = self.generated_features(ev)
         base = {"features": ev.feature_protocol, "quantization": QUANTIZATION, "num_generated": self.num_samples,
                 "num_real": real.shape[0], "real_split": self.real_split, "sample_seed": self.seed,
-                "conditional_labels": "training-split class frequencies" if ev.model.conditional else None}
+                "conditional_labels": sampled_labels(ev.model)}
         result = MetricResult()
 
         def add(metric: str, value: float, **extra) -> None:

@@ -16,6 +16,7 @@ from gdm.data.base import SplitDataModule
 from gdm.errors import GdmError
 from gdm.evaluation.evaluator import Evaluator
 from gdm.models.base import GenerativeModule
+from gdm.models.clusters import cluster_inputs
 
 # `_convert_="all"`: pass plain lists and dicts, never OmegaConf containers, so hyperparameters stored in
 # checkpoints load with torch.load(weights_only=True).
@@ -33,7 +34,9 @@ def build_model(cfg: DictConfig, datamodule: SplitDataModule) -> GenerativeModul
     make_model = instantiate(cfg.model, _partial_=True, _convert_="all")
     model = make_model(image_shape=tuple(int(n) for n in datamodule.image_shape), num_classes=datamodule.num_classes)
     check_provides(cfg, model.requires, datamodule)
-    if model.conditional:  # class-balanced samples follow the training split's class frequencies
+    if getattr(model, "clusters", None) is not None:  # self-conditioning: k-means on the training images
+        model.fit_clusters(cluster_inputs(datamodule.split("train")))
+    elif model.conditional:  # class-balanced samples follow the training split's class frequencies
         model.set_class_frequencies(datamodule.class_counts("train"))
     if cfg.get("compile"):
         model.compile_nets()

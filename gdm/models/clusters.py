@@ -1,0 +1,81 @@
+"""Self-conditioning without labels: k-means clusters of the training images as a GAN's classes.
+
+A cluster-conditioned GAN trains as a class-conditional one, with each real image's label the index of its
+nearest cluster centre and each fake's label drawn from the cluster frequencies, so G and D model one
+cluster at a time instead of the whole mixture. This is the idea of Logo-GAN (Sage et al. 2018, "Logo
+Synthesis and Manipulation with Clustered Generative Adversarial Networks": k-means on pretrained features)
+and of the Self-Conditioned GAN (Liu et al. 2020, "Diverse Image Generation via Self-Conditioned GANs":
+k-means on the discriminator's features, re-clustered during training). Here the clusters are fixed before
+training, in pixel space at low resolution: no extra network, nothing learnt from labels, and a checkpoint
+holds the centres, so sampling and resuming need no data. On the 1,437 embedded digits it takes the
+default run's final FID from a mean of 58.5 to 22.8 over 3 seeds with 20 clusters (experiments/README.md).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+from gdm.errors import GdmError
+
+# Images are compared at this side (area-averaged): the layout of a digit or a scene, not its texture.
+CLUSTER_SIDE = 8
+# k-means fits on at most this many training images (a seeded subset of larger sets).
+MAX_FIT_IMAGES = 20_000
+
+
+def downsample(images: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) images in [-1, 1] -> (N, C * s * s) rows, s = min(CLUSTER_SIDE, H, W), area-averaged."""
+    side = min(CLUSTER_SIDE, images.shape[-2], images.shape[-1])
+    return F.adaptive_avg_pool2d(images.float(), side).flatten(1)
+
+
+def cluster_inputs(dataset: Dataset) -> torch.Tensor:
+    """What k-means sees of a training split: its images (N, C, H, W) in [-1, 1], area-averaged to at most
+    CLUSTER_SIDE px (a seeded subset of MAX_FIT_IMAGES when larger), read without random augmentation."""
+    images = getattr(dataset, "images", None)
+    if isinstance(images, torch.Tensor):  # in memory already (the embedded digits)
+        return images
+    n = len(dataset)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:MAX_FIT_IMAGES] if n > MAX_FIT_IMAGES \
+        else range(n)
+    small = [F.adaptive_avg_pool2d(dataset[int(i)]["image"].float(), CLUSTER_SIDE) for i in order]
+    return torch.stack(small)
+
+
+class PixelClusters(nn.Module):
+    """k cluster centres of low-resolution training images; `assign` labels images by the nearest one.
+
+    The centres are a buffer (k, C * s * s), so they live in the state dict and checkpoints.
+    """
+
+    def __init__(self, k: int, image_shape: tuple[int, int, int]):
+        super().__init__()
+        if not isinstance(k, int) or isinstance(k, bool) or k < 2:
+            raise GdmError(f"model.clusters={k!r} must be an integer >= 2 (k-means clusters of the training "
+                           "images that G and D are conditioned on), or null for an unconditional GAN.")
+        c, h, w = image_shape
+        side = min(CLUSTER_SIDE, h, w)
+        self.k = k
+        self.register_buffer("centres", torch.zeros(k, c * side * side))
+
+    @torch.no_grad()
+    def fit(self, images: torch.Tensor, seed: int = 0) -> torch.Tensor:
+        """k-means (scikit-learn's, k-means++ with 10 initialisations) on (N, C, H, W) training images in
+        [-1, 1]; sets the centres and returns the images per cluster (k,), the frequencies fakes are drawn
+        with. Raises GdmError when there are fewer images than clusters."""
+        from sklearn.cluster import KMeans
+
+        if len(images) < self.k:
+            raise GdmError(f"model.clusters={self.k} needs at least {self.k} training images, and the training "
+                           f"split has {len(images)}: lower model.clusters.")
+        kmeans = KMeans(n_clusters=self.k, n_init=10, random_state=seed).fit(downsample(images).double().numpy())
+        self.centres.copy_(torch.as_tensor(kmeans.cluster_centers_, dtype=torch.float32))
+        return torch.bincount(self.assign(images).cpu(), minlength=self.k)
+
+    @torch.no_grad()
+    def assign(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) images -> (N,) long: the index of each image's nearest centre (Euclidean)."""
+        return torch.cdist(downsample(images), self.centres.to(images.device)).argmin(1)
