@@ -126,3 +126,4 @@ def test_default_run_clusters_the_digits_and_its_checkpoint_keeps_them(tmp_path)
     # the checkpoint samples without data, and a cluster on request
     fives = model.generate(range(4), labels=[5] * 4)
     assert fives.shape == (4, 1, 16, 16) and fives.min() >= -1 and fives.max() <= 1
+
