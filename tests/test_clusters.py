@@ -127,3 +127,16 @@ def test_default_run_clusters_the_digits_and_its_checkpoint_keeps_them(tmp_path)
     fives = model.generate(range(4), labels=[5] * 4)
     assert fives.shape == (4, 1, 16, 16) and fives.min() >= -1 and fives.max() <= 1
 
+
+
+@pytest.mark.parametrize(("overrides", "clusters", "epochs"), [
+    ([], 20, 66),                                          # the default run: conf/data_model/digits_gan.yaml
+    (["experiment=digits_dcgan"], 20, 66),                 # the default, pinned
+    (["model=cgan"], None, 70),                            # the data's labels, not clusters
+    (["experiment=digits_hinge_sn"], None, 25),            # pinned before model.clusters
+    (["data=mnist"], None, 70),                            # other data: unconditional unless asked
+])
+def test_which_configs_cluster(overrides, clusters, epochs, tmp_path):
+    cfg = compose_config(overrides, tmp_path)
+    assert cfg.model.get("clusters") == clusters
+    assert cfg.trainer.max_epochs == epochs

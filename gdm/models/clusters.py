@@ -8,7 +8,7 @@ and of the Self-Conditioned GAN (Liu et al. 2020, "Diverse Image Generation via 
 k-means on the discriminator's features, re-clustered during training). Here the clusters are fixed before
 training, in pixel space at low resolution: no extra network, nothing learnt from labels, and a checkpoint
 holds the centres, so sampling and resuming need no data. On the 1,437 embedded digits it takes the
-default run's final FID from a mean of 58.5 to 22.8 over 3 seeds with 20 clusters (experiments/README.md).
+default run's final FID from a mean of 58.5 to 22.0 over 3 seeds with 20 clusters (experiments/README.md).
 """
 
 from __future__ import annotations
