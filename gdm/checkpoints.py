@@ -111,7 +111,16 @@ def check_fits(model: GenerativeModule, checkpoint: dict, path: str | Path) -> N
     if differ:
         raise GdmError(f"ckpt_path={path} does not fit this model ({differ[0]}: "
                        f"{theirs.get(differ[0], 'absent')} in the checkpoint, {mine.get(differ[0], 'absent')} here): "
-                       "the model or data settings differ from the run that wrote it.")
+                       f"the model or data settings differ from the run that wrote it{settings_hint(model, checkpoint)}.")
+
+
+def settings_hint(model: GenerativeModule, checkpoint: dict) -> str:
+    """The model settings to give back to fit a checkpoint: changed ones, and new ones its run predates."""
+    saved = checkpoint.get("hyper_parameters", {})
+    wanted = [f"model.{k}={saved[k]}" for k, v in model.hparams.items() if k in saved and saved[k] != v
+              and k not in SPEED_ONLY and not callable(v)]
+    wanted += [f"model.{k}=null" for k, v in model.hparams.items() if k not in saved and v is not None]
+    return f"; it was written with {' '.join(wanted).replace('None', 'null')}" if wanted else ""
 
 
 # Settings that change how fast a model trains, not what the restored optimizers carry: no warning on resume.

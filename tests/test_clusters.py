@@ -140,3 +140,33 @@ def test_which_configs_cluster(overrides, clusters, epochs, tmp_path):
     cfg = compose_config(overrides, tmp_path)
     assert cfg.model.get("clusters") == clusters
     assert cfg.trainer.max_epochs == epochs
+
+
+def test_cluster_inputs_of_images_smaller_than_the_cluster_side_fit():
+    images = torch.rand(6, 3, 4, 4) * 2 - 1
+
+    class Items(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(images)
+
+        def __getitem__(self, i):
+            return {"image": images[i]}
+
+    small = cluster_inputs(Items())
+    assert torch.equal(small, images)  # 4 px < CLUSTER_SIDE: compared whole
+    assert PixelClusters(2, (3, 4, 4)).fit(small).sum() == 6
+
+
+def test_resuming_a_run_that_predates_the_clusters_names_the_setting():
+    from gdm.checkpoints import check_fits
+
+    clustered = make_clustered_gan(3)
+    old = GAN((1, 16, 16), generator=partial(DCGANGenerator, ngf=8), discriminator=partial(DCGANDiscriminator, ndf=8),
+              latent_dim=16)
+    hparams = {k: v for k, v in old.hparams.items() if k != "clusters"}  # written before model.clusters existed
+    checkpoint = {"state_dict": old.state_dict(), "hyper_parameters": hparams}
+    with pytest.raises(GdmError, match=r"it was written with model.clusters=null\.$"):
+        check_fits(clustered, checkpoint, "old.ckpt")
+    checkpoint["hyper_parameters"] = dict(old.hparams)  # written with model.clusters=null
+    with pytest.raises(GdmError, match=r"it was written with model.clusters=null\.$"):
+        check_fits(clustered, checkpoint, "old.ckpt")
