@@ -117,10 +117,13 @@ def check_fits(model: GenerativeModule, checkpoint: dict, path: str | Path) -> N
 def settings_hint(model: GenerativeModule, checkpoint: dict) -> str:
     """The model settings to give back to fit a checkpoint: changed ones, and new ones its run predates."""
     saved = checkpoint.get("hyper_parameters", {})
-    wanted = [f"model.{k}={saved[k]}" for k, v in model.hparams.items() if k in saved and saved[k] != v
-              and k not in SPEED_ONLY and not callable(v)]
+    def value(v) -> str:
+        return "null" if v is None else str(v)
+
+    wanted = [f"model.{k}={value(saved[k])}" for k, v in model.hparams.items()
+              if k in saved and saved[k] != v and k not in SPEED_ONLY]
     wanted += [f"model.{k}=null" for k, v in model.hparams.items() if k not in saved and v is not None]
-    return f"; it was written with {' '.join(wanted).replace('None', 'null')}" if wanted else ""
+    return f"; it was written with {' '.join(wanted)}" if wanted else ""
 
 
 # Settings that change how fast a model trains, not what the restored optimizers carry: no warning on resume.

@@ -26,6 +26,19 @@ def three_patterns(per: int = 5, size: int = 16) -> tuple[torch.Tensor, torch.Te
     return (base[truth] + 0.05 * torch.randn(3 * per, 1, size, size, generator=g)).clamp(-1, 1), truth
 
 
+class ImageItems(torch.utils.data.Dataset):
+    """A dataset of {"image": ...} items without an `images` tensor, as an image folder's."""
+
+    def __init__(self, images: torch.Tensor):
+        self.images_ = images
+
+    def __len__(self):
+        return len(self.images_)
+
+    def __getitem__(self, i):
+        return {"image": self.images_[i]}
+
+
 def test_kmeans_finds_the_three_layouts_and_counts_them():
     images, truth = three_patterns(per=5)
     clusters = PixelClusters(3, (1, 16, 16))
@@ -70,14 +83,7 @@ def test_images_smaller_than_the_cluster_side_are_compared_whole():
 def test_cluster_inputs_of_a_dataset_without_an_image_tensor_are_area_averaged():
     images, _ = three_patterns(per=2, size=32)
 
-    class Items(torch.utils.data.Dataset):
-        def __len__(self):
-            return len(images)
-
-        def __getitem__(self, i):
-            return {"image": images[i]}
-
-    small = cluster_inputs(Items())
+    small = cluster_inputs(ImageItems(images))
     assert small.shape == (6, 1, CLUSTER_SIDE, CLUSTER_SIDE)
     torch.testing.assert_close(small[0], torch.nn.functional.avg_pool2d(images[0], 4))
 
@@ -145,14 +151,7 @@ def test_which_configs_cluster(overrides, clusters, epochs, tmp_path):
 def test_cluster_inputs_of_images_smaller_than_the_cluster_side_fit():
     images = torch.rand(6, 3, 4, 4) * 2 - 1
 
-    class Items(torch.utils.data.Dataset):
-        def __len__(self):
-            return len(images)
-
-        def __getitem__(self, i):
-            return {"image": images[i]}
-
-    small = cluster_inputs(Items())
+    small = cluster_inputs(ImageItems(images))
     assert torch.equal(small, images)  # 4 px < CLUSTER_SIDE: compared whole
     assert PixelClusters(2, (3, 4, 4)).fit(small).sum() == 6
 
