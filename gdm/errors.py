@@ -6,3 +6,17 @@ class GdmError(ValueError):
 
     The task entry point prints its message alone, without a stack trace, and exits non-zero.
     """
+
+
+def integer_option(key: str, value: object, minimum: int | None = None, hint: str = "") -> int:
+    """The config value `value` of `key` as an int.
+
+    Hydra reads `key=3` as an int, `key=abc` as a string, `key=2.5` as a float and `key=true` as a bool: all but the
+    first raise GdmError naming `key=value` (never a silent int(2.5) == 2 or int(True) == 1), as does an int under
+    `minimum`. `hint` ends the sentence (what the value means, what to set instead).
+    """
+    bound = f" >= {minimum}" if minimum is not None else ""
+    if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
+        shown = f"'{value}'" if isinstance(value, str) else value
+        raise GdmError(f"{key}={shown} must be an integer{bound}{' ' + hint if hint else ''}.")
+    return value

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from test_e2e import run_py
 
 from gdm.app import run
 from gdm.checkpoints import checkpoint_step, config_for_checkpoint, load_model, read_checkpoint
+from gdm.errors import GdmError
 from gdm.images import load_png, to_uint8
 from gdm.metrics.features import DigitFeatures
 from gdm.models.base import latent_noise
@@ -110,4 +112,54 @@ def test_sample_refuses_a_translation_model(tmp_path):
     run(compose_config([*TINY_CYCLEGAN, "logger=none"], tmp_path / "cg"))
     cfg = compose_config(["task=sample", f"ckpt_path={tmp_path / 'cg/checkpoints/last.ckpt'}"], tmp_path / "s")
     with pytest.raises(Exception, match="holds a CycleGAN, which translates images rather than drawing them"):
+        run(cfg)
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["+sample.label=abc"], "sample.label='abc' must be an integer >= 0 (the class to draw), or left unset for all."),
+    (["+sample.label=true"], "sample.label=True must be an integer >= 0"),
+    (["+sample.label=2.5"], "sample.label=2.5 must be an integer >= 0"),
+    (["+sample.label=-1"], "sample.label=-1 must be an integer >= 0"),
+    (["+sample.label=10"], "sample.label=10 needs a class-conditional model with that class (classes 0..9)."),
+    (["+sample.n=abc"], "sample.n='abc' must be an integer >= 1 (the number of images to draw)."),
+    (["+sample.n=2.5"], "sample.n=2.5 must be an integer >= 1"),
+    (["+sample.n=0"], "sample.n=0 must be an integer >= 1"),
+    (["sample.seed=x"], "sample.seed='x' must be an integer (the seed of the sample sequence)."),
+])
+def test_sample_options_that_are_not_integers_are_named(cgan_ckpt, tmp_path, overrides, message):
+    with pytest.raises(GdmError) as caught:
+        run(compose_config(["task=sample", f"ckpt_path={cgan_ckpt}", *overrides], tmp_path))
+    assert str(caught.value) == message or str(caught.value).startswith(message)
+    assert not (tmp_path / "samples").exists()
+
+
+def test_sample_label_draws_that_class_only(cgan_ckpt, tmp_path):
+    run(compose_config(["task=sample", f"ckpt_path={cgan_ckpt}", "+sample.n=5", "+sample.label=3"], tmp_path))
+    files = sorted((tmp_path / "samples").glob("*.png"))
+    expected = to_uint8(load_model(cgan_ckpt).generate(range(5), labels=torch.full((5,), 3)))
+    assert torch.equal(torch.stack([load_png(f, 1) for f in files]), expected)
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["eval.sample_seeds=abc"], "eval.sample_seeds='abc' must be an integer >= 1"),
+    (["eval.sample_seeds=2.5"], "eval.sample_seeds=2.5 must be an integer >= 1"),
+    (["eval.num_samples=many"], "eval.num_samples='many' must be an integer >= 2 or null."),
+    (["eval.num_samples=1"], "eval.num_samples=1 must be an integer >= 2 or null."),
+    (["eval.kid_subset_size=0.5"], "eval.kid_subset_size=0.5 must be an integer >= 2 or null."),
+])
+def test_eval_options_that_are_not_integers_are_named(cgan_ckpt, tmp_path, overrides, message):
+    with pytest.raises(GdmError, match=re.escape(message)):
+        run(compose_config(["task=eval", f"ckpt_path={cgan_ckpt}", *overrides], tmp_path))
+    assert not (tmp_path / "eval.json").exists()
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("abc", "translate.load_size='abc' must be an integer >= 8 (pixels of each image's short side"),
+    ("4", "translate.load_size=4 must be an integer >= 8"),
+    ("true", "translate.load_size=True must be an integer >= 8"),
+])
+def test_translate_load_size_that_is_not_a_size_is_named(tmp_path, value, message):
+    cfg = compose_config(["task=translate", f"ckpt_path={tmp_path / 'x.ckpt'}", f"translate.input={tmp_path}",
+                          f"translate.output={tmp_path / 'out'}", f"translate.load_size={value}"], tmp_path / "run")
+    with pytest.raises(GdmError, match=re.escape(message)):
         run(cfg)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from gdm.data.base import SPLITS
-from gdm.errors import GdmError
+from gdm.errors import GdmError, integer_option
 from gdm.evaluation.context import Evaluation, MetricResult
 from gdm.evaluation.protocol import QUANTIZATION, with_id
 from gdm.metrics.frechet import frechet_distance, kernel_distance
@@ -45,9 +45,15 @@ class SampleQuality:
                  nearest_k: int = 4):
         if real_split not in SPLITS:
             raise GdmError(f"metrics.fid.real_split='{real_split}' is not a split; choose one of {', '.join(SPLITS)}.")
-        if num_samples < 2:
-            raise GdmError(f"metrics.fid.num_samples={num_samples}: FID needs at least 2 generated images (the "
-                           "covariance of one image is undefined); use 1000 or more for a stable value.")
+        num_samples = integer_option("metrics.fid.num_samples", num_samples, minimum=2, hint=(
+            "(FID needs 2 generated images at least: the covariance of one image is undefined; use 1000 or more "
+            "for a stable value)"))
+        seed = integer_option("metrics.fid.seed", seed)
+        kid_subsets = integer_option("metrics.fid.kid_subsets", kid_subsets, minimum=1)
+        for key, value in (("kid_subset_size", kid_subset_size), ("precision_recall_k", precision_recall_k),
+                           ("density_coverage_k", density_coverage_k)):
+            if value is not None:  # null: that metric is off
+                integer_option(f"metrics.fid.{key}", value, minimum=2 if key == "kid_subset_size" else 1, hint="or null")
         self.num_samples, self.real_split, self.seed = num_samples, real_split, seed
         self.kid_subset_size, self.kid_subsets = kid_subset_size, kid_subsets
         self.precision_recall_k, self.density_coverage_k = precision_recall_k, density_coverage_k

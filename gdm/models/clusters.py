@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from gdm.errors import GdmError
+from gdm.errors import GdmError, integer_option
 
 # Images are compared at this side (area-averaged): the layout of a digit or a scene, not its texture.
 CLUSTER_SIDE = 8
@@ -59,9 +59,8 @@ class PixelClusters(nn.Module):
 
     def __init__(self, k: int, image_shape: tuple[int, int, int]):
         super().__init__()
-        if not isinstance(k, int) or isinstance(k, bool) or k < 2:
-            raise GdmError(f"model.clusters={k!r} must be an integer >= 2 (k-means clusters of the training "
-                           "images that G and D are conditioned on), or null for an unconditional GAN.")
+        k = integer_option("model.clusters", k, minimum=2, hint=("(k-means clusters of the training images that G "
+                                                                 "and D are conditioned on), or null for an unconditional GAN"))
         c, h, w = image_shape
         side = min(CLUSTER_SIDE, h, w)
         self.k = k

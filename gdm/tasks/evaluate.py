@@ -31,7 +31,7 @@ from gdm.checkpoints import checkpoint_step, config_for_checkpoint, load_state, 
 from gdm.compare.stats import interval
 from gdm.config_tree import print_config_tree
 from gdm.data.base import SPLITS
-from gdm.errors import GdmError
+from gdm.errors import GdmError, integer_option
 from gdm.evaluation.evaluator import Evaluator, write_json
 from gdm.tasks.build import build_datamodule, build_evaluator, build_model, build_trainer
 
@@ -44,6 +44,9 @@ def evaluate(cfg: DictConfig) -> float | None:
     opts = cfg.eval
     if opts.split not in SPLITS:
         raise GdmError(f"eval.split='{opts.split}' is not a split; choose one of {', '.join(SPLITS)}.")
+    for key in ("num_samples", "kid_subset_size"):  # null: the run's own value / no KID
+        if opts.get(key) is not None:
+            integer_option(f"eval.{key}", opts[key], minimum=2, hint="or null")
     L.seed_everything(cfg.seed, workers=True)  # the VAE's ELBO / IWAE draw from the global RNG
     checkpoint = read_checkpoint(cfg.ckpt_path)
     cfg = config_for_checkpoint(cfg, checkpoint)
@@ -56,7 +59,8 @@ def evaluate(cfg: DictConfig) -> float | None:
         translation = cfg.metrics.get("translation")
         if translation is not None:
             translation.real_split = translation.split = opts.split
-    seeds = opts.get("sample_seeds") or 1
+    seeds = integer_option("eval.sample_seeds", opts.get("sample_seeds") or 1, minimum=1,
+                           hint="(the number of sample seeds to evaluate with)")
     if seeds > 1 and cfg.metrics.get("fid") is None:
         raise GdmError(f"eval.sample_seeds={seeds} draws other samples of a sampling model (metrics.fid.seed), and "
                        "this checkpoint's metrics have none: use eval.sample_seeds=1.")

@@ -17,7 +17,7 @@ import torch
 from omegaconf import DictConfig
 
 from gdm.checkpoints import load_model
-from gdm.errors import GdmError
+from gdm.errors import GdmError, integer_option
 from gdm.images import grid_uint8, save_png, to_uint8
 from gdm.models.capabilities import Samples
 
@@ -28,9 +28,11 @@ def sample(cfg: DictConfig) -> None:
     if not cfg.get("ckpt_path"):
         raise GdmError("task=sample needs ckpt_path=RUN/checkpoints/best.ckpt.")
     opts = cfg.get("sample") or {}
-    n, seed, label = int(opts.get("n", 64)), int(opts.get("seed", 0)), opts.get("label")
-    if n < 1:
-        raise GdmError(f"sample.n={n} must be at least 1.")
+    n = integer_option("sample.n", opts.get("n", 64), minimum=1, hint="(the number of images to draw)")
+    seed = integer_option("sample.seed", opts.get("seed", 0), hint="(the seed of the sample sequence)")
+    label = opts.get("label")
+    if label is not None:
+        label = integer_option("sample.label", label, minimum=0, hint="(the class to draw), or left unset for all")
     model = load_model(cfg.ckpt_path)
     if not isinstance(model, Samples):
         raise GdmError(f"ckpt_path={cfg.ckpt_path} holds a {type(model).__name__}, which translates images rather "
@@ -38,14 +40,14 @@ def sample(cfg: DictConfig) -> None:
     model = model.to("cuda" if torch.cuda.is_available() else "cpu")
     conditional = model.conditional
     classes = len(model.class_probs) if conditional else 0
-    if label is not None and not (conditional and 0 <= int(label) < classes):
+    if label is not None and not (conditional and label < classes):
         raise GdmError(f"sample.label={label} needs a class-conditional model with that class "
                        f"({'classes 0..' + str(classes - 1) if conditional else 'this one is unconditional'}).")
     out = Path(cfg.paths.output_dir)
     images = []
     for indices in torch.arange(n).split(256):
         if conditional:
-            labels = torch.full_like(indices, int(label)) if label is not None else indices % classes
+            labels = torch.full_like(indices, label) if label is not None else indices % classes
             images.append(model.generate(indices, seed=seed, labels=labels).cpu())
         else:
             images.append(model.generate(indices, seed=seed).cpu())

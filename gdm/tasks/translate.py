@@ -29,7 +29,7 @@ from torchvision.transforms.functional import pil_to_tensor
 
 from gdm.checkpoints import load_model, read_checkpoint
 from gdm.data.image_files import WHITE, find_images, open_image, verify_images
-from gdm.errors import GdmError
+from gdm.errors import GdmError, integer_option
 from gdm.images import to_uint8
 from gdm.models.capabilities import Translates
 from gdm.models.cyclegan import DIRECTIONS
@@ -61,6 +61,10 @@ def translate(cfg: DictConfig) -> None:
     for key in ("input", "output"):
         if not opts.get(key):
             raise GdmError(f"translate.{key} is not set: task=translate needs translate.input=DIR translate.output=DIR.")
+    load_size = opts.get("load_size")
+    if load_size is not None:
+        integer_option("translate.load_size", load_size, minimum=8,
+                       hint="(pixels of each image's short side before translating), or null to keep each size")
     if opts.direction is not None and opts.direction not in DIRECTIONS:
         raise GdmError(f"translate.direction={opts.direction} is not a direction; choose AtoB or BtoA.")
     # Built on the CPU and then moved: map_location alone would leave the model's weights on the CPU.
@@ -84,8 +88,7 @@ def translate(cfg: DictConfig) -> None:
         out = output / path.relative_to(source)
         out.parent.mkdir(parents=True, exist_ok=True)
         try:
-            result = translate_image(model, open_image(path, channels, background), direction,
-                                     opts.get("load_size"))
+            result = translate_image(model, open_image(path, channels, background), direction, load_size)
         except GdmError as err:  # a file that changed since it was verified, an image too small
             raise GdmError(f"{str(err).rstrip('.')}; translated {done} of {len(files)} images into {output} (in "
                            "sorted order); the rest were not written.") from None
