@@ -58,7 +58,7 @@ class AE(AutoencoderModule):
         s1 = torch.zeros(self.latent_dim, device=self.device, dtype=torch.float64)
         s2 = torch.zeros(self.latent_dim, self.latent_dim, device=self.device, dtype=torch.float64)
         for batch in loader:
-            z = self.encode(batch["image"].to(self.device)).double()
+            z = self.encode(self.to_model(batch["image"])).double()
             total += z.shape[0]
             s1 += z.sum(0)
             s2 += z.T @ z
@@ -71,5 +71,5 @@ class AE(AutoencoderModule):
     @torch.no_grad()
     def generate(self, indices: Sequence[int] | torch.Tensor, seed: int = 0,
                  labels: torch.Tensor | None = None) -> torch.Tensor:
-        eps = latent_noise(indices, self.latent_dim, seed).to(self.device)
+        eps = self.to_model(latent_noise(indices, self.latent_dim, seed))
         return self.decode(self.latent_mean + eps @ self.latent_scale_tril.T)

@@ -31,7 +31,7 @@ class AutoencoderModule(GenerativeModule, Samples):
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Codes -> the decoder's mean image in [-1, 1]."""
-        return self.likelihood.mean(self.decoder(z)) * 2 - 1
+        return self.likelihood.mean(self.decoder(self.to_model(z))).float() * 2 - 1
 
     def configure_optimizers(self):
         return torch.optim.Adam(self.parameters(), lr=self.lr)
@@ -41,7 +41,7 @@ class AutoencoderModule(GenerativeModule, Samples):
         n = self.num_visuals
         grids = {"samples": (self.generate(range(n), seed=self.visual_seed), int(n**0.5))}
         x = examples.get("val")
-        x = x[:32].to(self.device) if x is not None else None
+        x = self.to_model(x[:32]) if x is not None else None
         if x is not None and len(x) >= 2:
             recon = self.decode(self.encode(x))
             grids["reconstructions"] = (torch.stack([x, recon], 1).flatten(0, 1), 8)  # input | reconstruction

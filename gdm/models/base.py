@@ -112,6 +112,11 @@ class GenerativeModule(NonFiniteGuard, L.LightningModule):
                     if isinstance(value, torch.Tensor) and value.shape == param.shape and value.stride() != param.stride():
                         state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
 
+    def to_model(self, x: torch.Tensor) -> torch.Tensor:
+        """A float tensor made outside Lightning's precision plugin (latents, example images) on this model's
+        device and in its weights' dtype: bfloat16 after trainer.precision=bf16-true, else float32."""
+        return x.to(self.device, self.dtype)
+
     def d_input(self, images: torch.Tensor) -> torch.Tensor:
         """What a discriminator sees of a training batch (B, C, H, W) in [-1, 1]: the images, augmented
         when model.augment is set. Differentiable, so G's gradient flows through the augmented fakes."""

@@ -196,7 +196,7 @@ class CycleGAN(GenerativeModule, Translates):
         was_training = net.training
         net.eval()
         try:
-            return net(self._layout(images.to(self.device))).float()
+            return net(self._layout(self.to_model(images))).float()
         finally:
             net.train(was_training)
 

@@ -238,7 +238,7 @@ class GAN(GenerativeModule, Samples):
                  labels: torch.Tensor | None = None) -> torch.Tensor:
         """Samples `indices` of the seeded sequence. A conditional model draws class `labels[i]` for
         sample i, e.g. `model.generate(range(16), labels=torch.full((16,), 3))` gives 16 threes."""
-        z = latent_noise(indices, self.latent_dim, seed).to(self.device)
+        z = self.to_model(latent_noise(indices, self.latent_dim, seed))
         if self.conditional and labels is None:
             labels = self.sample_labels(indices, seed)
         elif labels is not None:

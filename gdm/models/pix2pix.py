@@ -174,7 +174,7 @@ class Pix2Pix(GenerativeModule, Translates):
         """Input images in [-1, 1] (the source domain of the model's direction) -> translations in [-1, 1]."""
         if direction not in (None, self.direction):
             raise GdmError(f"this pix2pix model translates {self.direction} only, not {direction}.")
-        images = self._layout(images.to(self.device))
+        images = self._layout(self.to_model(images))
         net = self.net_g
         was_training = net.training
         if self.hparams.inference == "eval":

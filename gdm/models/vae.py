@@ -108,4 +108,4 @@ class VAE(AutoencoderModule):
     def generate(self, indices: Sequence[int] | torch.Tensor, seed: int = 0,
                  labels: torch.Tensor | None = None) -> torch.Tensor:
         """Decoder means at prior samples z_i ~ N(0, I)."""
-        return self.decode(latent_noise(indices, self.latent_dim, seed).to(self.device))
+        return self.decode(self.to_model(latent_noise(indices, self.latent_dim, seed)))

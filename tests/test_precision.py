@@ -1,0 +1,71 @@
+"""trainer.precision=bf16-true (and 16-true) casts a model's weights and buffers; what gdm feeds a model outside
+Lightning's precision plugin (latents, example images, cluster assignment) must follow them, and what it
+returns (samples, translations) stays float32 for the metrics and the PNGs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from helpers import TINY, TINY_CYCLEGAN, TINY_PIX2PIX, compose_config
+
+from gdm.app import run
+from gdm.checkpoints import load_model
+from gdm.tasks.build import build_datamodule, build_model
+
+CONFIGS = {
+    "gan (k-means clusters)": ["data.image_size=16"],
+    "gan": ["data.image_size=16", "model.clusters=null"],
+    "cgan": ["model=cgan", "data.image_size=16"],
+    "vae": ["model=vae", "data.image_size=16"],
+    "ae": ["model=ae", "data.image_size=16"],
+    "cyclegan": TINY_CYCLEGAN,
+    "pix2pix": TINY_PIX2PIX,
+}
+
+
+@pytest.fixture(scope="module", params=sorted(CONFIGS))
+def models(request, tmp_path_factory):
+    """(the model in float32, the same weights in bfloat16: what Lightning's bf16-true precision plugin does)"""
+    cfg = compose_config(CONFIGS[request.param], tmp_path_factory.mktemp("precision"))
+    datamodule = build_datamodule(cfg)
+    torch.manual_seed(0)
+    model = build_model(cfg, datamodule)
+    half = build_model(cfg, datamodule)
+    half.load_state_dict(model.state_dict())
+    return model.eval(), half.to(torch.bfloat16).eval(), datamodule
+
+
+def close(a: torch.Tensor, b: torch.Tensor) -> None:
+    assert a.dtype == b.dtype == torch.float32 and a.shape == b.shape
+    assert torch.isfinite(b).all()
+    assert (a - b).abs().mean() < 0.05  # bfloat16 keeps 8 bits of mantissa: outputs in [-1, 1] agree to ~1e-2
+
+
+def test_bf16_weights_sample_translate_and_draw_grids_in_float32(models):
+    model, half, datamodule = models
+    if hasattr(model, "generate"):
+        labels = {} if not model.conditional else {"labels": torch.arange(6) % len(model.class_probs)}
+        close(model.generate(range(6), seed=3, **labels), half.generate(range(6), seed=3, **labels))
+    datamodule.setup("fit")
+    val = [datamodule.split("val")[i] for i in range(4)]
+    examples = {"val": torch.stack([item["image"] for item in val])} if "image" in val[0] else {
+        d: torch.stack([item[f"image_{d.lower()}"] for item in val]) for d in ("A", "B")}
+    if getattr(model, "clusters", None) is not None:  # real digits, each near one centre: the same clusters
+        assert torch.equal(model.clusters.assign(examples["val"]), half.clusters.assign(examples["val"].bfloat16()))
+    for direction, (source, _) in getattr(model, "directions", {}).items():
+        close(model.translate(examples[source], direction), half.translate(examples[source], direction))
+    for name, (grid, _) in half.visuals(examples).items():
+        assert grid.dtype == torch.float32 and torch.isfinite(grid).all(), name
+
+
+def test_a_bf16_true_run_trains_scores_and_saves(tmp_path):
+    run(compose_config(["data.image_size=16", *TINY, "logger=none", "trainer.precision=bf16-true"], tmp_path))
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "finished"
+    assert 0 < summary["final"]["val/fid_digits"] < float("inf")
+    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert state["generator.main.0.weight"].dtype == torch.bfloat16
+    samples = load_model(tmp_path / "checkpoints" / "last.ckpt").generate(range(4))  # task=sample: float32 again
+    assert samples.dtype == torch.float32 and samples.shape == (4, 1, 16, 16) and torch.isfinite(samples).all()
