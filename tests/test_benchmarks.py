@@ -29,9 +29,13 @@ def test_benchmarks_time_every_runner_and_set_it_beside_its_plain_loop(tmp_path)
            "--variants", "floor,gdm,opaque,plain-loop", "--json", str(tmp_path / "gan.json")]
     cyclegan = ["bench_cyclegan_throughput.py", *TINY, "--image-size", "32", "--n-blocks", "1", "--pool-size", "2",
                 "--variants", "reference,opaque", "--json", str(tmp_path / "cyclegan.json")]
-    proc = subprocess.run([sys.executable, "-c", DRIVER, " ".join(gan), " ".join(cyclegan)], cwd=EXPERIMENTS,
-                          capture_output=True, text=True, timeout=600)
+    segments = ["loop_segments.py", "--steps", "12", "--skip", "2", "--threads", "1"]
+    proc = subprocess.run([sys.executable, "-c", DRIVER, " ".join(gan), " ".join(cyclegan), " ".join(segments)],
+                          cwd=EXPERIMENTS, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    medians = [float(line.split("median")[1].split()[0]) for line in proc.stdout.split("=== loop_segments")[1]
+               .splitlines() if "median" in line]
+    assert len(medians) == 6 and all(m > 0 for m in medians)  # four Trainer segments, the plain loop's fetch and step
 
     runs = json.loads((tmp_path / "gan.json").read_text())["runs"]
     assert list(runs) == ["floor", "gdm", "opaque", "plain-loop"]
