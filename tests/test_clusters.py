@@ -116,7 +116,7 @@ def test_labels_and_clusters_exclude_each_other():
         make_clustered_gan(3, conditional=True, num_classes=10)
 
 
-def test_default_run_clusters_the_digits_and_its_checkpoint_keeps_them(tmp_path):
+def test_default_run_clusters_the_digits_and_its_checkpoint_keeps_them(tmp_path, monkeypatch):
     from gdm.app import run
     from gdm.checkpoints import load_model
 
@@ -132,6 +132,17 @@ def test_default_run_clusters_the_digits_and_its_checkpoint_keeps_them(tmp_path)
     # the checkpoint samples without data, and a cluster on request
     fives = model.generate(range(4), labels=[5] * 4)
     assert fives.shape == (4, 1, 16, 16) and fives.min() >= -1 and fives.max() <= 1
+
+    # task=eval and a resumed run take the clusters from the checkpoint: k-means does not run again
+    monkeypatch.setattr(PixelClusters, "fit", lambda *_: pytest.fail("k-means ran again"))
+    ckpt = tmp_path / "checkpoints" / "last.ckpt"
+    run(compose_config(["task=eval", f"ckpt_path={ckpt}", "eval.num_samples=40", "eval.split=val"], tmp_path / "eval"))
+    assert (tmp_path / "eval" / "eval.json").is_file()
+    run(compose_config(["data.image_size=16", *TINY, "logger=none", "test_after_fit=false", "trainer.max_epochs=2",
+                        f"ckpt_path={ckpt}"], tmp_path / "resumed"))
+    resumed = load_model(tmp_path / "resumed" / "checkpoints" / "last.ckpt")
+    assert torch.equal(resumed.clusters.centres, model.clusters.centres)
+    assert torch.equal(resumed.class_probs, model.class_probs)
 
 
 

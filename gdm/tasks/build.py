@@ -26,7 +26,9 @@ def build_datamodule(cfg: DictConfig) -> SplitDataModule:
     return instantiate(cfg.data, _convert_="all")
 
 
-def build_model(cfg: DictConfig, datamodule: SplitDataModule) -> GenerativeModule:
+def build_model(cfg: DictConfig, datamodule: SplitDataModule, from_checkpoint: bool = False) -> GenerativeModule:
+    """The model of `cfg.model`, sized from the data. Before training, fitted to the training split (k-means
+    clusters, class frequencies); `from_checkpoint`: not, as a checkpoint's state dict holds those (eval, resume)."""
     # Sized from the data: the shape is passed in Python, not merged into the config.
     # Checked on the class first, before its nets are sized (the wrong kind of data is the first thing to say),
     # then on the instance (a conditional GAN also needs labels).
@@ -34,10 +36,11 @@ def build_model(cfg: DictConfig, datamodule: SplitDataModule) -> GenerativeModul
     make_model = instantiate(cfg.model, _partial_=True, _convert_="all")
     model = make_model(image_shape=tuple(int(n) for n in datamodule.image_shape), num_classes=datamodule.num_classes)
     check_provides(cfg, model.requires, datamodule)
-    if getattr(model, "clusters", None) is not None:  # self-conditioning: k-means on the training images
-        model.fit_clusters(cluster_inputs(datamodule.split("train")))
-    elif model.conditional:  # class-balanced samples follow the training split's class frequencies
-        model.set_class_frequencies(datamodule.class_counts("train"))
+    if not from_checkpoint:
+        if getattr(model, "clusters", None) is not None:  # self-conditioning: k-means on the training images
+            model.fit_clusters(cluster_inputs(datamodule.split("train")))
+        elif model.conditional:  # class-balanced samples follow the training split's class frequencies
+            model.set_class_frequencies(datamodule.class_counts("train"))
     if cfg.get("compile"):
         model.compile_nets()
     return model

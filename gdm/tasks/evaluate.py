@@ -67,7 +67,7 @@ def evaluate(cfg: DictConfig) -> float | None:
     if cfg.get("print_config", True):
         print_config_tree(cfg)
     datamodule = build_datamodule(cfg)
-    model = load_state(build_model(cfg, datamodule), checkpoint, cfg.ckpt_path)
+    model = load_state(build_model(cfg, datamodule, from_checkpoint=True), checkpoint, cfg.ckpt_path)
     per_seed = []
     base_seed = cfg.metrics.fid.seed if seeds > 1 else None
     for i in range(seeds):

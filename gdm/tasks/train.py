@@ -37,7 +37,7 @@ def train(cfg: DictConfig) -> float | None:
 
     resume = resume_from(cfg)
     datamodule = build_datamodule(cfg)
-    model = build_model(cfg, datamodule)
+    model = build_model(cfg, datamodule, from_checkpoint=resume is not None)
     if resume is not None:
         check_fits(model, resume[1], resume[0])
         changed = changed_settings(model, resume[1])
