@@ -8,6 +8,13 @@ class GdmError(ValueError):
     """
 
 
+def typed(value: object) -> str:
+    """A config value as the user types it on the command line: null, true / false, else str()."""
+    if value is None:
+        return "null"
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
 def integer_option(key: str, value: object, minimum: int | None = None, hint: str = "") -> int:
     """The config value `value` of `key` as an int.
 
@@ -17,6 +24,6 @@ def integer_option(key: str, value: object, minimum: int | None = None, hint: st
     """
     bound = f" >= {minimum}" if minimum is not None else ""
     if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
-        shown = f"'{value}'" if isinstance(value, str) else value
+        shown = f"'{value}'" if isinstance(value, str) else typed(value)
         raise GdmError(f"{key}={shown} must be an integer{bound}{' ' + hint if hint else ''}.")
     return value

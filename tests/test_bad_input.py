@@ -15,6 +15,7 @@ from PIL import Image
 from test_e2e import run_py
 
 from gdm.app import run, user_error
+from gdm.errors import GdmError
 
 QUICK = ["print_config=false", "logger=none", "data.image_size=16", "trainer.max_epochs=1",
          "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1"]  # every run here stops before training
@@ -179,3 +180,36 @@ def test_a_run_directory_with_checkpoints_is_not_overwritten_by_accident(tmp_pat
         run(cfg)
     assert f"{run_dir} already holds checkpoints ({gan_ckpt}): continue that run with resume=auto" in str(
         user_error(caught.value))
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("model.n_critic=1.5", "model.n_critic=1.5 must be an integer >= 1 (discriminator updates per generator update)."),
+    ("model.latent_dim=2.5", "model.latent_dim=2.5 must be an integer >= 1."),
+    ("model.num_visuals=abc", "model.num_visuals='abc' must be an integer >= 1."),
+    ("data.batch_size=2.5", "data.batch_size=2.5 must be an integer >= 1."),
+    ("data.num_workers=-1", "data.num_workers=-1 must be an integer >= 0."),
+    ("metrics.batch_size=0", "metrics.batch_size=0 must be an integer >= 1 (images per batch of the evaluation)."),
+    ("metrics.fid.nearest_k=2.5", "metrics.fid.nearest_k=2.5 must be an integer >= 1."),
+])
+def test_a_count_that_is_not_a_whole_number_is_named_before_training(override, message, tmp_path):
+    with pytest.raises(Exception) as caught:  # noqa: PT011 - Hydra wraps errors of the classes it builds
+        run(compose_config([*QUICK, override], tmp_path))
+    assert str(user_error(caught.value)) == message
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_vae_latent_dim_is_checked_too(tmp_path):
+    with pytest.raises(Exception) as caught:  # noqa: PT011 - Hydra wraps errors of the classes it builds
+        run(compose_config([*QUICK, "model=vae", "model.latent_dim=true"], tmp_path))
+    assert str(user_error(caught.value)) == "model.latent_dim=true must be an integer >= 1."
+
+
+def test_float16_true_training_is_refused_and_bf16_true_is_warned_about(tmp_path, caplog):
+    with pytest.raises(GdmError, match=r"^trainer.precision=16-true trains with weights and Adam's moments in "
+                                       r"float16: .* use bf16-mixed or 16-mixed"):
+        run(compose_config([*QUICK, "trainer.precision=16-true"], tmp_path / "fp16"))
+    assert not (tmp_path / "fp16").exists()  # refused before the run directory is made
+    with caplog.at_level("WARNING"):
+        run(compose_config([*QUICK, "trainer.precision=bf16-true", "metrics.fid.num_samples=40", "test_after_fit=false"],
+                           tmp_path / "bf16"))
+    assert "trainer.precision=bf16-true keeps weights, Adam's moments" in caplog.text

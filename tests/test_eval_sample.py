@@ -117,14 +117,16 @@ def test_sample_refuses_a_translation_model(tmp_path):
 
 @pytest.mark.parametrize(("overrides", "message"), [
     (["+sample.label=abc"], "sample.label='abc' must be an integer >= 0 (the class to draw), or left unset for all."),
-    (["+sample.label=true"], "sample.label=True must be an integer >= 0"),
+    (["+sample.label=true"], "sample.label=true must be an integer >= 0"),
     (["+sample.label=2.5"], "sample.label=2.5 must be an integer >= 0"),
     (["+sample.label=-1"], "sample.label=-1 must be an integer >= 0"),
     (["+sample.label=10"], "sample.label=10 needs a class-conditional model with that class (classes 0..9)."),
     (["+sample.n=abc"], "sample.n='abc' must be an integer >= 1 (the number of images to draw)."),
     (["+sample.n=2.5"], "sample.n=2.5 must be an integer >= 1"),
     (["+sample.n=0"], "sample.n=0 must be an integer >= 1"),
-    (["sample.seed=x"], "sample.seed='x' must be an integer (the seed of the sample sequence)."),
+    (["sample.seed=x"], "sample.seed='x' must be an integer >= 0 (the seed of the sample sequence)."),
+    (["sample.seed=-1"], "sample.seed=-1 must be an integer >= 0"),
+    (["+sample.n=null"], "sample.n=null must be an integer >= 1"),
 ])
 def test_sample_options_that_are_not_integers_are_named(cgan_ckpt, tmp_path, overrides, message):
     with pytest.raises(GdmError) as caught:
@@ -143,6 +145,8 @@ def test_sample_label_draws_that_class_only(cgan_ckpt, tmp_path):
 @pytest.mark.parametrize(("overrides", "message"), [
     (["eval.sample_seeds=abc"], "eval.sample_seeds='abc' must be an integer >= 1"),
     (["eval.sample_seeds=2.5"], "eval.sample_seeds=2.5 must be an integer >= 1"),
+    (["eval.sample_seeds=0"], "eval.sample_seeds=0 must be an integer >= 1"),
+    (["eval.sample_seeds=false"], "eval.sample_seeds=false must be an integer >= 1"),
     (["eval.num_samples=many"], "eval.num_samples='many' must be an integer >= 2 or null."),
     (["eval.num_samples=1"], "eval.num_samples=1 must be an integer >= 2 or null."),
     (["eval.kid_subset_size=0.5"], "eval.kid_subset_size=0.5 must be an integer >= 2 or null."),
@@ -156,7 +160,7 @@ def test_eval_options_that_are_not_integers_are_named(cgan_ckpt, tmp_path, overr
 @pytest.mark.parametrize(("value", "message"), [
     ("abc", "translate.load_size='abc' must be an integer >= 8 (pixels of each image's short side"),
     ("4", "translate.load_size=4 must be an integer >= 8"),
-    ("true", "translate.load_size=True must be an integer >= 8"),
+    ("true", "translate.load_size=true must be an integer >= 8"),
 ])
 def test_translate_load_size_that_is_not_a_size_is_named(tmp_path, value, message):
     cfg = compose_config(["task=translate", f"ckpt_path={tmp_path / 'x.ckpt'}", f"translate.input={tmp_path}",

@@ -315,9 +315,12 @@ def test_sample_quality_refuses_too_few_samples_before_training(real_val):
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"num_samples": "1000"}, "metrics.fid.num_samples='1000' must be an integer >= 2"),
     ({"num_samples": 2.5}, "metrics.fid.num_samples=2.5 must be an integer >= 2"),
-    ({"seed": "abc"}, "metrics.fid.seed='abc' must be an integer."),
+    ({"seed": "abc"}, "metrics.fid.seed='abc' must be an integer >= 0."),
+    ({"seed": -1}, "metrics.fid.seed=-1 must be an integer >= 0."),
+    ({"nearest_samples": 2.5}, "metrics.fid.nearest_samples=2.5 must be an integer >= 0."),
+    ({"nearest_k": 0}, "metrics.fid.nearest_k=0 must be an integer >= 1."),
     ({"kid_subsets": 0}, "metrics.fid.kid_subsets=0 must be an integer >= 1."),
-    ({"kid_subset_size": True}, "metrics.fid.kid_subset_size=True must be an integer >= 2 or null."),
+    ({"kid_subset_size": True}, "metrics.fid.kid_subset_size=true must be an integer >= 2 or null."),
     ({"precision_recall_k": 0}, "metrics.fid.precision_recall_k=0 must be an integer >= 1 or null."),
     ({"density_coverage_k": "five"}, "metrics.fid.density_coverage_k='five' must be an integer >= 1 or null."),
 ])

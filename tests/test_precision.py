@@ -1,4 +1,4 @@
-"""trainer.precision=bf16-true (and 16-true) casts a model's weights and buffers; what gdm feeds a model outside
+"""trainer.precision=bf16-true casts a model's weights and buffers (16-true is refused for training: test_bad_input); what gdm feeds a model outside
 Lightning's precision plugin (latents, example images, cluster assignment) must follow them, and what it
 returns (samples, translations) stays float32 for the metrics and the PNGs."""
 

@@ -6,6 +6,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from gdm.errors import integer_option
+
 SPLITS = ("train", "val", "test")
 
 
@@ -26,7 +28,8 @@ class SplitDataModule(L.LightningDataModule):
         super().__init__()
         # The FID feature network that suits this data; `metrics.features` defaults to it.
         self.fid_features = fid_features
-        self.batch_size = batch_size
+        self.batch_size = integer_option("data.batch_size", batch_size, minimum=1)
+        integer_option("data.num_workers", num_workers, minimum=0)
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.datasets: dict[str, Dataset] = {}

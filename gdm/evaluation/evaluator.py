@@ -27,7 +27,7 @@ import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader
 
-from gdm.errors import GdmError
+from gdm.errors import GdmError, integer_option
 from gdm.evaluation.context import Evaluation, MetricResult
 from gdm.evaluation.protocol import describe, with_id
 from gdm.evaluation.real_features import RealFeatureCache
@@ -64,6 +64,7 @@ class Evaluator(L.Callback):
         self.run_dir = Path(run_dir)
         self.monitor, self.mode = monitor, mode
         self.cache = RealFeatureCache(cache_dir)
+        integer_option("metrics.batch_size", batch_size, minimum=1, hint="(images per batch of the evaluation)")
         self.batch_size, self.grids_every_n_evals = batch_size, grids_every_n_evals
         self.report, self.save_checkpoints, self.fixed_step = report, save_checkpoints, step
         self.features = None

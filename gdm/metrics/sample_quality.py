@@ -48,12 +48,15 @@ class SampleQuality:
         num_samples = integer_option("metrics.fid.num_samples", num_samples, minimum=2, hint=(
             "(FID needs 2 generated images at least: the covariance of one image is undefined; use 1000 or more "
             "for a stable value)"))
-        seed = integer_option("metrics.fid.seed", seed)
-        kid_subsets = integer_option("metrics.fid.kid_subsets", kid_subsets, minimum=1)
-        for key, value in (("kid_subset_size", kid_subset_size), ("precision_recall_k", precision_recall_k),
-                           ("density_coverage_k", density_coverage_k)):
-            if value is not None:  # null: that metric is off
-                integer_option(f"metrics.fid.{key}", value, minimum=2 if key == "kid_subset_size" else 1, hint="or null")
+        counts = {"seed": (seed, 0), "kid_subsets": (kid_subsets, 1), "nearest_samples": (nearest_samples, 0),
+                  "nearest_k": (nearest_k, 1)}
+        optional = {"kid_subset_size": (kid_subset_size, 2), "precision_recall_k": (precision_recall_k, 1),
+                    "density_coverage_k": (density_coverage_k, 1)}  # null: that metric is off
+        for key, (value, minimum) in counts.items():
+            integer_option(f"metrics.fid.{key}", value, minimum)
+        for key, (value, minimum) in optional.items():
+            if value is not None:
+                integer_option(f"metrics.fid.{key}", value, minimum, hint="or null")
         self.num_samples, self.real_split, self.seed = num_samples, real_split, seed
         self.kid_subset_size, self.kid_subsets = kid_subset_size, kid_subsets
         self.precision_recall_k, self.density_coverage_k = precision_recall_k, density_coverage_k

@@ -7,6 +7,7 @@ import math
 
 import torch
 
+from gdm.errors import integer_option
 from gdm.likelihoods import build_likelihood
 from gdm.models.base import GenerativeModule
 from gdm.models.capabilities import Samples
@@ -18,6 +19,8 @@ class AutoencoderModule(GenerativeModule, Samples):
                  likelihood_std: float | None, lr: float, encoder_outputs: int, num_visuals: int,
                  visual_seed: int):
         super().__init__()
+        integer_option("model.latent_dim", latent_dim, minimum=1)
+        integer_option("model.num_visuals", num_visuals, minimum=1)
         self.latent_dim, self.lr = latent_dim, lr
         self.num_visuals, self.visual_seed = num_visuals, visual_seed
         self.num_pixels = math.prod(image_shape)

@@ -83,5 +83,5 @@ class PixelClusters(nn.Module):
     @torch.no_grad()
     def assign(self, images: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) images -> (N,) long: the index of each image's nearest centre (Euclidean)."""
-        # In float32 whatever the run's precision (trainer.precision=bf16-true casts the centres and the images).
-        return torch.cdist(downsample(images).float(), self.centres.to(images.device, torch.float32)).argmin(1)
+        # In float32 whatever the run's precision (trainer.precision=bf16-true casts the centres to bf16).
+        return torch.cdist(downsample(images), self.centres.to(images.device, torch.float32)).argmin(1)

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from gdm.augment import build_augment
-from gdm.errors import GdmError
+from gdm.errors import GdmError, integer_option
 from gdm.losses import LeCam, get_loss, gradient_penalty, r1_penalty
 from gdm.models.base import GenerativeModule, latent_labels, latent_noise
 from gdm.models.capabilities import Samples
@@ -66,8 +66,9 @@ class GAN(GenerativeModule, Samples):
         self.save_hyperparameters(ignore=["generator", "discriminator"])
         self.automatic_optimization = False
         self.adversarial = get_loss(loss)
-        if n_critic < 1:
-            raise GdmError(f"model.n_critic={n_critic} must be at least 1 (discriminator updates per generator update).")
+        integer_option("model.n_critic", n_critic, minimum=1, hint="(discriminator updates per generator update)")
+        integer_option("model.latent_dim", latent_dim, minimum=1)
+        integer_option("model.num_visuals", num_visuals, minimum=1)
         self.gp_weight = self.adversarial.gradient_penalty_weight if gp_weight is None else gp_weight
         self.latent_dim, self.n_critic, self.r1_gamma = latent_dim, n_critic, r1_gamma
         if conditional and clusters is not None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
@@ -17,6 +19,8 @@ from gdm.errors import GdmError
 from gdm.evaluation.evaluator import Evaluator
 from gdm.models.base import GenerativeModule
 from gdm.models.clusters import cluster_inputs
+
+log = logging.getLogger(__name__)
 
 # `_convert_="all"`: pass plain lists and dicts, never OmegaConf containers, so hyperparameters stored in
 # checkpoints load with torch.load(weights_only=True).
@@ -76,6 +80,19 @@ def check_provides(cfg: DictConfig, requires: frozenset[str], datamodule: SplitD
             f"model={choice(cfg, 'model')} needs {describe(missing)}, which data={choice(cfg, 'data')} does not have "
             f"(it has {describe(datamodule.provides)}): pick other data, e.g. {DATA_WITH.get(min(missing), 'another')}."
         )
+
+
+def check_training_precision(precision: object) -> None:
+    """trainer.precision for training: 16-true is refused (GdmError), bf16-true warned about. Both keep the weights
+    and Adam's moments in half precision, without the float32 master copies of the -mixed precisions."""
+    if str(precision) == "16-true":
+        raise GdmError("trainer.precision=16-true trains with weights and Adam's moments in float16: the second "
+                       "moments underflow to 0 and the updates blow up (a GAN measured FID 2272 against 664 in "
+                       "float32); use bf16-mixed or 16-mixed (float32 weights, half-precision compute), or bf16-true.")
+    if str(precision) == "bf16-true":
+        log.warning("trainer.precision=bf16-true keeps weights, Adam's moments and the model's validation values in "
+                    "bfloat16 (8 significant bits): an update under ~0.4% of its weight rounds away (norm scales "
+                    "near 1 stay where they are) and val/ values are coarse; bf16-mixed keeps float32 weights.")
 
 
 def check_run_fits(cfg: DictConfig, datamodule: SplitDataModule, trainer: L.Trainer) -> None:

@@ -59,7 +59,7 @@ def evaluate(cfg: DictConfig) -> float | None:
         translation = cfg.metrics.get("translation")
         if translation is not None:
             translation.real_split = translation.split = opts.split
-    seeds = integer_option("eval.sample_seeds", opts.get("sample_seeds") or 1, minimum=1,
+    seeds = integer_option("eval.sample_seeds", opts.get("sample_seeds", 1), minimum=1,
                            hint="(the number of sample seeds to evaluate with)")
     if seeds > 1 and cfg.metrics.get("fid") is None:
         raise GdmError(f"eval.sample_seeds={seeds} draws other samples of a sampling model (metrics.fid.seed), and "

@@ -29,7 +29,7 @@ def sample(cfg: DictConfig) -> None:
         raise GdmError("task=sample needs ckpt_path=RUN/checkpoints/best.ckpt.")
     opts = cfg.get("sample") or {}
     n = integer_option("sample.n", opts.get("n", 64), minimum=1, hint="(the number of images to draw)")
-    seed = integer_option("sample.seed", opts.get("seed", 0), hint="(the seed of the sample sequence)")
+    seed = integer_option("sample.seed", opts.get("seed", 0), minimum=0, hint="(the seed of the sample sequence)")
     label = opts.get("label")
     if label is not None:
         label = integer_option("sample.label", label, minimum=0, hint="(the class to draw), or left unset for all")

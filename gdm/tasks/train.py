@@ -23,12 +23,14 @@ from gdm.tasks.build import (
     build_model,
     build_trainer,
     check_run_fits,
+    check_training_precision,
 )
 
 log = logging.getLogger(__name__)
 
 
 def train(cfg: DictConfig) -> float | None:
+    check_training_precision(cfg.trainer.get("precision"))
     L.seed_everything(cfg.seed, workers=True)
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
