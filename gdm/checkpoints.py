@@ -17,7 +17,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from gdm.errors import GdmError
+from gdm.errors import GdmError, typed
 from gdm.models.base import GenerativeModule
 
 log = logging.getLogger(__name__)
@@ -117,10 +117,7 @@ def check_fits(model: GenerativeModule, checkpoint: dict, path: str | Path) -> N
 def settings_hint(model: GenerativeModule, checkpoint: dict) -> str:
     """The model settings to give back to fit a checkpoint: changed ones, and new ones its run predates."""
     saved = checkpoint.get("hyper_parameters", {})
-    def value(v) -> str:
-        return "null" if v is None else str(v)
-
-    wanted = [f"model.{k}={value(saved[k])}" for k, v in model.hparams.items()
+    wanted = [f"model.{k}={typed(saved[k])}" for k, v in model.hparams.items()
               if k in saved and saved[k] != v and k not in SPEED_ONLY]
     wanted += [f"model.{k}=null" for k, v in model.hparams.items() if k not in saved and v is not None]
     return f"; it was written with {' '.join(wanted)}" if wanted else ""

@@ -99,7 +99,7 @@ def test_a_ckpt_path_that_does_not_exist(task, tmp_path):
 @pytest.mark.slow
 def test_a_sample_label_that_is_not_a_class(tmp_path, gan_ckpt):
     fails_cleanly(tmp_path, "task=sample", f"ckpt_path={gan_ckpt}", "+sample.label=abc",
-                  message="sample.label='abc' must be an integer >= 0 (the class to draw), or left unset for all.")
+                  message="sample.label='abc' must be an integer >= 0 (the class to draw; unset: every class) or null.")
 
 
 @pytest.mark.slow

@@ -115,24 +115,31 @@ def test_sample_refuses_a_translation_model(tmp_path):
         run(cfg)
 
 
-@pytest.mark.parametrize(("overrides", "message"), [
-    (["+sample.label=abc"], "sample.label='abc' must be an integer >= 0 (the class to draw), or left unset for all."),
-    (["+sample.label=true"], "sample.label=true must be an integer >= 0"),
-    (["+sample.label=2.5"], "sample.label=2.5 must be an integer >= 0"),
-    (["+sample.label=-1"], "sample.label=-1 must be an integer >= 0"),
-    (["+sample.label=10"], "sample.label=10 needs a class-conditional model with that class (classes 0..9)."),
-    (["+sample.n=abc"], "sample.n='abc' must be an integer >= 1 (the number of images to draw)."),
-    (["+sample.n=2.5"], "sample.n=2.5 must be an integer >= 1"),
-    (["+sample.n=0"], "sample.n=0 must be an integer >= 1"),
-    (["sample.seed=x"], "sample.seed='x' must be an integer >= 0 (the seed of the sample sequence)."),
-    (["sample.seed=-1"], "sample.seed=-1 must be an integer >= 0"),
-    (["+sample.n=null"], "sample.n=null must be an integer >= 1"),
+@pytest.mark.parametrize(("task", "overrides", "message"), [
+    ("sample", ["+sample.label=abc"], "sample.label='abc' must be an integer >= 0 (the class to draw; unset: every class) or null."),
+    ("sample", ["+sample.label=true"], "sample.label=true must be an integer >= 0"),
+    ("sample", ["+sample.label=2.5"], "sample.label=2.5 must be an integer >= 0"),
+    ("sample", ["+sample.label=-1"], "sample.label=-1 must be an integer >= 0"),
+    ("sample", ["+sample.label=10"], "sample.label=10 needs a class-conditional model with that class (classes 0..9)."),
+    ("sample", ["+sample.n=abc"], "sample.n='abc' must be an integer >= 1 (the number of images to draw)."),
+    ("sample", ["+sample.n=2.5"], "sample.n=2.5 must be an integer >= 1"),
+    ("sample", ["+sample.n=0"], "sample.n=0 must be an integer >= 1"),
+    ("sample", ["sample.seed=x"], "sample.seed='x' must be an integer >= 0 (the seed of the sample sequence)."),
+    ("sample", ["sample.seed=-1"], "sample.seed=-1 must be an integer >= 0"),
+    ("sample", ["+sample.n=null"], "sample.n=null must be an integer >= 1"),
+    ("eval", ["eval.sample_seeds=abc"], "eval.sample_seeds='abc' must be an integer >= 1"),
+    ("eval", ["eval.sample_seeds=2.5"], "eval.sample_seeds=2.5 must be an integer >= 1"),
+    ("eval", ["eval.sample_seeds=0"], "eval.sample_seeds=0 must be an integer >= 1"),
+    ("eval", ["eval.sample_seeds=false"], "eval.sample_seeds=false must be an integer >= 1"),
+    ("eval", ["eval.num_samples=many"], "eval.num_samples='many' must be an integer >= 2 or null."),
+    ("eval", ["eval.num_samples=1"], "eval.num_samples=1 must be an integer >= 2 or null."),
+    ("eval", ["eval.kid_subset_size=0.5"], "eval.kid_subset_size=0.5 must be an integer >= 2 or null."),
 ])
-def test_sample_options_that_are_not_integers_are_named(cgan_ckpt, tmp_path, overrides, message):
+def test_sample_and_eval_options_that_are_not_integers_are_named(cgan_ckpt, tmp_path, task, overrides, message):
     with pytest.raises(GdmError) as caught:
-        run(compose_config(["task=sample", f"ckpt_path={cgan_ckpt}", *overrides], tmp_path))
-    assert str(caught.value) == message or str(caught.value).startswith(message)
-    assert not (tmp_path / "samples").exists()
+        run(compose_config([f"task={task}", f"ckpt_path={cgan_ckpt}", *overrides], tmp_path))
+    assert str(caught.value).startswith(message)
+    assert not (tmp_path / "samples").exists() and not (tmp_path / "eval.json").exists()
 
 
 def test_sample_label_draws_that_class_only(cgan_ckpt, tmp_path):
@@ -140,21 +147,6 @@ def test_sample_label_draws_that_class_only(cgan_ckpt, tmp_path):
     files = sorted((tmp_path / "samples").glob("*.png"))
     expected = to_uint8(load_model(cgan_ckpt).generate(range(5), labels=torch.full((5,), 3)))
     assert torch.equal(torch.stack([load_png(f, 1) for f in files]), expected)
-
-
-@pytest.mark.parametrize(("overrides", "message"), [
-    (["eval.sample_seeds=abc"], "eval.sample_seeds='abc' must be an integer >= 1"),
-    (["eval.sample_seeds=2.5"], "eval.sample_seeds=2.5 must be an integer >= 1"),
-    (["eval.sample_seeds=0"], "eval.sample_seeds=0 must be an integer >= 1"),
-    (["eval.sample_seeds=false"], "eval.sample_seeds=false must be an integer >= 1"),
-    (["eval.num_samples=many"], "eval.num_samples='many' must be an integer >= 2 or null."),
-    (["eval.num_samples=1"], "eval.num_samples=1 must be an integer >= 2 or null."),
-    (["eval.kid_subset_size=0.5"], "eval.kid_subset_size=0.5 must be an integer >= 2 or null."),
-])
-def test_eval_options_that_are_not_integers_are_named(cgan_ckpt, tmp_path, overrides, message):
-    with pytest.raises(GdmError, match=re.escape(message)):
-        run(compose_config(["task=eval", f"ckpt_path={cgan_ckpt}", *overrides], tmp_path))
-    assert not (tmp_path / "eval.json").exists()
 
 
 @pytest.mark.parametrize(("value", "message"), [

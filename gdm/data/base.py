@@ -29,8 +29,7 @@ class SplitDataModule(L.LightningDataModule):
         # The FID feature network that suits this data; `metrics.features` defaults to it.
         self.fid_features = fid_features
         self.batch_size = integer_option("data.batch_size", batch_size, minimum=1)
-        integer_option("data.num_workers", num_workers, minimum=0)
-        self.num_workers = num_workers
+        self.num_workers = integer_option("data.num_workers", num_workers, minimum=0)
         self.pin_memory = pin_memory
         self.datasets: dict[str, Dataset] = {}
 

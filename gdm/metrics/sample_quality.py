@@ -55,8 +55,7 @@ class SampleQuality:
         for key, (value, minimum) in counts.items():
             integer_option(f"metrics.fid.{key}", value, minimum)
         for key, (value, minimum) in optional.items():
-            if value is not None:
-                integer_option(f"metrics.fid.{key}", value, minimum, hint="or null")
+            integer_option(f"metrics.fid.{key}", value, minimum, optional=True)
         self.num_samples, self.real_split, self.seed = num_samples, real_split, seed
         self.kid_subset_size, self.kid_subsets = kid_subset_size, kid_subsets
         self.precision_recall_k, self.density_coverage_k = precision_recall_k, density_coverage_k

@@ -45,8 +45,7 @@ def evaluate(cfg: DictConfig) -> float | None:
     if opts.split not in SPLITS:
         raise GdmError(f"eval.split='{opts.split}' is not a split; choose one of {', '.join(SPLITS)}.")
     for key in ("num_samples", "kid_subset_size"):  # null: the run's own value / no KID
-        if opts.get(key) is not None:
-            integer_option(f"eval.{key}", opts[key], minimum=2, hint="or null")
+        integer_option(f"eval.{key}", opts.get(key), minimum=2, optional=True)
     L.seed_everything(cfg.seed, workers=True)  # the VAE's ELBO / IWAE draw from the global RNG
     checkpoint = read_checkpoint(cfg.ckpt_path)
     cfg = config_for_checkpoint(cfg, checkpoint)

@@ -30,9 +30,8 @@ def sample(cfg: DictConfig) -> None:
     opts = cfg.get("sample") or {}
     n = integer_option("sample.n", opts.get("n", 64), minimum=1, hint="(the number of images to draw)")
     seed = integer_option("sample.seed", opts.get("seed", 0), minimum=0, hint="(the seed of the sample sequence)")
-    label = opts.get("label")
-    if label is not None:
-        label = integer_option("sample.label", label, minimum=0, hint="(the class to draw), or left unset for all")
+    label = integer_option("sample.label", opts.get("label"), minimum=0, optional=True,
+                           hint="(the class to draw; unset: every class)")
     model = load_model(cfg.ckpt_path)
     if not isinstance(model, Samples):
         raise GdmError(f"ckpt_path={cfg.ckpt_path} holds a {type(model).__name__}, which translates images rather "

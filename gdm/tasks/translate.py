@@ -61,10 +61,8 @@ def translate(cfg: DictConfig) -> None:
     for key in ("input", "output"):
         if not opts.get(key):
             raise GdmError(f"translate.{key} is not set: task=translate needs translate.input=DIR translate.output=DIR.")
-    load_size = opts.get("load_size")
-    if load_size is not None:
-        integer_option("translate.load_size", load_size, minimum=8,
-                       hint="(pixels of each image's short side before translating), or null to keep each size")
+    load_size = integer_option("translate.load_size", opts.get("load_size"), minimum=8, optional=True,
+                               hint="(pixels of each image's short side before translating)")
     if opts.direction is not None and opts.direction not in DIRECTIONS:
         raise GdmError(f"translate.direction={opts.direction} is not a direction; choose AtoB or BtoA.")
     # Built on the CPU and then moved: map_location alone would leave the model's weights on the CPU.
