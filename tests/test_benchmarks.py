@@ -55,3 +55,15 @@ def test_benchmarks_time_every_runner_and_set_it_beside_its_plain_loop(tmp_path)
     assert [r["steps"] for r in runs["reference"] + runs["opaque"]] == [3, 3]
     # the re-implemented reference nets are gdm's: the benchmark checks their parameter counts are equal
     assert runs["reference"][0]["g_params"] == runs["opaque"][0]["g_params"] > 0
+
+
+def test_translate_memory_sets_the_estimate_beside_the_rss_growth():
+    proc = subprocess.run([sys.executable, "translate_memory.py", "--sizes", "256"], cwd=EXPERIMENTS,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = [line.split() for line in proc.stdout.splitlines()[1:]]
+    assert [row[:2] for row in rows] == [["resnet_9blocks", "256"], ["unet_256", "256"]]
+    # the count at 256 px, fitted to probes at 64 and 128 px (U-Net: 256 and 512), with the float32 input (12 bytes
+    # per pixel): ResNet 524 + 12 bytes per pixel (its reflection pads add to the 515 of large images), U-Net 256 + 12
+    assert float(rows[0][2]) == pytest.approx(536 * 256**2 / 2**20, rel=0.01)
+    assert float(rows[1][2]) == pytest.approx(268 * 256**2 / 2**20, rel=0.01)

@@ -12,7 +12,9 @@ generator is fully convolutional; sides are reflection-padded to a multiple of t
 output has the input's size. `translate.direction` defaults to the model's first direction (AtoB for a
 CycleGAN, the trained one for pix2pix). `translate.load_size=N` first resizes each image so its short
 side is N (e.g. the training `data.image_size`, the scale the generator learned), and the output has
-that size.
+that size. An input whose translation cannot fit in the memory available (an uncropped 50-megapixel photo, a
+huge `load_size`) is refused before anything is written, naming the image and the memory it needs
+(`gdm.memory`: its activations measured on a small image and scaled to its pixels).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from gdm.checkpoints import load_model, read_checkpoint
 from gdm.data.image_files import WHITE, find_images, open_image, verify_images
 from gdm.errors import GdmError, integer_option
 from gdm.images import to_uint8
+from gdm.memory import available_bytes, gib, scaled_peak_bytes
 from gdm.models.capabilities import Translates
 from gdm.models.cyclegan import DIRECTIONS
 
@@ -52,6 +55,45 @@ def translate_image(model, image: Image.Image, direction: str, load_size: int | 
     x = F.pad(x, (0, pad_w, 0, pad_h), mode="reflect" if pad_h < h and pad_w < w else "replicate")
     y = to_uint8(model.translate(x, direction)[..., :h, :w])[0].cpu()
     return Image.fromarray(y.permute(1, 2, 0).squeeze(-1).numpy())
+
+
+def translated_size(path: Path, load_size: int | None) -> tuple[int, int]:
+    """(width, height) in pixels at which the image at `path` is translated: its own, or its short side resized to
+    `load_size` as torchvision's Resize does. Read from the file's header, without decoding."""
+    with Image.open(path) as image:
+        w, h = image.size
+    if load_size:
+        short, long = sorted((w, h))
+        w, h = (load_size, int(load_size * long / short)) if w <= h else (int(load_size * long / short), load_size)
+    return w, h
+
+
+def check_memory(model, files: list[Path], direction: str, load_size: int | None) -> None:
+    """Raise GdmError, before anything is written, if the largest input's translation needs more memory than the
+    model's device has available; log a warning if it needs more than half of it (the activations are a lower
+    bound: a pass takes up to 1.7x that on the CPU, experiments/README)."""
+    multiple, channels = model.size_multiple, model.hparams.image_shape[0]
+    side = multiple * -(-64 // multiple)  # small probes, multiples of the generator's size_multiple
+    mode = "L" if channels == 1 else "RGB"
+    tensor_bytes = scaled_peak_bytes(
+        lambda s: translate_image(model, Image.new(mode, (s, s)), direction, None), side)
+    sizes = {path: translated_size(path, load_size) for path in files}
+    path, (w, h) = max(sizes.items(), key=lambda item: item[1][0] * item[1][1])
+    with Image.open(path) as image:  # the decoded image (and its resized copy) besides the tensors
+        decoded = channels * (image.size[0] * image.size[1] + (w * h if load_size else 0))
+    need = tensor_bytes(w + -w % multiple, h + -h % multiple) + decoded
+    device = next(model.parameters()).device
+    available = available_bytes(device)
+    at = f"{w}x{h} px" + (f" (translate.load_size={load_size})" if load_size else "")
+    trained = model.hparams.image_shape[-1]
+    if need > available:
+        raise GdmError(f"{path} would be translated at {at}, which needs at least {gib(need)} of memory, more than "
+                       f"the {gib(available)} available on the {device.type}: set translate.load_size to a smaller "
+                       f"short side in pixels (the model was trained at {trained}) or free memory.")
+    if 2 * need > available:
+        log.warning(f"{path} is translated at {at}, which needs at least {gib(need)} of memory and may need up to "
+                    f"twice that; {gib(available)} are available on the {device.type}: if the run is killed, set "
+                    f"translate.load_size (the model was trained at {trained}).")
 
 
 def translate(cfg: DictConfig) -> None:
@@ -80,6 +122,7 @@ def translate(cfg: DictConfig) -> None:
                        "overwrite or mix with the inputs; pick another folder.")
     files = find_images(source, key="translate.input")
     verify_images(files, root=source)  # every input decodes before any output is written
+    check_memory(model, files, direction, load_size)
     channels = model.hparams.image_shape[0]
     background = read_checkpoint(cfg.ckpt_path)["gdm_config"]["data"].get("background", WHITE)
     for done, path in enumerate(files):
