@@ -18,6 +18,7 @@ from gdm.errors import GdmError
 from gdm.images import load_png, to_uint8
 from gdm.metrics.features import DigitFeatures
 from gdm.models.base import latent_noise
+from gdm.tasks.sample import sample_file_name
 
 SMALL = ["data.image_size=16", *TINY, "logger=none", "test_after_fit=false"]
 
@@ -106,6 +107,26 @@ def test_sample_writes_n_pngs_and_a_class_grid_from_the_ema_generator(cgan_ckpt,
     assert model.generator_ema is not None and not torch.equal(expected, to_uint8(raw))
     grid = load_png(tmp_path / "grid.png", 1)
     assert grid.shape == (1, 2 + 3 * 18, 2 + 10 * 18)  # 10 columns (classes), 3 rows, 16 px + 2 px padding
+
+
+def test_sample_streams_many_samples_and_grids_the_first_whole_rows(cgan_ckpt, tmp_path):
+    run(compose_config(["task=sample", f"ckpt_path={cgan_ckpt}", "+sample.n=300"], tmp_path))
+    files = sorted((tmp_path / "samples").glob("*.png"))
+    assert [f.name for f in files] == [f"{i:05d}.png" for i in range(300)]  # the chunks of 256 join up
+    model = load_model(cgan_ckpt)
+    picked = [0, 255, 256, 299]
+    expected = to_uint8(model.generate(picked, labels=torch.tensor(picked) % 10))
+    assert torch.equal(torch.stack([load_png(files[i], 1) for i in picked]), expected)
+    grid = load_png(tmp_path / "grid.png", 1)
+    assert grid.shape == (1, 2 + 25 * 18, 2 + 10 * 18)  # the first 250 = 25 whole rows of the 10 classes
+    first = to_uint8(model.generate([0], labels=torch.tensor([0])))[0]
+    assert torch.equal(grid[:, 2:18, 2:18], first)
+
+
+def test_sample_names_sort_in_sample_order_past_99999():
+    assert [sample_file_name(i, 100000) for i in (0, 99999)] == ["00000.png", "99999.png"]
+    assert [sample_file_name(i, 100001) for i in (0, 99999, 100000)] == ["000000.png", "099999.png", "100000.png"]
+    assert sample_file_name(3, 1) == "00003.png"
 
 
 def test_sample_refuses_a_translation_model(tmp_path):
