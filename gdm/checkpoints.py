@@ -134,6 +134,16 @@ def changed_settings(model: GenerativeModule, checkpoint: dict) -> list[str]:
             if k in saved and saved[k] != v and k not in SPEED_ONLY]
 
 
+def changed_precision(cfg: DictConfig, checkpoint: dict) -> str | None:
+    """`trainer.precision: old -> new` when a resumed run changes it (its steps before and after then differ in
+    arithmetic; the restored optimizer state is cast, so it runs), else None."""
+    saved = (checkpoint.get("gdm_config") or {}).get("trainer", {}).get("precision")
+    wanted = cfg.get("trainer", {}).get("precision")
+    if saved is None or wanted is None or str(saved) == str(wanted):
+        return None
+    return f"trainer.precision: {saved} -> {wanted}"
+
+
 def load_state(model: GenerativeModule, checkpoint: dict, path: str | Path) -> GenerativeModule:
     model.match_optional_state(checkpoint["state_dict"])
     try:

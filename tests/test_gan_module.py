@@ -199,6 +199,18 @@ def test_resume_warning_names_optimizer_settings_not_the_layout():
     assert changed_settings(make_gan(channels_last=False, lr_g=3e-4), saved) == ["lr_g: 0.0001 -> 0.0003"]
 
 
+def test_resume_warning_names_a_changed_precision():
+    from omegaconf import OmegaConf
+
+    from gdm.checkpoints import changed_precision
+
+    saved = {"gdm_config": {"trainer": {"precision": "32-true"}}}
+    assert changed_precision(OmegaConf.create({"trainer": {"precision": "32-true"}}), saved) is None
+    assert changed_precision(OmegaConf.create({"trainer": {"precision": "bf16-mixed"}}), saved) == \
+        "trainer.precision: 32-true -> bf16-mixed"
+    assert changed_precision(OmegaConf.create({"trainer": {"precision": 32}}), {"gdm_config": {"trainer": {}}}) is None
+
+
 @pytest.mark.parametrize("value", ["yes", "nhwc", 1.0])
 def test_channels_last_bad_value_raises(value):
     with pytest.raises(GdmError, match=f"model.channels_last={value!r} is not a choice"):

@@ -12,7 +12,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from omegaconf import DictConfig, OmegaConf
 
-from gdm.checkpoints import changed_settings, check_fits
+from gdm.checkpoints import changed_precision, changed_settings, check_fits
 from gdm.evaluation.evaluator import Evaluator
 from gdm.loggers import finish_loggers, offline_wandb_dir
 from gdm.resume import resume_from
@@ -46,6 +46,11 @@ def train(cfg: DictConfig) -> float | None:
         if changed:  # the restored optimizers and schedulers carry the checkpoint's learning rates and betas
             log.warning(f"resuming with model settings that differ from the checkpoint's ({'; '.join(changed)}): "
                         "optimizer and scheduler settings (lr, betas) stay as saved; start a new run to change them.")
+        precision = changed_precision(cfg, resume[1])
+        if precision:
+            log.warning(f"resuming with another arithmetic ({precision}): the run's steps before and after differ, so "
+                        "its curves and results are not those of either precision alone; set it back to continue "
+                        "the run as it was.")
     loggers = build_loggers(cfg)
     status = "failed"
     try:
