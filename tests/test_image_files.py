@@ -12,7 +12,7 @@ from helpers import TINY, compose_config
 from PIL import Image
 
 from gdm.app import run, user_error
-from gdm.data.image_files import UnreadableImage, find_images, open_image, verify_images
+from gdm.data.image_files import UnreadableImage, find_images, image_paths, open_image, verify_images
 from gdm.data.image_folder import ImageFolderDataModule
 from gdm.errors import GdmError
 
@@ -124,7 +124,34 @@ def test_a_truncated_jpeg_is_named_by_verification(tmp_path):
     with pytest.raises(UnreadableImage, match=r"Cannot read image .*half.jpg \(image file is truncated"):
         ImageFolderDataModule(str(root), num_workers=0)
     (root / "junk.png").write_bytes(b"not an image")
-    with pytest.raises(UnreadableImage, match=r"half.jpg .*\(and 1 more unreadable files\)"):
+    with pytest.raises(UnreadableImage, match=r"half.jpg .*\(and 1 more unreadable files: .*junk.png\)\.$"):
+        ImageFolderDataModule(str(root), num_workers=0)
+    for i in range(12):
+        (root / f"junk{i:02d}.png").write_bytes(b"not an image")
+    with pytest.raises(UnreadableImage, match=r"half.jpg .*\(and 13 more unreadable files: .*junk.png, "
+                                              r".*junk00.png, .*junk08.png, \.\.\.\)\.$"):
+        ImageFolderDataModule(str(root), num_workers=0)
+
+
+def test_linked_folders_are_read_once_and_a_loop_ends(tmp_path, caplog):
+    root = flat_folder(tmp_path / "imgs", n=3)
+    (root / "self").symlink_to(".")  # a loop: walked naively it repeats every image, each level deeper
+    (root / "again").symlink_to(root)
+    outside = flat_folder(tmp_path / "outside" / "photos", n=2)
+    (root / "b_photos").symlink_to(outside)
+    (root / "a_photos").symlink_to(outside)  # two links to one folder: its images once, by the first name
+    with caplog.at_level("WARNING", logger="gdm.data.image_files"):
+        files = image_paths(root)
+    assert [str(f.relative_to(root)) for f in files] == ["00.png", "01.png", "02.png", "a_photos/00.png",
+                                                         "a_photos/01.png"]
+    assert "linked folders lead to folders already read" in caplog.text and "and 2 more" in caplog.text
+
+
+def test_a_broken_link_is_named_by_verification(tmp_path):
+    root = flat_folder(tmp_path / "imgs", n=3)
+    (root / "broken.jpg").symlink_to(tmp_path / "nonexistent.jpg")
+    with pytest.raises(UnreadableImage, match=rf"Cannot read image .*broken.jpg \(No such file or directory: a link to "
+                                              rf"{tmp_path / 'nonexistent.jpg'}\): remove or replace the file\.$"):
         ImageFolderDataModule(str(root), num_workers=0)
 
 

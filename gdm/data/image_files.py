@@ -3,7 +3,9 @@
 `task=translate` and the download tool's checks all use it.
 
 - Which files: `IMAGE_EXTENSIONS`, anywhere under the root, except hidden files and folders (a name
-  starting with "." such as `.ipynb_checkpoints/`, and macOS's `__MACOSX/`): they are not data.
+  starting with "." such as `.ipynb_checkpoints/`, and macOS's `__MACOSX/`): they are not data. Linked
+  folders are followed, each real folder read once (a link back to a folder already read, `self -> .`, would
+  otherwise repeat its images, or loop for ever), with a warning naming the links left out.
 - Decoding (`open_image`): the EXIF orientation is applied (phone photos come upright everywhere);
   16-bit greyscale (PNG / TIFF, modes I;16 and I) is scaled to 8 bits by value / 257, and 32-bit float
   images are read as [0, 1] (refused, by name, outside it), where Pillow's own conversion would clip
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -38,6 +41,8 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", "
 HIDDEN_FOLDERS = ("__MACOSX",)
 WHITE = (255, 255, 255)
 
+log = logging.getLogger(__name__)
+
 
 class UnreadableImage(GdmError):
     """An image file that cannot be decoded."""
@@ -48,16 +53,26 @@ def hidden(name: str) -> bool:
 
 
 def image_paths(root: str | Path) -> list[Path]:
-    """The image files under `root` (searched recursively, following links; hidden files and folders left
-    out), sorted; [] when none."""
+    """The image files under `root` (searched recursively, following links, each real folder once; hidden files
+    and folders left out), sorted; [] when none."""
     root = Path(root).expanduser()
     if not root.is_dir():
         return []
-    found = []
+    found, read, repeats = [], set(), []
     for folder, subfolders, names in os.walk(root, followlinks=True):  # scandir: no stat per file
-        subfolders[:] = [d for d in subfolders if not hidden(d)]
+        real = os.path.realpath(folder)
+        if real in read:  # a link to a folder already read: its images once only, and no endless loop
+            subfolders[:] = []
+            repeats.append(f"{folder} -> {real}")
+            continue
+        read.add(real)
+        subfolders[:] = sorted(d for d in subfolders if not hidden(d))  # the first path to a folder wins, always
         found += [os.path.join(folder, n) for n in names
                   if not hidden(n) and os.path.splitext(n)[1].lower() in IMAGE_EXTENSIONS]
+    if repeats:
+        more = f" and {len(repeats) - 1} more" if len(repeats) > 1 else ""
+        log.warning(f"{root}: linked folders lead to folders already read ({repeats[0]}{more}); their images are "
+                    "read once.")
     return sorted(map(Path, found))
 
 
@@ -152,22 +167,27 @@ def check_decodes(path: Path) -> str | None:
 
 def verify_images(files: Sequence[Path], root: str | Path | None = None, workers: int | None = None) -> None:
     """Decode every file not verified before (by path, size, modification time); one sentence naming the
-    first unreadable file (and how many more there are) if any fails."""
+    first unreadable file (a broken link, a file that does not decode) and the next ones, if any fails."""
     root = Path(root).expanduser() if root is not None else Path(os.path.commonpath([str(f) for f in files]))
     index_file = index_path(root)
     known = read_index(index_file)
-    stamps = {}
+    stamps, problems = {}, {}
     for path in files:
-        stat = os.stat(path)
+        try:
+            stat = os.stat(path)
+        except OSError as err:  # a link to nothing, a file removed since the folder was listed
+            target = f": a link to {os.readlink(path)}" if os.path.islink(path) else ""
+            problems[os.path.abspath(path)] = f"Cannot read image {path} ({err.strerror}{target}): remove or replace the file."
+            continue
         stamps[os.path.abspath(path)] = [stat.st_size, stat.st_mtime_ns]
     todo = [Path(name) for name, stamp in stamps.items() if known.get(name) != stamp]
-    if not todo:
-        return
-    with ThreadPoolExecutor(max_workers=workers or min(32, (os.cpu_count() or 1) + 2)) as pool:
-        results = list(pool.map(check_decodes, todo))
-    bad = {str(path) for path, problem in zip(todo, results) if problem is not None}
-    write_index(index_file, {**known, **{name: stamp for name, stamp in stamps.items() if name not in bad}})
-    problems = [problem for problem in results if problem is not None]
+    if todo:
+        with ThreadPoolExecutor(max_workers=workers or min(32, (os.cpu_count() or 1) + 2)) as pool:
+            problems.update({str(path): problem for path, problem in zip(todo, pool.map(check_decodes, todo))
+                             if problem is not None})
+        write_index(index_file, {**known, **{name: stamp for name, stamp in stamps.items() if name not in problems}})
     if problems:
-        more = f" (and {len(problems) - 1} more unreadable files)" if len(problems) > 1 else ""
-        raise UnreadableImage(problems[0].rstrip(".") + more + ".")
+        first, *others = sorted(problems)
+        shown = ", ".join(others[:10]) + (", ..." if len(others) > 10 else "")
+        more = f" (and {len(others)} more unreadable files: {shown})" if others else ""
+        raise UnreadableImage(problems[first].rstrip(".") + more + ".")
