@@ -62,6 +62,30 @@ def test_stop_and_resume_equals_one_uninterrupted_run(model, tmp_path):
         assert pools and all(full["state_dict"][k]["count"] == 2 for k in pools)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(("part_every", "every"), [(3, 3), (1, 3)])
+def test_resume_from_an_end_of_run_checkpoint_or_with_another_validation_interval(part_every, every, tmp_path):
+    """last.ckpt of a run whose last epoch had no scheduled validation comes from the end-of-run evaluation
+    (after fit, in trainer.validate): continuing it must still end where the longer uninterrupted run ends; as
+    must a resume that changes trainer.check_val_every_n_epoch (the checkpoint written in an epoch-end
+    validation, resumed where none is scheduled)."""
+    common = [*MODELS["gan"], *(o for o in EXACT if "check_val" not in o)]
+    run(compose_config([*common, "trainer.max_epochs=3", f"trainer.check_val_every_n_epoch={every}"],
+                       tmp_path / "full"))
+    run(compose_config([*common, "trainer.max_epochs=2", f"trainer.check_val_every_n_epoch={part_every}"],
+                       tmp_path / "part"))
+    run(compose_config([*common, "trainer.max_epochs=3", f"trainer.check_val_every_n_epoch={every}",
+                        f"ckpt_path={tmp_path / 'part/checkpoints/last.ckpt'}"], tmp_path / "resumed"))
+    full, resumed = (torch.load(tmp_path / r / "checkpoints" / "last.ckpt", weights_only=True)
+                     for r in ("full", "resumed"))
+    assert full["global_step"] == resumed["global_step"] == 2 * 3 * 3  # 3 epochs of 3 batches, a D and a G step
+    for key in ("state_dict", "optimizer_states", "gdm_rng_state"):
+        assert equal(full[key], resumed[key]), key
+    for r in ("full", "resumed"):  # the evaluation after epoch index 2 says so, wherever it ran
+        history = [json.loads(line) for line in (tmp_path / r / "metrics.jsonl").read_text().splitlines()]
+        assert (history[-1]["step"], history[-1]["epoch"]) == (9, 2)
+
+
 SIGNAL_RUN = ["data.image_size=16", "trainer.max_epochs=3", "+trainer.limit_train_batches=4",
               "+trainer.limit_val_batches=1", "trainer.check_val_every_n_epoch=1", "metrics.fid.num_samples=40",
               "print_config=false", "test_after_fit=false"]

@@ -3,8 +3,11 @@ restored on resume, and different on each DDP rank.
 
 - Resume: Lightning checkpoints hold no RNG state, so a resumed run would draw other noise, shuffles,
   crops and image-pool picks than the uninterrupted run. Saved here and restored when training starts
-  (not when the checkpoint loads: Lightning draws in between), a single-process resume continues the
-  exact same streams (tested bit for bit).
+  (not when the checkpoint loads: Lightning draws in between; for a checkpoint from an epoch's end, before
+  the fit loop builds the next epoch's DataLoader iterator), a single-process resume continues the exact
+  same streams (tested bit for bit).
+- After fit: the end-of-run evaluation (`trainer.validate`) draws from the streams before it writes last.ckpt;
+  that checkpoint holds the streams as training left them, so continuing it equals a longer uninterrupted run.
 - DDP: every rank seeds with the same `seed`, so with in-process data loading (num_workers=0) each rank
   would draw the same shuffles, augmentations and GAN noise. At fit start each rank > 0 moves to its own
   stream, derived from (seed, rank); a resumed multi-process run derives it from (seed, rank, step), since
@@ -18,6 +21,7 @@ import random
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.trainer.states import TrainerFn
 
 KEY = "gdm_rng_state"
 
@@ -55,28 +59,45 @@ class RandomState(L.Callback):
     def __init__(self, seed: int):
         self.seed = seed
         self.pending: dict | None = None  # the streams of the checkpoint being resumed, until training starts
+        self.end_of_training: dict | None = None  # the streams where the last fit stopped training
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit" and trainer.world_size > 1 and trainer.global_rank > 0:
             seed_rank(self.seed, trainer.global_rank)
 
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.end_of_training = collect()
+
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
-        checkpoint[KEY] = {"state": collect(), "world_size": trainer.world_size, "global_step": trainer.global_step}
+        # A checkpoint written after fit (the end-of-run evaluation, in trainer.validate) holds the streams where
+        # training stopped: the evaluation draws from them (its DataLoader's base seed, noise), where a longer
+        # uninterrupted run, with no evaluation scheduled there, goes on training.
+        after_fit = trainer.state.fn != TrainerFn.FITTING and self.end_of_training is not None
+        epochs = trainer.fit_loop.epoch_progress.current
+        epoch_end = after_fit or (trainer.training and epochs.processed > epochs.completed)  # on_train_epoch_end
+        state = self.end_of_training if after_fit else collect()
+        checkpoint[KEY] = {"state": state, "world_size": trainer.world_size, "global_step": trainer.global_step,
+                           "epoch_end": epoch_end}
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         # Kept, and applied at on_train_start: what runs between the checkpoint's loading and training's start
         # must not move the restored streams (see `on_train_start`).
         self.pending = checkpoint.get(KEY)  # None: a checkpoint from before RNG states were saved
 
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # A checkpoint written at an epoch's end (on_train_epoch_end, or after fit): the fit loop's set-up builds
+        # the next epoch's DataLoader iterator (its base seed and shuffle are drawn) before on_train_start, and
+        # trains with it, so the streams go back before that set-up, where the uninterrupted run draws them.
+        if self.pending is not None and self.pending.get("epoch_end"):
+            self.on_train_start(trainer, pl_module)
+
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Not at load time: between the load and here Lightning draws from the global torch stream where the
-        # uninterrupted run does not. Resuming from a checkpoint saved in an epoch's last validation (where
-        # last.ckpt is written), the fit loop re-enters that finished epoch and builds a train DataLoader
-        # iterator for it, which draws its base seed (torch.empty(()).random_()); the uninterrupted run
-        # builds the next epoch's iterator only. That one extra draw shifted every later shuffle, noise and
-        # dropout mask of a resumed run. on_train_start comes after that iterator, the sanity check and the
-        # set-up, and before any training-time draw.
-        saved, self.pending = self.pending, None
+        # uninterrupted run does not. Resuming from a checkpoint saved in a validation inside an epoch, the fit loop
+        # builds a train DataLoader iterator (its base seed: torch.empty(()).random_()) before it skips to the saved
+        # batch, where the uninterrupted run builds none; on_train_start comes after that iterator and the set-up,
+        # and before any training-time draw. (A checkpoint from an epoch's end is restored earlier: on_fit_start.)
+        saved, self.pending, self.end_of_training = self.pending, None, None
         if saved is None:
             return
         if trainer.world_size == 1 and saved["world_size"] == 1:

@@ -9,7 +9,9 @@ that stopped elsewhere (the last epoch, `trainer.max_steps`, a time limit: `fini
 3. saves the grids (`samples/<name>_step<step>.png`, `<name>_last.png`) and logs them at the same step;
 4. keeps the final and best values with their protocols, appends the evaluation to `metrics.jsonl`, writes
    `summary.json` (or `eval.json` for task=eval), mirrors best and protocols into the W&B summary;
-5. saves `checkpoints/last.ckpt` and, on a new best of `monitor`, `checkpoints/best.ckpt`.
+5. saves `checkpoints/last.ckpt` and, on a new best of `monitor`, `checkpoints/best.ckpt`: after a validation at
+   an epoch's end, at on_train_epoch_end (where Lightning's loops count that validation and epoch done, so a
+   resume starts the next epoch whatever its `check_val_every_n_epoch`), else at once.
 `best` is the best record; `train()` returns its value. Its state (best, run directory, wall time of
 earlier sessions) lives in every checkpoint, so a resumed run keeps its best and its total wall time.
 """
@@ -24,6 +26,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader
 
@@ -67,6 +70,8 @@ class Evaluator(L.Callback):
         integer_option("metrics.batch_size", batch_size, minimum=1, hint="(images per batch of the evaluation)")
         self.batch_size, self.grids_every_n_evals = batch_size, grids_every_n_evals
         self.report, self.save_checkpoints, self.fixed_step = report, save_checkpoints, step
+        self.after_fit = False  # in the end-of-run evaluation (`finish`)
+        self.save_at_epoch_end: bool | None = None  # an epoch-end validation's checkpoints, best or not, to write
         self.features = None
         self.best: dict | None = None
         self.final: dict = {}
@@ -142,7 +147,11 @@ class Evaluator(L.Callback):
         if trainer.interrupted or trainer.fast_dev_run or not trainer.limit_val_batches or self.status != "finished":
             return
         if self.final.get("step") != self.batches:
-            trainer.validate(model, datamodule=datamodule, verbose=False)
+            self.after_fit = True  # the fit loop has counted the last epoch done: it is current_epoch - 1
+            try:
+                trainer.validate(model, datamodule=datamodule, verbose=False)
+            finally:
+                self.after_fit = False
 
     # ---- one evaluation ---------------------------------------------------------------------------
 
@@ -205,7 +214,8 @@ class Evaluator(L.Callback):
         values = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
         values.update(result.values)
         protocols = {name: result.protocols.get(name) or self.validation_protocol(name, trainer) for name in values}
-        record = {"step": step, "epoch": trainer.current_epoch, "global_step": trainer.global_step,
+        epoch = trainer.current_epoch - 1 if self.after_fit else trainer.current_epoch
+        record = {"step": step, "epoch": epoch, "global_step": trainer.global_step,
                   "images_seen": step * trainer.world_size * getattr(trainer.datamodule, "batch_size", 0),
                   "wall_seconds": self.wall_seconds()}
         self.final = {**values, **record}
@@ -217,6 +227,15 @@ class Evaluator(L.Callback):
                                     "protocols": {k: p["id"] for k, p in protocols.items()}}) + "\n")
         self.write(trainer)
         if self.save_checkpoints and not trainer.fast_dev_run:
+            epoch_end = trainer.state.fn == TrainerFn.FITTING and trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+            if epoch_end:  # written at on_train_epoch_end, where Lightning counts this validation and epoch done
+                self.save_at_epoch_end = improved
+            else:
+                self.save(trainer, improved)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.save_at_epoch_end is not None:
+            improved, self.save_at_epoch_end = self.save_at_epoch_end, None
             self.save(trainer, improved)
 
     def save(self, trainer: L.Trainer, best: bool) -> None:
