@@ -5,7 +5,8 @@ W&B runs online only with credentials and a reachable server:
 `mode: auto` (the default) runs online when an API key is configured (WANDB_API_KEY or
 `wandb login`) and the W&B host answers within a few seconds; otherwise it runs offline and
 says, in one line, how to upload the run later. `mode: online` fails within seconds, in one
-sentence, when it cannot be online. `WANDB_MODE` in the environment wins.
+sentence, when it cannot be online. With `mode: auto`, `WANDB_MODE` in the environment decides when set; a
+mode the config names wins over it, as `wandb.init`'s argument wins over the environment.
 """
 
 from __future__ import annotations
@@ -50,20 +51,21 @@ def reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def resolve_mode(mode: str) -> tuple[str, str | None]:
-    """The W&B mode to use, and why it is offline when it falls back."""
+def resolve_mode(mode: str, key: str = "logger.wandb.mode") -> tuple[str, str | None]:
+    """The W&B mode to use, and why it is offline when it falls back. `key`: the config key `mode` came from,
+    named in the errors."""
     env = os.environ.get("WANDB_MODE")
-    if env:
-        mode = {"dryrun": "offline", "run": "online"}.get(env, env)
+    if env and mode == "auto":
+        mode, key = {"dryrun": "offline", "run": "online"}.get(env, env), "WANDB_MODE (in the environment)"
     if mode not in MODES:
-        raise GdmError(f"logger.wandb.mode='{mode}' is not a W&B mode; choose one of {', '.join(MODES)}.")
+        raise GdmError(f"{key}='{mode}' is not a W&B mode; choose one of {', '.join(MODES)}.")
     if mode == "online":  # checked here: wandb.init would wait ~90 s for an unreachable server, then fail
         if not has_credentials():
-            raise GdmError("logger.wandb.mode=online but no W&B credentials are set: run `wandb login` or set "
-                           "WANDB_API_KEY, or use logger.wandb.mode=offline (upload later with `wandb sync`).")
+            raise GdmError(f"{key}=online but no W&B credentials are set: run `wandb login` or set "
+                           f"WANDB_API_KEY, or use {key}=offline (upload later with `wandb sync`).")
         if not reachable():
-            raise GdmError(f"logger.wandb.mode=online but {_base_url()} is not reachable: check the network, or use "
-                           "logger.wandb.mode=offline (upload later with `wandb sync`) or auto (falls back).")
+            raise GdmError(f"{key}=online but {_base_url()} is not reachable: check the network, or use "
+                           f"{key}=offline (upload later with `wandb sync`) or auto (falls back).")
     if mode != "auto":
         return mode, None
     if not has_credentials():
@@ -124,10 +126,11 @@ def finish_loggers(loggers: list, status: str) -> None:
 
 
 def log_comparison(rows: list[dict], images: dict[str, Path], name: str, save_dir: Path, project: str = "gdm",
-                   mode: str = "auto", group: str | None = None) -> str | None:
+                   mode: str = "auto", group: str | None = None, key: str = "compare.wandb") -> str | None:
     """A W&B run of its own holding a comparison: `rows` as the table `comparison` and each image as
-    `plots/<name>`. Returns where the run went (its URL, or its offline directory), None when disabled."""
-    mode, reason = resolve_mode(mode)
+    `plots/<name>`. Returns where the run went (its URL, or its offline directory), None when disabled. `key`: the
+    config key of `mode`."""
+    mode, reason = resolve_mode(mode, key)
     if mode == "disabled" or not rows:
         return None
     import wandb

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gdm.errors import GdmError
+from gdm.errors import GdmError, number_option
 
 Tensor = torch.Tensor
 
@@ -109,10 +109,8 @@ class LeCam(nn.Module):
 
     @staticmethod
     def checked_decay(decay: float) -> float:
-        if not 0 < decay < 1:
-            raise GdmError(f"model.lecam_decay={decay} must be in (0, 1): the moving averages' decay per batch "
-                           "(0.99 in the paper).")
-        return decay
+        return number_option("model.lecam_decay", decay, above=0, below=1,
+                             hint="(the moving averages' decay per batch; 0.99 in the paper)")
 
     def forward(self, real_logits: Tensor, fake_logits: Tensor) -> Tensor:
         """R_LC for D's logits on this batch's real (B,) and generated (B,) images (any shape; averaged),

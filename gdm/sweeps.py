@@ -152,7 +152,7 @@ class SweepSummary(Callback):
         if wandb is not None and wandb.get("_target_", "").endswith("wandb_logger"):
             group = "/".join([p for p in sweep_dir.parts if p != sweep_dir.anchor][-3:])
             log_comparison(rows, {}, name=f"sweep {group}", save_dir=sweep_dir, project=wandb.get("project", "gdm"),
-                           mode=wandb.get("mode", "auto"), group=group)
+                           mode=wandb.get("mode", "auto"), group=group, key="logger.wandb.mode")
 
 
 def group_markdown(tables: list, mismatches: list[str], unfinished: list) -> str:

@@ -195,8 +195,8 @@ def test_ada_state_is_in_the_state_dict():
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
-    ({"target": 1.5}, "model.ada_target=1.5 must be in"),
-    ({"interval": 0}, "model.ada_interval=0 must be >= 1"),
+    ({"target": 1.5}, r"model.ada_target=1.5 must be a number > 0 and < 1"),
+    ({"interval": 0}, "model.ada_interval=0 must be an integer >= 1"),
 ])
 def test_ada_settings_out_of_range_are_refused(kwargs, message):
     with pytest.raises(GdmError, match=message):

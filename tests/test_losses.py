@@ -207,5 +207,5 @@ def test_lecam_stays_debiased_when_the_decay_changes():
 
 @pytest.mark.parametrize("decay", [0.0, 1.0, 1.5, -0.1])
 def test_lecam_decay_out_of_range_is_refused(decay):
-    with pytest.raises(GdmError, match=rf"model.lecam_decay={decay} must be in \(0, 1\)"):
+    with pytest.raises(GdmError, match=rf"model.lecam_decay={decay} must be a number > 0 and < 1"):
         LeCam(decay)

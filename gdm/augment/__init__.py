@@ -44,11 +44,9 @@ def build_augment(augment: str | None, policy: str = "color,translation,cutout",
     """The augmentation named by `model.augment` (None for `null`). Raises GdmError on an unknown name
     or policy, or ADA settings out of range."""
     # Checked whatever model.augment is, so a wrong value is never silently ignored.
-    if not 0 < ada_target < 1:
-        raise GdmError(f"model.ada_target={ada_target} must be in (0, 1); the paper uses 0.6.")
-    if ada_interval < 1 or ada_kimg <= 0:
-        raise GdmError(f"model.ada_interval={ada_interval} must be >= 1 and model.ada_kimg={ada_kimg} > 0 "
-                       "(the paper: 4 and 500).")
+    from gdm.augment.ada import AdaptiveAugment
+
+    AdaptiveAugment.check_settings(ada_target, ada_interval, ada_kimg)
     if augment in (None, "none", "null", False):
         return None
     if augment == "diffaugment":
@@ -56,8 +54,6 @@ def build_augment(augment: str | None, policy: str = "color,translation,cutout",
 
         return DiffAugment(policy, channels_per_image)
     if augment == "ada":
-        from gdm.augment.ada import AdaptiveAugment
-
         return AdaptiveAugment(target=ada_target, interval=ada_interval, kimg=ada_kimg,
                                channels_per_image=channels_per_image)
     raise GdmError(f"model.augment='{augment}' is not a known augmentation; choose one of "

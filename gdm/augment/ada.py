@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from gdm.augment import Augment
-from gdm.errors import GdmError
+from gdm.errors import integer_option, number_option
 
 
 def _applied(n: int, p: Tensor, device: torch.device) -> Tensor:
@@ -148,14 +148,17 @@ def augment(x: Tensor, p: Tensor, channels_per_image: int | None = None) -> Tens
 class AdaptiveAugment(Augment):
     """ADA with its controller. Input and output (B, C, H, W); `p` (0-dim buffer) the current probability."""
 
+    @staticmethod
+    def check_settings(target: object, interval: object, kimg: object) -> None:
+        """model.ada_target in (0, 1), model.ada_interval an integer >= 1, model.ada_kimg > 0, else GdmError."""
+        number_option("model.ada_target", target, above=0, below=1, hint="(the paper uses 0.6)")
+        integer_option("model.ada_interval", interval, minimum=1, hint="(the paper uses 4)")
+        number_option("model.ada_kimg", kimg, above=0, hint="(the paper uses 500)")
+
     def __init__(self, target: float = 0.6, interval: int = 4, kimg: float = 500.0,
                  channels_per_image: int | None = None):
         super().__init__(channels_per_image)
-        if not 0 < target < 1:
-            raise GdmError(f"model.ada_target={target} must be in (0, 1); the paper uses 0.6.")
-        if interval < 1 or kimg <= 0:
-            raise GdmError(f"model.ada_interval={interval} must be >= 1 and model.ada_kimg={kimg} > 0 "
-                           "(the paper: 4 and 500).")
+        self.check_settings(target, interval, kimg)
         self.target, self.interval, self.kimg = target, interval, kimg
         self.register_buffer("p", torch.zeros(()))
         self.register_buffer("rt", torch.zeros(()))  # the last r_t

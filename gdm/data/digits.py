@@ -15,6 +15,7 @@ from sklearn.datasets import load_digits
 from torch.utils.data import Dataset
 
 from gdm.data.base import SplitDataModule
+from gdm.errors import GdmError, number_option
 from gdm.images import to_uint8
 
 
@@ -51,7 +52,13 @@ def load_digit_images(image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int) -> dict[str, torch.Tensor]:
-    """A fixed, seeded random partition of range(n) into train / val / test."""
+    """A fixed, seeded random partition of range(n) into train / val / test. GdmError for a fraction outside
+    [0, 1) or fractions that leave nothing to train on (a negative one would make val and train overlap)."""
+    for key, value in (("data.val_fraction", val_fraction), ("data.test_fraction", test_fraction)):
+        number_option(key, value, minimum=0, below=1, hint="(the share of the images held out)")
+    if val_fraction + test_fraction >= 1:
+        raise GdmError(f"data.val_fraction={val_fraction} and data.test_fraction={test_fraction} leave no training "
+                       "images: their sum must be under 1.")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     n_val, n_test = round(n * val_fraction), round(n * test_fraction)
     return {"val": order[:n_val], "test": order[n_val:n_val + n_test], "train": order[n_val + n_test:]}

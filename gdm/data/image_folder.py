@@ -18,7 +18,8 @@ from torchvision.transforms import v2
 
 from gdm.data.base import SplitDataModule
 from gdm.data.digits import split_indices
-from gdm.data.image_files import WHITE, find_images, open_image, verify_images
+from gdm.data.image_files import WHITE, background_option, find_images, open_image, verify_images
+from gdm.errors import GdmError, boolean_option, integer_option
 
 
 def image_transform(image_size: int, load_size: int | None, channels: int, train: bool,
@@ -81,7 +82,13 @@ class ImageFolderDataModule(SplitDataModule):
                  fid_features: str = "inception", background: tuple[int, int, int] = WHITE):
         super().__init__(batch_size, num_workers, pin_memory, fid_features)
         self.root = Path(root).expanduser()
-        self.background = tuple(background)
+        self.background = background_option(background)
+        flip = boolean_option("data.flip", flip)
+        integer_option("data.image_size", image_size, minimum=1, hint="(pixels of each side)")
+        integer_option("data.load_size", load_size, minimum=1, optional=True, hint="(null: data.image_size)")
+        if load_size is not None and load_size < image_size:
+            raise GdmError(f"data.load_size={load_size} is smaller than data.image_size={image_size}: the crop would "
+                           "pad the images with black; set load_size >= image_size, or null.")
         self.image_shape = (channels, image_size, image_size)
         self.image_size, self.load_size, self.channels = image_size, load_size, channels
         self.random_crop, self.flip = random_crop, flip

@@ -22,9 +22,9 @@ from torch.utils.data import Dataset
 from torchvision.transforms.functional import pil_to_tensor
 
 from gdm.data.download import PAIRED_DATASETS, download_command
-from gdm.data.image_files import WHITE, find_images, image_paths, open_image, verify_images
+from gdm.data.image_files import WHITE, background_option, find_images, image_paths, open_image, verify_images
 from gdm.data.paired import PairedDataModule, paired_transform
-from gdm.errors import GdmError
+from gdm.errors import GdmError, boolean_option, integer_option
 
 
 def split_side_by_side(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,7 +101,10 @@ class PairedFolderDataModule(PairedDataModule):
                  batch_size: int = 1, num_workers: int = 4, pin_memory: bool = False,
                  fid_features: str = "inception", background: tuple[int, int, int] = WHITE):
         super().__init__(direction, batch_size, num_workers, pin_memory, fid_features)
-        self.background = tuple(background)
+        self.background = background_option(background)
+        flip = boolean_option("data.flip", flip)
+        integer_option("data.image_size", image_size, minimum=1, hint="(pixels of each side)")
+        integer_option("data.load_size", load_size, minimum=1, hint="(pixels before the random crop)")
         if load_size < image_size:
             raise GdmError(f"data.load_size={load_size} is smaller than data.image_size={image_size}: the random "
                            "crop needs load_size >= image_size.")

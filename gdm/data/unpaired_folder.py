@@ -14,10 +14,10 @@ import torch
 from torchvision.transforms import InterpolationMode, v2
 
 from gdm.data.download import DATASETS, download_command, missing_folders
-from gdm.data.image_files import WHITE, find_images, verify_images
+from gdm.data.image_files import WHITE, background_option, find_images, verify_images
 from gdm.data.image_folder import ImageFileDataset
 from gdm.data.unpaired import DOMAINS, UnpairedDataModule
-from gdm.errors import GdmError
+from gdm.errors import GdmError, boolean_option, integer_option
 
 FOLDERS = tuple(f"{split}{d}" for split in ("train", "test") for d in DOMAINS)  # trainA trainB testA testB
 
@@ -52,7 +52,10 @@ class UnpairedFolderDataModule(UnpairedDataModule):
                  num_workers: int = 4, pin_memory: bool = False, fid_features: str = "inception",
                  background: tuple[int, int, int] = WHITE):
         super().__init__(batch_size, num_workers, pin_memory, fid_features)
-        self.background = tuple(background)
+        self.background = background_option(background)
+        flip = boolean_option("data.flip", flip)
+        integer_option("data.image_size", image_size, minimum=1, hint="(pixels of each side)")
+        integer_option("data.load_size", load_size, minimum=1, hint="(pixels before the random crop)")
         if load_size < image_size:
             raise GdmError(f"data.load_size={load_size} is smaller than data.image_size={image_size}: the random "
                            "crop needs load_size >= image_size.")

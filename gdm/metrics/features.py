@@ -17,6 +17,7 @@ file and that file's SHA-256, and its input resize.
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import torch
@@ -52,6 +53,15 @@ class InceptionFeatures(nn.Module):
             raise GdmError(
                 f"Could not download the Inception weights ({err}): fetch {INCEPTION_URL} on a machine with "
                 "network access and set metrics.inception_weights=/path/to/that/file."
+            ) from None
+        except (pickle.UnpicklingError, RuntimeError, EOFError, KeyError, ValueError) as err:  # not those weights
+            if self.weights_path is None:
+                raise
+            first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+            raise GdmError(
+                f"metrics.inception_weights={self.weights_path} is not torch-fidelity's Inception weights file "
+                f"({type(err).__name__}: {first[:160]}): download {INCEPTION_URL} and point "
+                "metrics.inception_weights at it."
             ) from None
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from gdm.errors import integer_option
+from gdm.errors import integer_option, number_option
 from gdm.likelihoods import build_likelihood
 from gdm.models.base import GenerativeModule
 from gdm.models.capabilities import Samples
@@ -21,6 +21,7 @@ class AutoencoderModule(GenerativeModule, Samples):
         super().__init__()
         integer_option("model.latent_dim", latent_dim, minimum=1)
         integer_option("model.num_visuals", num_visuals, minimum=1)
+        number_option("model.lr", lr, above=0, hint="(a learning rate)")
         self.latent_dim, self.lr = latent_dim, lr
         self.num_visuals, self.visual_seed = num_visuals, visual_seed
         self.num_pixels = math.prod(image_shape)

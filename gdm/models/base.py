@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from gdm.errors import GdmError
+from gdm.errors import GdmError, number_option
 from gdm.models.nonfinite_guard import NonFiniteGuard
 
 
@@ -37,6 +37,17 @@ def latent_labels(indices: Sequence[int] | torch.Tensor, class_probs: torch.Tens
     u = torch.tensor([float(np.random.SeedSequence([seed, i, 1]).generate_state(1)[0]) / 2**32 for i in indices])
     cdf = class_probs.detach().double().cpu().cumsum(0)
     return torch.searchsorted(cdf / cdf[-1], u.double(), right=True).clamp(max=len(cdf) - 1)
+
+
+def check_adam(betas: object, **learning_rates: object) -> None:
+    """Adam's settings as the config gives them: each `model.<name>` learning rate > 0 and `model.betas` two numbers
+    in [0, 1) (torch.optim.Adam would raise its own traceback, or train nothing at lr 0). GdmError naming the key."""
+    for name, lr in learning_rates.items():
+        number_option(f"model.{name}", lr, above=0, hint="(a learning rate)")
+    if not isinstance(betas, (list, tuple)) or len(betas) != 2:
+        raise GdmError(f"model.betas={betas} must be Adam's two coefficients, e.g. [0.5,0.999].")
+    for i, beta in enumerate(betas):
+        number_option(f"model.betas[{i}]", beta, minimum=0, below=1)
 
 
 class GenerativeModule(NonFiniteGuard, L.LightningModule):

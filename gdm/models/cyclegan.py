@@ -24,9 +24,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gdm.augment import build_augment
-from gdm.errors import GdmError
+from gdm.errors import GdmError, integer_option, number_option
 from gdm.losses import get_target_loss
-from gdm.models.base import GenerativeModule
+from gdm.models.base import GenerativeModule, check_adam
 from gdm.models.capabilities import Translates
 from gdm.models.image_pool import ImagePool
 
@@ -76,6 +76,10 @@ class CycleGAN(GenerativeModule, Translates):
         self.save_hyperparameters(ignore=["generator", "discriminator"])
         self.automatic_optimization = False
         self.criterion = get_target_loss(loss)
+        check_adam(betas, lr=lr)
+        for key, weight in (("lambda_a", lambda_a), ("lambda_b", lambda_b), ("lambda_identity", lambda_identity)):
+            number_option(f"model.{key}", weight, minimum=0, hint="(a loss weight)")
+        integer_option("model.pool_size", pool_size, minimum=0, hint="(0: no image pool)")
         if n_epochs < 0 or n_epochs_decay < 0:
             raise GdmError(f"model.n_epochs={n_epochs} and model.n_epochs_decay={n_epochs_decay} must be >= 0.")
         self.g_ab, self.g_ba = generator(image_shape=image_shape), generator(image_shape=image_shape)

@@ -21,9 +21,9 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from gdm.augment import build_augment
-from gdm.errors import GdmError, integer_option
+from gdm.errors import GdmError, integer_option, number_option
 from gdm.losses import LeCam, get_loss, gradient_penalty, r1_penalty
-from gdm.models.base import GenerativeModule, latent_labels, latent_noise
+from gdm.models.base import GenerativeModule, check_adam, latent_labels, latent_noise
 from gdm.models.capabilities import Samples
 from gdm.models.clusters import PixelClusters
 
@@ -69,6 +69,10 @@ class GAN(GenerativeModule, Samples):
         integer_option("model.n_critic", n_critic, minimum=1, hint="(discriminator updates per generator update)")
         integer_option("model.latent_dim", latent_dim, minimum=1)
         integer_option("model.num_visuals", num_visuals, minimum=1)
+        check_adam(betas, lr_g=lr_g, lr_d=lr_d)
+        number_option("model.gp_weight", gp_weight, minimum=0, optional=True, hint="(null: the loss's own)")
+        number_option("model.r1_gamma", r1_gamma, minimum=0, hint="(0: off)")
+        number_option("model.ema_decay", ema_decay, minimum=0, below=1, optional=True, hint="(null: no EMA)")
         self.gp_weight = self.adversarial.gradient_penalty_weight if gp_weight is None else gp_weight
         self.latent_dim, self.n_critic, self.r1_gamma = latent_dim, n_critic, r1_gamma
         if conditional and clusters is not None:
@@ -94,8 +98,7 @@ class GAN(GenerativeModule, Samples):
                 f"{penalty} uses a per-sample gradient penalty, which batch norm in the discriminator "
                 "breaks: set model.discriminator.norm=layer (or none)."
             )
-        if lecam_weight < 0:
-            raise GdmError(f"model.lecam_weight={lecam_weight} must be >= 0 (0: off; 0.3 in the LeCam paper).")
+        number_option("model.lecam_weight", lecam_weight, minimum=0, hint="(0: off; 0.3 in the LeCam paper)")
         self.lecam_weight = lecam_weight
         LeCam.checked_decay(lecam_decay)
         self.lecam = LeCam(lecam_decay) if lecam_weight > 0 else None  # its moving averages: in the state dict

@@ -25,9 +25,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gdm.augment import build_augment
-from gdm.errors import GdmError
+from gdm.errors import GdmError, number_option
 from gdm.losses import get_target_loss
-from gdm.models.base import GenerativeModule
+from gdm.models.base import GenerativeModule, check_adam
 from gdm.models.capabilities import Translates
 from gdm.models.cyclegan import DIRECTIONS, linear_decay
 
@@ -85,6 +85,8 @@ class Pix2Pix(GenerativeModule, Translates):
                            "as the paper) or eval.")
         if n_epochs < 0 or n_epochs_decay < 0:
             raise GdmError(f"model.n_epochs={n_epochs} and model.n_epochs_decay={n_epochs_decay} must be >= 0.")
+        check_adam(betas, lr=lr)
+        number_option("model.lambda_l1", lambda_l1, minimum=0, hint="(the L1 loss weight; the paper uses 100)")
         self.criterion = get_target_loss(loss)
         self.direction = direction
         self.directions = {direction: DIRECTIONS[direction]}  # one way only: no reverse

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import torch
 
+from gdm.errors import integer_option, number_option
 from gdm.models.autoencoder import AutoencoderModule
 from gdm.models.base import latent_noise
 
@@ -38,6 +39,10 @@ class VAE(AutoencoderModule):
         super().__init__(image_shape, latent_dim, width, likelihood, likelihood_std, lr,
                          encoder_outputs=2 * latent_dim, num_visuals=num_visuals, visual_seed=visual_seed)
         self.save_hyperparameters()
+        number_option("model.beta", beta, minimum=0, hint="(the KL weight; 1: the ELBO)")
+        integer_option("model.kl_warmup_steps", kl_warmup_steps, minimum=0)
+        integer_option("model.iwae_k", iwae_k, minimum=1, hint="(importance samples per image)")
+        integer_option("model.iwae_chunk", iwae_chunk, minimum=1)
         self.beta, self.kl_warmup_steps = beta, kl_warmup_steps
         self.iwae_k, self.iwae_chunk = iwae_k, iwae_chunk
 

@@ -15,7 +15,7 @@ from gdm.callbacks.config_in_checkpoint import ConfigInCheckpoint
 from gdm.callbacks.optuna_pruning import OptunaPruning
 from gdm.callbacks.random_state import RandomState
 from gdm.data.base import SplitDataModule
-from gdm.errors import GdmError
+from gdm.errors import GdmError, integer_option
 from gdm.evaluation.evaluator import Evaluator
 from gdm.models.base import GenerativeModule
 from gdm.models.clusters import cluster_inputs
@@ -27,7 +27,13 @@ log = logging.getLogger(__name__)
 
 
 def build_datamodule(cfg: DictConfig) -> SplitDataModule:
-    return instantiate(cfg.data, _convert_="all")
+    datamodule = instantiate(cfg.data, _convert_="all")
+    channels, height, width = datamodule.image_shape
+    if channels not in (1, 3) or isinstance(channels, bool):
+        raise GdmError(f"data.channels={channels} must be 1 (greyscale) or 3 (RGB).")
+    for size in (height, width):
+        integer_option("data.image_size", size, minimum=1, hint="(pixels of each side)")
+    return datamodule
 
 
 def build_model(cfg: DictConfig, datamodule: SplitDataModule, from_checkpoint: bool = False) -> GenerativeModule:
@@ -82,9 +88,18 @@ def check_provides(cfg: DictConfig, requires: frozenset[str], datamodule: SplitD
         )
 
 
+PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true", "32", "16", "bf16", "64")
+
+
 def check_training_precision(precision: object) -> None:
-    """trainer.precision for training: 16-true is refused (GdmError), bf16-true warned about. Both keep the weights
-    and Adam's moments in half precision, without the float32 master copies of the -mixed precisions."""
+    """trainer.precision for training: one of Lightning's (else GdmError); 16-true is refused (GdmError), bf16-true
+    warned about. Both keep the weights and Adam's moments in half precision, without the float32 master copies of
+    the -mixed precisions."""
+    if precision is None:  # Lightning's default, 32-true
+        return
+    if str(precision) not in PRECISIONS or isinstance(precision, (bool, float)):
+        raise GdmError(f"trainer.precision={precision} is not a precision: choose 32-true (the default), bf16-mixed "
+                       "or 16-mixed (float32 weights, half-precision compute), or bf16-true.")
     if str(precision) == "16-true":
         raise GdmError("trainer.precision=16-true trains with weights and Adam's moments in float16: the second "
                        "moments underflow to 0 and the updates blow up (a GAN measured FID 2272 against 664 in "
@@ -142,7 +157,23 @@ def build_loggers(cfg: DictConfig) -> list:
     return _instantiate_group(cfg.get("logger"))
 
 
+def seed_option(cfg: DictConfig) -> int:
+    """`seed`: an integer NumPy and Lightning can seed with (0 .. 2**32 - 1), else GdmError."""
+    return integer_option("seed", cfg.get("seed"), minimum=0, maximum=2**32 - 1)
+
+
+def check_trainer_options(trainer: DictConfig) -> None:
+    """The trainer counts a run is sized by, checked before Lightning reads them (whose asserts and modulo by zero
+    would end in a traceback): GdmError naming the key."""
+    integer_option("trainer.max_epochs", trainer.get("max_epochs"), minimum=-1, optional=True,
+                   hint="(-1: no limit)")
+    integer_option("trainer.max_steps", trainer.get("max_steps", -1), minimum=-1, hint="(-1: no limit)")
+    integer_option("trainer.check_val_every_n_epoch", trainer.get("check_val_every_n_epoch", 1), minimum=1,
+                   optional=True, hint="(epochs between evaluations)")
+
+
 def build_trainer(cfg: DictConfig, callbacks: list, loggers: list) -> L.Trainer:
+    check_trainer_options(cfg.trainer)
     if cfg.trainer.get("accelerator") in ("gpu", "cuda") and not torch.cuda.is_available():
         raise GdmError(
             f"trainer.accelerator={cfg.trainer.accelerator} but this machine has no usable GPU: use trainer=cpu, "

@@ -33,7 +33,7 @@ from gdm.config_tree import print_config_tree
 from gdm.data.base import SPLITS
 from gdm.errors import GdmError, integer_option
 from gdm.evaluation.evaluator import Evaluator, write_json
-from gdm.tasks.build import build_datamodule, build_evaluator, build_model, build_trainer
+from gdm.tasks.build import build_datamodule, build_evaluator, build_model, build_trainer, seed_option
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def evaluate(cfg: DictConfig) -> float | None:
         raise GdmError(f"eval.split='{opts.split}' is not a split; choose one of {', '.join(SPLITS)}.")
     for key in ("num_samples", "kid_subset_size"):  # null: the run's own value / no KID
         integer_option(f"eval.{key}", opts.get(key), minimum=2, optional=True)
-    L.seed_everything(cfg.seed, workers=True)  # the VAE's ELBO / IWAE draw from the global RNG
+    L.seed_everything(seed_option(cfg), workers=True)  # the VAE's ELBO / IWAE draw from the global RNG
     checkpoint = read_checkpoint(cfg.ckpt_path)
     cfg = config_for_checkpoint(cfg, checkpoint)
     with open_dict(cfg):

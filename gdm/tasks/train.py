@@ -24,6 +24,7 @@ from gdm.tasks.build import (
     build_trainer,
     check_run_fits,
     check_training_precision,
+    seed_option,
 )
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 
 def train(cfg: DictConfig) -> float | None:
     check_training_precision(cfg.trainer.get("precision"))
-    L.seed_everything(cfg.seed, workers=True)
+    L.seed_everything(seed_option(cfg), workers=True)
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if rank_zero_only.rank == 0:  # DDP: ranks > 0 write no files
