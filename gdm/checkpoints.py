@@ -139,7 +139,8 @@ def changed_precision(cfg: DictConfig, checkpoint: dict) -> str | None:
     arithmetic; the restored optimizer state is cast, so it runs), else None."""
     saved = (checkpoint.get("gdm_config") or {}).get("trainer", {}).get("precision")
     wanted = cfg.get("trainer", {}).get("precision")
-    if saved is None or wanted is None or str(saved) == str(wanted):
+    aliases = {"32": "32-true", "16": "16-mixed", "bf16": "bf16-mixed", "64": "64-true"}  # Lightning's short names
+    if saved is None or wanted is None or aliases.get(str(saved), str(saved)) == aliases.get(str(wanted), str(wanted)):
         return None
     return f"trainer.precision: {saved} -> {wanted}"
 

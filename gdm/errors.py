@@ -1,5 +1,7 @@
 """User-facing errors: one sentence naming the file, key or value at fault and what to do."""
 
+import math
+
 
 class GdmError(ValueError):
     """A mistake the user can fix (bad config value, missing data, unusable checkpoint).
@@ -46,6 +48,7 @@ def number_option(key: str, value: object, minimum: float | None = None, maximum
     """The config value `value` of `key` as a float within the bounds given (`minimum` / `maximum` inclusive,
     `above` / `below` exclusive). A string, true / false, NaN or a value outside them raises GdmError naming
     `key=value` and the range (a negative learning rate or loss weight, a decay of 1.5, never used as given).
+    NaN and infinities are refused too.
     `optional`: null is a value too (the feature off), returned as None."""
     if optional and value is None:
         return None
@@ -53,7 +56,7 @@ def number_option(key: str, value: object, minimum: float | None = None, maximum
               f"<= {maximum:g}" if maximum is not None else "", f"< {below:g}" if below is not None else ""]
     bound = " and ".join(b for b in bounds if b)
     hint = " ".join(filter(None, [hint, "or null" if optional else ""]))
-    number = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value  # not NaN
+    number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if not number or any(((minimum is not None and value < minimum), (above is not None and value <= above),
                           (maximum is not None and value > maximum), (below is not None and value >= below))):
         raise GdmError(f"{key}={shown(value)} must be a number{' ' + bound if bound else ''}"

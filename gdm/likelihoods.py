@@ -18,7 +18,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from gdm.errors import GdmError
+from gdm.errors import GdmError, number_option
 
 LOG_256 = math.log(256.0)
 
@@ -47,9 +47,8 @@ class Gaussian:
     LOGVAR_RANGE = (-10.0, 2.0)  # keeps the learned variance finite; sd from 0.0067 to 2.7
 
     def __init__(self, std: float | None = None):
-        if std is not None and std <= 0:
-            raise GdmError(f"model.likelihood_std={std} must be positive, or null to learn the variance.")
-        self.std = std
+        self.std = number_option("model.likelihood_std", std, above=0, optional=True,
+                                 hint="(null: the variance is learned)")
         self.params_per_channel = 1 if std is not None else 2
 
     def targets(self, images: torch.Tensor) -> torch.Tensor:

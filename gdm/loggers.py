@@ -55,6 +55,9 @@ def resolve_mode(mode: str, key: str = "logger.wandb.mode") -> tuple[str, str | 
     """The W&B mode to use, and why it is offline when it falls back. `key`: the config key `mode` came from,
     named in the errors."""
     env = os.environ.get("WANDB_MODE")
+    if env and {"dryrun": "offline", "run": "online"}.get(env, env) not in MODES:  # wandb reads it whatever `mode`
+        raise GdmError(f"WANDB_MODE (in the environment)='{env}' is not a W&B mode; choose one of "
+                       f"{', '.join(MODES)}, or unset it.")
     if env and mode == "auto":
         mode, key = {"dryrun": "offline", "run": "online"}.get(env, env), "WANDB_MODE (in the environment)"
     if mode not in MODES:

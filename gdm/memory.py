@@ -79,18 +79,54 @@ def scaled_peak_bytes(run: Callable[[int], object], side: int) -> Callable[[int,
     return lambda w, h: area * w * h + border * (w + h) / 2
 
 
-def cgroup_free_bytes(root: Path = Path("/sys/fs/cgroup")) -> int | None:
-    """Memory left under this process's cgroup limit (a container's, a SLURM job's), None without a limit."""
-    for limit_file, usage_file in (("memory.max", "memory.current"),  # cgroup v2
-                                   ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes")):  # v1
-        try:
-            limit = (root / limit_file).read_text().strip()
-            usage = int((root / usage_file).read_text().strip())
-        except (OSError, ValueError):
-            continue
-        if limit.isdigit() and int(limit) < 2**60:  # "max" / a huge number: no limit
-            return max(0, int(limit) - usage)
-    return None
+def _reclaimable(stat_file: Path, key: str) -> int:
+    """The inactive file cache in a cgroup's memory.stat (the kernel reclaims it before it kills), 0 if absent."""
+    try:
+        for line in stat_file.read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == key:
+                return int(value)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def cgroup_free_bytes(root: Path = Path("/sys/fs/cgroup"), proc_cgroup: Path = Path("/proc/self/cgroup")) -> int | None:
+    """Memory left under the tightest cgroup limit on this process (a container's, a SLURM job's, nested ones
+    included: this process's cgroup and its ancestors, from `proc_cgroup`), not counting the inactive file cache
+    the kernel would reclaim; None without a limit. cgroup v2 (memory.max) and v1 (memory.limit_in_bytes)."""
+    paths = {"v2": ["/"], "v1": ["/"]}  # the hierarchy's root, when /proc/self/cgroup says nothing
+    try:
+        for line in proc_cgroup.read_text().splitlines():
+            _, controllers, path = line.split(":", 2)
+            if controllers == "":
+                paths["v2"].append(path)
+            elif "memory" in controllers.split(","):
+                paths["v1"].append(path)
+    except (OSError, ValueError):
+        pass
+    layouts = {"v2": (root, "memory.max", "memory.current", "inactive_file"),
+               "v1": (root / "memory", "memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")}
+    free = []
+    for version, (base, limit_file, usage_file, inactive) in layouts.items():
+        folders = set()
+        for path in paths[version]:
+            folder = (base / path.lstrip("/")).resolve() if path != "/" else base
+            while True:  # the cgroup and its ancestors: a parent's limit binds its children
+                folders.add(folder)
+                if folder == base or base not in folder.parents:
+                    break
+                folder = folder.parent
+        for folder in folders:
+            try:
+                limit = (folder / limit_file).read_text().strip()
+                usage = int((folder / usage_file).read_text().strip())
+            except (OSError, ValueError):
+                continue
+            if limit.isdigit() and int(limit) < 2**60:  # "max" / a huge number: no limit
+                used = max(0, usage - _reclaimable(folder / "memory.stat", inactive))
+                free.append(max(0, int(limit) - used))
+    return min(free) if free else None
 
 
 def available_bytes(device: torch.device) -> int:

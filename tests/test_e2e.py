@@ -261,7 +261,7 @@ def test_resume_keeps_the_best_of_its_own_run_directory_only(tmp_path):
         (["data=image_folder"], "data.root has no value: set it on the command line"),
         (["ckpt_path=/no/such.ckpt"], "ckpt_path=/no/such.ckpt is not a file"),
         (["metrics.fid.real_split=validation"], "metrics.fid.real_split='validation' is not a split"),
-        (["model=vae", "model.likelihood=gaussian", "model.likelihood_std=0"], "model.likelihood_std=0 must be positive"),
+        (["model=vae", "model.likelihood=gaussian", "model.likelihood_std=0"], "model.likelihood_std=0 must be a number > 0"),
     ],
 )
 def test_more_mistakes_are_one_sentence(overrides, message, tmp_path):

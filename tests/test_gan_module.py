@@ -209,6 +209,9 @@ def test_resume_warning_names_a_changed_precision():
     assert changed_precision(OmegaConf.create({"trainer": {"precision": "bf16-mixed"}}), saved) == \
         "trainer.precision: 32-true -> bf16-mixed"
     assert changed_precision(OmegaConf.create({"trainer": {"precision": 32}}), {"gdm_config": {"trainer": {}}}) is None
+    for short, full in (("32", "32-true"), (32, "32-true"), ("16", "16-mixed"), ("bf16", "bf16-mixed")):  # aliases
+        assert changed_precision(OmegaConf.create({"trainer": {"precision": short}}),
+                                 {"gdm_config": {"trainer": {"precision": full}}}) is None
 
 
 @pytest.mark.parametrize("value", ["yes", "nhwc", 1.0])

@@ -51,21 +51,39 @@ def test_generator_activations_grow_with_the_pixels_and_two_probes_give_any_size
 def test_available_memory_on_the_cpu_is_within_the_machine_and_the_cgroup_limit(tmp_path):
     available = available_bytes(torch.device("cpu"))
     assert 0 < available <= psutil.virtual_memory().total
+    proc = tmp_path / "proc_cgroup"
+    proc.write_text("0::/\n")
     v2 = tmp_path / "v2"
     v2.mkdir()
     (v2 / "memory.max").write_text("max\n")
     (v2 / "memory.current").write_text("1000\n")
-    assert cgroup_free_bytes(v2) is None  # no limit
+    assert cgroup_free_bytes(v2, proc) is None  # no limit
     (v2 / "memory.max").write_text("4096\n")
-    assert cgroup_free_bytes(v2) == 3096
+    assert cgroup_free_bytes(v2, proc) == 3096
+    (v2 / "memory.stat").write_text("anon 400\ninactive_file 600\nactive_file 0\n")
+    assert cgroup_free_bytes(v2, proc) == 3696  # the inactive file cache is reclaimed before an OOM kill
+    # a SLURM job's cgroup nested under its parent's: the tighter limit binds
+    job = v2 / "slurm" / "job_7"
+    job.mkdir(parents=True)
+    (v2 / "slurm" / "memory.max").write_text("3000\n")
+    (v2 / "slurm" / "memory.current").write_text("1000\n")
+    (job / "memory.max").write_text("max\n")
+    (job / "memory.current").write_text("800\n")
+    proc.write_text("0::/slurm/job_7\n")
+    assert cgroup_free_bytes(v2, proc) == 2000
+    (job / "memory.max").write_text("1000\n")
+    assert cgroup_free_bytes(v2, proc) == 200
     v1 = tmp_path / "v1"
-    (v1 / "memory").mkdir(parents=True)
+    (v1 / "memory" / "slurm").mkdir(parents=True)
+    proc.write_text("4:memory:/slurm\n0::/\n")
     (v1 / "memory" / "memory.limit_in_bytes").write_text("9223372036854771712\n")  # v1's "no limit"
     (v1 / "memory" / "memory.usage_in_bytes").write_text("5\n")
-    assert cgroup_free_bytes(v1) is None
-    (v1 / "memory" / "memory.limit_in_bytes").write_text("100\n")
-    assert cgroup_free_bytes(v1) == 95
-    assert cgroup_free_bytes(tmp_path / "absent") is None
+    assert cgroup_free_bytes(v1, proc) is None
+    (v1 / "memory" / "slurm" / "memory.limit_in_bytes").write_text("100\n")
+    (v1 / "memory" / "slurm" / "memory.usage_in_bytes").write_text("50\n")
+    (v1 / "memory" / "slurm" / "memory.stat").write_text("cache 30\ntotal_inactive_file 20\n")
+    assert cgroup_free_bytes(v1, proc) == 70
+    assert cgroup_free_bytes(tmp_path / "absent", proc) is None
 
 
 @pytest.fixture(scope="module")

@@ -22,9 +22,9 @@ CASES = [
     (["trainer.check_val_every_n_epoch=0"], "trainer.check_val_every_n_epoch=0 must be an integer >= 1"),
     (["trainer.check_val_every_n_epoch=-2"], "trainer.check_val_every_n_epoch=-2 must be an integer >= 1"),
     (["trainer.precision=17"], "trainer.precision=17 is not a precision"),
-    (["seed=-1"], "seed=-1 must be an integer >= 0 and <= 4294967295."),
-    (["seed=abc"], "seed='abc' must be an integer >= 0 and <= 4294967295."),
-    (["seed=4294967296"], "seed=4294967296 must be an integer >= 0 and <= 4294967295."),
+    (["seed=-1"], "seed=-1 must be an integer >= 0 and <= 4294967295 (null: a random one, recorded) or null."),
+    (["seed=abc"], "seed='abc' must be an integer >= 0 and <= 4294967295"),
+    (["seed=4294967296"], "seed=4294967296 must be an integer >= 0 and <= 4294967295"),
     (["data.image_size=abc"], "data.image_size='abc' must be an integer >= 1"),
     (["data.val_fraction=-0.1", "model.clusters=null"], "data.val_fraction=-0.1 must be a number >= 0 and < 1"),
     (["data.val_fraction=1.5"], "data.val_fraction=1.5 must be a number >= 0 and < 1"),
@@ -48,6 +48,18 @@ CASES = [
     ([*TINY_CYCLEGAN, "model.lambda_a=-10"], "model.lambda_a=-10 must be a number >= 0 (a loss weight)."),
     ([*TINY_CYCLEGAN, "model.lambda_identity=nan"], "model.lambda_identity=nan must be a number >= 0"),
     ([*TINY_PIX2PIX, "model.lambda_l1=abc"], "model.lambda_l1='abc' must be a number >= 0"),
+    ([*TINY_PIX2PIX, "model.inference_seed=abc"], "model.inference_seed='abc' must be an integer >= 0"),
+    ([*TINY_CYCLEGAN, "model.n_epochs=abc"], "model.n_epochs='abc' must be an integer >= 0"),
+    (["model=vae", "model.likelihood=gaussian", "model.likelihood_std=abc"],
+     "model.likelihood_std='abc' must be a number > 0 (null: the variance is learned) or null."),
+    (["model.lr_g=inf"], "model.lr_g=inf must be a number > 0"),
+    (["data.split_seed=abc"], "data.split_seed='abc' must be an integer >= 0"),
+    (["++trainer.limit_train_batches=abc"], "trainer.limit_train_batches='abc' must be a number >= 0 and <= 1"),
+    (["++trainer.limit_val_batches=1.5"], "trainer.limit_val_batches=1.5 must be a number >= 0 and <= 1"),
+    (["trainer.num_sanity_val_steps=abc"], "trainer.num_sanity_val_steps='abc' must be an integer >= -1"),
+    (["compile=maybe"], "compile='maybe' must be true or false."),
+    (["test_after_fit=no"], "test_after_fit='no' must be true or false."),
+    (["model.discriminator.spectral_norm=maybe"], "model.discriminator.spectral_norm='maybe' must be true or false."),
 ]
 
 
@@ -74,6 +86,8 @@ def folder(tmp_path_factory):
     (["data.image_size=16", "data.load_size=8"],
      "data.load_size=8 is smaller than data.image_size=16: the crop would pad the images with black"),
     (["data.flip=maybe"], "data.flip='maybe' must be true or false."),
+    (["data.random_crop=no"], "data.random_crop='no' must be true or false."),
+    (["data.verify=maybe"], "data.verify='maybe' must be true or false."),
     (["data.background=[300,-5,0]"], "data.background=[300, -5, 0] must be an RGB colour, three integers 0-255"),
     (["data.background=red"], "data.background='red' must be an RGB colour"),
     (["data.channels=2"], "data.channels=2 must be 1 (greyscale) or 3 (RGB)."),
@@ -100,6 +114,18 @@ def test_number_and_boolean_options_return_the_value_and_refuse_the_rest():
             boolean_option("k", value)
 
 
+def test_valid_values_at_their_edges_run(tmp_path):
+    """Integers where floats belong (Adam's betas [0, 0.9]), zero where zero means off, and seed=null (Lightning
+    draws a seed; config.yaml records it)."""
+    run(compose_config([*QUICK, "model.betas=[0,0.9]", "model.r1_gamma=0", "model.ema_decay=0", "seed=null",
+                        "++trainer.limit_train_batches=1.0", "data.test_fraction=0"], tmp_path))
+    from omegaconf import OmegaConf
+
+    seed = OmegaConf.load(tmp_path / "config.yaml").seed
+    assert isinstance(seed, int) and 0 <= seed < 2**32
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+
+
 def test_a_mode_in_the_config_wins_over_wandb_mode_and_each_names_its_source(monkeypatch, tmp_path):
     monkeypatch.setenv("WANDB_MODE", "offline")
     assert resolve_mode("auto") == ("offline", None)
@@ -108,5 +134,8 @@ def test_a_mode_in_the_config_wins_over_wandb_mode_and_each_names_its_source(mon
     monkeypatch.setenv("WANDB_MODE", "ofline")
     with pytest.raises(GdmError, match=r"^WANDB_MODE \(in the environment\)='ofline' is not a W&B mode"):
         resolve_mode("auto")
+    with pytest.raises(GdmError, match=r"^WANDB_MODE \(in the environment\)='ofline' is not a W&B mode"):
+        resolve_mode("offline")  # wandb.init would read it anyway, and fail in its own traceback
+    monkeypatch.delenv("WANDB_MODE")
     with pytest.raises(GdmError, match=r"^compare.wandb='bogus' is not a W&B mode"):
         log_comparison([{"a": 1}], {}, name="x", save_dir=tmp_path, mode="bogus")

@@ -15,7 +15,7 @@ from sklearn.datasets import load_digits
 from torch.utils.data import Dataset
 
 from gdm.data.base import SplitDataModule
-from gdm.errors import GdmError, number_option
+from gdm.errors import GdmError, integer_option, number_option
 from gdm.images import to_uint8
 
 
@@ -56,6 +56,7 @@ def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int) 
     [0, 1) or fractions that leave nothing to train on (a negative one would make val and train overlap)."""
     for key, value in (("data.val_fraction", val_fraction), ("data.test_fraction", test_fraction)):
         number_option(key, value, minimum=0, below=1, hint="(the share of the images held out)")
+    integer_option("data.split_seed", seed, minimum=0)
     if val_fraction + test_fraction >= 1:
         raise GdmError(f"data.val_fraction={val_fraction} and data.test_fraction={test_fraction} leave no training "
                        "images: their sum must be under 1.")

@@ -84,6 +84,7 @@ class ImageFolderDataModule(SplitDataModule):
         self.root = Path(root).expanduser()
         self.background = background_option(background)
         flip = boolean_option("data.flip", flip)
+        random_crop, verify = boolean_option("data.random_crop", random_crop), boolean_option("data.verify", verify)
         integer_option("data.image_size", image_size, minimum=1, hint="(pixels of each side)")
         integer_option("data.load_size", load_size, minimum=1, optional=True, hint="(null: data.image_size)")
         if load_size is not None and load_size < image_size:

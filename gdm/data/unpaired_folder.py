@@ -53,7 +53,7 @@ class UnpairedFolderDataModule(UnpairedDataModule):
                  background: tuple[int, int, int] = WHITE):
         super().__init__(batch_size, num_workers, pin_memory, fid_features)
         self.background = background_option(background)
-        flip = boolean_option("data.flip", flip)
+        flip, verify = boolean_option("data.flip", flip), boolean_option("data.verify", verify)
         integer_option("data.image_size", image_size, minimum=1, hint="(pixels of each side)")
         integer_option("data.load_size", load_size, minimum=1, hint="(pixels before the random crop)")
         if load_size < image_size:

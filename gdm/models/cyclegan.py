@@ -80,8 +80,8 @@ class CycleGAN(GenerativeModule, Translates):
         for key, weight in (("lambda_a", lambda_a), ("lambda_b", lambda_b), ("lambda_identity", lambda_identity)):
             number_option(f"model.{key}", weight, minimum=0, hint="(a loss weight)")
         integer_option("model.pool_size", pool_size, minimum=0, hint="(0: no image pool)")
-        if n_epochs < 0 or n_epochs_decay < 0:
-            raise GdmError(f"model.n_epochs={n_epochs} and model.n_epochs_decay={n_epochs_decay} must be >= 0.")
+        integer_option("model.n_epochs", n_epochs, minimum=0, hint="(epochs at the initial learning rate)")
+        integer_option("model.n_epochs_decay", n_epochs_decay, minimum=0, hint="(epochs of linear decay to 0)")
         self.g_ab, self.g_ba = generator(image_shape=image_shape), generator(image_shape=image_shape)
         self.d_a, self.d_b = discriminator(image_shape=image_shape), discriminator(image_shape=image_shape)
         self.pool_a, self.pool_b = ImagePool(pool_size, image_shape), ImagePool(pool_size, image_shape)
@@ -97,9 +97,9 @@ class CycleGAN(GenerativeModule, Translates):
         hp = self.hparams
         fused = self.device.type in ("cpu", "cuda")
         opt_g = torch.optim.Adam([*self.g_ab.parameters(), *self.g_ba.parameters()], lr=hp.lr,
-                                 betas=tuple(hp.betas), fused=fused)
+                                 betas=tuple(float(b) for b in hp.betas), fused=fused)
         opt_d = torch.optim.Adam([*self.d_a.parameters(), *self.d_b.parameters()], lr=hp.lr,
-                                 betas=tuple(hp.betas), fused=fused)
+                                 betas=tuple(float(b) for b in hp.betas), fused=fused)
         decay = linear_decay(hp.n_epochs, hp.n_epochs_decay)
         scheds = [torch.optim.lr_scheduler.LambdaLR(opt, decay) for opt in (opt_g, opt_d)]
         return [opt_g, opt_d], [{"scheduler": s, "interval": "epoch"} for s in scheds]

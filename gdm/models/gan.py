@@ -116,7 +116,7 @@ class GAN(GenerativeModule, Samples):
     # ---- training -------------------------------------------------------------------------
 
     def configure_optimizers(self):
-        betas = tuple(self.hparams.betas)
+        betas = tuple(float(b) for b in self.hparams.betas)  # [0, 0.9] from the command line: ints
         # Fused Adam updates all parameters in one kernel: several times faster than per-tensor.
         fused = self.device.type in ("cpu", "cuda")
         opt_g = torch.optim.Adam(self.generator.parameters(), lr=self.hparams.lr_g, betas=betas, fused=fused)

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gdm.augment import build_augment
-from gdm.errors import GdmError, number_option
+from gdm.errors import GdmError, integer_option, number_option
 from gdm.losses import get_target_loss
 from gdm.models.base import GenerativeModule, check_adam
 from gdm.models.capabilities import Translates
@@ -83,8 +83,9 @@ class Pix2Pix(GenerativeModule, Translates):
         if inference not in INFERENCE:
             raise GdmError(f"model.inference={inference} is not a mode; choose paper (dropout and batch statistics, "
                            "as the paper) or eval.")
-        if n_epochs < 0 or n_epochs_decay < 0:
-            raise GdmError(f"model.n_epochs={n_epochs} and model.n_epochs_decay={n_epochs_decay} must be >= 0.")
+        integer_option("model.n_epochs", n_epochs, minimum=0, hint="(epochs at the initial learning rate)")
+        integer_option("model.n_epochs_decay", n_epochs_decay, minimum=0, hint="(epochs of linear decay to 0)")
+        integer_option("model.inference_seed", inference_seed, minimum=0)
         check_adam(betas, lr=lr)
         number_option("model.lambda_l1", lambda_l1, minimum=0, hint="(the L1 loss weight; the paper uses 100)")
         self.criterion = get_target_loss(loss)
@@ -105,8 +106,9 @@ class Pix2Pix(GenerativeModule, Translates):
     def configure_optimizers(self):
         hp = self.hparams
         fused = self.device.type in ("cpu", "cuda")
-        opt_g = torch.optim.Adam(self.net_g.parameters(), lr=hp.lr, betas=tuple(hp.betas), fused=fused)
-        opt_d = torch.optim.Adam(self.net_d.parameters(), lr=hp.lr, betas=tuple(hp.betas), fused=fused)
+        betas = tuple(float(b) for b in hp.betas)  # [0, 0.9] from the command line: ints
+        opt_g = torch.optim.Adam(self.net_g.parameters(), lr=hp.lr, betas=betas, fused=fused)
+        opt_d = torch.optim.Adam(self.net_d.parameters(), lr=hp.lr, betas=betas, fused=fused)
         decay = linear_decay(hp.n_epochs, hp.n_epochs_decay)
         scheds = [torch.optim.lr_scheduler.LambdaLR(opt, decay) for opt in (opt_g, opt_d)]
         return [opt_g, opt_d], [{"scheduler": s, "interval": "epoch"} for s in scheds]

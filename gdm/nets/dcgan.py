@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm as apply_spectral_norm
 
-from gdm.errors import GdmError
+from gdm.errors import GdmError, boolean_option
 from gdm.nets.init import init_normal
 
 
@@ -110,7 +110,7 @@ class DCGANDiscriminator(nn.Module):
         self.feature_channels = ch
         self.projection = nn.Embedding(num_classes, ch) if num_classes else None
         init_normal(self, init_std)
-        if spectral_norm:
+        if boolean_option("model.discriminator.spectral_norm", spectral_norm):
             for m in [m for m in self.modules() if isinstance(m, (nn.Conv2d, nn.Linear, nn.Embedding))]:
                 apply_spectral_norm(m)
 

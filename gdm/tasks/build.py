@@ -15,7 +15,7 @@ from gdm.callbacks.config_in_checkpoint import ConfigInCheckpoint
 from gdm.callbacks.optuna_pruning import OptunaPruning
 from gdm.callbacks.random_state import RandomState
 from gdm.data.base import SplitDataModule
-from gdm.errors import GdmError, integer_option
+from gdm.errors import GdmError, boolean_option, integer_option, number_option
 from gdm.evaluation.evaluator import Evaluator
 from gdm.models.base import GenerativeModule
 from gdm.models.clusters import cluster_inputs
@@ -51,7 +51,7 @@ def build_model(cfg: DictConfig, datamodule: SplitDataModule, from_checkpoint: b
             model.fit_clusters(cluster_inputs(datamodule.split("train")))
         elif model.conditional:  # class-balanced samples follow the training split's class frequencies
             model.set_class_frequencies(datamodule.class_counts("train"))
-    if cfg.get("compile"):
+    if boolean_option("compile", cfg.get("compile", False)):
         model.compile_nets()
     return model
 
@@ -157,9 +157,11 @@ def build_loggers(cfg: DictConfig) -> list:
     return _instantiate_group(cfg.get("logger"))
 
 
-def seed_option(cfg: DictConfig) -> int:
-    """`seed`: an integer NumPy and Lightning can seed with (0 .. 2**32 - 1), else GdmError."""
-    return integer_option("seed", cfg.get("seed"), minimum=0, maximum=2**32 - 1)
+def seed_option(cfg: DictConfig) -> int | None:
+    """`seed`: an integer NumPy and Lightning can seed with (0 .. 2**32 - 1), or null (Lightning draws one), else
+    GdmError."""
+    return integer_option("seed", cfg.get("seed"), minimum=0, maximum=2**32 - 1, optional=True,
+                          hint="(null: a random one, recorded)")
 
 
 def check_trainer_options(trainer: DictConfig) -> None:
@@ -170,6 +172,12 @@ def check_trainer_options(trainer: DictConfig) -> None:
     integer_option("trainer.max_steps", trainer.get("max_steps", -1), minimum=-1, hint="(-1: no limit)")
     integer_option("trainer.check_val_every_n_epoch", trainer.get("check_val_every_n_epoch", 1), minimum=1,
                    optional=True, hint="(epochs between evaluations)")
+    integer_option("trainer.num_sanity_val_steps", trainer.get("num_sanity_val_steps", 0), minimum=-1)
+    for key in ("limit_train_batches", "limit_val_batches", "limit_test_batches"):  # a count, or a fraction <= 1
+        value = trainer.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            number_option(f"trainer.{key}", value, minimum=0, maximum=1, optional=True,
+                          hint="(a fraction of the batches, or a whole number of them)")
 
 
 def build_trainer(cfg: DictConfig, callbacks: list, loggers: list) -> L.Trainer:

@@ -10,9 +10,10 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.model_helpers import is_overridden
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from gdm.checkpoints import changed_precision, changed_settings, check_fits
+from gdm.errors import boolean_option
 from gdm.evaluation.evaluator import Evaluator
 from gdm.loggers import finish_loggers, offline_wandb_dir
 from gdm.resume import resume_from
@@ -32,7 +33,10 @@ log = logging.getLogger(__name__)
 
 def train(cfg: DictConfig) -> float | None:
     check_training_precision(cfg.trainer.get("precision"))
-    L.seed_everything(seed_option(cfg), workers=True)
+    test_after_fit = boolean_option("test_after_fit", cfg.get("test_after_fit", True))
+    seed = L.seed_everything(seed_option(cfg), workers=True)
+    with open_dict(cfg):
+        cfg.seed = seed  # seed=null: the seed Lightning drew, recorded in config.yaml and the checkpoints
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if rank_zero_only.rank == 0:  # DDP: ranks > 0 write no files
@@ -63,7 +67,7 @@ def train(cfg: DictConfig) -> float | None:
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
         trainer.fit(model, datamodule=datamodule, ckpt_path=str(resume[0]) if resume else None)
         evaluator.finish(trainer, model, datamodule)
-        if cfg.get("test_after_fit", True) and is_overridden("test_step", model) and not trainer.interrupted:
+        if test_after_fit and is_overridden("test_step", model) and not trainer.interrupted:
             best = run_dir / "checkpoints" / "best.ckpt"
             trainer.test(model, datamodule=datamodule, ckpt_path=str(best) if best.is_file() else None, verbose=False)
         status = "success"
