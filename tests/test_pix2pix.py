@@ -268,3 +268,18 @@ def test_pix2pix_download_from_server_and_archive(tmp_path, monkeypatch):
     assert dl.main(["night2day", "--data-dir", str(tmp_path / "d2"), "--archive", str(tmp_path / "n2d.tar.gz")]) == 0
     data = PairedFolderDataModule(str(tmp_path / "d2" / "night2day"), image_size=8, load_size=8, num_workers=0)
     assert data.split("test")[0]["image_a"].shape == (3, 8, 8)
+
+
+def test_single_images_in_a_side_by_side_folder_are_warned_about(tmp_path, paired_folder, caplog):
+    with caplog.at_level("WARNING", logger="gdm.data.paired_folder"):
+        PairedFolderDataModule(str(paired_folder), image_size=32, load_size=32, num_workers=0)
+    assert "not twice as wide as tall" not in caplog.text  # pairs: 2:1
+    root = tmp_path / "singles"
+    for split in ("train", "test"):
+        (root / split).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (64, 64), (i * 40, 0, 0)).save(root / split / f"{i}.png")
+    with caplog.at_level("WARNING", logger="gdm.data.paired_folder"):
+        PairedFolderDataModule(str(root), image_size=32, load_size=32, num_workers=0)
+    assert f"{root / 'train' / '0.png'} is 64x64 px, not twice as wide as tall" in caplog.text
+    assert f"{root / 'test' / '0.png'} is 64x64 px" in caplog.text

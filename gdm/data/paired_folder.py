@@ -14,10 +14,12 @@ for A and B (`gdm.data.paired.paired_transform`); evaluation pairs resized to `i
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from pathlib import Path
 
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms.functional import pil_to_tensor
 
@@ -25,6 +27,8 @@ from gdm.data.download import PAIRED_DATASETS, download_command
 from gdm.data.image_files import WHITE, background_option, find_images, image_paths, open_image, verify_images
 from gdm.data.paired import PairedDataModule, paired_transform
 from gdm.errors import GdmError, boolean_option, integer_option
+
+log = logging.getLogger(__name__)
 
 
 def split_side_by_side(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,10 +80,27 @@ def has_images(folder: Path) -> bool:
     return bool(image_paths(folder))
 
 
+def warn_unless_side_by_side(folder: Path, files: list[Path]) -> None:
+    """Log a warning when a side-by-side folder's first image is not twice as wide as tall (single images, not
+    A | B pairs, would be split in halves as pairs without a word: the wrong folder, most likely). Reads the header
+    of one file; the reference sets (facades, maps, edges2shoes, ...) are all exactly 2:1."""
+    try:
+        with Image.open(files[0]) as image:
+            width, height = image.size
+    except Exception:  # noqa: BLE001 - unreadable: verification names it, in one sentence
+        return
+    if abs(width - 2 * height) > 1:
+        log.warning(f"{files[0]} is {width}x{height} px, not twice as wide as tall: the images in {folder} are read "
+                    "as side-by-side pairs (left half A, right half B); if they are single images, point data.root "
+                    "at a folder of pairs.")
+
+
 def find_pairs(root: Path, split: str) -> tuple[list[Path], list[Path] | None] | None:
     """The files of one split (A files, B files or None for side by side), or None if the split is absent."""
     if has_images(root / split):
-        return find_images(root / split, key=f"data.root/{split}"), None
+        files = find_images(root / split, key=f"data.root/{split}")
+        warn_unless_side_by_side(root / split, files)
+        return files, None
     folder_a, folder_b = root / f"{split}A", root / f"{split}B"
     if not (has_images(folder_a) or has_images(folder_b)):
         return None
