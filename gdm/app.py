@@ -18,6 +18,7 @@ from omegaconf.errors import InterpolationKeyError, MissingMandatoryValue
 from gdm.config_tree import print_config_tree
 from gdm.ddp import extra_ranks_run_this_job
 from gdm.errors import GdmError
+from gdm.optuna_search import note_failure_of_this_job
 from gdm.tasks.compare import compare
 from gdm.tasks.evaluate import evaluate
 from gdm.tasks.paths import resolve_user_paths
@@ -80,6 +81,7 @@ def main(cfg: DictConfig) -> float | None:
     except Exception as err:
         mistake = user_error(err)
         if in_multirun():
+            note_failure_of_this_job(f"{type(err).__name__}: {err}" if mistake is None else str(mistake))
             if mistake is None:
                 log.exception(f"job {HydraConfig.get().job.num} failed")
             else:
