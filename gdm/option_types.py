@@ -1,0 +1,50 @@
+"""The types of gdm's options, shared by the constructors a config builds.
+
+A constructor's signature is its schema: each option is annotated with its type and bounds, and the
+constructor is wrapped in pydantic's `validate_call` (`checked` below), so one declaration serves the config
+path and the Python API alike, and a wrong value fails with its parameter's name before anything is built.
+Chosen over hydra-zen or structured configs, which keep a second copy of every signature as a dataclass and
+check only the config path; pydantic's errors carry the parameter and the value, from which the task layer
+(`gdm.tasks.options`) writes one sentence naming `key=value`, the allowed range and the `description`.
+
+Rules for an annotation: `Strict()` for int and bool (Hydra reads `true`, `2.5` and `abc` as a bool, a float
+and a string, which must never become 1, 2 or a truthy string); `allow_inf_nan=False` for floats (strict
+floats still take ints: Adam's betas [0, 0.9]); `Literal[...]` for choices; `Sequence[...]` or tuples where
+a list arrives (an OmegaConf ListConfig is accepted as it is). Each `description` says what the value means
+and where a published default comes from. This module imports nothing of gdm.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import ConfigDict, Field, Strict, validate_call
+
+# Arbitrary types: tensors, nets and data modules pass through unvalidated beside the options.
+checked = validate_call(config=ConfigDict(arbitrary_types_allowed=True))
+
+Flag = Annotated[bool, Strict()]
+Count = Annotated[int, Strict(), Field(ge=1)]
+NonNegativeInt = Annotated[int, Strict(), Field(ge=0)]
+Number = Annotated[float, Strict(), Field(allow_inf_nan=False)]
+
+Seed = Annotated[int, Strict(), Field(ge=0, le=2**32 - 1, description="a seed NumPy and torch accept")]
+SplitSeed = Annotated[int, Strict(), Field(ge=0, description="the seed of the fixed train / val / test split")]
+LearningRate = Annotated[float, Strict(), Field(gt=0, allow_inf_nan=False, description="a learning rate")]
+LossWeight = Annotated[float, Strict(), Field(ge=0, allow_inf_nan=False, description="a loss weight; 0: off")]
+Probability = Annotated[float, Strict(), Field(gt=0, lt=1, allow_inf_nan=False)]
+Decay = Annotated[float, Strict(), Field(ge=0, lt=1, allow_inf_nan=False)]
+AdamBeta = Annotated[float, Strict(), Field(ge=0, lt=1, allow_inf_nan=False)]
+AdamBetas = Annotated[tuple[AdamBeta, AdamBeta], Field(
+    description="Adam's two coefficients (beta1, beta2); DCGAN's [0.5, 0.999]")]
+HeldOut = Annotated[float, Strict(), Field(ge=0, lt=1, allow_inf_nan=False,
+                                           description="the share of the images held out")]
+ImageSide = Annotated[int, Strict(), Field(ge=1, description="pixels of each side")]
+LoadSide = Annotated[int, Strict(), Field(ge=1, description="pixels of the short side before the crop")]
+BatchSize = Annotated[int, Strict(), Field(ge=1, description="images per batch")]
+Workers = Annotated[int, Strict(), Field(ge=0, description="DataLoader worker processes; 0: in the main process")]
+Epochs = Annotated[int, Strict(), Field(ge=0)]
+Channel = Annotated[int, Strict(), Field(ge=0, le=255)]
+RGB = Annotated[tuple[Channel, Channel, Channel], Field(
+    description="an RGB colour, e.g. [255,255,255] (white)")]
+Width = Annotated[int, Strict(), Field(ge=1, description="channels of the first (or last) layer")]
