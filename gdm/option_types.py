@@ -16,12 +16,23 @@ and where a published default comes from. This module imports nothing of gdm.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import ConfigDict, Field, Strict, validate_call
+from pydantic import BeforeValidator, ConfigDict, Field, Strict, validate_call
 
 # Arbitrary types: tensors, nets and data modules pass through unvalidated beside the options.
 checked = validate_call(config=ConfigDict(arbitrary_types_allowed=True))
+
+
+def _whole(value: object) -> object:
+    # A Literal of ints takes True as 1 and 3.0 as 3, and Strict() cannot apply to it.
+    if isinstance(value, (bool, float)):
+        raise ValueError("not an integer")
+    return value
+
+
+# Before a Literal of ints: only ints reach it.
+WholeChoice = BeforeValidator(_whole)
 
 Flag = Annotated[bool, Strict()]
 Count = Annotated[int, Strict(), Field(ge=1)]
@@ -47,4 +58,7 @@ Epochs = Annotated[int, Strict(), Field(ge=0)]
 Channel = Annotated[int, Strict(), Field(ge=0, le=255)]
 RGB = Annotated[tuple[Channel, Channel, Channel], Field(
     description="an RGB colour, e.g. [255,255,255] (white)")]
+Background = Annotated[RGB, Field(
+    description="the RGB colour transparent pixels are composited over; white [255,255,255] by default")]
+Channels = Annotated[Literal[1, 3], WholeChoice, Field(description="1: greyscale, 3: RGB")]
 Width = Annotated[int, Strict(), Field(ge=1, description="channels of the first (or last) layer")]
