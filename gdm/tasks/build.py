@@ -155,6 +155,19 @@ def build_evaluator(cfg: DictConfig, **overrides) -> Evaluator:
         return instantiate(cfg.callbacks.evaluator, metrics=metrics, _convert_="all", **overrides)
 
 
+def check_evaluation(cfg: DictConfig, evaluator: Evaluator, model: GenerativeModule,
+                     datamodule: SplitDataModule) -> None:
+    """Before training: the feature network loads and each metric applies to this model and data, else a
+    GdmError naming the metrics keys."""
+    with options_of("metrics", cfg.get("metrics")):
+        evaluator.load_features()
+    nodes = [(key, node) for key, node in (cfg.get("metrics") or {}).items()
+             if isinstance(node, DictConfig) and "_target_" in node]
+    for (key, node), metric in zip(nodes, evaluator.metrics, strict=True):
+        with options_of(f"metrics.{key}", node):
+            metric.check(model, datamodule, evaluator.features_name)
+
+
 def build_loggers(cfg: DictConfig) -> list:
     return _instantiate_group("logger", cfg.get("logger"))
 

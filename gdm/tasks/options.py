@@ -20,7 +20,7 @@ from typing import Annotated, Literal
 import annotated_types as at
 from hydra.errors import InstantiationException
 from hydra.utils import get_object
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from pydantic import Field, Strict, ValidationError
 from pydantic.fields import FieldInfo
 
@@ -93,8 +93,8 @@ def wrapped_function(err: ValidationError, path: str, node: DictConfig | None):
         frames.append(tb.tb_frame)
         tb = tb.tb_next
     head, *rest = err.title.split(".")
-    for frame in reversed(frames):
-        found = frame.f_globals.get(head)
+    for frame in reversed(frames):  # innermost first; a function-level import is a local of its frame
+        found = frame.f_locals.get(head, frame.f_globals.get(head))
         for part in rest:
             found = getattr(found, part, None)
         if callable(found):
@@ -141,12 +141,14 @@ def bounds_of(metadata: list) -> str:
                         for sign, value in found.items())
 
 
-def phrase(annotation) -> str:
-    """What a value of `annotation` must be, in words: 'an integer >= 1', 'one of a, b', 'true or false'."""
+def phrase(annotation, inherited: tuple = ()) -> str:
+    """What a value of `annotation` must be, in words: 'an integer >= 1', 'one of a, b', 'true or false'.
+    `inherited`: bounds declared around a union, which apply to its members."""
     base, metadata = split_annotated(annotation)
+    metadata = [*inherited, *metadata]
     origin, args = typing.get_origin(base), typing.get_args(base)
     if origin in (typing.Union, types.UnionType):
-        members = [phrase(a) for a in args if a is not type(None)]
+        members = [phrase(a, tuple(metadata)) for a in args if a is not type(None)]
         return " or ".join(members) + (" or null" if type(None) in args else "")
     if origin is Literal:
         return "one of " + ", ".join(shown(a) if not isinstance(a, str) else a for a in args)
@@ -190,7 +192,10 @@ def validation_sentence(err: ValidationError, path: str, node: DictConfig | None
             break
         indices.append(part)
     value = first["input"]  # the whole option, or the element the error points at (model.betas[1]=1.5)
-    key = typed_key(path, node, name) if isinstance(node, DictConfig) and name in node else key_of(path, name)
+    in_config = isinstance(node, DictConfig) and name in node
+    if in_config and indices and not isinstance(node[name], ListConfig):  # typed as one string: show it whole
+        value, indices = node[name], []
+    key = typed_key(path, node, name) if in_config else key_of(path, name)
     key += "".join(f"[{i}]" for i in indices)
     annotation = annotation_of(function, name) if function is not None else None
     if annotation is None or first["type"] == "unexpected_keyword_argument":

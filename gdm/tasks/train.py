@@ -22,6 +22,7 @@ from gdm.tasks.build import (
     build_loggers,
     build_model,
     build_trainer,
+    check_evaluation,
     check_run_fits,
     check_training_precision,
     seed_option,
@@ -64,6 +65,7 @@ def train(cfg: DictConfig) -> float | None:
         evaluator = next(cb for cb in callbacks if isinstance(cb, Evaluator))
         trainer = build_trainer(cfg, callbacks, loggers)
         check_run_fits(cfg, datamodule, trainer)
+        check_evaluation(cfg, evaluator, model, datamodule)
         for logger in loggers:
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
         trainer.fit(model, datamodule=datamodule, ckpt_path=str(resume[0]) if resume else None)
