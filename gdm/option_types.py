@@ -20,8 +20,9 @@ from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, ConfigDict, Field, Strict, validate_call
 
-# Arbitrary types: tensors, nets and data modules pass through unvalidated beside the options.
-checked = validate_call(config=ConfigDict(arbitrary_types_allowed=True))
+# Arbitrary types: tensors, nets and data modules pass through unvalidated beside the options. Defaults
+# are validated too: they are what a config without the key builds.
+checked = validate_call(config=ConfigDict(arbitrary_types_allowed=True, validate_default=True))
 
 
 def _whole(value: object) -> object:

@@ -69,5 +69,6 @@ def build_augment(augment: AugmentName, augment_policy: object = "color,translat
     if augment == "ada":
         from gdm.augment.ada import AdaptiveAugment
 
-        return AdaptiveAugment(ada_target, ada_interval, ada_kimg, channels_per_image)
+        return AdaptiveAugment(ada_target=ada_target, ada_interval=ada_interval, ada_kimg=ada_kimg,
+                               channels_per_image=channels_per_image)
     return None
