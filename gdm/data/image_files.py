@@ -131,7 +131,7 @@ def open_image(path: str | Path, channels: int = 3, background: Sequence[int] = 
 
 
 def cache_dir() -> Path:
-    """Where gdm keeps what it computed about the user's data (as `metrics.cache_dir`)."""
+    """Where gdm keeps what it computed about the user's data (the evaluator's `cache_dir` by default)."""
     return Path(os.environ.get("GDM_CACHE_DIR", "~/.cache/gdm")).expanduser()
 
 

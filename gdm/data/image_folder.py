@@ -1,4 +1,4 @@
-"""Any folder tree of images, e.g. `data=image_folder data.root=DIR`.
+"""Any folder tree of images under `root`.
 
 If every image sits in a first-level sub-folder and there are at least two of them, the
 sub-folder names are class labels (torchvision's ImageFolder layout); otherwise the data is

@@ -5,8 +5,8 @@ data, item i is always the pair i, and any random augmentation (crop, flip) is d
 applied to both images: the two are transformed as one tensor of stacked channels, so they cannot
 come apart (`paired_transform`).
 
-`data.direction` (AtoB | BtoA) says which image is the input; the data module only checks and keeps it
-(model configs read it, as `model.direction: ${data.direction}`), and always serves both images.
+`direction` (AtoB | BtoA) says which image is the input; the data module only checks and keeps it (the
+model reads it from the data config), and always serves both images.
 Metrics read each domain on its own: `datamodule.split("B/test")` is the B images of the test pairs,
 with `image` (and `label`) items, in pair order.
 """

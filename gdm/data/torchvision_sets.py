@@ -1,6 +1,6 @@
 """Standard datasets through torchvision: `data=mnist`, `data=cifar10`.
 
-Nothing is downloaded unless the user asks (`data.download=true`); a missing dataset stops the run
+Nothing is downloaded unless the user asks (`download=true`); a missing dataset stops the run
 before training with one sentence saying where the files go and how to fetch them. The download runs in
 `prepare_data`, which Lightning calls on one process per node while the other DDP ranks wait. The official
 training set is split into train / val with a fixed seed; the official test set is the test split.

@@ -1,4 +1,4 @@
-"""Feature networks for the sample metrics, by name (`metrics.features`), each with its protocol.
+"""Feature networks for the sample metrics, by name (`build_features`), each with its protocol.
 
 - `inception`: the standard 2048-d pool3 features of the TF-ported InceptionV3 that torch-fidelity
   (and so torchmetrics) uses; images are resized to 299 with the TF1-compatible bilinear resize

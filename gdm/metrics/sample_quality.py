@@ -1,7 +1,7 @@
 """The quality of a sampling model's images, from one feature pass over its samples and a real split.
 
 At each evaluation: samples 0..num_samples-1 of the model's seeded sequence (`seed`), quantized as the
-saved PNGs, through the run's feature network (`metrics.features`), against the features of every
+saved PNGs, through the run's feature network, against the features of every
 image of `real_split` (cached across runs):
 - `val/fid_<features>`: Fréchet distance (Heusel et al. 2017), torchmetrics' formula;
 - `val/kid_<features>` (+ `_std`): kernel distance (Bińkowski et al. 2018), when `kid_subset_size` is set

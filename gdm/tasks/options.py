@@ -25,7 +25,7 @@ from pydantic import Field, Strict, ValidationError
 from pydantic.fields import FieldInfo
 
 from gdm.errors import GdmError, shown
-from gdm.option_types import Count, Flag, Seed, checked
+from gdm.option_types import Count, Flag, NonNegativeInt, Seed, checked
 
 BOUNDS = ((at.Ge, "ge", ">="), (at.Gt, "gt", ">"), (at.Le, "le", "<="), (at.Lt, "lt", "<"))
 INTERPOLATION = re.compile(r"^\$\{([\w.]+)\}$")
@@ -95,6 +95,8 @@ def wrapped_function(err: ValidationError, path: str, node: DictConfig | None):
     head, *rest = err.title.split(".")
     for frame in reversed(frames):  # innermost first; a function-level import is a local of its frame
         found = frame.f_locals.get(head, frame.f_globals.get(head))
+        if found is None:
+            continue
         for part in rest:
             found = getattr(found, part, None)
         if callable(found):
@@ -253,3 +255,43 @@ def check_run_options(cfg: DictConfig) -> None:
     trainer = cfg.get("trainer") or {}
     with options_of("trainer", trainer):
         trainer_options(**{k: trainer[k] for k in inspect.signature(trainer_options).parameters if k in trainer})
+
+
+# The options of the checkpoint tasks, read from their config nodes (sample, eval, translate).
+@checked
+def sample_options(n: Annotated[Count, Field(description="the number of images to draw")] = 64,
+                   seed: Annotated[NonNegativeInt, Field(description="the seed of the sample sequence")] = 0,
+                   label: Annotated[NonNegativeInt | None, Field(
+                       description="the class to draw; unset: every class")] = None) -> None:
+    """task=sample's options."""
+
+
+SampleCount = Annotated[int, Strict(), Field(ge=2)]
+
+
+@checked
+def eval_options(num_samples: Annotated[SampleCount | None, Field(
+                     description="generated samples for FID / KID; null: the run's own")] = None,
+                 kid_subset_size: Annotated[SampleCount | None, Field(description="KID's subset size; null: no KID")]
+                 = None,
+                 sample_seeds: Annotated[Count, Field(description="the number of sample seeds to evaluate with")] = 1,
+                 ) -> None:
+    """task=eval's options."""
+
+
+@checked
+def translate_options(load_size: Annotated[Annotated[int, Strict(), Field(ge=8)] | None, Field(description=(
+        "pixels of each image's short side before translating; null: each image's own size"))] = None) -> None:
+    """task=translate's options."""
+
+
+def read_options(function, path: str, node: DictConfig | None) -> dict:
+    """The options `function` declares, from config node `path` (defaults where unset), checked by it: a
+    GdmError naming `path.key=value` for a wrong one."""
+    signature = inspect.signature(inspect.unwrap(function))
+    given = {name: node[name] for name in signature.parameters if node is not None and name in node}
+    with options_of(path, node if isinstance(node, DictConfig) else None):
+        function(**given)
+    bound = signature.bind(**given)
+    bound.apply_defaults()
+    return dict(bound.arguments)
