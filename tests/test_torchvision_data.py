@@ -56,7 +56,7 @@ def test_mnist_files_make_a_32px_labelled_module(tmp_path):
 
 def test_unknown_name(tmp_path):
     with pytest.raises(ValidationError) as caught:
-        TorchvisionDataModule("svhn", root=str(tmp_path))
+        TorchvisionDataModule(name="svhn", root=str(tmp_path))
     assert [e["loc"] for e in caught.value.errors()] == [("name",)]
 
 
