@@ -18,7 +18,8 @@ from gdm.errors import GdmError
 from gdm.images import to_uint8
 from gdm.losses import get_target_loss
 from gdm.metrics.digits_classifier import accuracy, load_digit_classifier
-from gdm.models.cyclegan import CycleGAN, linear_decay
+from gdm.models.adversarial import linear_decay
+from gdm.models.cyclegan import CycleGAN
 from gdm.models.image_pool import ImagePool
 from gdm.nets.cyclegan import PatchDiscriminator, ResnetGenerator
 
