@@ -113,11 +113,6 @@ class LeCam(nn.Module):
         self.register_buffer("anchors", torch.zeros(2))  # biased EMAs of mean D(real), mean D(fake)
         self.register_buffer("weight", torch.zeros(()))  # their accumulated weight: 1 - decay^updates
 
-    @staticmethod
-    def checked_decay(lecam_decay: object) -> float:
-        """`lecam_decay` checked as LeCam checks it. Until models/gan.py builds LeCam only when it is on."""
-        return LeCam(lecam_decay).decay
-
     def forward(self, real_logits: Tensor, fake_logits: Tensor) -> Tensor:
         """R_LC for D's logits on this batch's real (B,) and generated (B,) images (any shape; averaged),
         after adding their means to the moving averages. A scalar >= 0."""

@@ -63,3 +63,10 @@ Background = Annotated[RGB, Field(
     description="the RGB colour transparent pixels are composited over; white [255,255,255] by default")]
 Channels = Annotated[Literal[1, 3], WholeChoice, Field(description="1: greyscale, 3: RGB")]
 Width = Annotated[int, Strict(), Field(ge=1, description="channels of the first (or last) layer")]
+ChannelsLast = Annotated[Annotated[bool, Strict()] | Literal["auto"], Field(
+    description="true: NHWC; false: NCHW; auto: NHWC on CUDA, and on the CPU where it measured faster")]
+GradClip = Annotated[float | None, Field(gt=0, strict=True, allow_inf_nan=False, description=(
+    "the largest L2 norm of each optimizer's gradients; null: no clipping"))]
+EpochsAtLr = Annotated[Epochs, Field(description="epochs at the initial learning rate; 100 in CycleGAN and pix2pix")]
+EpochsDecay = Annotated[Epochs, Field(description="epochs of linear decay to 0; 100 in CycleGAN and pix2pix")]
+Visuals = Annotated[Count, Field(description="images in the logged grid")]

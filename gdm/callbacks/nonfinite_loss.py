@@ -22,7 +22,6 @@ from gdm.errors import GdmError
 from gdm.option_types import Count, checked
 
 
-
 class Diverged(GdmError):
     """A non-finite training loss stopped the run."""
 
