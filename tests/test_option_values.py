@@ -71,6 +71,8 @@ CASES = [
     (["model.ema_decay=1.5"], "model.ema_decay=1.5 must be a number >= 0 and < 1 or null"),
     (["model.ema_decay=-0.1"], "model.ema_decay=-0.1 must be a number >= 0 and < 1"),
     (["model.r1_gamma=-1"], "model.r1_gamma=-1 must be a number >= 0"),
+    (["model.n_critic=0"], "model.n_critic=0 must be an integer >= 1 (discriminator updates per generator update"),
+    (["model.channels_last=nhwc"], "model.channels_last='nhwc' must be true or false or auto"),
     (["model.n_critic=1.5"], "model.n_critic=1.5 must be an integer >= 1 (discriminator updates per generator update"),
     (["model.latent_dim=2.5"], "model.latent_dim=2.5 must be an integer >= 1"),
     (["model.num_visuals=abc"], "model.num_visuals='abc' must be an integer >= 1"),
@@ -80,7 +82,8 @@ CASES = [
     (["model.clusters=1"], "model.clusters=1 must be an integer >= 2 (k-means clusters of the training images"),
     (["model.clusters=2.5"], "model.clusters=2.5 must be an integer >= 2"),
     (["model=cgan", "model.clusters=8"],
-     "model.conditional=true (the data's labels) and model.clusters=8 (k-means clusters) exclude each other"),
+     "model.conditional=true (the data's labels) and model.clusters=8 (k-means clusters as labels) exclude each "
+     "other: set model.clusters=null"),
     (["model.augment=diffaug"], "model.augment='diffaug' must be one of diffaugment, ada or null"),
     (["model.augment=diffaugment", "model.augment_policy=colour"],
      "model.augment_policy='colour' must be a list of values, each one of color, translation, cutout"),
@@ -109,6 +112,8 @@ CASES = [
     ([*TINY_CYCLEGAN, "model.discriminator.n_layers=0"], "model.discriminator.n_layers=0 must be an integer >= 1"),
     ([*TINY_PIX2PIX, "model.lambda_l1=abc"], "model.lambda_l1='abc' must be a number >= 0"),
     ([*TINY_PIX2PIX, "model.inference_seed=abc"], "model.inference_seed='abc' must be an integer >= 0"),
+    ([*TINY_PIX2PIX, "model.inference=train"], "model.inference='train' must be one of paper, eval"),
+    ([*TINY_PIX2PIX, "data.direction=up"], "data.direction='up' must be one of AtoB, BtoA"),
     ([*TINY_PIX2PIX, "model.generator.num_downs=3"], "model.generator.num_downs=3 must be an integer >= 5"),
     # metrics and evaluation
     (["metrics.batch_size=0"], "metrics.batch_size=0 must be an integer >= 1 (images per batch of the evaluation)."),

@@ -153,7 +153,8 @@ def phrase(annotation, inherited: tuple = ()) -> str:
         members = [phrase(a, tuple(metadata)) for a in args if a is not type(None)]
         return " or ".join(members) + (" or null" if type(None) in args else "")
     if origin is Literal:
-        return "one of " + ", ".join(shown(a) if not isinstance(a, str) else a for a in args)
+        names = [shown(a) if not isinstance(a, str) else a for a in args]
+        return names[0] if len(names) == 1 else "one of " + ", ".join(names)
     if origin is tuple and args and args[-1] is not Ellipsis:
         each = {phrase(a) for a in args}
         return f"a list of {len(args)} values, each {each.pop()}" if len(each) == 1 else \
