@@ -22,7 +22,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 
 from gdm.errors import GdmError
-from gdm.sweeps import configuration_tag, sweep_identity
+from gdm.multirun import configuration_tag, sweep_identity
 
 log = logging.getLogger(__name__)
 MODES = ("auto", "online", "offline", "disabled")

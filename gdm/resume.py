@@ -22,7 +22,7 @@ from omegaconf import DictConfig, open_dict
 
 from gdm.checkpoints import check_same_model, read_checkpoint
 from gdm.errors import GdmError
-from gdm.sweeps import sweep_identity
+from gdm.multirun import sweep_identity
 
 log = logging.getLogger(__name__)
 RESUME = (None, "auto")

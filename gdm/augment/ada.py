@@ -29,7 +29,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
-from gdm.augment import Augment
+from gdm.augment.base import Augment
 from gdm.errors import integer_option, number_option
 
 

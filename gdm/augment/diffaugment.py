@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from gdm.augment import Augment
+from gdm.augment.base import Augment
 from gdm.errors import GdmError
 
 
