@@ -13,8 +13,8 @@ from helpers import TINY, compose_config
 
 from gdm import losses
 from gdm.app import run, user_error
-from gdm.callbacks.nonfinite_loss import Diverged
 from gdm.models import gan
+from gdm.models.nonfinite_guard import Diverged, NonFinitePolicy
 from gdm.nets.dcgan import DCGANDiscriminator, DCGANGenerator
 
 RUN = ["data.image_size=16", *TINY, "logger=none", "trainer.max_epochs=2", "trainer.check_val_every_n_epoch=1",
@@ -119,7 +119,7 @@ def test_guard_in_a_plain_loop_reads_back_when_asked_or_when_too_many_are_kept()
 
 def test_skip_in_a_plain_loop_decides_per_update():
     model = tiny_gan()
-    model.nonfinite_action, model.max_consecutive_skips = "skip", 1
+    model.set_nonfinite_policy(NonFinitePolicy("skip", max_consecutive_skips=1))
     assert model.loss_ok("d_loss", torch.tensor(1.0))
     assert not model.loss_ok("d_loss", torch.tensor(float("nan")))
     with pytest.raises(Diverged, match=r"^train/d_loss is nan \(2 in a row\): training stopped"):

@@ -7,18 +7,20 @@ import logging
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from gdm.atomic_checkpoint_io import AtomicCheckpointIO
-from gdm.callbacks.config_in_checkpoint import ConfigInCheckpoint
+from gdm.callbacks.checkpoint_contents import CheckpointContents
 from gdm.callbacks.optuna_pruning import OptunaPruning
-from gdm.callbacks.random_state import RandomState
 from gdm.data.base import SplitDataModule
 from gdm.errors import GdmError, boolean_option, integer_option, number_option
 from gdm.evaluation.evaluator import Evaluator
+from gdm.metrics.features import build_features
 from gdm.models.base import GenerativeModule
 from gdm.models.clusters import cluster_inputs
+from gdm.models.nonfinite_guard import NonFinitePolicy
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,7 @@ def build_model(cfg: DictConfig, datamodule: SplitDataModule, from_checkpoint: b
     make_model = instantiate(cfg.model, _partial_=True, _convert_="all")
     model = make_model(image_shape=tuple(int(n) for n in datamodule.image_shape), num_classes=datamodule.num_classes)
     check_provides(cfg, model.requires, datamodule)
+    model.set_nonfinite_policy(build_nonfinite_policy(cfg))
     if not from_checkpoint:
         if getattr(model, "clusters", None) is not None:  # self-conditioning: k-means on the training images
             model.fit_clusters(cluster_inputs(datamodule.split("train")))
@@ -54,6 +57,20 @@ def build_model(cfg: DictConfig, datamodule: SplitDataModule, from_checkpoint: b
     if boolean_option("compile", cfg.get("compile", False)):
         model.compile_nets()
     return model
+
+
+def build_nonfinite_policy(cfg: DictConfig) -> NonFinitePolicy:
+    """What a NaN / Inf training loss does (`callbacks.nonfinite_loss`, kept among the callbacks where users
+    know it, though the model follows it without any callback); GdmError naming the key for a bad value."""
+    node = OmegaConf.select(cfg, "callbacks.nonfinite_loss")
+    if node is None:
+        return NonFinitePolicy()
+    try:
+        return instantiate(node, _convert_="all")
+    except InstantiationException as err:
+        if isinstance(err.__cause__, ValueError):  # the policy names the parameter; the key is ours to add
+            raise GdmError(f"callbacks.nonfinite_loss.{err.__cause__}") from None
+        raise
 
 
 # What a batch key means to a user, and data options that have it.
@@ -132,10 +149,14 @@ def _instantiate_group(group: DictConfig | None, skip: tuple[str, ...] = ()) -> 
 
 
 def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
-    """The callbacks group (its `evaluator` gets the metrics group's metrics), the config and RNG state."""
-    callbacks = _instantiate_group(cfg.get("callbacks"), skip=("evaluator",)) + [build_evaluator(cfg)]
-    callbacks.append(ConfigInCheckpoint(OmegaConf.to_container(cfg, resolve=True), OmegaConf.to_container(cfg)))
-    callbacks.append(RandomState(cfg.seed))
+    """The callbacks group (its `evaluator` gets the metrics group's metrics; its `nonfinite_loss` is the model's
+    policy, `build_nonfinite_policy`), and what the checkpoints hold beside Lightning's entries."""
+    callbacks = _instantiate_group(cfg.get("callbacks"), skip=("evaluator", "nonfinite_loss"))
+    evaluator = build_evaluator(cfg)
+    # Before the Evaluator: it marks an epoch's end before the Evaluator saves that epoch's checkpoints.
+    callbacks.append(CheckpointContents(cfg.seed, OmegaConf.to_container(cfg, resolve=True),
+                                        OmegaConf.to_container(cfg), step=lambda: evaluator.batches))
+    callbacks.append(evaluator)
     # an Optuna trial (gdm's sweeper names it in the job's environment) reports each evaluation to its study
     pruning = OptunaPruning.for_this_job(cfg.monitor, cfg.get("monitor_mode", "min"), cfg.paths.output_dir)
     if pruning is not None:
@@ -150,7 +171,12 @@ def build_metrics(cfg: DictConfig) -> list:
 
 
 def build_evaluator(cfg: DictConfig, **overrides) -> Evaluator:
-    return instantiate(cfg.callbacks.evaluator, metrics=build_metrics(cfg), _convert_="all", **overrides)
+    """The Evaluator of `callbacks.evaluator`, with the metrics group's metrics and its feature network."""
+    metrics = cfg.metrics
+    features = build_features(metrics.features, inception_weights=metrics.get("inception_weights"),
+                              dinov2_weights=metrics.get("dinov2_weights"))
+    return instantiate(cfg.callbacks.evaluator, metrics=build_metrics(cfg), features=features, _convert_="all",
+                       **overrides)
 
 
 def build_loggers(cfg: DictConfig) -> list:
