@@ -51,9 +51,10 @@ def write_json(path: Path, data: dict) -> None:
 
 
 class Evaluator(L.Callback):
-    """`metrics`: metric objects (`check(model, data, features)`, `__call__(Evaluation) -> MetricResult`).
-    `features`: the feature network the task built (`gdm.metrics.features.build_features`; its `name` names the
-    values). `report`: the summary file written in
+    """`metrics`: metric objects (`check(model, data, features)`; `names(model, data, features)`: the values it
+    will log; `families`: the values it can log, as `val/<family>` or `val/<family>_...`;
+    `__call__(Evaluation) -> MetricResult`). `features`: the feature network the task built
+    (`gdm.metrics.features.build_features`; its `name` names the values). `report`: the summary file written in
     `run_dir` (None: none, task=eval writes its own); `save_checkpoints`: last/best checkpoints; `step`: the
     step to report instead of the trainer's (task=eval: the checkpoint's)."""
 
@@ -89,8 +90,22 @@ class Evaluator(L.Callback):
     # ---- set-up and the run's lifetime ------------------------------------------------------------
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # Before the first training batch: everything the first evaluation would otherwise find out.
         for metric in self.metrics:
             metric.check(pl_module, trainer.datamodule, self.features.name)
+        self.check_monitor(pl_module, trainer.datamodule)
+
+    def check_monitor(self, model: L.LightningModule, data) -> None:
+        """`monitor` must be among the values this run will log. The metrics' names are known before they run;
+        a model's own validation values (val/d_real, val/elbo) are not, so a monitor in no metric's families
+        waits for the first evaluation."""
+        names = sorted({n for metric in self.metrics for n in metric.names(model, data, self.features.name)})
+        families = [f"val/{family}" for metric in self.metrics for family in metric.families]
+        a_metric_value = any(self.monitor == f or self.monitor.startswith(f"{f}_") for f in families)
+        if self.monitor in names or not a_metric_value:
+            return
+        raise GdmError(f"monitor={self.monitor} is not among this run's evaluation values ({', '.join(names)}): "
+                       "set monitor= to one of them.")
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.session_start = time.time()
@@ -216,6 +231,8 @@ class Evaluator(L.Callback):
                   "wall_seconds": self.wall_seconds()}
         self.final = {**values, **record}
         self.protocols = protocols
+        if self.monitor not in values and self.save_checkpoints and not trainer.fast_dev_run:
+            self.save(trainer, best=False)  # the training so far is kept before update_best stops the run
         improved = self.update_best(values, protocols, record)
         if trainer.is_global_zero and self.report is not None:
             with (self.run_dir / "metrics.jsonl").open("a") as f:  # the run's history, one line per evaluation

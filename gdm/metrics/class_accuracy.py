@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 
 
 class ClassAccuracy:
+    families = ("class_acc",)  # val/<family>
+
     def __init__(self, classifier: str = "auto", samples_per_class: int = 100, seed: int = 0):
         if classifier not in CLASSIFIERS:
             raise GdmError(f"metrics.class_acc.classifier='{classifier}' is not available; choose one of "
@@ -55,6 +57,10 @@ class ClassAccuracy:
 
             with torch.random.fork_rng(devices=[]):  # keep the training run's RNG stream untouched
                 self.classifier = load_digit_classifier()
+
+    def names(self, model, data, features: str) -> list[str]:
+        """The value `__call__` logs once `check` has picked a classifier, else none."""
+        return ["val/class_acc"] if self.classifier is not None else []
 
     @torch.no_grad()
     def __call__(self, ev: Evaluation) -> MetricResult:

@@ -37,6 +37,8 @@ def paired_scores(fake: torch.Tensor, real: torch.Tensor) -> dict[str, torch.Ten
 
 
 class PairedTranslationQuality:
+    families = ("fid", "l1", "psnr", "ssim", "label_kept")  # val/<family>[_...]
+
     def __init__(self, split: str = "test", real_split: str = "test", label_classifier: str = "auto"):
         if label_classifier not in LABEL_CLASSIFIERS:
             raise GdmError(f"metrics.paired.label_classifier='{label_classifier}' is not available; choose "
@@ -50,6 +52,11 @@ class PairedTranslationQuality:
                            f"{type(model).__name__} on {type(data).__name__}: use metrics=fid or metrics=translation.")
         if self.classifier is None:
             self.classifier = load_label_classifier(self.label_classifier, data, features, "metrics.paired")
+
+    def names(self, model, data, features: str) -> list[str]:
+        """The values `__call__` logs (after `check`), known before it runs."""
+        kept = ["val/label_kept"] if self.classifier is not None else []
+        return [f"val/fid_{features}", "val/l1", "val/psnr", "val/ssim", *kept]
 
     @torch.no_grad()
     def __call__(self, ev: Evaluation) -> MetricResult:

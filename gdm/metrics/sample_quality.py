@@ -39,6 +39,8 @@ def sampled_labels(model) -> str | None:
 
 
 class SampleQuality:
+    families = ("fid", "kid", "precision", "recall", "density", "coverage", "copies")  # val/<family>_...
+
     def __init__(self, num_samples: int = 1000, real_split: str = "train", seed: int = 0,
                  kid_subset_size: int | None = None, kid_subsets: int = 100, precision_recall_k: int | None = 3,
                  density_coverage_k: int | None = 5, copies: bool = True, nearest_samples: int = 8,
@@ -73,6 +75,13 @@ class SampleQuality:
             raise GdmError(f"metrics.fid needs at least {need} images on both sides (FID: 2, k-NN metrics: k + 1), "
                            f"and has {self.num_samples} generated (metrics.fid.num_samples) and {n_real} real "
                            f"({self.real_split} split): raise metrics.fid.num_samples or use a larger split.")
+
+    def names(self, model, data, features: str) -> list[str]:
+        """The values `__call__` logs, known before it runs (the run's monitor is checked against them)."""
+        metrics = ["fid", *(["kid", "kid_std"] if self.kid_subset_size else []),
+                   *(["precision", "recall"] if self.precision_recall_k else []),
+                   *(["density", "coverage"] if self.density_coverage_k else []), *(["copies"] if self.copies else [])]
+        return [f"val/{m}_{features}" if m != "kid_std" else f"val/kid_{features}_std" for m in metrics]
 
     @torch.no_grad()
     def generated_features(self, ev: Evaluation) -> torch.Tensor:
