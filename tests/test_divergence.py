@@ -16,6 +16,7 @@ from gdm.app import run, user_error
 from gdm.models import gan
 from gdm.models.nonfinite_guard import Diverged, NonFinitePolicy
 from gdm.nets.dcgan import DCGANDiscriminator, DCGANGenerator
+from gdm.tasks.build import build_callbacks, build_datamodule, build_model
 
 RUN = ["data.image_size=16", *TINY, "logger=none", "trainer.max_epochs=2", "trainer.check_val_every_n_epoch=1",
        "test_after_fit=false"]
@@ -70,10 +71,22 @@ def test_nan_loss_with_skip_leaves_that_update_out(nan_on_call, tmp_path):
     assert json.loads((tmp_path / "summary.json").read_text())["status"] == "finished"
 
 
-def test_unknown_action_is_one_sentence(tmp_path):
+@pytest.mark.parametrize(("override", "message"), [
+    ("action=ignore", "callbacks.nonfinite_loss.action='ignore' is not one of stop, skip."),
+    ("check_every_n_steps=0", "callbacks.nonfinite_loss.check_every_n_steps=0 must be at least 1."),
+])
+def test_a_bad_policy_is_one_sentence(override, message, tmp_path):
     with pytest.raises(Exception) as caught:  # noqa: B017
-        run(compose_config([*RUN, "callbacks.nonfinite_loss.action=ignore"], tmp_path))
-    assert "callbacks.nonfinite_loss.action='ignore' is not one of stop, skip" in str(user_error(caught.value))
+        run(compose_config([*RUN, f"callbacks.nonfinite_loss.{override}"], tmp_path))
+    assert str(user_error(caught.value)) == message
+
+
+def test_the_policy_is_given_to_the_model_at_build_and_no_callback_holds_it(tmp_path):
+    cfg = compose_config([*RUN, "callbacks.nonfinite_loss.action=skip",
+                          "callbacks.nonfinite_loss.max_consecutive_skips=3"], tmp_path)
+    model = build_model(cfg, build_datamodule(cfg))
+    assert model.nonfinite_policy == NonFinitePolicy(action="skip", max_consecutive_skips=3, check_every_n_steps=10)
+    assert not any(isinstance(callback, NonFinitePolicy) for callback in build_callbacks(cfg))
 
 
 def test_skipping_stops_after_too_many_bad_updates_of_one_loss(nan_on_call, tmp_path):
