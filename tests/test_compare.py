@@ -12,10 +12,11 @@ import subprocess
 import pytest
 from scipy import stats
 
-from gdm.compare.runs import configuration, read_runs
+from gdm.compare.runs import read_runs
 from gdm.compare.stats import difference, interval
 from gdm.compare.tables import metric_tables
 from gdm.errors import GdmError
+from gdm.multirun import configuration
 
 FID = "val/fid_digits"
 

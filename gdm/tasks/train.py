@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from gdm.checkpoints import changed_precision, changed_settings, check_fits
 from gdm.evaluation.evaluator import Evaluator
-from gdm.loggers import finish_loggers, offline_wandb_dir
+from gdm.loggers import finish_loggers, start_loggers
 from gdm.resume import resume_from
 from gdm.tasks.build import (
     build_callbacks,
@@ -68,8 +68,7 @@ def train(cfg: DictConfig) -> float | None:
         trainer = build_trainer(cfg, callbacks, loggers)
         check_run_fits(cfg, datamodule, trainer)
         check_evaluation(cfg, evaluator, model, datamodule)
-        for logger in loggers:
-            logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        start_loggers(loggers, OmegaConf.to_container(cfg, resolve=True))
         trainer.fit(model, datamodule=datamodule, ckpt_path=str(resume[0]) if resume else None)
         evaluator.finish(trainer, model, datamodule)
         if test_after_fit and is_overridden("test_step", model) and not trainer.interrupted:
@@ -80,20 +79,19 @@ def train(cfg: DictConfig) -> float | None:
         status = "preempted"
         raise
     finally:
-        finish_loggers(loggers, status)
+        offline = finish_loggers(loggers, status)
 
-    report(evaluator, run_dir, loggers)
+    report(evaluator, run_dir, offline)
     return evaluator.best["value"] if evaluator.best else None
 
 
 @rank_zero_only
-def report(evaluator: Evaluator, run_dir: Path, loggers: list) -> None:
+def report(evaluator: Evaluator, run_dir: Path, offline_wandb: str | None) -> None:
     final, best = evaluator.final, evaluator.best
     if evaluator.monitor in final:
         log.info(f"final {evaluator.monitor} = {final[evaluator.monitor]:.4f} (step {final['step']})")
     if best:
         log.info(f"best  {best['metric']} = {best['value']:.4f} (step {best['step']}, epoch {best['epoch']})")
     log.info(f"run directory: {run_dir.resolve()}")
-    offline = offline_wandb_dir(loggers)
-    if offline:
-        log.info(f"W&B offline: {offline} (upload: wandb sync <that dir>)")
+    if offline_wandb:
+        log.info(f"W&B offline: {offline_wandb} (upload: wandb sync <that dir>)")
