@@ -50,7 +50,7 @@ class UnreadableImage(GdmError):
 
 def background_option(value: object) -> tuple[int, int, int]:
     """`data.background` (the colour transparent pixels are composited over) as an RGB tuple, else GdmError."""
-    if not (isinstance(value, (list, tuple)) and len(value) == 3
+    if not (isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 3  # OmegaConf lists too
             and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in value)):
         raise GdmError(f"data.background={shown(value)} must be an RGB colour, three integers 0-255 such as "
                        "[255,255,255] (white, the default).")

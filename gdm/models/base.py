@@ -44,7 +44,7 @@ def check_adam(betas: object, **learning_rates: object) -> None:
     in [0, 1) (torch.optim.Adam would raise its own traceback, or train nothing at lr 0). GdmError naming the key."""
     for name, lr in learning_rates.items():
         number_option(f"model.{name}", lr, above=0, hint="(a learning rate)")
-    if not isinstance(betas, (list, tuple)) or len(betas) != 2:
+    if not isinstance(betas, Sequence) or isinstance(betas, str) or len(betas) != 2:  # OmegaConf lists too
         raise GdmError(f"model.betas={betas} must be Adam's two coefficients, e.g. [0.5,0.999].")
     for i, beta in enumerate(betas):
         number_option(f"model.betas[{i}]", beta, minimum=0, below=1)
