@@ -33,3 +33,17 @@ def compose_config(overrides: list[str], output_dir: Path) -> DictConfig:
 # model=pix2pix with small nets: a 5-level U-Net (32 px -> 1x1) on any paired data.
 TINY_PIX2PIX = ["model=pix2pix", "data.image_size=32", "model.generator.num_downs=5", "model.generator.ngf=8",
                 "model.discriminator.ndf=8", *TINY_TRAINER]
+
+
+def compose_typed(overrides: list[str], output_dir: Path) -> DictConfig:
+    """As `compose_config`, with Hydra's record of what was typed (`HydraConfig`), which tasks on a checkpoint
+    read to tell a typed value from a default."""
+    from omegaconf import open_dict
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=[*overrides, f"paths.output_dir={output_dir}"],
+                      return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
