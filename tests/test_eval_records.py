@@ -192,6 +192,7 @@ def test_eval_names_values_by_the_split_and_says_what_kid_is(cgan_ckpt, tmp_path
     assert f"{metrics['test/kid_digits']:.6g} ± {metrics['test/kid_digits_std']:.3g} (mean ± std" in kid
     assert "over 100 random subsets of 50 images per side" in kid and "not the error of the mean" in kid
     assert "100 random subsets of 50" in report["definitions"]["test/kid_digits"]
+    assert list(report["definitions"]) == ["test/kid_digits"]
 
 
 def test_sample_seeds_shift_every_metrics_seed(cgan_ckpt, tmp_path):

@@ -204,21 +204,23 @@ def sample_seed_spread(evaluators: list[Evaluator], names: dict[str, str]) -> di
     return spread
 
 
-def kid_text(report: dict, name: str) -> str:
-    """KID as torchmetrics computes it, said so that a reader can place the numbers."""
-    protocol = report["protocols"].get(name, {})
-    mean, std = report["metrics"][name], report["metrics"].get(name + "_std", float("nan"))
-    return (f"{mean:.6g} ± {std:.3g} (mean ± std of the unbiased MMD² over {protocol.get('subsets')} random "
-            f"subsets of {protocol.get('subset_size')} images per side, cubic polynomial kernel of the features, "
-            "in the kernel's units; the std is the spread of one subset's estimate, which can be negative, not "
-            "the error of the mean)")
+def kid_definition(protocol: dict) -> str:
+    """What torchmetrics' KID value and its `_std` are, for a reader who places the numbers."""
+    return (f"mean ± std of the unbiased MMD² over {protocol.get('subsets')} random subsets of "
+            f"{protocol.get('subset_size')} images per side, cubic polynomial kernel of the features, in the "
+            "kernel's units; the std is the spread of single-subset estimates (each unbiased, so some are "
+            "negative), not the error of the mean")
+
+
+def is_kid(name: str, protocol: dict | None) -> bool:
+    return bool(protocol) and protocol.get("metric") == "kid" and not name.endswith("_std")
 
 
 @rank_zero_only
 def write_report(report: dict, path: Path) -> None:
-    for name in report["metrics"]:
-        if (report["protocols"].get(name) or {}).get("metric") == "kid":
-            report.setdefault("definitions", {})[name] = kid_text(report, name).split(" (", 1)[1][:-1]
+    definitions = {name: kid_definition(p) for name, p in report["protocols"].items() if is_kid(name, p)}
+    if definitions:
+        report["definitions"] = definitions
     write_json(path, report)
     spread = [f"  {name}  {s['mean']:.6g} ± {s['half_width']:.3g} (std {s['std']:.3g}, n {s['n']} sample seeds, "
               f"{s['confidence']:.0%} Student-t)" for name, s in report.get("sample_seeds", {}).items()]
@@ -230,8 +232,10 @@ def write_report(report: dict, path: Path) -> None:
         protocol = report["protocols"].get(name)
         if name.endswith("_std") and name[:-4] in report["metrics"]:
             continue  # printed beside its mean
-        if protocol and protocol.get("metric") == "kid":
-            lines.append(f"  {name:<{width}}  {kid_text(report, name)}  {describe(protocol)}")
+        if is_kid(name, protocol):
+            std = report["metrics"].get(f"{name}_std", float("nan"))
+            lines.append(f"  {name:<{width}}  {value:.6g} ± {std:.3g} ({kid_definition(protocol)})  "
+                         f"{describe(protocol)}")
         else:
             said = describe(protocol) if protocol else ""
             lines.append(f"  {name:<{width}}  {value:<12.6g}  {said}".rstrip())
