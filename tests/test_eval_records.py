@@ -14,6 +14,7 @@ import pytest
 import torch
 from helpers import TINY, TINY_PIX2PIX, compose_config, compose_typed
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from PIL import Image
 
 from gdm.app import run
@@ -234,3 +235,14 @@ def test_resume_names_changed_data_settings(pix2pix_run, tmp_path):
     cfg = compose_config([*TINY_PIX2PIX, *FOLDER, f"data.root={root}", "data.num_workers=2"], tmp_path)
     changed = changed_data(cfg, read_checkpoint(ckpt))  # `data=paired data.root=DIR` again, without the rest
     assert changed == ["data.batch_size: 2 -> 1", "data.direction: BtoA -> AtoB", "data.load_size: 32 -> 286"]
+
+
+# ---- 32.2: a drawn seed is what every record of a run says ------------------------------------------------
+
+def test_a_drawn_seed_is_recorded_in_config_logger_and_checkpoint(tmp_path):
+    run(compose_config(["data.image_size=16", *TINY, "logger=csv", "test_after_fit=false", "seed=null"], tmp_path))
+    seed = OmegaConf.load(tmp_path / "config.yaml").seed
+    logged = OmegaConf.load(next(tmp_path.rglob("hparams.yaml"))).seed  # what every logger's config receives
+    saved = read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    assert isinstance(seed, int) and logged == seed and saved["gdm_config"]["seed"] == seed
+    assert saved["gdm_config_source"]["seed"] == seed
