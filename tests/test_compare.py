@@ -185,7 +185,7 @@ def test_report_of_a_2x2_sweep_has_the_runs_summaries(compared):
                    or line.startswith(f"| **{label}** |"))
         assert f" 2 | {ci.mean:.4g} ± {ci.half_width:.4g} | {ci.std:.4g} |" in row
     assert "paired by seed" in section and "sampling spread of one checkpoint of model=gan" in section
-    spread = json.loads((eval_dir / "eval.json").read_text())["sample_seeds"][FID]
+    spread = json.loads((eval_dir / "eval.json").read_text())["sample_seeds"][FID.replace("val/", "test/")]
     assert spread["n"] == 2 and spread["sample_seeds"] == [0, 1] and spread["values"][0] != spread["values"][1]
     # the sweep's own summary by configuration holds the same numbers
     with (sweep / "sweep_groups.csv").open() as f:

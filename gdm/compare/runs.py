@@ -91,7 +91,11 @@ def read_spread(eval_dir: Path) -> SamplingSpread:
     run_dir = checkpoint.parent.parent
     overrides_file = run_dir / ".hydra" / "overrides.yaml"
     config = configuration(list(OmegaConf.load(overrides_file))) if overrides_file.is_file() else None
-    return SamplingSpread(eval_dir, str(checkpoint), config, report["sample_seeds"], report.get("protocols", {}))
+    # task=eval names a value by the split it measured (`test/fid_digits`); the tables by the training name.
+    names = report.get("names_in_training", {})
+    stats = {names.get(k, k): v for k, v in report["sample_seeds"].items()}
+    protocols = {names.get(k, k): v for k, v in report.get("protocols", {}).items()}
+    return SamplingSpread(eval_dir, str(checkpoint), config, stats, protocols)
 
 
 def job_dirs(sweep_dir: Path) -> list[Path]:

@@ -12,7 +12,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from gdm.checkpoints import changed_precision, changed_settings, check_fits
+from gdm.checkpoints import changed_data, changed_precision, changed_settings, check_fits
 from gdm.evaluation.evaluator import Evaluator
 from gdm.loggers import finish_loggers, start_loggers
 from gdm.resume import resume_from
@@ -51,10 +51,11 @@ def train(cfg: DictConfig) -> float | None:
     check_gradient_clipping(cfg, model)
     if resume is not None:
         check_fits(model, resume[1], resume[0])
-        changed = changed_settings(model, resume[1])
+        changed = changed_settings(model, resume[1]) + changed_data(cfg, resume[1])
         if changed:  # the restored optimizers and schedulers carry the checkpoint's learning rates and betas
-            log.warning(f"resuming with model settings that differ from the checkpoint's ({'; '.join(changed)}): "
-                        "optimizer and scheduler settings (lr, betas) stay as saved; start a new run to change them.")
+            log.warning(f"resuming with settings that differ from the checkpoint's ({'; '.join(changed)}): the "
+                        "run continues with them, except optimizer and scheduler settings (lr, betas), which "
+                        "stay as saved; start a new run to change those.")
         precision = changed_precision(cfg, resume[1])
         if precision:
             log.warning(f"resuming with another arithmetic ({precision}): the run's steps before and after differ, so "
