@@ -42,11 +42,13 @@ class NonFiniteGuard:
         return True
 
     def _where(self) -> tuple[int, int, int] | None:
-        """(step, epoch, batch) of the update under way; None in a loop without a trainer."""
+        """(step, epoch, batch) of the update under way, step in gdm's count (training batches, this one
+        included; not Lightning's `global_step`, which counts optimizer steps); None in a loop without a trainer."""
         trainer = self._trainer
         if trainer is None:
             return None
-        return trainer.global_step, trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_idx
+        epoch_loop = trainer.fit_loop.epoch_loop
+        return epoch_loop.batch_progress.total.ready, trainer.current_epoch, epoch_loop.batch_idx
 
     @staticmethod
     def _describe(name: str, value: object, where: tuple[int, int, int] | None) -> str:
