@@ -18,7 +18,8 @@ from gdm.errors import GdmError
 from gdm.images import to_uint8
 from gdm.losses import get_target_loss
 from gdm.metrics.digits_classifier import accuracy, load_digit_classifier
-from gdm.models.cyclegan import CycleGAN, linear_decay
+from gdm.models.adversarial import linear_decay
+from gdm.models.cyclegan import CycleGAN
 from gdm.models.image_pool import ImagePool
 from gdm.nets.cyclegan import PatchDiscriminator, ResnetGenerator
 
@@ -201,7 +202,7 @@ def test_translate_task_keeps_names_and_sizes(tmp_path):
 
     # Read as training reads: EXIF-upright, 16-bit scaled; hidden files skipped; a bad file is named before
     # anything is written.
-    from test_image_files import exif_rotated_jpeg, truncated_jpeg
+    from helpers import exif_rotated_jpeg, truncated_jpeg
 
     photos = tmp_path / "photos"
     (photos / ".ipynb_checkpoints").mkdir(parents=True)

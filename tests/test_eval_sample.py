@@ -7,10 +7,9 @@ import re
 
 import pytest
 import torch
-from helpers import CONF, TINY, TINY_CYCLEGAN, compose_config
+from helpers import CONF, TINY, TINY_CYCLEGAN, compose_config, run_py
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
-from test_e2e import run_py
 
 from gdm.app import run
 from gdm.checkpoints import checkpoint_step, config_for_checkpoint, load_model, read_checkpoint

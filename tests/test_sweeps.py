@@ -8,9 +8,8 @@ import math
 import os
 
 import pytest
-from helpers import CONF
+from helpers import CONF, run_py
 from omegaconf import OmegaConf
-from test_e2e import run_py
 
 
 @pytest.mark.slow

@@ -110,6 +110,17 @@ def check_training_precision(precision: object) -> None:
                     "near 1 stay where they are) and val/ values are coarse; bf16-mixed keeps float32 weights.")
 
 
+def check_gradient_clipping(cfg: DictConfig, model: GenerativeModule) -> None:
+    """trainer.gradient_clip_val is Lightning's clipping for models it optimizes; the adversarial models take their
+    optimizer steps themselves (manual optimization), where Lightning would refuse it with advice that is no gdm
+    option."""
+    clip = cfg.trainer.get("gradient_clip_val")
+    if clip and not model.automatic_optimization:
+        raise GdmError(f"trainer.gradient_clip_val={clip} clips only models Lightning optimizes, and model="
+                       f"{choice(cfg, 'model')} takes its optimizer steps itself: set model.grad_clip={clip} "
+                       "instead (it clips each optimizer's gradients to that L2 norm).")
+
+
 def check_run_fits(cfg: DictConfig, datamodule: SplitDataModule, trainer: L.Trainer) -> None:
     """Before training: at least one training step per epoch, and images to evaluate on."""
     data, processes = f"data={choice(cfg, 'data')}", trainer.world_size

@@ -23,6 +23,7 @@ from gdm.tasks.build import (
     build_loggers,
     build_model,
     build_trainer,
+    check_gradient_clipping,
     check_run_fits,
     check_training_precision,
     seed_option,
@@ -45,6 +46,7 @@ def train(cfg: DictConfig) -> float | None:
     resume = resume_from(cfg)
     datamodule = build_datamodule(cfg)
     model = build_model(cfg, datamodule, from_checkpoint=resume is not None)
+    check_gradient_clipping(cfg, model)
     if resume is not None:
         check_fits(model, resume[1], resume[0])
         changed = changed_settings(model, resume[1])

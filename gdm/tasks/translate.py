@@ -34,8 +34,7 @@ from gdm.data.image_files import WHITE, find_images, open_image, verify_images
 from gdm.errors import GdmError, integer_option
 from gdm.images import to_uint8
 from gdm.memory import available_bytes, gib, scaled_peak_bytes
-from gdm.models.capabilities import Translates
-from gdm.models.cyclegan import DIRECTIONS
+from gdm.models.capabilities import DIRECTIONS, Translates
 
 log = logging.getLogger(__name__)
 
