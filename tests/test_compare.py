@@ -238,3 +238,18 @@ def test_a_run_given_twice_and_a_repeated_seed_are_counted_once(tmp_path):
 
     run(compose_config(["task=compare", f"compare.runs=[{a},{a}]", "compare.wandb=disabled"], tmp_path / "one"))
     assert "| model=gan | 1 | 30 (one seed) |" in (tmp_path / "one" / "report.md").read_text()
+
+
+def test_a_sweep_summary_counts_jobs_of_one_configuration_and_seed_once(tmp_path):
+    from omegaconf import OmegaConf
+
+    from gdm.sweeps import SweepSummary
+
+    sweep = tmp_path / "sweep"
+    jobs = [make_run(sweep / str(job), ["model.loss=hinge"], seed, fid)  # `-m model.loss=hinge,hinge seed=1,1,2`
+            for job, (seed, fid) in enumerate([(1, 30.0), (1, 31.0), (2, 34.0)])]
+    SweepSummary.write_groups(OmegaConf.create({}), sweep, jobs)
+    rows = list(csv.DictReader((sweep / "sweep_groups.csv").open()))
+    final = next(r for r in rows if r["metric"] == FID)
+    assert (final["n"], final["seeds"], float(final["mean"])) == ("2", "1 2", 32.0)
+    assert f"{jobs[1]} repeats {jobs[0]} (the same configuration and seed 1)" in (sweep / "sweep_groups.md").read_text()
