@@ -91,11 +91,12 @@ class NonFiniteGuard:
         return True
 
     def _where(self) -> tuple[int, int, int] | None:
-        """(step, epoch, batch) of the update under way; None in a loop without a trainer."""
+        """(step, epoch, batch) of the update under way, step in gdm's count (training batches, this one
+        included; not Lightning's `global_step`, which counts optimizer steps); None in a loop without a trainer."""
         trainer = self.attached_trainer()
         if trainer is None:
             return None
-        return trainer.global_step, trainer.current_epoch, self.__dict__.get("_batch_idx", 0)
+        return trainer.fit_loop.total_batch_idx + 1, trainer.current_epoch, self.__dict__.get("_batch_idx", 0)
 
     @staticmethod
     def _describe(name: str, value: object, where: tuple[int, int, int] | None) -> str:
