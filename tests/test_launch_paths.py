@@ -10,7 +10,7 @@ from pathlib import Path
 from helpers import ROOT, TINY
 from omegaconf import OmegaConf
 
-from gdm.tasks.paths import resolve_user_paths
+from gdm.app import resolve_user_paths
 
 
 def launch(monkeypatch, launch_dir: Path, *args: str) -> None:
