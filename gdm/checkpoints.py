@@ -17,7 +17,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from gdm.callbacks.checkpoint_contents import CONFIG, CONFIG_SOURCE, STEP
+from gdm.callbacks.checkpointing import CONFIG, CONFIG_SOURCE, STEP
 from gdm.errors import GdmError, typed
 from gdm.models.base import GenerativeModule
 

@@ -20,7 +20,7 @@ import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, open_dict
 
-from gdm.callbacks.checkpoint_contents import WANDB_RUN_ID
+from gdm.callbacks.checkpointing import WANDB_RUN_ID
 from gdm.checkpoints import check_same_model, checkpoint_step, read_checkpoint
 from gdm.errors import GdmError
 from gdm.multirun import sweep_identity

@@ -117,8 +117,8 @@ def test_wandb_online_without_network_fails_within_seconds(tmp_path):
 
 def test_a_checkpoint_written_halfway_never_replaces_a_good_one(tmp_path, gan_ckpt, monkeypatch):
     """A crash while a checkpoint is written (here: torch.save dies halfway) leaves the old file intact."""
-    from gdm import atomic_checkpoint_io
-    from gdm.atomic_checkpoint_io import AtomicCheckpointIO
+    from gdm.callbacks import checkpointing
+    from gdm.callbacks.checkpointing import AtomicCheckpointIO
 
     target = tmp_path / "last.ckpt"
     target.write_bytes(gan_ckpt.read_bytes())
@@ -128,7 +128,7 @@ def test_a_checkpoint_written_halfway_never_replaces_a_good_one(tmp_path, gan_ck
         f.write(b"half a checkpoint")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(atomic_checkpoint_io.torch, "save", dies_halfway)
+    monkeypatch.setattr(checkpointing.torch, "save", dies_halfway)
     with pytest.raises(KeyboardInterrupt):
         AtomicCheckpointIO().save_checkpoint({"state_dict": {}}, target)
     assert torch.load(target, weights_only=True)["global_step"] == good["global_step"]
@@ -136,7 +136,7 @@ def test_a_checkpoint_written_halfway_never_replaces_a_good_one(tmp_path, gan_ck
 
 
 def test_runs_write_checkpoints_atomically(tmp_path):
-    from gdm.atomic_checkpoint_io import AtomicCheckpointIO
+    from gdm.callbacks.checkpointing import AtomicCheckpointIO
     from gdm.tasks.build import build_trainer
 
     trainer = build_trainer(compose_config([*TINY, "logger=none"], tmp_path), callbacks=[], loggers=[])
@@ -153,7 +153,7 @@ def test_no_crash_checkpoint_before_training_starts_or_after_a_user_mistake(tmp_
     preempted run's on_exception.ckpt (resume=auto would then start over)."""
     from types import SimpleNamespace
 
-    from gdm.callbacks.crash_checkpoint import CrashCheckpoint
+    from gdm.callbacks.checkpointing import CrashCheckpoint
     from gdm.errors import GdmError
 
     saved = []

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import torch
 from lightning.pytorch.trainer.states import TrainerFn
 
-from gdm.callbacks.checkpoint_contents import CheckpointContents
+from gdm.callbacks.checkpointing import CheckpointContents
 
 
 def fitting_trainer(loggers: tuple = ()) -> SimpleNamespace:

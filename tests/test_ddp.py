@@ -62,7 +62,7 @@ def test_each_rank_draws_its_own_random_stream():
 
     import torch
 
-    from gdm.callbacks.checkpoint_contents import CheckpointContents
+    from gdm.callbacks.checkpointing import CheckpointContents
 
     def draws(rank: int, world_size: int = 2) -> torch.Tensor:
         torch.manual_seed(42)
