@@ -37,8 +37,8 @@ from gdm.data.image_folder import ImageFolderDataModule
 from gdm.evaluation.context import Evaluation
 from gdm.evaluation.real_features import RealFeatureCache
 from gdm.images import save_png, to_uint8
+from gdm.metrics.feature_metrics import frechet_distance
 from gdm.metrics.features import build_features
-from gdm.metrics.frechet import frechet_distance
 
 
 class TimedCache(RealFeatureCache):

@@ -2,7 +2,7 @@
 
     python experiments/fid_reference.py [--image-size 32] [--features digits] [--num-samples 1000]
 
-Uses exactly the FID of training runs (gdm.metrics.frechet on the run's feature network): real features of the training
+Uses exactly the FID of training runs (gdm.metrics.feature_metrics on the run's feature network): real features of the training
 split, the other side quantized to uint8 like saved PNGs. FID is biased upwards for small sample
 sets, so the floor is given for the held-out splits of 180 and 360 images, and for random
 subsets of the training split of the same size as the generated set.
@@ -18,8 +18,8 @@ import torch
 
 from gdm.data.digits import DigitsDataModule
 from gdm.images import to_uint8
+from gdm.metrics.feature_metrics import frechet_distance
 from gdm.metrics.features import build_features
-from gdm.metrics.frechet import frechet_distance
 from gdm.models.gan import GAN
 from gdm.nets.dcgan import DCGANDiscriminator, DCGANGenerator
 

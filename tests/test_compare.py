@@ -22,7 +22,7 @@ FID = "val/fid_digits"
 
 
 def protocol(**changes) -> dict:
-    from gdm.evaluation.protocol import protocol_id
+    from gdm.evaluation.context import protocol_id
 
     p = {"metric": "fid", "features": {"name": "digits"}, "num_generated": 40, "real_split": "train",
          "sample_seed": 0, "conditional_labels": None, **changes}

@@ -7,9 +7,14 @@ import torch
 
 from gdm.data.digits import DigitsDataModule
 from gdm.images import to_uint8
-from gdm.metrics.digits_classifier import WEIGHTS, accuracy, digit_split, load_digit_classifier
+from gdm.metrics.digits_classifier import (
+    WEIGHTS,
+    DigitClassifier,
+    accuracy,
+    digit_split,
+    load_digit_classifier,
+)
 from gdm.metrics.features import DigitFeatures
-from gdm.nets.digit_classifier import DigitClassifier
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

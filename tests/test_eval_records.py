@@ -21,8 +21,8 @@ from gdm.app import run
 from gdm.checkpoints import changed_data, config_for_checkpoint, load_model, read_checkpoint
 from gdm.errors import GdmError
 from gdm.images import load_png, to_uint8
+from gdm.metrics.feature_metrics import frechet_distance
 from gdm.metrics.features import DigitFeatures
-from gdm.metrics.frechet import frechet_distance
 
 SMALL = ["data.image_size=16", *TINY, "logger=none", "test_after_fit=false"]
 FOLDER = ["data=paired", "data.num_workers=0", "metrics.features=digits_colour", "print_config=false"]

@@ -12,7 +12,7 @@ from helpers import compose_config
 
 from gdm.app import run
 from gdm.data.image_folder import ImageFolderDataModule
-from gdm.evaluation.protocol import differences, protocol_id, with_id
+from gdm.evaluation.context import differences, protocol_id, with_id
 from gdm.evaluation.real_features import RealFeatureCache, dataset_fingerprint
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -17,11 +17,10 @@ from gdm.evaluation.context import Evaluation
 from gdm.evaluation.evaluator import Evaluator
 from gdm.evaluation.real_features import RealFeatureCache
 from gdm.images import load_png, save_png, to_uint8
+from gdm.metrics.feature_metrics import frechet_distance, gaussian_moments, kernel_distance
 from gdm.metrics.features import DigitFeatures, build_features
-from gdm.metrics.frechet import frechet_distance, gaussian_moments, kernel_distance
 from gdm.metrics.sample_quality import SampleQuality
-from gdm.models.base import latent_noise
-from gdm.models.capabilities import Samples
+from gdm.models.base import Samples, latent_noise
 from gdm.models.gan import GAN
 from gdm.nets.dcgan import DCGANDiscriminator, DCGANGenerator
 

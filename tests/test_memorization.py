@@ -1,4 +1,4 @@
-"""Nearest-neighbour memorization checks (gdm.metrics.memorization) with known answers."""
+"""Nearest-neighbour memorization checks (gdm.metrics.feature_metrics) with known answers."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from gdm.metrics.memorization import copy_fraction, nearest_neighbours, train_nn_distances
+from gdm.metrics.feature_metrics import copy_fraction, nearest_neighbours, train_nn_distances
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -1,4 +1,4 @@
-"""Improved precision/recall and density/coverage (gdm.metrics.prdc) on feature sets with known answers."""
+"""Improved precision/recall and density/coverage (gdm.metrics.feature_metrics) on feature sets with known answers."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from gdm.metrics.prdc import density_coverage, kth_neighbour_distances, precision_recall
+from gdm.metrics.feature_metrics import density_coverage, kth_neighbour_distances, precision_recall
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

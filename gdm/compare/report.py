@@ -18,7 +18,7 @@ import numpy as np
 from gdm.compare.runs import Run, SamplingSpread
 from gdm.compare.stats import CONFIDENCE, interval
 from gdm.compare.tables import MetricTable, fmt, labels
-from gdm.evaluation.protocol import SAMPLING_FIELDS, describe, differences
+from gdm.evaluation.context import SAMPLING_FIELDS, describe, differences
 
 BETTER = {"min": "Lower is better.", "max": "Higher is better.", None: "No direction is better."}
 AXES = (("step", "training step (batches)"), ("images_seen", "images seen"), ("wall_seconds", "wall-clock seconds"))

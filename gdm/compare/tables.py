@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from gdm.compare.runs import Run
 from gdm.compare.stats import CONFIDENCE, Difference, Interval, difference, interval
-from gdm.evaluation.protocol import SAMPLING_FIELDS, differences, measurement_id
+from gdm.evaluation.context import SAMPLING_FIELDS, differences, measurement_id
 
 # Words in a metric's name that say which way is better; other values (a discriminator's mean output, ...)
 # get no "best" and no "better".

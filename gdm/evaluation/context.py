@@ -1,26 +1,155 @@
-"""What a metric sees of one evaluation: the model, the data's splits, the feature network, and helpers
+"""What a metric is given and what it returns, the protocol each value carries, and how an evaluation is
+split across DDP processes.
+
+What a metric sees of one evaluation: the model, the data's splits, the feature network, and helpers
 that do the shared work once: this process's share of a split or of the sample sequence, the whole
 feature set gathered from every process, real features from the cache.
 
 Metrics never touch the trainer: a metric is a plain object called with an `Evaluation`.
+
+Protocols: how a metric value was computed, so that two values are only compared when they were
+measured the same way. A protocol is a plain JSON-serialisable dict: the feature network and the SHA-256 of its weights file,
+the input resize, the quantization, the numbers of generated and real images, the real split and its
+data, the sample seed, and the library versions. `protocol_id` names it by a short hash of everything
+but the versions (a library upgrade is reported, not treated as another protocol); `differences` lists
+what two protocols disagree on. `SAMPLING_FIELDS` say how the model under test was asked to sample (a
+conditional model: with which labels), not how it is measured: `measurement_id` leaves them out, so an
+unconditional and a conditional model scored the same way can be compared (`gdm.compare`, sweeps).
+
+Sharding: split an evaluation across DDP processes by index, and put the pieces back in index order.
+
+Process r of w handles items r, r + w, r + 2w, ... of a dataset or of the generated sample sequence;
+`gather_rows` reassembles every process's rows into the one (N, ...) tensor a single process would
+have computed, on every process. Metrics then run on whole feature sets, so a value does not depend on
+the number of processes (tested: 2 processes = 1 process on the same checkpoint).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache
+from importlib import metadata
+from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
-from gdm.evaluation.protocol import QUANTIZATION
-from gdm.evaluation.real_features import RealFeatureCache, dataset_fingerprint
-from gdm.evaluation.sharding import gather_rows, shard_indices, shard_loader
+from gdm.evaluation.real_features import RealFeatureCache, canonical, dataset_fingerprint
 from gdm.images import to_uint8
 
 log = logging.getLogger(__name__)
+
+# Every image that is scored, saved or logged goes through gdm.images.to_uint8 first.
+QUANTIZATION = "uint8: round((x + 1) * 127.5), as the saved PNGs"
+VERSIONED = ("gdm", "torch", "torchmetrics", "torch-fidelity", "timm")
+SAMPLING_FIELDS = ("conditional_labels",)
+
+
+@cache
+def versions() -> dict[str, str]:
+    """Installed versions of the packages a metric value depends on ('absent' when not installed)."""
+    found = {}
+    for name in VERSIONED:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "absent"
+    return found
+
+
+@cache
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file, hex; computed once per (path, size, modification time) in a process."""
+    stat = Path(path).stat()
+    return _sha256(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+def protocol_id(protocol: dict) -> str:
+    """A short name for a protocol: 12 hex digits of the SHA-256 of all its fields but the versions."""
+    fields = {k: v for k, v in protocol.items() if k not in ("versions", "id")}
+    return hashlib.sha256(canonical(fields).encode()).hexdigest()[:12]
+
+
+def measurement_id(protocol: dict) -> str:
+    """The protocol's id without the fields that describe the model's sampling (`SAMPLING_FIELDS`)."""
+    return protocol_id({k: v for k, v in protocol.items() if k not in SAMPLING_FIELDS})
+
+
+def with_id(protocol: dict) -> dict:
+    """The protocol with its library versions and its `id` filled in."""
+    full = {**protocol, "versions": versions()}
+    full["id"] = protocol_id(full)
+    return full
+
+
+def differences(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """Dotted names of the fields in which two protocols differ (versions included, `id` left out)."""
+    keys = sorted((set(a) | set(b)) - {"id"})
+    found = []
+    for key in keys:
+        left, right = a.get(key), b.get(key)
+        if isinstance(left, dict) and isinstance(right, dict):
+            found += differences(left, right, f"{prefix}{key}.")
+        elif left != right:
+            found.append(f"{prefix}{key}")
+    return found
+
+
+def describe(protocol: dict) -> str:
+    """One line for a reader: features (weights hash), resize, direction, sample counts, split, seed."""
+    features = protocol.get("features") or {}
+    parts = []
+    if features:
+        sha = str(features.get("weights_sha256", ""))[:12]
+        parts.append(f"features {features.get('name')} (sha256 {sha})")
+        resize = features.get("resize") or {}
+        if resize:
+            parts.append(f"resize {resize.get('size')} {resize.get('method')} antialias={resize.get('antialias')}")
+    for key in ("direction", "num_generated", "num_real", "real_split", "split", "sample_seed", "k"):
+        if key in protocol:
+            parts.append(f"{key} {protocol[key]}")
+    return ", ".join(parts) + f" [protocol {protocol.get('id', protocol_id(protocol))}]"
+
+
+def shard_indices(n: int, rank: int, world_size: int) -> torch.Tensor:
+    """The indices of `n` items this process handles: rank, rank + world_size, ..."""
+    return torch.arange(rank, n, world_size)
+
+
+def shard_loader(dataset: Dataset, rank: int, world_size: int, batch_size: int, num_workers: int = 0) -> DataLoader:
+    """This process's share of `dataset`, in order. Its own generator: iterating a DataLoader draws a seed,
+    and evaluating must not change the training run's RNG stream."""
+    mine = Subset(dataset, shard_indices(len(dataset), rank, world_size).tolist())
+    return DataLoader(mine, batch_size=batch_size, num_workers=num_workers, generator=torch.Generator())
+
+
+def gather_rows(rows: torch.Tensor, n: int, rank: int, world_size: int,
+                all_gather: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """All processes' rows (this one's: its `shard_indices(n, ...)` in order) as one (n, ...) tensor in
+    index order, on every process. `all_gather` is the strategy's (tensor -> (world_size, ...) tensor)."""
+    if world_size == 1:
+        return rows
+    per_rank = -(-n // world_size)  # all_gather needs equal shapes: pad to the largest share
+    padded = rows.new_zeros((per_rank, *rows.shape[1:]))
+    padded[: rows.shape[0]] = rows
+    gathered = all_gather(padded)  # (world_size, per_rank, ...)
+    out = rows.new_empty((n, *rows.shape[1:]))
+    for r in range(world_size):
+        count = len(range(r, n, world_size))
+        out[r::world_size] = gathered[r, :count].to(out.device)
+    return out
 
 
 @dataclass

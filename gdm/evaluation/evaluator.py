@@ -34,12 +34,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from gdm.errors import GdmError
-from gdm.evaluation.context import Evaluation, MetricResult
-from gdm.evaluation.protocol import describe, with_id
+from gdm.evaluation.context import Evaluation, MetricResult, describe, with_id
 from gdm.evaluation.real_features import RealFeatureCache
 from gdm.images import grid_uint8, save_png
 from gdm.loggers import log_images, log_summary
-from gdm.models.capabilities import Samples, Translates
+from gdm.models.base import Samples, Translates
 from gdm.option_types import Count, checked
 
 EvalBatch = Annotated[Count, Field(description="images per batch of the evaluation")]

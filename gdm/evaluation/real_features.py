@@ -13,6 +13,7 @@ file is recomputed, never used. Files are written atomically (temporary name, th
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from collections.abc import Callable
@@ -20,10 +21,13 @@ from pathlib import Path
 
 import torch
 
-from gdm.evaluation.protocol import canonical
-
 log = logging.getLogger(__name__)
 FORMAT = 1
+
+
+def canonical(value) -> str:
+    """The JSON text of `value` with sorted keys: equal values, equal text (cache keys and protocol ids hash it)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
 
 
 def features_sha256(features: torch.Tensor) -> str:

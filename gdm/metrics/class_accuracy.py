@@ -16,10 +16,9 @@ import torch
 from pydantic import Field
 
 from gdm.errors import GdmError
-from gdm.evaluation.context import Evaluation, MetricResult
-from gdm.evaluation.protocol import QUANTIZATION, file_sha256, with_id
+from gdm.evaluation.context import QUANTIZATION, Evaluation, MetricResult, file_sha256, with_id
 from gdm.images import to_uint8
-from gdm.models.capabilities import Samples
+from gdm.models.base import Samples
 from gdm.option_types import Count, NonNegativeInt, checked
 
 CLASSIFIERS = ("auto", "digits", "none")

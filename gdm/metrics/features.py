@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from gdm.errors import GdmError
-from gdm.evaluation.protocol import file_sha256
+from gdm.evaluation.context import file_sha256
 
 INCEPTION_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
 
@@ -97,8 +97,7 @@ class DigitFeatures(nn.Module):
         return super().train(False)  # never leaves eval mode, like torchmetrics' Inception
 
     def protocol(self) -> dict:
-        from gdm.metrics.digits_classifier import weights_path
-        from gdm.nets.digit_classifier import INPUT_SIZE
+        from gdm.metrics.digits_classifier import INPUT_SIZE, weights_path
 
         path = weights_path(self.classifier)
         return {"name": self.classifier, "network": "gdm digit classifier, 128-d penultimate layer",

@@ -19,12 +19,11 @@ import torch
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 from gdm.errors import GdmError
-from gdm.evaluation.context import Evaluation, MetricResult
-from gdm.evaluation.protocol import QUANTIZATION, with_id
+from gdm.evaluation.context import QUANTIZATION, Evaluation, MetricResult, with_id
 from gdm.images import to_uint8
-from gdm.metrics.frechet import frechet_distance
+from gdm.metrics.feature_metrics import frechet_distance
 from gdm.metrics.translation import LabelClassifier, Split, load_label_classifier
-from gdm.models.capabilities import Translates
+from gdm.models.base import Translates
 from gdm.option_types import checked
 
 

@@ -10,11 +10,11 @@ image of `real_split` (cached across runs):
   `val/density_<f>`, `val/coverage_<f>` (Naeem et al. 2020, k = `density_coverage_k` = 5): fidelity and
   diversity apart;
 - `val/copies_<f>`: the fraction of samples closer to a training image than that image's own nearest
-  training neighbour (likely copies; `gdm.metrics.memorization`), and a grid `nearest_<f>` whose rows are
+  training neighbour (likely copies; `gdm.metrics.feature_metrics`), and a grid `nearest_<f>` whose rows are
   a sample and its `nearest_k` nearest training images in the feature space, for `nearest_samples` samples.
 A conditional model's samples draw class-balanced labels (the training split's class frequencies).
 Values do not depend on batch size or on the number of DDP processes (samples are per-index seeded and
-features gathered in index order). Each value comes with its protocol (`gdm.evaluation.protocol`).
+features gathered in index order). Each value comes with its protocol (`gdm.evaluation.context`).
 """
 
 from __future__ import annotations
@@ -25,12 +25,16 @@ import torch
 from pydantic import Field, Strict
 
 from gdm.errors import GdmError
-from gdm.evaluation.context import Evaluation, MetricResult
-from gdm.evaluation.protocol import QUANTIZATION, with_id
-from gdm.metrics.frechet import frechet_distance, kernel_distance
-from gdm.metrics.memorization import copy_fraction, nearest_neighbours
-from gdm.metrics.prdc import density_coverage, precision_recall
-from gdm.models.capabilities import Samples
+from gdm.evaluation.context import QUANTIZATION, Evaluation, MetricResult, with_id
+from gdm.metrics.feature_metrics import (
+    copy_fraction,
+    density_coverage,
+    frechet_distance,
+    kernel_distance,
+    nearest_neighbours,
+    precision_recall,
+)
+from gdm.models.base import Samples
 from gdm.option_types import Count, Flag, NonNegativeInt, checked
 
 Split = Annotated[Literal["train", "val", "test"], Field(description="the split of the real images")]

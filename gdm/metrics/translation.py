@@ -19,11 +19,10 @@ import torch
 from pydantic import Field
 
 from gdm.errors import GdmError
-from gdm.evaluation.context import Evaluation, MetricResult
-from gdm.evaluation.protocol import QUANTIZATION, with_id
+from gdm.evaluation.context import QUANTIZATION, Evaluation, MetricResult, with_id
 from gdm.images import to_uint8
-from gdm.metrics.frechet import frechet_distance
-from gdm.models.capabilities import Translates
+from gdm.metrics.feature_metrics import frechet_distance
+from gdm.models.base import Translates
 from gdm.option_types import checked
 
 LABEL_CLASSIFIERS = ("auto", "digits_colour", "none")

@@ -53,9 +53,9 @@ from gdm.config_tree import print_config_tree
 from gdm.data.base import SPLITS
 from gdm.errors import GdmError
 from gdm.errors import typed as typed_value
+from gdm.evaluation.context import describe, with_id
 from gdm.evaluation.evaluator import Evaluator, write_json
-from gdm.evaluation.protocol import describe, with_id
-from gdm.models.capabilities import Translates
+from gdm.models.base import Translates
 from gdm.tasks.build import build_datamodule, build_evaluator, build_model, build_trainer, seed_option
 from gdm.tasks.options import eval_options, read_options
 

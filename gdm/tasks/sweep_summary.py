@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from gdm.compare.runs import independent_runs, read_run
 from gdm.compare.stats import CONFIDENCE
 from gdm.compare.tables import flat_rows, fmt, labels, metric_tables
-from gdm.evaluation.protocol import SAMPLING_FIELDS, differences
+from gdm.evaluation.context import SAMPLING_FIELDS, differences
 from gdm.loggers import log_comparison
 
 log = logging.getLogger(__name__)
