@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from pydantic import ValidationError
 
-from gdm.augment import build_augment
 from gdm.augment.ada import AdaptiveAugment, augment, geometric_matrix
 from gdm.augment.diffaugment import DiffAugment, color, cutout, translation
+from gdm.models.adversarial import build_augment
 from gdm.models.gan import GAN
 from gdm.nets.dcgan import DCGANDiscriminator, DCGANGenerator
 

@@ -14,7 +14,7 @@ from helpers import TINY, compose_config
 from gdm import losses
 from gdm.app import run, user_error
 from gdm.models import gan
-from gdm.models.nonfinite_guard import Diverged, NonFinitePolicy
+from gdm.models.base import Diverged, NonFinitePolicy
 from gdm.nets.dcgan import DCGANDiscriminator, DCGANGenerator
 from gdm.tasks.build import build_callbacks, build_datamodule, build_model
 

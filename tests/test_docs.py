@@ -171,7 +171,7 @@ def test_extending_worked_example_runs():
     namespace: dict = {}
     exec(compile(block, "docs/extending.md", "exec"), namespace)
     from gdm.evaluation.context import Evaluation
-    from gdm.models.capabilities import Samples
+    from gdm.models.base import Samples
 
     Samples.register(Constant)
     metric = namespace["MeanBrightness"](num_samples=100)

@@ -16,13 +16,14 @@ from helpers import ROOT
 # Highest first; a module belongs to the layer of its longest matching prefix. Written once, here.
 LAYERS = (
     ("entry points", ("run", "hydra_plugins")),
-    ("app + tasks", ("gdm.app", "gdm.tasks", "gdm.checkpoints", "gdm.resume", "gdm.config_tree", "gdm.ddp")),
+    ("app + tasks", ("gdm.app", "gdm.tasks", "gdm.checkpoints", "gdm.resume", "gdm.config_tree")),
     ("evaluation + compare", ("gdm.evaluation.evaluator", "gdm.compare", "gdm.callbacks", "gdm.loggers",
                               "gdm.optuna_search")),
     ("models", ("gdm.models",)),
     # The rest of gdm.evaluation (the shared feature pass, sharding, the real-feature cache, protocols) is what
-    # metrics run on, and gdm.models.capabilities the interface they read a model through: both sit under them.
-    ("metrics / augment / losses / likelihoods", ("gdm.metrics", "gdm.evaluation", "gdm.models.capabilities",
+    # metrics run on, and gdm.models.base (Samples, Translates) the interface they read a model through: both sit
+    # under them.
+    ("metrics / augment / losses / likelihoods", ("gdm.metrics", "gdm.evaluation", "gdm.models.base",
                                                   "gdm.augment", "gdm.losses", "gdm.likelihoods")),
     ("nets / data", ("gdm.nets", "gdm.data")),
     ("small helpers", ("gdm",)),  # images, errors, multirun, memory, ... and any new top-level module

@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from gdm.models.base import NonFinitePolicy
 from gdm.models.cyclegan import CycleGAN
 from gdm.models.gan import GAN
-from gdm.models.nonfinite_guard import NonFinitePolicy
 from gdm.models.pix2pix import Pix2Pix
 from gdm.nets.cyclegan import PatchDiscriminator, ResnetGenerator
 from gdm.nets.dcgan import DCGANDiscriminator, DCGANGenerator

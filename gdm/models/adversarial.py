@@ -14,13 +14,18 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import NamedTuple
+from typing import Annotated, Literal, NamedTuple
 
 import torch
 from lightning.pytorch.core.optimizer import LightningOptimizer
+from pydantic import Field
 from torch import Tensor, nn
 
+from gdm.augment.ada import AdaptiveAugment
+from gdm.augment.base import Augment
+from gdm.augment.diffaugment import DiffAugment
 from gdm.models.base import GenerativeModule
+from gdm.option_types import checked
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +37,26 @@ class Losses(NamedTuple):
     total: Tensor
     logs: dict[str, Tensor]
     real_logits: tuple[Tensor, ...] = ()
+
+
+
+AugmentName = Annotated[Literal["diffaugment", "ada"] | None, Field(
+    description="what the discriminator sees of real and fake images; null: the images as they are")]
+
+
+@checked
+def build_augment(augment: AugmentName, augment_policy: object = "color,translation,cutout",
+                  ada_target: object = 0.6, ada_interval: object = 4, ada_kimg: object = 500.0,
+                  channels_per_image: int | None = None) -> Augment | None:
+    """The augmentation of the discriminators' inputs `augment` (gdm.augment; None for null), with the settings
+    of that one only: the policy is checked by DiffAugment, the ada_* settings by ADA (a ValidationError naming
+    the parameter)."""
+    if augment == "diffaugment":
+        return DiffAugment(augment_policy, channels_per_image)
+    if augment == "ada":
+        return AdaptiveAugment(ada_target=ada_target, ada_interval=ada_interval, ada_kimg=ada_kimg,
+                               channels_per_image=channels_per_image)
+    return None
 
 
 def linear_decay(n_epochs: int, n_epochs_decay: int) -> Callable[[int], float]:

@@ -8,8 +8,7 @@ import math
 import torch
 
 from gdm.likelihoods import build_likelihood
-from gdm.models.base import GenerativeModule
-from gdm.models.capabilities import Samples
+from gdm.models.base import GenerativeModule, Samples
 from gdm.nets.conv_autoencoder import ConvDecoder, ConvEncoder
 from gdm.option_types import Count, LearningRate, checked
 

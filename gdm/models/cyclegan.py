@@ -24,11 +24,10 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from gdm.augment import build_augment
 from gdm.errors import GdmError
 from gdm.losses import get_target_loss
-from gdm.models.adversarial import AdversarialModule, Losses
-from gdm.models.capabilities import DIRECTIONS, REVERSE, Translates
+from gdm.models.adversarial import AdversarialModule, Losses, build_augment
+from gdm.models.base import DIRECTIONS, REVERSE, Translates
 from gdm.models.image_pool import ImagePool
 from gdm.option_types import (
     AdamBetas,

@@ -21,12 +21,10 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from gdm.augment import build_augment
 from gdm.errors import GdmError
 from gdm.losses import LeCam, get_loss, gradient_penalty, r1_penalty
-from gdm.models.adversarial import AdversarialModule, Losses
-from gdm.models.base import latent_labels, latent_noise
-from gdm.models.capabilities import Samples
+from gdm.models.adversarial import AdversarialModule, Losses, build_augment
+from gdm.models.base import Samples, latent_labels, latent_noise
 from gdm.models.clusters import PixelClusters
 from gdm.models.ema import EMA
 from gdm.option_types import (

@@ -26,11 +26,10 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from gdm.augment import build_augment
 from gdm.errors import GdmError
 from gdm.losses import get_target_loss
-from gdm.models.adversarial import AdversarialModule, Losses
-from gdm.models.capabilities import DIRECTIONS, Translates
+from gdm.models.adversarial import AdversarialModule, Losses, build_augment
+from gdm.models.base import DIRECTIONS, Translates
 from gdm.option_types import (
     AdamBetas,
     ChannelsLast,

@@ -19,7 +19,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from gdm.errors import GdmError
-from gdm.nets.init import init_normal
+from gdm.nets.dcgan import init_normal
 from gdm.option_types import Count, NonNegativeInt, Width, checked
 
 NORMS = ("instance", "batch", "none")

@@ -21,8 +21,22 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm as apply_spectral_norm
 
 from gdm.errors import GdmError
-from gdm.nets.init import init_normal
 from gdm.option_types import Count, Flag, Width, checked
+
+
+def init_normal(module: nn.Module, std: float = 0.02) -> nn.Module:
+    """The DCGAN init, which the CycleGAN and pix2pix reference code keep: conv and linear weights
+    ~ N(0, std), norm scales ~ N(1, std), biases 0. Returns `module`, initialised in place."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, 0.0, std)
+            if getattr(m, "bias", None) is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm2d, nn.InstanceNorm2d, nn.GroupNorm)) and m.weight is not None:
+            nn.init.normal_(m.weight, 1.0, std)
+            nn.init.zeros_(m.bias)
+    return module
+
 
 Norm = Annotated[Literal["batch", "instance", "layer", "none"], Field(
     description="the normalisation after each hidden conv; DCGAN's batch")]

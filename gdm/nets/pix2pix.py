@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from gdm.errors import GdmError
 from gdm.nets.cyclegan import Dropout, InitStd, Norm, conv_bias, norm_layer
-from gdm.nets.init import init_normal
+from gdm.nets.dcgan import init_normal
 from gdm.option_types import Width, checked
 
 

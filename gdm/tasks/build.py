@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import lightning as L
 import torch
@@ -10,16 +11,15 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from gdm.atomic_checkpoint_io import AtomicCheckpointIO
-from gdm.callbacks.checkpoint_contents import CheckpointContents
+from gdm.callbacks.checkpointing import AtomicCheckpointIO, CheckpointContents
 from gdm.callbacks.optuna_pruning import OptunaPruning
 from gdm.data.base import SplitDataModule
 from gdm.errors import GdmError
 from gdm.evaluation.evaluator import Evaluator
 from gdm.metrics.features import build_features
-from gdm.models.base import GenerativeModule
+from gdm.models.base import GenerativeModule, NonFinitePolicy
 from gdm.models.clusters import cluster_inputs
-from gdm.models.nonfinite_guard import NonFinitePolicy
+from gdm.optuna_search import TRIAL_ENV
 from gdm.tasks.options import check_run_options, options_of, run_options
 
 log = logging.getLogger(__name__)
@@ -164,9 +164,10 @@ def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
                                         OmegaConf.to_container(cfg), step=lambda: evaluator.batches))
     callbacks.append(evaluator)
     # an Optuna trial (gdm's sweeper names it in the job's environment) reports each evaluation to its study
-    pruning = OptunaPruning.for_this_job(cfg.monitor, cfg.get("monitor_mode", "min"), cfg.paths.output_dir)
-    if pruning is not None:
-        callbacks.append(pruning)
+    if TRIAL_ENV["number"] in os.environ:
+        pruning = OptunaPruning.for_this_job(cfg.monitor, cfg.get("monitor_mode", "min"), cfg.paths.output_dir)
+        if pruning is not None:
+            callbacks.append(pruning)
     return callbacks
 
 

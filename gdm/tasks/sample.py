@@ -26,7 +26,7 @@ from gdm.checkpoints import check_typed_settings, load_model, read_checkpoint
 from gdm.errors import GdmError
 from gdm.images import grid_uint8, save_png, to_uint8
 from gdm.metrics.sample_quality import sampled_labels
-from gdm.models.capabilities import Samples
+from gdm.models.base import Samples
 from gdm.tasks.options import read_options, sample_options
 
 log = logging.getLogger(__name__)

@@ -34,7 +34,7 @@ from gdm.data.image_files import WHITE, find_images, open_image, verify_images
 from gdm.errors import GdmError
 from gdm.images import to_uint8
 from gdm.memory import available_bytes, gib, scaled_peak_bytes
-from gdm.models.capabilities import DIRECTIONS, Translates
+from gdm.models.base import DIRECTIONS, Translates
 from gdm.tasks.options import read_options, translate_options
 
 log = logging.getLogger(__name__)
