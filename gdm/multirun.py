@@ -17,7 +17,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
 # Overrides that do not change what a run trains or measures.
-NOT_CONFIGURATION = ("seed", "print_config", "logger", "paths", "resume", "hydra", "ckpt_path", "test_after_fit")
+NOT_CONFIGURATION = ("seed", "print_config", "logger", "paths", "resume", "hydra", "ckpt_path",
+                     "test_after_fit")
 
 
 def override_key(override: str) -> str:

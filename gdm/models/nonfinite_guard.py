@@ -29,10 +29,10 @@ class Diverged(GdmError):
 
 @dataclass(frozen=True)
 class NonFinitePolicy:
-    """What a NaN / Inf training loss does. Raises ValueError naming the parameter for a value out of range."""
+    """What a NaN / Inf training loss does. ValueError naming the parameter for a value out of range."""
 
     action: str = "stop"  # stop | skip
-    max_consecutive_skips: int = 20  # action=skip: this many skipped updates of one loss in a row stop the run
+    max_consecutive_skips: int = 20  # action=skip: this many skipped updates of one loss in a row stop it
     check_every_n_steps: int = 10  # action=stop: batches between read-backs of the kept losses
 
     def __post_init__(self) -> None:
@@ -55,7 +55,7 @@ class NonFiniteGuard:
         self.nonfinite_policy = policy
 
     def attached_trainer(self) -> L.Trainer | None:
-        """The Trainer running this model, None in a plain loop (Lightning raises RuntimeError when detached)."""
+        """The Trainer running this model; None in a plain loop (Lightning raises RuntimeError detached)."""
         try:
             return self.trainer
         except RuntimeError:
@@ -128,7 +128,8 @@ class NonFiniteGuard:
         where = self._describe(name, value, self._where())
         skipped[name] = skipped.get(name, 0) + 1
         if skipped[name] <= self.nonfinite_policy.max_consecutive_skips:
-            (self.print if trainer is not None else print)(f"{where}: update skipped (callbacks.nonfinite_loss.action=skip)")
+            say = self.print if trainer is not None else print
+            say(f"{where}: update skipped (callbacks.nonfinite_loss.action=skip)")
             return False
         self._stop(where, f" ({skipped[name]} in a row)")
 
@@ -136,7 +137,7 @@ class NonFiniteGuard:
         keep = "no checkpoint was written yet"
         trainer = self.attached_trainer()
         if trainer is not None:
-            last = Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"  # where the Evaluator saves it
+            last = Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"  # the Evaluator's
             keep = f"the last good checkpoint is {last}" if last.is_file() else keep
         other = "" if self.nonfinite_policy.action == "skip" else \
             ", or set callbacks.nonfinite_loss.action=skip to skip such updates"

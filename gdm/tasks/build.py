@@ -149,8 +149,8 @@ def _instantiate_group(group: DictConfig | None, skip: tuple[str, ...] = ()) -> 
 
 
 def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
-    """The callbacks group (its `evaluator` gets the metrics group's metrics; its `nonfinite_loss` is the model's
-    policy, `build_nonfinite_policy`), and what the checkpoints hold beside Lightning's entries."""
+    """The callbacks group (its `evaluator` gets the metrics group's metrics; its `nonfinite_loss` is the
+    model's policy, `build_nonfinite_policy`), and what the checkpoints hold beside Lightning's entries."""
     callbacks = _instantiate_group(cfg.get("callbacks"), skip=("evaluator", "nonfinite_loss"))
     evaluator = build_evaluator(cfg)
     # Before the Evaluator: it marks an epoch's end before the Evaluator saves that epoch's checkpoints.
@@ -175,8 +175,8 @@ def build_evaluator(cfg: DictConfig, **overrides) -> Evaluator:
     metrics = cfg.metrics
     features = build_features(metrics.features, inception_weights=metrics.get("inception_weights"),
                               dinov2_weights=metrics.get("dinov2_weights"))
-    return instantiate(cfg.callbacks.evaluator, metrics=build_metrics(cfg), features=features, _convert_="all",
-                       **overrides)
+    return instantiate(cfg.callbacks.evaluator, metrics=build_metrics(cfg), features=features,
+                       _convert_="all", **overrides)
 
 
 def build_loggers(cfg: DictConfig) -> list:
