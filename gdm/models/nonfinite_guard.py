@@ -1,47 +1,59 @@
 """The divergence guard of training updates: what a NaN or Inf loss does, without a host sync per update.
 
 Models call `loss_ok(name, loss)` before each backward pass and follow the `NonFinitePolicy` the task gives
-them at build (`set_nonfinite_policy`; the config's callbacks.nonfinite_loss). With action=stop (default)
-the loss stays on its device and is read back every `check_every_n_steps` batches and before each
-evaluation or checkpoint, so a checkpoint never holds weights trained on a non-finite loss; action=skip
-decides at once (one sync per update), the price of leaving that update out, and
-`max_consecutive_skips` skipped updates of one loss in a row stop the run (the weights are likely broken).
-A stop raises `Diverged`: one line naming the loss, its value and the step; the run's last.ckpt (the last
-evaluation's, before the divergence) stays the newest checkpoint.
+them at build (`set_nonfinite_policy`). With action=stop (default) the loss stays on its device and is read
+back every `check_every_n_steps` batches and before each evaluation or checkpoint, so a checkpoint never holds
+weights trained on a non-finite loss; action=skip decides at once (one sync per update), the price of leaving
+that update out, and `max_consecutive_skips` skipped updates of one loss in a row stop the run (the weights
+are likely broken). A stop raises `Diverged`: one line naming the loss, its value and the step; the run's
+last.ckpt (the last evaluation's, before the divergence) stays the newest checkpoint.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Literal
 
 import lightning as L
 import torch
+from pydantic import Field
 
 from gdm.errors import GdmError
-
-ACTIONS = ("stop", "skip")
+from gdm.option_types import Count, NonNegativeInt, checked
 
 
 class Diverged(GdmError):
     """A non-finite training loss stopped the run."""
 
 
-@dataclass(frozen=True)
 class NonFinitePolicy:
-    """What a NaN / Inf training loss does. ValueError naming the parameter for a value out of range."""
+    """What a NaN / Inf training loss does: `action` stop (the run) or skip (that update);
+    `max_consecutive_skips`: with skip, this many skipped updates of one loss in a row stop the run;
+    `check_every_n_steps`: with stop, batches between read-backs of the kept losses. Raises pydantic's
+    ValidationError naming the parameter for a value out of range."""
 
-    action: str = "stop"  # stop | skip
-    max_consecutive_skips: int = 20  # action=skip: this many skipped updates of one loss in a row stop it
-    check_every_n_steps: int = 10  # action=stop: batches between read-backs of the kept losses
+    @checked
+    def __init__(self, action: Annotated[Literal["stop", "skip"], Field(
+                     description="what a NaN / Inf loss does: stop the run, or skip that update")] = "stop",
+                 max_consecutive_skips: Annotated[NonNegativeInt, Field(
+                     description="skipped updates of one loss in a row that stop the run")] = 20,
+                 check_every_n_steps: Annotated[Count, Field(
+                     description="batches between read-backs of the losses")] = 10):
+        self.action, self.max_consecutive_skips = action, max_consecutive_skips
+        self.check_every_n_steps = check_every_n_steps
 
-    def __post_init__(self) -> None:
-        if self.action not in ACTIONS:
-            raise ValueError(f"action='{self.action}' is not one of {', '.join(ACTIONS)}.")
-        if self.check_every_n_steps < 1:
-            raise ValueError(f"check_every_n_steps={self.check_every_n_steps} must be at least 1.")
-        if self.max_consecutive_skips < 0:
-            raise ValueError(f"max_consecutive_skips={self.max_consecutive_skips} must be at least 0.")
+    def _fields(self) -> tuple:
+        return self.action, self.max_consecutive_skips, self.check_every_n_steps
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, NonFinitePolicy) and self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        return (f"NonFinitePolicy(action={self.action!r}, max_consecutive_skips={self.max_consecutive_skips}, "
+                f"check_every_n_steps={self.check_every_n_steps})")
 
 
 class NonFiniteGuard:
@@ -55,7 +67,7 @@ class NonFiniteGuard:
         self.nonfinite_policy = policy
 
     def attached_trainer(self) -> L.Trainer | None:
-        """The Trainer running this model; None in a plain loop (Lightning raises RuntimeError detached)."""
+        """The Trainer running this model, None in a plain loop (Lightning raises RuntimeError when detached)."""
         try:
             return self.trainer
         except RuntimeError:
@@ -79,11 +91,12 @@ class NonFiniteGuard:
         return True
 
     def _where(self) -> tuple[int, int, int] | None:
-        """(step, epoch, batch) of the update under way; None in a loop without a trainer."""
+        """(step, epoch, batch) of the update under way, step in gdm's count (training batches, this one
+        included; not Lightning's `global_step`, which counts optimizer steps); None in a loop without a trainer."""
         trainer = self.attached_trainer()
         if trainer is None:
             return None
-        return trainer.global_step, trainer.current_epoch, self.__dict__.get("_batch_idx", 0)
+        return trainer.fit_loop.total_batch_idx + 1, trainer.current_epoch, self.__dict__.get("_batch_idx", 0)
 
     @staticmethod
     def _describe(name: str, value: object, where: tuple[int, int, int] | None) -> str:
@@ -128,8 +141,8 @@ class NonFiniteGuard:
         where = self._describe(name, value, self._where())
         skipped[name] = skipped.get(name, 0) + 1
         if skipped[name] <= self.nonfinite_policy.max_consecutive_skips:
-            say = self.print if trainer is not None else print
-            say(f"{where}: update skipped (callbacks.nonfinite_loss.action=skip)")
+            (self.print if trainer is not None else print)(f"{where}: update skipped (the non-finite loss "
+                                                           "policy's action=skip)")
             return False
         self._stop(where, f" ({skipped[name]} in a row)")
 
@@ -140,7 +153,7 @@ class NonFiniteGuard:
             last = Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"  # the Evaluator's
             keep = f"the last good checkpoint is {last}" if last.is_file() else keep
         other = "" if self.nonfinite_policy.action == "skip" else \
-            ", or set callbacks.nonfinite_loss.action=skip to skip such updates"
+            ", or set the non-finite loss policy's action=skip to skip such updates"
         raise Diverged(f"{where}{repeat}: training stopped; {keep}. Lower the learning rates (in a new run: a "
                        f"resumed one keeps the saved optimizer settings){other}.")
 

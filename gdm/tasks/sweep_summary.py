@@ -22,7 +22,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from gdm.compare.runs import read_run
+from gdm.compare.runs import independent_runs, read_run
 from gdm.compare.stats import CONFIDENCE
 from gdm.compare.tables import flat_rows, fmt, labels, metric_tables
 from gdm.evaluation.protocol import SAMPLING_FIELDS, differences
@@ -104,7 +104,7 @@ class SweepSummary(Callback):
 
     @staticmethod
     def write_groups(config: DictConfig, sweep_dir: Path, job_dirs: list[Path]) -> None:
-        runs = [read_run(job) for job in job_dirs]
+        runs, repeats = independent_runs([read_run(job) for job in job_dirs])  # e.g. `-m seed=1,1`: one sample
         tables, mismatches = metric_tables(runs)
         rows = flat_rows(tables)
         if not rows:
@@ -113,7 +113,7 @@ class SweepSummary(Callback):
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
-        markdown = group_markdown(tables, mismatches, [r for r in runs if not r.finished])
+        markdown = group_markdown(tables, mismatches, [r for r in runs if not r.finished], repeats)
         (sweep_dir / "sweep_groups.md").write_text(markdown)
         log.info("sweep summary by configuration (%s):\n%s", sweep_dir / "sweep_groups.md", markdown)
         wandb = OmegaConf.select(config, "logger.wandb")
@@ -123,9 +123,9 @@ class SweepSummary(Callback):
                            mode=wandb.get("mode", "auto"), group=group, key="logger.wandb.mode")
 
 
-def group_markdown(tables: list, mismatches: list[str], unfinished: list) -> str:
+def group_markdown(tables: list, mismatches: list[str], unfinished: list, repeats: list[str] = ()) -> str:
     """Per metric, one row per configuration (without the overrides all jobs share): n seeds, mean, std and
-    the interval over the seeds."""
+    the interval over the seeds; `repeats`: sentences on the jobs counted once (gdm.compare.runs.independent_runs)."""
     c = f"{CONFIDENCE:.0%}"
     common = labels([row_run for t in tables for row in t.rows for row_run in row.runs])[1]
     lines = [f"Mean over training seeds, std (ddof = 1) and {c} Student-t confidence interval (scipy.stats.t)"
@@ -137,6 +137,8 @@ def group_markdown(tables: list, mismatches: list[str], unfinished: list) -> str
             lines.append(f"| {t.metric} | {row.label} | {s.n} | {fmt(s.mean)} | {fmt(s.std)} | "
                          f"[{fmt(s.low)}, {fmt(s.high)}] |")
     lines += [f"\n{m}" for m in mismatches]
+    if repeats:
+        lines += ["", "Counted once: " + " ".join(repeats)]
     if unfinished:
         lines += ["", "Not finished, left out: " + ", ".join(f"job {r.dir.name} ({r.status})" for r in unfinished)]
     return "\n".join(lines) + "\n"

@@ -29,13 +29,13 @@ from PIL import Image
 from torchvision.transforms import v2
 from torchvision.transforms.functional import pil_to_tensor
 
-from gdm.checkpoints import load_model, read_checkpoint
+from gdm.checkpoints import check_typed_settings, load_model, read_checkpoint
 from gdm.data.image_files import WHITE, find_images, open_image, verify_images
-from gdm.errors import GdmError, integer_option
+from gdm.errors import GdmError
 from gdm.images import to_uint8
 from gdm.memory import available_bytes, gib, scaled_peak_bytes
-from gdm.models.capabilities import Translates
-from gdm.models.cyclegan import DIRECTIONS
+from gdm.models.capabilities import DIRECTIONS, Translates
+from gdm.tasks.options import read_options, translate_options
 
 log = logging.getLogger(__name__)
 
@@ -103,10 +103,12 @@ def translate(cfg: DictConfig) -> None:
     for key in ("input", "output"):
         if not opts.get(key):
             raise GdmError(f"translate.{key} is not set: task=translate needs translate.input=DIR translate.output=DIR.")
-    load_size = integer_option("translate.load_size", opts.get("load_size"), minimum=8, optional=True,
-                               hint="(pixels of each image's short side before translating)")
+    load_size = read_options(translate_options, "translate", opts)["load_size"]
     if opts.direction is not None and opts.direction not in DIRECTIONS:
         raise GdmError(f"translate.direction={opts.direction} is not a direction; choose AtoB or BtoA.")
+    check_typed_settings(cfg, read_checkpoint(cfg.ckpt_path), cfg.ckpt_path, "translate",
+                         hint=" (translate.direction picks a CycleGAN's direction, translate.load_size the "
+                              "size)")
     # Built on the CPU and then moved: map_location alone would leave the model's weights on the CPU.
     model = load_model(cfg.ckpt_path).to("cuda" if torch.cuda.is_available() else "cpu")
     if not isinstance(model, Translates):
