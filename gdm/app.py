@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import signal
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 from omegaconf.errors import InterpolationKeyError, MissingMandatoryValue
 
-from gdm.config_tree import print_config_tree
+from gdm.config_tree import print_config
 from gdm.ddp import extra_ranks_run_this_job
 from gdm.errors import GdmError
 from gdm.tasks.compare import compare
@@ -36,10 +37,15 @@ def quiet_lightning() -> None:
         logging.getLogger("lightning").handlers.clear()
 
 
-def user_error(err: BaseException) -> Exception | None:
-    """The user mistake behind `err`, if it is (or wraps) one: ours, or Lightning's configuration
-    complaints (e.g. `trainer=gpu` on a machine without a GPU)."""
+def user_error(err: BaseException, cfg: DictConfig | None = None) -> Exception | None:
+    """The user mistake behind `err`, if it is (or wraps) one: ours, Lightning's configuration
+    complaints (e.g. `trainer=gpu` on a machine without a GPU), or a key added with `+` that the
+    constructor of its config node does not take."""
     while err is not None:
+        if isinstance(err, TypeError) and cfg is not None:
+            unknown = unknown_option(err, cfg)
+            if unknown is not None:
+                return unknown
         if isinstance(err, GdmError) and "Original Traceback" in str(err):
             # Raised in a DataLoader worker: torch re-raises it with the worker's traceback as its message.
             return GdmError(str(err).strip().splitlines()[-1].split(": ", 1)[-1])
@@ -54,12 +60,47 @@ def user_error(err: BaseException) -> Exception | None:
     return None
 
 
+UNEXPECTED_KEYWORD = re.compile(r"(\w+)\.__init__\(\) got an unexpected keyword argument '(\w+)'")
+
+
+def unknown_option(err: TypeError, cfg: DictConfig) -> GdmError | None:
+    """`+model.lr=1e-3` reaches the model's constructor as an argument it lacks: name the key as typed and the
+    options the node has. None when the argument is not a key of a config node built from that class (a bug)."""
+    match = UNEXPECTED_KEYWORD.search(str(err))
+    if match is None:
+        return None
+    cls, argument = match.groups()
+    for path, node in config_nodes(cfg):
+        target = str(node.get("_target_", ""))
+        if target.rsplit(".", 1)[-1] == cls and argument in node:
+            key = f"{path}.{argument}"
+            typed = [o.lstrip("+") for o in command_line_overrides() if o.lstrip("+").startswith(f"{key}=")]
+            options = ", ".join(str(k) for k in node if not str(k).startswith("_") and k != argument)
+            return GdmError(f"{typed[0] if typed else key} is not an option of {path} ({target}): remove it, "
+                            f"or set one of its options: {options}.")
+    return None
+
+
+def config_nodes(cfg: DictConfig, path: str = "") -> list[tuple[str, DictConfig]]:
+    """Every mapping in the config with its dotted path, outermost first (interpolations left unresolved)."""
+    nodes = []
+    for key, value in cfg.items_ex(resolve=False):
+        if isinstance(value, DictConfig):
+            child = f"{path}.{key}" if path else str(key)
+            nodes += [(child, value), *config_nodes(value, child)]
+    return nodes
+
+
+def command_line_overrides() -> list[str]:
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
 def run(cfg: DictConfig) -> float | None:
     if cfg.task not in TASKS:
         raise GdmError(f"task={cfg.task} is not a task; choose one of {', '.join(TASKS)}.")
     quiet_lightning()
-    if cfg.get("print_config", True) and cfg.task not in ("eval", "compare"):  # eval: once merged with the ckpt's
-        print_config_tree(cfg)
+    if cfg.task not in ("eval", "compare"):  # eval: once merged with the checkpoint's
+        print_config(cfg)
     with extra_ranks_run_this_job():
         return TASKS[cfg.task](cfg)
 
@@ -76,7 +117,7 @@ def main(cfg: DictConfig) -> float | None:
         log.error(f"stopped by SIGTERM{advice}")
         sys.exit(128 + signal.SIGTERM)
     except Exception as err:
-        mistake = user_error(err)
+        mistake = user_error(err, cfg)
         if in_multirun():
             if mistake is None:
                 log.exception(f"job {HydraConfig.get().job.num} failed")

@@ -33,6 +33,11 @@ def build_datamodule(cfg: DictConfig) -> SplitDataModule:
         raise GdmError(f"data.channels={channels} must be 1 (greyscale) or 3 (RGB).")
     for size in (height, width):
         integer_option("data.image_size", size, minimum=1, hint="(pixels of each side)")
+    if channels == 3 and OmegaConf.select(cfg, "metrics.features") == "digits":
+        # The digits network was trained on grey digits: it reads colour images as their luminance.
+        log.warning("metrics.features=digits measures colour images with a classifier of grey digits, so its FID "
+                    "says little about them: use metrics.features=inception (or dinov2; digits_colour for the "
+                    "embedded colour digits).")
     return datamodule
 
 

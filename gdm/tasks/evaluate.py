@@ -25,11 +25,11 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.model_helpers import is_overridden
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from gdm.checkpoints import checkpoint_step, config_for_checkpoint, load_state, read_checkpoint
 from gdm.compare.stats import interval
-from gdm.config_tree import print_config_tree
+from gdm.config_tree import print_config
 from gdm.data.base import SPLITS
 from gdm.errors import GdmError, integer_option
 from gdm.evaluation.evaluator import Evaluator, write_json
@@ -49,6 +49,7 @@ def evaluate(cfg: DictConfig) -> float | None:
     L.seed_everything(seed_option(cfg), workers=True)  # the VAE's ELBO / IWAE draw from the global RNG
     checkpoint = read_checkpoint(cfg.ckpt_path)
     cfg = config_for_checkpoint(cfg, checkpoint)
+    trained_split = OmegaConf.select(cfg, "metrics.fid.real_split")
     with open_dict(cfg):
         fid = cfg.metrics.get("fid")
         if fid is not None:
@@ -63,8 +64,7 @@ def evaluate(cfg: DictConfig) -> float | None:
     if seeds > 1 and cfg.metrics.get("fid") is None:
         raise GdmError(f"eval.sample_seeds={seeds} draws other samples of a sampling model (metrics.fid.seed), and "
                        "this checkpoint's metrics have none: use eval.sample_seeds=1.")
-    if cfg.get("print_config", True):
-        print_config_tree(cfg)
+    print_config(cfg)
     datamodule = build_datamodule(cfg)
     model = load_state(build_model(cfg, datamodule, from_checkpoint=True), checkpoint, cfg.ckpt_path)
     per_seed = []
@@ -93,7 +93,7 @@ def evaluate(cfg: DictConfig) -> float | None:
     }
     if seeds > 1:
         report["sample_seeds"] = sample_seed_spread(per_seed, base_seed)
-    write_report(report, evaluator, Path(cfg.paths.output_dir) / "eval.json")
+    write_report(report, evaluator, Path(cfg.paths.output_dir) / "eval.json", trained_split)
     return report["metrics"].get(cfg.monitor)
 
 
@@ -110,7 +110,7 @@ def sample_seed_spread(evaluators: list[Evaluator], base_seed: int) -> dict[str,
 
 
 @rank_zero_only
-def write_report(report: dict, evaluator: Evaluator, path: Path) -> None:
+def write_report(report: dict, evaluator: Evaluator, path: Path, trained_split: str | None = None) -> None:
     write_json(path, report)
     tests = [f"  {name}  {value:.6g}" for name, value in report["metrics"].items() if name.startswith("test/")]
     spread = [f"  {name}  {s['mean']:.6g} ± {s['half_width']:.3g} (std {s['std']:.3g}, n {s['n']} sample seeds, "
@@ -119,4 +119,10 @@ def write_report(report: dict, evaluator: Evaluator, path: Path) -> None:
         log.info("over sample seeds:\n" + "\n".join(spread))
     log.info(f"{report['model']} at step {report['step']} ({report['checkpoint']}), real split {report['split']}:\n"
              + evaluator.describe() + ("\n" + "\n".join(tests) if tests else ""))
+    real = [p["num_real"] for p in report["protocols"].values() if p.get("real_split") == report["split"]]
+    if trained_split not in (None, report["split"]) and real:
+        # A newcomer's first question: why the same checkpoint scores worse here than in training.
+        log.info(f"these values compare the samples with the {report['split']} split ({real[0]} real images), training's "
+                 f"with the {trained_split} split: other images, and FID is biased upwards the fewer there are, so "
+                 f"the two differ (eval.split={trained_split} measures as training did).")
     log.info(f"written: {path.resolve()}")

@@ -1,0 +1,73 @@
+"""What a newcomer met on the way (issue 31): a `+key` the model lacks is one sentence, the config printed at start
+is a few lines, a piped run shows progress, the digit features on colour images are warned about."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from lightning.pytorch.callbacks import RichProgressBar
+from omegaconf import OmegaConf
+
+from gdm.app import user_error
+from gdm.callbacks.progress import EpochLines, progress_bar
+from gdm.config_tree import config_summary, print_config
+from gdm.errors import GdmError
+from gdm.tasks.build import build_datamodule
+
+CFG = OmegaConf.create({"task": "train", "model": {"_target_": "gdm.models.gan.GAN", "lr_g": 2e-4, "lr_d": 2e-4,
+                                                   "lr": 1e-3, "generator": {"_target_": "x.Gen", "ngf": 8}}})
+
+
+def test_unknown_model_option_is_one_sentence_naming_the_key_and_the_options():
+    err = TypeError("GAN.__init__() got an unexpected keyword argument 'lr'")
+    message = str(user_error(err, CFG))
+    assert message == ("model.lr is not an option of model (gdm.models.gan.GAN): remove it, or set one of its "
+                       "options: lr_g, lr_d, generator.")
+
+
+def test_unknown_nested_option_names_its_node():
+    cfg = OmegaConf.create({"model": {"_target_": "a.M", "generator": {"_target_": "x.Gen", "ngf": 8, "width": 3}}})
+    message = str(user_error(TypeError("Gen.__init__() got an unexpected keyword argument 'width'"), cfg))
+    assert message.startswith("model.generator.width is not an option of model.generator (x.Gen)")
+
+
+def test_a_type_error_that_is_no_config_key_stays_a_bug():
+    assert user_error(TypeError("GAN.__init__() got an unexpected keyword argument 'shape'"), CFG) is None
+    assert user_error(TypeError("unsupported operand type(s) for +: 'int' and 'str'"), CFG) is None
+
+
+def test_config_summary_is_short_and_points_to_the_full_config(capsys):
+    print_config(CFG)
+    out = capsys.readouterr().out
+    assert out == config_summary(CFG) + "\n"
+    assert len(out.splitlines()) <= 3 and "print_config=full" in out
+
+
+def test_print_config_full_prints_the_tree_and_false_nothing(capsys):
+    print_config(OmegaConf.merge(CFG, {"print_config": "full"}))
+    assert "lr_g" in capsys.readouterr().out
+    print_config(OmegaConf.merge(CFG, {"print_config": False}))
+    assert capsys.readouterr().out == ""
+    with pytest.raises(GdmError, match="print_config=tree is not a choice"):
+        print_config(OmegaConf.merge(CFG, {"print_config": "tree"}))
+
+
+def test_progress_is_a_line_per_epoch_when_output_is_not_a_terminal(monkeypatch):
+    monkeypatch.setattr("sys.stdout.isatty", lambda: False)
+    assert isinstance(progress_bar(), EpochLines)
+    monkeypatch.setattr("sys.stdout.isatty", lambda: True)
+    assert isinstance(progress_bar(refresh_rate=3), RichProgressBar)
+
+
+def test_digit_features_on_colour_images_are_warned_about(caplog):
+    colour = OmegaConf.create({"data": {"_target_": "gdm.data.digits_colour.DigitsColourDataModule"},
+                               "metrics": {"features": "digits"}})
+    with caplog.at_level(logging.WARNING):
+        build_datamodule(colour)
+    assert [r.message for r in caplog.records if "metrics.features=digits" in r.message]
+    caplog.clear()
+    grey = OmegaConf.create({"data": {"_target_": "gdm.data.digits.DigitsDataModule"}, "metrics": {"features": "digits"}})
+    with caplog.at_level(logging.WARNING):
+        build_datamodule(grey)
+    assert not [r for r in caplog.records if "metrics.features=digits" in r.message]
