@@ -107,8 +107,7 @@ def check_training_precision(precision: object) -> None:
                        "or 16-mixed (float32 weights, half-precision compute), or bf16-true.")
     if str(precision) == "16-true":
         raise GdmError("trainer.precision=16-true trains with weights and Adam's moments in float16: the second "
-                       "moments underflow to 0 and the updates blow up (a GAN measured FID 2272 against 664 in "
-                       "float32); use bf16-mixed or 16-mixed (float32 weights, half-precision compute), or bf16-true.")
+                       "moments underflow to 0 and the updates blow up (experiments/speed.md); use bf16-mixed or 16-mixed (float32 weights, half-precision compute), or bf16-true.")
     if str(precision) == "bf16-true":
         log.warning("trainer.precision=bf16-true keeps weights, Adam's moments and the model's validation values in "
                     "bfloat16 (8 significant bits): an update under ~0.4% of its weight rounds away (norm scales "
