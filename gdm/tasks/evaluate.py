@@ -122,7 +122,7 @@ def write_report(report: dict, evaluator: Evaluator, path: Path, trained_split: 
     real = [p["num_real"] for p in report["protocols"].values() if p.get("real_split") == report["split"]]
     if trained_split not in (None, report["split"]) and real:
         # A newcomer's first question: why the same checkpoint scores worse here than in training.
-        log.info(f"these values compare the samples with the {report['split']} split ({real[0]} real images), training's "
+        log.info(f"FID here compares the samples with the {report['split']} split's {real[0]} images, training's "
                  f"with the {trained_split} split: other images, and FID is biased upwards the fewer there are, so "
                  f"the two differ (eval.split={trained_split} measures as training did).")
     log.info(f"written: {path.resolve()}")
