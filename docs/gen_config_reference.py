@@ -14,6 +14,7 @@ import importlib
 import inspect
 import re
 import sys
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,23 +108,58 @@ def package_of(path: Path) -> list[str]:
 
 
 def describe_type(hint: object) -> str:
-    """`int`, `float, >= 0, < 1`, `Literal['a', 'b']`; Field metadata of an Annotated hint when present."""
-    if typing.get_origin(hint) is typing.Annotated:
-        base, *extras = typing.get_args(hint)
-        parts = [describe_type(base)]
-        for extra in extras:
+    """`int >= 1`, `float in [0, 1) | None`, `one of 'a', 'b'`, then the option's Field description after a dash."""
+    text, descriptions = render_type(hint)
+    described = [d for d in descriptions if d]
+    return text + (f" — {described[-1]}" if described else "")  # the outermost: the one written for this option
+
+
+def render_type(hint: object) -> tuple[str, list[str]]:
+    """The type with its bounds, and the Field descriptions found on the way (outermost last)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Annotated:
+        text, descriptions = render_type(args[0])
+        bounds: dict[str, object] = {}
+        for extra in args[1:]:
             for constraint in [extra, *getattr(extra, "metadata", [])]:
-                for name, symbol in BOUNDS.items():
-                    bound = getattr(constraint, name, None)
-                    if bound is not None and type(constraint).__name__ != "FieldInfo":
-                        parts.append(f"{symbol} {bound}")
-            description = getattr(extra, "description", None)
-            if description:
-                parts.append(description)
-        return ", ".join(dict.fromkeys(parts))
+                for name in BOUNDS:
+                    value = getattr(constraint, name, None)
+                    if value is not None and type(constraint).__name__ != "FieldInfo":
+                        bounds[name] = value
+            descriptions.append(getattr(extra, "description", None))
+        inner = args[0]
+        if typing.get_origin(inner) in (typing.Union, types.UnionType) and bounds:  # bounds of the non-None part
+            parts = [render_type(arg)[0] + ("" if arg is type(None) else bounds_text(bounds))
+                     for arg in typing.get_args(inner)]
+            return " | ".join(parts), descriptions
+        return text + bounds_text(bounds), descriptions
+    if origin in (typing.Union, types.UnionType):
+        parts = [render_type(arg) for arg in args]
+        return " | ".join(text for text, _ in parts), [d for _, ds in parts for d in ds]
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in args), []
+    if origin is not None and args:
+        parts = [render_type(arg) for arg in args if arg is not Ellipsis]
+        name = getattr(origin, "__name__", str(origin))
+        return f"{name}[{', '.join(text for text, _ in parts)}]", [d for _, ds in parts for d in ds]
+    if hint is type(None):
+        return "None", []
+    if hint is object:
+        return "any", []
     if isinstance(hint, type):
-        return hint.__name__
-    return str(hint).replace("typing.", "").replace("collections.abc.", "")
+        return hint.__name__, []
+    return str(hint).replace("typing.", "").replace("collections.abc.", ""), []
+
+
+def bounds_text(bounds: dict[str, object]) -> str:
+    low = next(((k, bounds[k]) for k in ("ge", "gt") if k in bounds), None)
+    high = next(((k, bounds[k]) for k in ("le", "lt") if k in bounds), None)
+    if low and high:
+        return f" in {'[' if low[0] == 'ge' else '('}{low[1]}, {high[1]}{']' if high[0] == 'le' else ')'}"
+    if low or high:
+        name, value = low or high
+        return f" {BOUNDS[name]} {value}"
+    return f" multiple of {bounds['multiple_of']}" if "multiple_of" in bounds else ""
 
 
 def signature_types(target: str) -> dict[str, str]:

@@ -138,7 +138,7 @@ def plain_step(model, args: argparse.Namespace, device: torch.device) -> Callabl
         torch.backends.cudnn.benchmark = True
     model.to(device)
     model.train()
-    optimizers = model.training_optimizers()
+    optimizers = model.plain_optimizers()
     context = autocast(device, args.precision)
 
     def step(i: int, batch: dict) -> None:

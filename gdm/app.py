@@ -19,8 +19,10 @@ from omegaconf.errors import InterpolationKeyError, MissingMandatoryValue
 from gdm.config_tree import print_config
 from gdm.ddp import extra_ranks_run_this_job
 from gdm.errors import GdmError
+from gdm.optuna_search import note_failure_of_this_job
 from gdm.tasks.compare import compare
 from gdm.tasks.evaluate import evaluate
+from gdm.tasks.paths import resolve_user_paths
 from gdm.tasks.sample import sample
 from gdm.tasks.train import train
 from gdm.tasks.translate import translate
@@ -99,6 +101,7 @@ def run(cfg: DictConfig) -> float | None:
     if cfg.task not in TASKS:
         raise GdmError(f"task={cfg.task} is not a task; choose one of {', '.join(TASKS)}.")
     quiet_lightning()
+    resolve_user_paths(cfg)  # against the launch directory, whatever hydra.job.chdir says
     if cfg.task not in ("eval", "compare"):  # eval: once merged with the checkpoint's
         print_config(cfg)
     with extra_ranks_run_this_job():
@@ -119,6 +122,7 @@ def main(cfg: DictConfig) -> float | None:
     except Exception as err:
         mistake = user_error(err, cfg)
         if in_multirun():
+            note_failure_of_this_job(f"{type(err).__name__}: {err}" if mistake is None else str(mistake))
             if mistake is None:
                 log.exception(f"job {HydraConfig.get().job.num} failed")
             else:

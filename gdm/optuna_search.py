@@ -8,10 +8,14 @@
 - `trial_overrides()` / `trial_of_this_job()`: how a job finds its trial. The sweeper names it in the job's
   environment (`hydra.job.env_set`), which is part of the job's overrides, so a requeued job (SLURM
   preemption) reaches the same trial again.
+- `check_continuation()` / `record_study()`: a stored study is continued only where Optuna can continue it
+  (checked before any trial is asked for); the study records its monitor, mode and latest search space.
+- `ask()` / `fail()`: a trial that fails in any phase ends FAIL with its reason (user attribute `fail_reason`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -157,3 +161,160 @@ def trial_of_this_job():
     study_id = storage.get_study_id_from_name(study.study_name)
     trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, int(number))
     return optuna.trial.Trial(study, trial_id)
+
+
+def describe(dist) -> str:
+    """A distribution in the override syntax that makes it, e.g. `tag(log, interval(5e-05, 0.001))`."""
+    from optuna.distributions import CategoricalDistribution, IntDistribution
+
+    if isinstance(dist, CategoricalDistribution):
+        return f"choice({', '.join(override_value(c) for c in dist.choices)})"
+    if dist.step is not None and not (isinstance(dist, IntDistribution) and dist.step == 1):
+        return f"range({dist.low}, {dist.high + dist.step}, {dist.step})"
+    text = f"interval({dist.low}, {dist.high})"
+    text = f"int({text})" if isinstance(dist, IntDistribution) else text
+    return f"tag(log, {text})" if dist.log else text
+
+
+def suggest(trial, name: str, dist) -> Any:
+    """`trial`'s value of parameter `name` drawn from `dist` by the study's sampler (Optuna's suggest API)."""
+    from optuna.distributions import CategoricalDistribution, IntDistribution
+
+    if isinstance(dist, CategoricalDistribution):
+        return trial.suggest_categorical(name, dist.choices)
+    if isinstance(dist, IntDistribution):
+        return trial.suggest_int(name, dist.low, dist.high, step=dist.step, log=dist.log)
+    return trial.suggest_float(name, dist.low, dist.high, step=dist.step, log=dist.log)
+
+
+def fail(study, trial, reason: str) -> None:
+    """Ends a running `trial` FAIL with `reason` in its user attribute `fail_reason` (a reason the job itself
+    recorded is kept)."""
+    from optuna.trial import TrialState
+
+    recorded = study.get_trials(deepcopy=False)[trial.number]
+    if recorded.state != TrialState.RUNNING:
+        return
+    if "fail_reason" not in recorded.user_attrs:
+        trial.set_user_attr("fail_reason", reason)
+    tell(study, trial, state=TrialState.FAIL)
+
+
+def tell(study, trial, value: float | None = None, state=None) -> None:
+    """`study.tell`, past the grid sampler's `Study.stop` at the end of its grid (which raises outside
+    `optimize`; the trial's outcome is stored before)."""
+    try:
+        study.tell(trial, value, state=state)
+    except RuntimeError as err:
+        if "Study.stop" not in str(err):
+            raise
+
+
+def ask(study, distributions: dict[str, Any]):
+    """A new trial of `study` with a value drawn for each distribution. When drawing fails (or is interrupted)
+    the trial is ended FAIL with the reason, never left RUNNING, and the error raised."""
+    trial = study.ask()
+    try:
+        for name, dist in distributions.items():
+            suggest(trial, name, dist)
+    except BaseException as err:
+        fail(study, trial, f"while asking for its parameters: {type(err).__name__}: {err}")
+        raise
+    return trial
+
+
+def note_failure_of_this_job(reason: str) -> None:
+    """Records `reason` as the failure reason of the Optuna trial this job runs, if it runs one; never raises
+    (the job's own failure is what the user must see)."""
+    if os.environ.get(TRIAL_ENV["number"]) is None:
+        return
+    with contextlib.suppress(Exception):  # the storage unreachable from this job: the sweeper records its own
+        trial_of_this_job().set_user_attr("fail_reason", reason)
+
+
+# Study user attributes: what the study optimizes and the search space of its latest sweep.
+OBJECTIVE_ATTRS = ("monitor", "monitor_mode")
+SPACE_ATTR = "search_space"
+
+
+def stored_study(storage, name: str | None):
+    """The study `name` in `storage`, or None when there is none (or no name: a new study each sweep)."""
+    optuna = require_optuna()
+    if name is None or name not in optuna.get_all_study_names(storage):
+        return None
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def stored_search_space(study) -> dict[str, Any]:
+    """The search space the study's latest sweep recorded, else the latest distribution of each parameter
+    its trials drew."""
+    from optuna.distributions import json_to_distribution
+
+    recorded = study.user_attrs.get(SPACE_ATTR)
+    if recorded is not None:
+        return {name: json_to_distribution(text) for name, text in recorded.items()}
+    space: dict[str, Any] = {}
+    for trial in study.get_trials(deepcopy=False):
+        space.update(trial.distributions)
+    return space
+
+
+def incompatibility(old, new) -> str | None:
+    """Why Optuna's storages refuse `new` for a parameter stored with `old` (the rule of
+    optuna.distributions.check_distribution_compatibility), or None."""
+    if type(old) is not type(new):
+        return "Optuna cannot change the kind of a stored parameter"
+    if getattr(old, "log", None) != getattr(new, "log", None):
+        return "Optuna cannot change the log scale of a stored parameter"
+    if hasattr(old, "choices") and old != new:
+        return "Optuna cannot change the choices of a stored parameter"
+    return None
+
+
+def check_continuation(study, storage, distributions: dict[str, Any], direction: str,
+                       objective: dict[str, str]) -> list[str]:
+    """Before a sweep continues the stored `study`: raises GdmError naming every difference Optuna cannot
+    continue with (a parameter's choices, kind or log scale, the direction, the monitored metric); returns
+    the differences it continues with (changed bounds, parameters added or dropped), to be said."""
+    refused, continued = [], []
+    stored_direction = study.direction.name.lower()
+    if stored_direction != direction:
+        refused.append(f"the study {stored_direction}s and this sweep has hydra.sweeper.direction={direction}")
+    for key, value in objective.items():
+        stored = study.user_attrs.get(key)
+        if stored is not None and stored != value:
+            refused.append(f"the study optimizes {key}={stored} and this sweep has {key}={value}")
+    drawn: dict[str, Any] = {}
+    for trial in study.get_trials(deepcopy=False):
+        drawn.update(trial.distributions)
+    stored_space = stored_search_space(study)
+    for key, new in distributions.items():
+        old = drawn.get(key, stored_space.get(key))
+        why = None if old is None else incompatibility(old, new)
+        if why is not None:
+            refused.append(f"{key} was {describe(old)} and is now {describe(new)} ({why})")
+        elif key not in stored_space:
+            continued.append(f"{key}={describe(new)} is searched now (its earlier trials used one fixed value)")
+        elif stored_space[key] != new:
+            continued.append(f"{key} was {describe(stored_space[key])} and is now {describe(new)}")
+    continued += [f"{key} is no longer searched (earlier trials drew it from {describe(old)})"
+                  for key, old in stored_space.items() if key not in distributions]
+    if refused:
+        optuna = require_optuna()
+        names = set(optuna.get_all_study_names(storage))
+        fresh = next(f"{study.study_name}_{n}" for n in range(2, len(names) + 3)
+                     if f"{study.study_name}_{n}" not in names)
+        raise GdmError(f"hydra.sweeper.study_name={study.study_name} cannot be continued by this sweep: "
+                       f"{'; '.join(refused)}; start a new study with hydra.sweeper.study_name={fresh}, or put "
+                       "the sweep back as the study ran it.")
+    return continued
+
+
+def record_study(study, distributions: dict[str, Any], objective: dict[str, str]) -> None:
+    """Stores in the study's user attributes what it optimizes (`objective`: monitor, monitor_mode) and this
+    sweep's search space."""
+    from optuna.distributions import distribution_to_json
+
+    for key, value in objective.items():
+        study.set_user_attr(key, value)
+    study.set_user_attr(SPACE_ATTR, {name: distribution_to_json(d) for name, d in distributions.items()})

@@ -154,8 +154,7 @@ TINY_ARGS = ["data.image_size=16", "trainer.max_epochs=1", "+trainer.limit_train
 
 @pytest.fixture(scope="module")
 def compared(tmp_path_factory):
-    from helpers import compose_config
-    from test_e2e import run_py
+    from helpers import compose_config, run_py
 
     from gdm.app import run
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_e2e import run_py
+from helpers import run_py
 
 SMALL = ["trainer.max_epochs=1", "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1",
          "print_config=false", "logger=csv"]

@@ -20,11 +20,15 @@ from optuna.trial import TrialState
 from gdm.callbacks.optuna_pruning import OptunaPruning
 from gdm.errors import GdmError
 from gdm.optuna_search import (
+    ask,
+    describe,
     grid_choices,
+    note_failure_of_this_job,
     open_storage,
     override_value,
     search_space,
     storage_url,
+    suggest,
     trial_of_this_job,
 )
 
@@ -285,3 +289,115 @@ def test_installed_optuna_stack_is_current_and_unpinned():
         if name in ("optuna", "sqlalchemy"):
             assert "<" not in requirement, requirement
     assert "optuna>=4" in project["optional-dependencies"]["sweeps"]
+
+
+def two_sweeps(hydra_sweep_runner, tmp_path, *second: str, objective=toy_objective) -> tuple[str, list]:
+    """A 2-trial sweep on an SQLite study, then a sweep with `second` overrides continuing it; the URL and the
+    second sweep's results (raises what the second sweep raises)."""
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    run_toy_sweep(hydra_sweep_runner, tmp_path / "a", toy_objective, "hydra.sweeper.n_trials=2",
+                  f"hydra.sweeper.storage={url}")
+    return url, run_toy_sweep(hydra_sweep_runner, tmp_path / "b", objective, "hydra.sweeper.n_trials=2",
+                              f"hydra.sweeper.storage={url}", *second)
+
+
+def test_the_study_records_what_it_optimizes_and_its_search_space(hydra_sweep_runner, tmp_path):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    run_toy_sweep(hydra_sweep_runner, tmp_path / "a", toy_objective, "hydra.sweeper.n_trials=1",
+                  f"hydra.sweeper.storage={url}")
+    attrs = load(url).user_attrs
+    assert attrs["monitor"] == "val/fid_digits" and attrs["monitor_mode"] == "min"
+    assert attrs["search_space"].keys() == {"model.lr_g", "model.lr_d", "model.loss", "data.batch_size"}
+
+
+@pytest.mark.parametrize(("second", "message"), [
+    (["model.loss=choice(vanilla, hinge)"],
+     "model.loss was choice(vanilla, lsgan, hinge) and is now choice(vanilla, hinge) (Optuna cannot change the "
+     "choices of a stored parameter)"),
+    (["model.lr_g=interval(5e-5, 1e-3)"],
+     "model.lr_g was tag(log, interval(5e-05, 0.001)) and is now interval(5e-05, 0.001) (Optuna cannot change the "
+     "log scale of a stored parameter)"),
+    (["hydra.sweeper.direction=maximize", "monitor_mode=max"],
+     "the study minimizes and this sweep has hydra.sweeper.direction=maximize"),
+    (["monitor=val/kid_digits"], "the study optimizes monitor=val/fid_digits and this sweep has "
+                                 "monitor=val/kid_digits"),
+])
+def test_a_continued_study_that_optuna_cannot_continue_is_refused_before_any_trial(
+        hydra_sweep_runner, tmp_path, second, message):
+    with pytest.raises(GdmError) as refused:
+        two_sweeps(hydra_sweep_runner, tmp_path, *second)
+    assert message in str(refused.value)
+    assert "start a new study with hydra.sweeper.study_name=gan_optuna_2" in str(refused.value)
+    study = load(f"sqlite:///{tmp_path / 'study.db'}")
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2  # nothing asked, nothing left running
+    assert not (tmp_path / "b" / "2").exists()
+
+
+def test_changed_bounds_and_dropped_parameters_continue_and_say_so(hydra_sweep_runner, tmp_path, capsys):
+    url, (results, job_dirs) = two_sweeps(hydra_sweep_runner, tmp_path, "model.lr_g=tag(log, interval(1e-4, 2e-4))",
+                                          "data.batch_size=64")
+    study = load(url)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4 and job_dirs == ["2", "3"]
+    assert all(1e-4 <= t.params["model.lr_g"] <= 2e-4 and "data.batch_size" not in t.params for t in study.trials[2:])
+    said = capsys.readouterr().out  # Hydra's logging configuration writes the sweeper's log to stdout
+    assert "which Optuna supports: model.lr_g was tag(log, interval(5e-05, 0.001)) and is now tag(log, " \
+           "interval(0.0001, 0.0002)); data.batch_size is no longer searched" in said
+
+
+def test_an_incompatible_ask_ends_its_trial_failed_with_the_reason(tmp_path):
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", study_name="s")
+    ask(study, {"loss": CategoricalDistribution(["vanilla", "hinge"])})
+    with pytest.raises(ValueError, match="dynamic value space"):  # what a stale check would meet in Optuna
+        ask(study, {"loss": CategoricalDistribution(["vanilla"])})
+    failed = study.trials[1]
+    assert failed.state == TrialState.FAIL
+    assert failed.user_attrs["fail_reason"].startswith("while asking for its parameters: ValueError: ")
+
+
+def test_a_sweep_interrupted_while_asking_leaves_no_trial_running(hydra_sweep_runner, tmp_path, monkeypatch):
+    import gdm.optuna_search
+
+    def broken(trial, name, dist):
+        if trial.number == 1:
+            raise KeyboardInterrupt
+        return suggest(trial, name, dist)
+
+    monkeypatch.setattr(gdm.optuna_search, "suggest", broken)
+    with pytest.raises(KeyboardInterrupt):
+        run_toy_sweep(hydra_sweep_runner, tmp_path / "s", toy_objective, "hydra.sweeper.n_jobs=2",
+                      f"hydra.sweeper.storage={tmp_path / 'study.journal'}")
+    trials = load(str(tmp_path / "study.journal")).trials
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.FAIL]
+    assert trials[0].user_attrs["fail_reason"] == "before its job ran: KeyboardInterrupt: "
+    assert trials[1].user_attrs["fail_reason"] == "while asking for its parameters: KeyboardInterrupt: "
+
+
+def nan_for_hinge(cfg) -> float | None:
+    return {"hinge": math.nan, "lsgan": None}.get(cfg.model.loss, 1.0)
+
+
+def test_every_failed_trial_has_its_reason(hydra_sweep_runner, tmp_path):
+    run_toy_sweep(hydra_sweep_runner, tmp_path / "a", toy_objective, "hydra.sweeper.n_trials=6",
+                  "+fail_vanilla=true", "hydra/sweeper/sampler=random", f"hydra.sweeper.storage={tmp_path / 'a.db'}")
+    run_toy_sweep(hydra_sweep_runner, tmp_path / "b", nan_for_hinge, "hydra.sweeper.n_trials=6",
+                  "hydra/sweeper/sampler=random", f"hydra.sweeper.storage={tmp_path / 'b.journal'}")
+    reasons = {t.params["model.loss"]: t.user_attrs.get("fail_reason") for t in
+               [*load(str(tmp_path / "a.db")).trials, *load(str(tmp_path / "b.journal")).trials]
+               if t.state == TrialState.FAIL}
+    assert reasons["vanilla"] == "RuntimeError: vanilla diverged"
+    assert reasons["hinge"].startswith("the job returned nan (see its run.log in ")
+    assert reasons["lsgan"].startswith("the job returned None")
+
+
+def test_a_gdm_job_records_why_it_failed_in_its_trial(tmp_path, monkeypatch):
+    url = str(tmp_path / "s.journal")
+    study = optuna.create_study(storage=open_storage(url), study_name="s")
+    study.ask()
+    note_failure_of_this_job("not a trial: nothing happens")
+    monkeypatch.setenv("GDM_OPTUNA_STORAGE", url)
+    monkeypatch.setenv("GDM_OPTUNA_STUDY", "s")
+    monkeypatch.setenv("GDM_OPTUNA_TRIAL", "0")
+    note_failure_of_this_job("data.root=x is not a folder")
+    assert study.trials[0].user_attrs == {"fail_reason": "data.root=x is not a folder"}
+    assert describe(FloatDistribution(0.5, 2.0, step=0.5)) == "range(0.5, 2.5, 0.5)"
+    assert describe(IntDistribution(2, 8, log=True)) == "tag(log, int(interval(2, 8)))"

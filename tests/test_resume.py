@@ -8,8 +8,7 @@ import os
 
 import pytest
 import torch
-from helpers import ROOT, TINY_CYCLEGAN, TINY_PIX2PIX, TINY_TRAINER, compose_config
-from test_e2e import run_py
+from helpers import ROOT, TINY_CYCLEGAN, TINY_PIX2PIX, TINY_TRAINER, compose_config, run_py
 
 from gdm.app import run
 

@@ -8,9 +8,8 @@ import math
 import os
 
 import pytest
-from helpers import CONF
+from helpers import CONF, run_py
 from omegaconf import OmegaConf
-from test_e2e import run_py
 
 
 @pytest.mark.slow
@@ -48,7 +47,7 @@ def test_a_failed_job_is_recorded_the_sweep_goes_on_and_its_exit_status_says_so(
         rows = list(csv.DictReader(f))
     assert [r["status"] for r in rows] == ["failed", "finished"]
     out = proc.stderr + proc.stdout
-    assert "job 0 failed: model.loss='nope' is not a known GAN loss" in out
+    assert "job 0 failed: model.loss='nope' must be one of vanilla, lsgan, hinge, wgan-gp" in out
     assert "1 of 2 jobs did not finish (jobs 0; each job's run.log says why): exit status 1." in out
 
 

@@ -3,12 +3,12 @@ module on MNIST-format files written here (no network)."""
 
 from __future__ import annotations
 
-import struct
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+from helpers import fake_mnist
+from pydantic import ValidationError
 from torchvision import datasets
 
 from gdm.data import torchvision_sets
@@ -16,29 +16,12 @@ from gdm.data.torchvision_sets import TorchvisionDataModule
 from gdm.errors import GdmError
 
 
-def write_idx(path: Path, array: np.ndarray) -> None:
-    magic = 0x0800 | {3: 0x03, 1: 0x01}[array.ndim]  # unsigned bytes, ndim dimensions
-    with open(path, "wb") as f:
-        f.write(struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in array.shape))
-        f.write(array.astype(np.uint8).tobytes())
-
-
-def fake_mnist(root: Path, n_train: int = 50, n_test: int = 20) -> Path:
-    raw = root / "MNIST" / "raw"
-    raw.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for prefix, n in (("train", n_train), ("t10k", n_test)):
-        write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
-        write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10)
-    return root
-
-
 @pytest.mark.parametrize("name", ["mnist", "cifar10"])
 def test_missing_dataset_is_one_sentence(name, tmp_path):
     with pytest.raises(GdmError) as err:
         TorchvisionDataModule(name, root=str(tmp_path / name))
     message = str(err.value)
-    assert f"{name} is not in data.root={tmp_path / name}" in message and "data.download=true" in message
+    assert f"{name} is not in root={tmp_path / name}" in message and "download=true" in message
     assert not any((tmp_path / name).rglob("*.gz"))  # nothing was fetched
 
 
@@ -54,8 +37,9 @@ def test_mnist_files_make_a_32px_labelled_module(tmp_path):
 
 
 def test_unknown_name(tmp_path):
-    with pytest.raises(GdmError, match="data.name='svhn' is not a known torchvision dataset"):
-        TorchvisionDataModule("svhn", root=str(tmp_path))
+    with pytest.raises(ValidationError) as caught:
+        TorchvisionDataModule(name="svhn", root=str(tmp_path))
+    assert [e["loc"] for e in caught.value.errors()] == [("name",)]
 
 
 def test_class_counts_follow_the_split(tmp_path):

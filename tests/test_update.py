@@ -21,19 +21,20 @@ from gdm.nets.pix2pix import UnetGenerator
 SHAPE = (3, 16, 16)
 
 
-def gan() -> GAN:
+def gan(**options) -> GAN:
     return GAN(SHAPE, functools.partial(DCGANGenerator, ngf=4), functools.partial(DCGANDiscriminator, ndf=4),
-               ema_decay=0.9, channels_last=True)
+               ema_decay=0.9, channels_last=True, **options)
 
 
-def cyclegan() -> CycleGAN:
+def cyclegan(**options) -> CycleGAN:
     return CycleGAN(SHAPE, functools.partial(ResnetGenerator, ngf=4, n_blocks=1, norm="instance"),
-                    functools.partial(PatchDiscriminator, ndf=4, n_layers=2, norm="instance"), pool_size=2)
+                    functools.partial(PatchDiscriminator, ndf=4, n_layers=2, norm="instance"), pool_size=2,
+                    **options)
 
 
-def pix2pix() -> Pix2Pix:
+def pix2pix(**options) -> Pix2Pix:
     return Pix2Pix((3, 32, 32), functools.partial(UnetGenerator, num_downs=5, ngf=4, norm="batch"),
-                   functools.partial(PatchDiscriminator, ndf=4, n_layers=2, norm="batch"))
+                   functools.partial(PatchDiscriminator, ndf=4, n_layers=2, norm="batch"), **options)
 
 
 MODELS = {"gan": (gan, ("image",), SHAPE), "cyclegan": (cyclegan, ("image_a", "image_b"), SHAPE),
@@ -57,16 +58,18 @@ def loader(keys, shape) -> DataLoader:
     return DataLoader(Batches(keys, shape), batch_size=2)
 
 
+@pytest.mark.parametrize("grad_clip", [None, 0.01])
 @pytest.mark.parametrize("name", sorted(MODELS))
-def test_lightning_and_a_plain_loop_train_the_same_weights(name):
+def test_lightning_and_a_plain_loop_train_the_same_weights(name, grad_clip):
     make, keys, shape = MODELS[name]
+    make = functools.partial(make, grad_clip=grad_clip)
     torch.manual_seed(0)
     by_lightning = make()
     L.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
               enable_progress_bar=False, enable_model_summary=False).fit(by_lightning, loader(keys, shape))
     torch.manual_seed(0)
     by_hand = make()
-    optimizers = by_hand.training_optimizers()
+    optimizers = by_hand.plain_optimizers()
     for i, batch in enumerate(loader(keys, shape)):
         logs = by_hand.update(batch, i, *optimizers)
     by_hand.check_losses()
@@ -75,6 +78,29 @@ def test_lightning_and_a_plain_loop_train_the_same_weights(name):
     for key, value in by_hand.state_dict().items():
         if isinstance(value, torch.Tensor):
             assert torch.equal(value, theirs[key]), key
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_grad_clip_bounds_each_optimizers_gradient_norm(name):
+    make, keys, shape = MODELS[name]
+    norms = {}
+    for grad_clip in (None, 1e-3):
+        torch.manual_seed(0)
+        model = make(grad_clip=grad_clip)
+        seen = norms[grad_clip] = []
+        for optimizer in model.plain_optimizers():
+            step = optimizer.step
+
+            def recorded(*args, _optimizer=optimizer, _step=step, _seen=seen, **kwargs):
+                grads = [p.grad for g in _optimizer.param_groups for p in g["params"] if p.grad is not None]
+                _seen.append(float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))))
+                return _step(*args, **kwargs)
+
+            optimizer.step = recorded
+        for i, batch in enumerate(loader(keys, shape)):
+            model.update(batch, i, *model.plain_optimizers())
+    assert len(norms[1e-3]) == 8 and max(norms[1e-3]) <= 1e-3 * (1 + 1e-4)
+    assert min(norms[None]) > 1e-2  # unclipped, the same steps' gradients are far larger
 
 
 class SyncDebug(L.Callback):
@@ -108,9 +134,9 @@ def test_no_host_sync_inside_a_training_step_on_a_gpu(name, precision):
         torch.cuda.set_sync_debug_mode(0)
     assert debug.batches == 4
     # The same in a plain loop of the update.
-    model._trainer = None
+    model.trainer = None  # detached: the plain loop below
     model.__dict__.pop("_plain_optimizers", None)
-    optimizers = model.training_optimizers()
+    optimizers = model.plain_optimizers()
     batches = [{k: v.cuda() for k, v in b.items()} for b in loader(keys, shape)]
     torch.cuda.set_sync_debug_mode("error")
     try:
@@ -119,3 +145,20 @@ def test_no_host_sync_inside_a_training_step_on_a_gpu(name, precision):
     finally:
         torch.cuda.set_sync_debug_mode(0)
     model.check_losses()
+
+
+@pytest.mark.parametrize("model, refused", [("gan", True), ("cyclegan", True), ("pix2pix", True), ("vae", False)])
+def test_trainer_gradient_clip_val_points_manual_optimization_to_model_grad_clip(tmp_path, model, refused):
+    from helpers import compose_config
+
+    from gdm.errors import GdmError
+    from gdm.tasks.build import build_datamodule, build_model, check_gradient_clipping
+
+    data = {"cyclegan": "digits_colour", "pix2pix": "digits_paired"}.get(model, "digits")
+    cfg = compose_config([f"model={model}", f"data={data}", "+trainer.gradient_clip_val=0.5"], tmp_path)
+    built = build_model(cfg, build_datamodule(cfg), from_checkpoint=True)
+    if refused:
+        with pytest.raises(GdmError, match=r"trainer.gradient_clip_val=0.5 clips only .* set model.grad_clip=0.5 instead"):
+            check_gradient_clipping(cfg, built)
+    else:  # automatic optimization: Lightning clips
+        check_gradient_clipping(cfg, built)

@@ -13,11 +13,13 @@ well (the weights are likely broken).
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 import lightning as L
+from pydantic import Field
 
 from gdm.errors import GdmError
-
-ACTIONS = ("stop", "skip")
+from gdm.option_types import Count, checked
 
 
 class Diverged(GdmError):
@@ -25,11 +27,13 @@ class Diverged(GdmError):
 
 
 class NonFiniteLoss(L.Callback):
-    def __init__(self, action: str = "stop", max_consecutive_skips: int = 20, check_every_n_steps: int = 10):
-        if action not in ACTIONS:
-            raise GdmError(f"callbacks.nonfinite_loss.action='{action}' is not one of {', '.join(ACTIONS)}.")
-        if check_every_n_steps < 1:
-            raise GdmError(f"callbacks.nonfinite_loss.check_every_n_steps={check_every_n_steps} must be at least 1.")
+    @checked
+    def __init__(self, action: Annotated[Literal["stop", "skip"], Field(
+                     description="what a NaN / Inf loss does: stop the run, or skip that update")] = "stop",
+                 max_consecutive_skips: Annotated[Count, Field(
+                     description="skipped updates in a row that stop the run")] = 20,
+                 check_every_n_steps: Annotated[Count, Field(
+                     description="batches between read-backs of the losses")] = 10):
         self.action, self.max_consecutive_skips = action, max_consecutive_skips
         self.check_every_n_steps = check_every_n_steps
 

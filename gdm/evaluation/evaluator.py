@@ -23,14 +23,16 @@ import logging
 import math
 import time
 from pathlib import Path
+from typing import Annotated, Literal
 
 import lightning as L
 import torch
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from pydantic import Field
 from torch.utils.data import DataLoader
 
-from gdm.errors import GdmError, integer_option
+from gdm.errors import GdmError
 from gdm.evaluation.context import Evaluation, MetricResult
 from gdm.evaluation.protocol import describe, with_id
 from gdm.evaluation.real_features import RealFeatureCache
@@ -38,9 +40,12 @@ from gdm.images import grid_uint8, save_png
 from gdm.loggers import log_images, log_summary
 from gdm.metrics.features import build_features
 from gdm.models.capabilities import Samples, Translates
+from gdm.option_types import Count, checked
+
+EvalBatch = Annotated[Count, Field(description="images per batch of the evaluation")]
+Mode = Annotated[Literal["min", "max"], Field(description="whether a lower or a higher monitored value is better")]
 
 log = logging.getLogger(__name__)
-MODES = ("min", "max")
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -56,18 +61,16 @@ class Evaluator(L.Callback):
     `run_dir` (None: none, task=eval writes its own); `save_checkpoints`: last/best checkpoints; `step`: the
     step to report instead of the trainer's (task=eval: the checkpoint's)."""
 
-    def __init__(self, metrics: list, features: str, run_dir: str, monitor: str, mode: str = "min",
+    @checked
+    def __init__(self, metrics: list, features: str, run_dir: str, monitor: str, mode: Mode = "min",
                  inception_weights: str | None = None, dinov2_weights: str | None = None,
-                 cache_dir: str | None = None, batch_size: int = 250, grids_every_n_evals: int = 1,
+                 cache_dir: str | None = None, batch_size: EvalBatch = 250, grids_every_n_evals: Count = 1,
                  report: str | None = "summary.json", save_checkpoints: bool = True, step: int | None = None):
-        if mode not in MODES:
-            raise GdmError(f"monitor_mode={mode} is not one of {', '.join(MODES)}.")
         self.metrics, self.features_name = metrics, features
         self.weights = {"inception_weights": inception_weights, "dinov2_weights": dinov2_weights}
         self.run_dir = Path(run_dir)
         self.monitor, self.mode = monitor, mode
         self.cache = RealFeatureCache(cache_dir)
-        integer_option("metrics.batch_size", batch_size, minimum=1, hint="(images per batch of the evaluation)")
         self.batch_size, self.grids_every_n_evals = batch_size, grids_every_n_evals
         self.report, self.save_checkpoints, self.fixed_step = report, save_checkpoints, step
         self.after_fit = False  # in the end-of-run evaluation (`finish`)
@@ -89,9 +92,13 @@ class Evaluator(L.Callback):
 
     # ---- set-up and the run's lifetime ------------------------------------------------------------
 
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+    def load_features(self) -> None:
+        """The feature network, once (the task loads it before training, to report a bad weights file first)."""
         if self.features is None:
             self.features = build_features(self.features_name, **self.weights)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.load_features()
         for metric in self.metrics:
             metric.check(pl_module, trainer.datamodule, self.features_name)
 

@@ -1,10 +1,10 @@
-"""Feature networks for the sample metrics, by name (`metrics.features`), each with its protocol.
+"""Feature networks for the sample metrics, by name (`build_features`), each with its protocol.
 
 - `inception`: the standard 2048-d pool3 features of the TF-ported InceptionV3 that torch-fidelity
   (and so torchmetrics) uses; images are resized to 299 with the TF1-compatible bilinear resize
   (antialias off), as in published FIDs.
 - `dinov2`: DINOv2 ViT-L/14 CLS features (Stein et al. 2023), from a local weights file
-  (`metrics.dinov2_weights`): see `gdm.metrics.dinov2`.
+  (`dinov2_weights`): see `gdm.metrics.dinov2`.
 - `digits`: the shipped digits classifier's 128-d penultimate layer. A domain feature space, only
   comparable with other `fid_digits` values; the logged name always carries the feature name.
 - `digits_colour`: the same for the classifier of the embedded CycleGAN pair, which reads digits in
@@ -38,8 +38,8 @@ class InceptionFeatures(nn.Module):
 
         if weights_path is not None and not Path(weights_path).expanduser().is_file():
             raise GdmError(
-                f"metrics.inception_weights={weights_path} is not a file: download {INCEPTION_URL} "
-                "and point metrics.inception_weights at it."
+                f"inception_weights={weights_path} is not a file: download {INCEPTION_URL} "
+                "and point inception_weights at it."
             )
         self.weights_path = Path(weights_path).expanduser() if weights_path else None
         try:
@@ -52,16 +52,16 @@ class InceptionFeatures(nn.Module):
         except OSError as err:  # URLError is an OSError: no network, proxy, firewall
             raise GdmError(
                 f"Could not download the Inception weights ({err}): fetch {INCEPTION_URL} on a machine with "
-                "network access and set metrics.inception_weights=/path/to/that/file."
+                "network access and set inception_weights=/path/to/that/file."
             ) from None
         except (pickle.UnpicklingError, RuntimeError, EOFError, KeyError, ValueError) as err:  # not those weights
             if self.weights_path is None:
                 raise
             first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
             raise GdmError(
-                f"metrics.inception_weights={self.weights_path} is not torch-fidelity's Inception weights file "
+                f"inception_weights={self.weights_path} is not torch-fidelity's Inception weights file "
                 f"({type(err).__name__}: {first[:160]}): download {INCEPTION_URL} and point "
-                "metrics.inception_weights at it."
+                "inception_weights at it."
             ) from None
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -111,7 +111,7 @@ FEATURES = ("inception", "dinov2", "digits", "digits_colour")
 def build_features(name: str, inception_weights: str | None = None, dinov2_weights: str | None = None) -> nn.Module:
     """The feature network `name` (one of FEATURES), in eval mode; GdmError naming the key otherwise."""
     if name not in FEATURES:
-        raise GdmError(f"metrics.features='{name}' is not a known feature network; choose one of {', '.join(FEATURES)}.")
+        raise GdmError(f"features='{name}' is not a known feature network; choose one of {', '.join(FEATURES)}.")
     # The random init before the weights load must not draw from the training run's RNG stream.
     with torch.random.fork_rng(devices=[]):
         if name == "inception":

@@ -30,6 +30,11 @@ class Samples(ABC):
         that samples from a fitted latent distribution, like the AE, refits it here)."""
 
 
+# Translation directions between domains A and B: direction -> (source domain, target domain), and the way back.
+DIRECTIONS = {"AtoB": ("A", "B"), "BtoA": ("B", "A")}
+REVERSE = {"AtoB": "BtoA", "BtoA": "AtoB"}
+
+
 class Translates(ABC):
     # direction -> (source domain, target domain)
     directions: dict[str, tuple[str, str]] = {}

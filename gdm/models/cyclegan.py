@@ -16,39 +16,45 @@ them as one batch: the same result as two calls, in fewer, larger convolutions.
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor, nn
 
 from gdm.augment import build_augment
-from gdm.errors import GdmError, integer_option, number_option
+from gdm.errors import GdmError
 from gdm.losses import get_target_loss
-from gdm.models.base import GenerativeModule, check_adam
-from gdm.models.capabilities import Translates
+from gdm.models.adversarial import AdversarialModule, Losses
+from gdm.models.capabilities import DIRECTIONS, REVERSE, Translates
 from gdm.models.image_pool import ImagePool
+from gdm.option_types import (
+    AdamBetas,
+    ChannelsLast,
+    EpochsAtLr,
+    EpochsDecay,
+    GradClip,
+    LearningRate,
+    LossWeight,
+    NonNegativeInt,
+    Visuals,
+    checked,
+)
 
 NetFactory = Callable[..., nn.Module]
-log = logging.getLogger(__name__)
-# Translation directions: (source domain, target domain), and the way back.
-DIRECTIONS = {"AtoB": ("A", "B"), "BtoA": ("B", "A")}
-REVERSE = {"AtoB": "BtoA", "BtoA": "AtoB"}
 
 
-def linear_decay(n_epochs: int, n_epochs_decay: int) -> Callable[[int], float]:
-    """The reference schedule: lr factor 1 for epochs 0..n_epochs-1, then 1 - k / (n_epochs_decay + 1)
-    in the k-th decay epoch, reaching ~0 at the last of the n_epochs + n_epochs_decay epochs; 0 after
-    (where the reference's rule would turn negative)."""
-    return lambda epoch: max(0.0, 1.0 - max(0, epoch + 1 - n_epochs) / float(n_epochs_decay + 1))
-
-
-class CycleGAN(GenerativeModule, Translates):
+class CycleGAN(AdversarialModule, Translates):
+    generators, discriminators = ("g_ab", "g_ba"), ("d_a", "d_b")
+    g_first = True  # the reference's optimize_parameters: G's update, then D's on pooled fakes
     requires = frozenset({"image_a", "image_b"})
     directions, reverse = DIRECTIONS, REVERSE
     size_multiple = 4  # the ResNet generator's two stride-2 stages
 
+    # `loss`, `augment*` and `ada_*` are checked by the parts that use them (get_target_loss, build_augment).
+    @checked
     def __init__(
         self,
         image_shape: tuple[int, int, int],
@@ -56,32 +62,28 @@ class CycleGAN(GenerativeModule, Translates):
         discriminator: NetFactory,
         num_classes: int | None = None,
         loss: str = "lsgan",
-        lambda_a: float = 10.0,
-        lambda_b: float = 10.0,
-        lambda_identity: float = 0.5,
-        pool_size: int = 50,
-        lr: float = 2e-4,
-        betas: Sequence[float] = (0.5, 0.999),
-        n_epochs: int = 100,
-        n_epochs_decay: int = 100,
-        channels_last: bool | str = False,
-        num_visuals: int = 8,
-        augment: str | None = None,
-        augment_policy: str = "color,translation,cutout",
-        ada_target: float = 0.6,
-        ada_interval: int = 4,
-        ada_kimg: float = 500.0,
+        lambda_a: Annotated[LossWeight, Field(description="cycle weight A -> B -> A; 10 in the paper")] = 10.0,
+        lambda_b: Annotated[LossWeight, Field(description="cycle weight B -> A -> B; 10 in the paper")] = 10.0,
+        lambda_identity: Annotated[LossWeight, Field(
+            description="identity weight relative to the cycle weights; 0.5 in the reference code, 0: off")] = 0.5,
+        pool_size: Annotated[NonNegativeInt, Field(
+            description="past fakes the discriminators train on; 50 in the paper, 0: no pool")] = 50,
+        lr: LearningRate = 2e-4,
+        betas: AdamBetas = (0.5, 0.999),
+        n_epochs: EpochsAtLr = 100,
+        n_epochs_decay: EpochsDecay = 100,
+        channels_last: ChannelsLast = False,
+        num_visuals: Visuals = 8,
+        augment: object = None,
+        augment_policy: object = "color,translation,cutout",
+        ada_target: object = 0.6,
+        ada_interval: object = 4,
+        ada_kimg: object = 500.0,
+        grad_clip: GradClip = None,
     ):
-        super().__init__()
+        super().__init__(lr, lr, betas, decay_epochs=(n_epochs, n_epochs_decay), grad_clip=grad_clip)
         self.save_hyperparameters(ignore=["generator", "discriminator"])
-        self.automatic_optimization = False
         self.criterion = get_target_loss(loss)
-        check_adam(betas, lr=lr)
-        for key, weight in (("lambda_a", lambda_a), ("lambda_b", lambda_b), ("lambda_identity", lambda_identity)):
-            number_option(f"model.{key}", weight, minimum=0, hint="(a loss weight)")
-        integer_option("model.pool_size", pool_size, minimum=0, hint="(0: no image pool)")
-        integer_option("model.n_epochs", n_epochs, minimum=0, hint="(epochs at the initial learning rate)")
-        integer_option("model.n_epochs_decay", n_epochs_decay, minimum=0, hint="(epochs of linear decay to 0)")
         self.g_ab, self.g_ba = generator(image_shape=image_shape), generator(image_shape=image_shape)
         self.d_a, self.d_b = discriminator(image_shape=image_shape), discriminator(image_shape=image_shape)
         self.pool_a, self.pool_b = ImagePool(pool_size, image_shape), ImagePool(pool_size, image_shape)
@@ -93,88 +95,47 @@ class CycleGAN(GenerativeModule, Translates):
 
     # ---- training -------------------------------------------------------------------------
 
-    def configure_optimizers(self):
-        hp = self.hparams
-        fused = self.device.type in ("cpu", "cuda")
-        opt_g = torch.optim.Adam([*self.g_ab.parameters(), *self.g_ba.parameters()], lr=hp.lr,
-                                 betas=tuple(float(b) for b in hp.betas), fused=fused)
-        opt_d = torch.optim.Adam([*self.d_a.parameters(), *self.d_b.parameters()], lr=hp.lr,
-                                 betas=tuple(float(b) for b in hp.betas), fused=fused)
-        decay = linear_decay(hp.n_epochs, hp.n_epochs_decay)
-        scheds = [torch.optim.lr_scheduler.LambdaLR(opt, decay) for opt in (opt_g, opt_d)]
-        return [opt_g, opt_d], [{"scheduler": s, "interval": "epoch"} for s in scheds]
-
-    def on_fit_start(self) -> None:
-        epochs = self.hparams.n_epochs + self.hparams.n_epochs_decay
-        if self.trainer.max_epochs not in (None, -1) and self.trainer.max_epochs > epochs:
-            log.warning(f"trainer.max_epochs={self.trainer.max_epochs} is past the end of the learning-rate "
-                        f"schedule (model.n_epochs + model.n_epochs_decay = {epochs}): the lr is 0 from epoch "
-                        f"{epochs} on; raise model.n_epochs or model.n_epochs_decay to train there.")
-        elif self.trainer.max_epochs not in (None, -1) and self.trainer.max_epochs < epochs:
-            log.warning(f"trainer.max_epochs={self.trainer.max_epochs} stops before the end of the learning-rate "
-                        f"schedule (model.n_epochs + model.n_epochs_decay = {epochs}): the lr will not decay to 0.")
-
-    def _layout(self, x: Tensor) -> Tensor:
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
-
     def _fused(self, net: nn.Module, *inputs: Tensor) -> tuple[Tensor, ...]:
         if self.fuse and len(inputs) > 1:
             return net(torch.cat(inputs)).split([x.shape[0] for x in inputs])
         return tuple(net(x) for x in inputs)
 
-    def training_step(self, batch: dict, batch_idx: int) -> None:
-        opt_g, _ = optimizers = self.training_optimizers()
-        logs = self.update(batch, batch_idx, *optimizers)
-        logs["train/lr"] = opt_g.param_groups[0]["lr"]  # a float: Lightning makes it a tensor on the logged batches
-        self.log_train(logs, batch_size=batch["image_a"].shape[0])
-
-    def update(self, batch: dict, batch_idx: int, opt_g, opt_d) -> dict[str, Tensor]:
-        """One training batch, the reference's optimize_parameters(): the generators' update, then the
-        discriminators' on pooled fakes, with the optimizers of `configure_optimizers` (Lightning's wrappers, or
-        the plain ones in a loop without a Trainer). Returns the values to log, detached (no host read)."""
-        hp = self.hparams
-        real_a, real_b = self._layout(batch["image_a"]), self._layout(batch["image_b"])
-        identity = hp.lambda_identity > 0
+    def fakes(self, batch: dict, batch_idx: int) -> dict:
+        real_a, real_b = self.to_layout(batch["image_a"]), self.to_layout(batch["image_b"])
+        identity = self.hparams.lambda_identity > 0
         # A generator's identity input (the other domain's real image) shares its first call.
         fake_b, *idt_b = self._fused(self.g_ab, real_a, *([real_b] if identity else []))
         fake_a, *idt_a = self._fused(self.g_ba, real_b, *([real_a] if identity else []))
         rec_a, rec_b = self.g_ba(fake_b), self.g_ab(fake_a)
+        return {"real_a": real_a, "real_b": real_b, "fake_a": fake_a, "fake_b": fake_b, "rec_a": rec_a,
+                "rec_b": rec_b, "idt_a": idt_a[0] if identity else None, "idt_b": idt_b[0] if identity else None}
 
-        with self.frozen(self.d_a, self.d_b):  # D's weights need no gradients for G's update
-            adv_b = self.criterion(self.d_b(self.d_input(fake_b)), True)
-            adv_a = self.criterion(self.d_a(self.d_input(fake_a)), True)
-            cycle_a = F.l1_loss(rec_a, real_a)
-            cycle_b = F.l1_loss(rec_b, real_b)
-            g_loss = adv_a + adv_b + hp.lambda_a * cycle_a + hp.lambda_b * cycle_b
-            logs = {"train/g_adv_a": adv_a, "train/g_adv_b": adv_b, "train/cycle_a": cycle_a, "train/cycle_b": cycle_b}
-            if identity:
-                idt_loss_a, idt_loss_b = F.l1_loss(idt_a[0], real_a), F.l1_loss(idt_b[0], real_b)
-                g_loss = g_loss + hp.lambda_identity * (hp.lambda_a * idt_loss_a + hp.lambda_b * idt_loss_b)
-                logs.update({"train/idt_a": idt_loss_a, "train/idt_b": idt_loss_b})
-            if self.loss_ok("g_loss", g_loss):
-                self.step_optimizer(opt_g, g_loss)
+    def g_loss(self, real_a: Tensor, real_b: Tensor, fake_a: Tensor, fake_b: Tensor, rec_a: Tensor, rec_b: Tensor,
+               idt_a: Tensor | None, idt_b: Tensor | None) -> Losses:
+        """Adversarial (both directions) + lambda_a / lambda_b cycle L1 + lambda_identity identity L1."""
+        hp = self.hparams
+        adv_b = self.criterion(self.d_b(self.d_input(fake_b)), True)
+        adv_a = self.criterion(self.d_a(self.d_input(fake_a)), True)
+        cycle_a = F.l1_loss(rec_a, real_a)
+        cycle_b = F.l1_loss(rec_b, real_b)
+        g_loss = adv_a + adv_b + hp.lambda_a * cycle_a + hp.lambda_b * cycle_b
+        logs = {"g_adv_a": adv_a, "g_adv_b": adv_b, "cycle_a": cycle_a, "cycle_b": cycle_b}
+        if idt_a is not None:
+            idt_loss_a, idt_loss_b = F.l1_loss(idt_a, real_a), F.l1_loss(idt_b, real_b)
+            g_loss = g_loss + hp.lambda_identity * (hp.lambda_a * idt_loss_a + hp.lambda_b * idt_loss_b)
+            logs.update(idt_a=idt_loss_a, idt_b=idt_loss_b)
+        return Losses(g_loss, {**logs, "g_loss": g_loss})
 
-        d_a_loss, real_logits_a = self._d_loss(self.d_a, real_a, self.pool_a.query(fake_a.detach()))
-        d_b_loss, real_logits_b = self._d_loss(self.d_b, real_b, self.pool_b.query(fake_b.detach()))
-        self.log_augment(torch.cat([real_logits_a.flatten(), real_logits_b.flatten()]), 2 * real_a.shape[0], logs)
-        d_loss = d_a_loss + d_b_loss
-        if self.loss_ok("d_loss", d_loss):
-            self.step_optimizer(opt_d, d_loss)
-        logs.update({"train/g_loss": g_loss, "train/d_a": d_a_loss, "train/d_b": d_b_loss})
-        return {k: v.detach() for k, v in logs.items()}
+    def d_loss(self, real_a: Tensor, real_b: Tensor, fake_a: Tensor, fake_b: Tensor, **_) -> Losses:
+        """0.5 (c(D(real), real) + c(D(pool(fake)), fake)) for each discriminator, the fakes drawn from its pool."""
+        d_a, real_logits_a = self._d_loss(self.d_a, real_a, self.pool_a.query(fake_a.detach()))
+        d_b, real_logits_b = self._d_loss(self.d_b, real_b, self.pool_b.query(fake_b.detach()))
+        return Losses(d_a + d_b, {"d_a": d_a, "d_b": d_b}, (real_logits_a, real_logits_b))
 
     def _d_loss(self, d: nn.Module, real: Tensor, fake: Tensor) -> tuple[Tensor, Tensor]:
         """The discriminator's loss and its logits on the (augmented) real images."""
-        real_logits, fake_logits = self._fused(d, self.d_input(real), self.d_input(self._layout(fake)))
+        real_logits, fake_logits = self._fused(d, self.d_input(real), self.d_input(self.to_layout(fake)))
         return 0.5 * (self.criterion(real_logits, True) + self.criterion(fake_logits, False)), real_logits
-
-    def on_train_epoch_start(self) -> None:
-        # Manual optimization leaves the schedulers to us. Bringing them to the current epoch here, not
-        # stepping at the end of an epoch, keeps them right when a run resumes from a checkpoint saved
-        # at the end of an epoch (before any end-of-epoch step).
-        for scheduler in self.lr_schedulers():
-            while scheduler.last_epoch < self.current_epoch:
-                scheduler.step()
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         # The translation metrics (FID both ways, cycle L1, label preservation) run in the Evaluator at the end
@@ -182,7 +143,7 @@ class CycleGAN(GenerativeModule, Translates):
         # tracks their overfitting (a diagnostic: the smaller domain's images repeat in these pairs).
         n = batch["image_a"].shape[0]
         for name, d, real in (("a", self.d_a, batch["image_a"]), ("b", self.d_b, batch["image_b"])):
-            self.log(f"val/d_{name}_real", d(self._layout(real)).mean(), on_epoch=True, batch_size=n, sync_dist=True)
+            self.log(f"val/d_{name}_real", d(self.to_layout(real)).mean(), on_epoch=True, batch_size=n, sync_dist=True)
         if batch_idx == 0:
             self.log_augment_state()
 
@@ -196,13 +157,8 @@ class CycleGAN(GenerativeModule, Translates):
     @torch.no_grad()
     def translate(self, images: Tensor, direction: str = "AtoB") -> Tensor:
         """Images in [-1, 1] of domain A (direction AtoB) or B (BtoA) -> the other domain, in [-1, 1]."""
-        net = self.generator(direction)
-        was_training = net.training
-        net.eval()
-        try:
-            return net(self._layout(self.to_model(images))).float()
-        finally:
-            net.train(was_training)
+        with self.evaluating(self.generator(direction)) as net:
+            return net(self.to_layout(self.to_model(images))).float()
 
     def visuals(self, examples: dict[str, Tensor]) -> dict[str, tuple[Tensor, int]]:
         """Per direction, rows of (real | translated | translated back) for the first test images of its source

@@ -1,83 +1,99 @@
 """Generative adversarial network with manual optimization: one optimizer per network.
 
-With `conditional=True` (model=cgan) it is a class-conditional GAN: G and D take the labels, fakes
+With `conditional=True` it is a class-conditional GAN: G and D take the labels, fakes
 are generated for the labels of the real batch, and samples for metrics draw their labels from the
 training split's class frequencies (class-balanced FID), unless labels are given. With `clusters=k` it
 conditions on k-means clusters of the training images instead of labels (gdm.models.clusters): the default
 run's recipe on the digits (20 clusters), where it measured a mean FID of 22.0 against 58.5 unconditional.
 
 Each training batch makes one discriminator update, and every `n_critic`-th batch also one
-generator update. Lightning's `trainer.global_step` counts optimizer steps, so a batch with both
-updates advances it by 2: `trainer.max_steps` = 2 x the number of batches when n_critic = 1.
+generator update. Lightning's `global_step` counts optimizer steps, so a batch with both updates
+advances it by 2: the Trainer's `max_steps` = 2 x the number of batches when n_critic = 1.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from functools import partial
+from typing import Annotated
 
 import torch
+from pydantic import Field
 from torch import Tensor, nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from gdm.augment import build_augment
-from gdm.errors import GdmError, integer_option, number_option
+from gdm.errors import GdmError
 from gdm.losses import LeCam, get_loss, gradient_penalty, r1_penalty
-from gdm.models.base import GenerativeModule, check_adam, latent_labels, latent_noise
+from gdm.models.adversarial import AdversarialModule, Losses
+from gdm.models.base import latent_labels, latent_noise
 from gdm.models.capabilities import Samples
 from gdm.models.clusters import PixelClusters
+from gdm.models.ema import EMA
+from gdm.option_types import (
+    AdamBetas,
+    ChannelsLast,
+    Count,
+    Decay,
+    Flag,
+    GradClip,
+    LearningRate,
+    LossWeight,
+    NonNegativeInt,
+    Visuals,
+    checked,
+)
 
 NetFactory = Callable[..., nn.Module]
 
 
-class GAN(GenerativeModule, Samples):
+class GAN(AdversarialModule, Samples):
+    generators, discriminators = ("generator",), ("discriminator",)
     channels_last_on_cpu = True  # DCGAN nets on the CPU: NHWC 1.10-1.16x NCHW (experiments/README.md)
     optional_state = ("lecam.",)  # LeCam's moving averages: switching it on or off on resume starts / drops them
 
+    # Options with a type here are checked here; `clusters`, `augment_policy`, `ada_*` and `lecam_decay` by the
+    # parts that use them (PixelClusters, DiffAugment, ADA, LeCam), and only when those are on.
+    @checked
     def __init__(
         self,
         image_shape: tuple[int, int, int],
         generator: NetFactory,
         discriminator: NetFactory,
         num_classes: int | None = None,
-        latent_dim: int = 100,
+        latent_dim: Annotated[Count, Field(description="latent dimensions; DCGAN's 100")] = 100,
         loss: str = "vanilla",
-        n_critic: int = 1,
-        lr_g: float = 2e-4,
-        lr_d: float = 2e-4,
-        betas: Sequence[float] = (0.5, 0.999),
-        gp_weight: float | None = None,
-        r1_gamma: float = 0.0,
-        lecam_weight: float = 0.0,
-        lecam_decay: float = 0.99,
-        ema_decay: float | None = None,
-        channels_last: bool | str = False,
-        num_visuals: int = 64,
-        visual_seed: int = 1234,
-        conditional: bool = False,
-        clusters: int | None = None,
-        augment: str | None = None,
-        augment_policy: str = "color,translation,cutout",
-        ada_target: float = 0.6,
-        ada_interval: int = 4,
-        ada_kimg: float = 500.0,
+        n_critic: Annotated[Count, Field(
+            description="discriminator updates per generator update; 5 in WGAN-GP")] = 1,
+        lr_g: LearningRate = 2e-4,
+        lr_d: LearningRate = 2e-4,
+        betas: AdamBetas = (0.5, 0.999),
+        gp_weight: Annotated[LossWeight | None, Field(
+            description="gradient-penalty weight; null: the loss's own, 10 for wgan-gp as in Gulrajani et al.")] = None,
+        r1_gamma: Annotated[LossWeight, Field(description="R1 penalty gamma, Mescheder et al. 2018; 0: off")] = 0.0,
+        lecam_weight: Annotated[LossWeight, Field(
+            description="LeCam regularization weight; 0: off, 0.3 in Tseng et al. 2021")] = 0.0,
+        lecam_decay: object = 0.99,
+        ema_decay: Annotated[Decay | None, Field(description="decay of G's EMA; null: no EMA")] = None,
+        channels_last: ChannelsLast = False,
+        num_visuals: Visuals = 64,
+        visual_seed: NonNegativeInt = 1234,
+        conditional: Flag = False,
+        clusters: object = None,
+        augment: object = None,
+        augment_policy: object = "color,translation,cutout",
+        ada_target: object = 0.6,
+        ada_interval: object = 4,
+        ada_kimg: object = 500.0,
+        grad_clip: GradClip = None,
     ):
-        super().__init__()
+        super().__init__(lr_g, lr_d, betas, grad_clip=grad_clip)
         self.save_hyperparameters(ignore=["generator", "discriminator"])
-        self.automatic_optimization = False
         self.adversarial = get_loss(loss)
-        integer_option("model.n_critic", n_critic, minimum=1, hint="(discriminator updates per generator update)")
-        integer_option("model.latent_dim", latent_dim, minimum=1)
-        integer_option("model.num_visuals", num_visuals, minimum=1)
-        check_adam(betas, lr_g=lr_g, lr_d=lr_d)
-        number_option("model.gp_weight", gp_weight, minimum=0, optional=True, hint="(null: the loss's own)")
-        number_option("model.r1_gamma", r1_gamma, minimum=0, hint="(0: off)")
-        number_option("model.ema_decay", ema_decay, minimum=0, below=1, optional=True, hint="(null: no EMA)")
         self.gp_weight = self.adversarial.gradient_penalty_weight if gp_weight is None else gp_weight
         self.latent_dim, self.n_critic, self.r1_gamma = latent_dim, n_critic, r1_gamma
         if conditional and clusters is not None:
-            raise GdmError(f"model.conditional=true (the data's labels) and model.clusters={clusters} (k-means "
-                           "clusters as labels) exclude each other: set model.clusters=null, or model=gan.")
+            raise GdmError(f"conditional=true (the data's labels) and clusters={clusters} (k-means "
+                           "clusters as labels) exclude each other: set clusters=null, or model=gan.")
         if conditional and not num_classes:
             raise GdmError("model=cgan needs labelled data, and this data has no labels: use data=digits, mnist, "
                            "cifar10, or an image folder with one sub-folder per class.")
@@ -92,36 +108,21 @@ class GAN(GenerativeModule, Samples):
         self.discriminator = discriminator(image_shape=image_shape, **classes)
         # Training-split class frequencies (`set_class_frequencies`): the labels of class-balanced samples.
         self.register_buffer("class_probs", torch.full((num_classes or 1,), 1.0 / (num_classes or 1)))
-        penalty = f"model.loss={loss}" if self.gp_weight > 0 else f"model.r1_gamma={r1_gamma}" if r1_gamma > 0 else None
+        penalty = f"loss={loss}" if self.gp_weight > 0 else f"r1_gamma={r1_gamma}" if r1_gamma > 0 else None
         if penalty and any(isinstance(m, nn.BatchNorm2d) for m in self.discriminator.modules()):
             raise GdmError(
                 f"{penalty} uses a per-sample gradient penalty, which batch norm in the discriminator "
-                "breaks: set model.discriminator.norm=layer (or none)."
+                "breaks: set norm=layer (or none) in the discriminator."
             )
-        number_option("model.lecam_weight", lecam_weight, minimum=0, hint="(0: off; 0.3 in the LeCam paper)")
         self.lecam_weight = lecam_weight
-        LeCam.checked_decay(lecam_decay)
         self.lecam = LeCam(lecam_decay) if lecam_weight > 0 else None  # its moving averages: in the state dict
-        # The EMA copy of G (Karras et al.) lives in the state dict, so checkpoints keep it.
-        self.generator_ema = (
-            AveragedModel(self.generator, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
-            if ema_decay else None
-        )
-        if self.generator_ema is not None:
-            self.generator_ema.requires_grad_(False)
+        # The EMA copy of G lives in the state dict, so checkpoints keep it.
+        self.generator_ema = EMA(self.generator, ema_decay) if ema_decay else None
         # What D sees of real and generated images during training (gdm.augment), None = the images.
         self.augment = build_augment(augment, augment_policy, ada_target, ada_interval, ada_kimg)
         self.set_memory_format(channels_last)
 
     # ---- training -------------------------------------------------------------------------
-
-    def configure_optimizers(self):
-        betas = tuple(float(b) for b in self.hparams.betas)  # [0, 0.9] from the command line: ints
-        # Fused Adam updates all parameters in one kernel: several times faster than per-tensor.
-        fused = self.device.type in ("cpu", "cuda")
-        opt_g = torch.optim.Adam(self.generator.parameters(), lr=self.hparams.lr_g, betas=betas, fused=fused)
-        opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=self.hparams.lr_d, betas=betas, fused=fused)
-        return opt_g, opt_d
 
     def set_class_frequencies(self, counts: torch.Tensor) -> None:
         """Images per class in the training split (num_classes,): the labels of class-balanced samples
@@ -139,87 +140,54 @@ class GAN(GenerativeModule, Samples):
             return self.clusters.assign(real)
         return batch["label"] if self.conditional else None
 
-    def training_step(self, batch: dict, batch_idx: int) -> None:
-        logs = self.update(batch, batch_idx, *self.training_optimizers())
-        self.log_train(logs, batch_size=batch["image"].shape[0])
+    def g_turn(self, batch_idx: int) -> bool:
+        return (batch_idx + 1) % self.n_critic == 0
 
-    def update(self, batch: dict, batch_idx: int, opt_g, opt_d) -> dict[str, Tensor]:
-        """One training batch: a D update and, every n_critic-th batch, a G update, with the optimizers of
-        `configure_optimizers` (Lightning's wrappers, or the plain ones in a loop without a Trainer). Returns
-        the values to log, detached (no host read)."""
+    def fakes(self, batch: dict, batch_idx: int) -> dict:
         real = batch["image"]
         labels = self.batch_labels(batch, real)
-        if self.channels_last:
-            real = real.contiguous(memory_format=torch.channels_last)
-        g_turn = (batch_idx + 1) % self.n_critic == 0
+        real = self.to_layout(real)
         z = torch.randn(real.shape[0], self.latent_dim, device=real.device)
         # One G forward per batch: D sees it detached, and on G's turn its graph serves G's update.
-        with torch.set_grad_enabled(g_turn):
+        with torch.set_grad_enabled(self.g_turn(batch_idx)):
             fake = self.generator(z, labels)  # fakes for the real batch's labels
-
         if self.r1_gamma > 0:
             real.requires_grad_(True)  # R1 is the gradient with respect to the images before augmentation
+        return {"real": real, "fake": fake, "labels": labels}
+
+    def d_loss(self, real: Tensor, fake: Tensor, labels: Tensor | None) -> Losses:
+        """The adversarial loss on real and (detached) fake images, plus the enabled regularizers: the WGAN-GP
+        gradient penalty (Gulrajani et al. 2017), R1 (Mescheder et al. 2018), LeCam (Tseng et al. 2021)."""
         # Real and fake batches are augmented independently (each draws its own transforms).
         real_seen, fake_seen = self.d_input(real), self.d_input(fake.detach())
         real_logits = self.discriminator(real_seen, labels)
         fake_logits = self.discriminator(fake_seen, labels)
-        d_loss = self.adversarial.d_loss(real_logits, fake_logits)
-        logs = {"train/d_loss": d_loss.detach()}
-        self.log_augment(real_logits, real.shape[0], logs)
+        adversarial = self.adversarial.d_loss(real_logits, fake_logits)
+        total, logs = adversarial, {"d_loss": adversarial}
         if self.gp_weight > 0:
             gp = gradient_penalty(partial(self.discriminator, labels=labels), real_seen, fake_seen)
-            d_loss = d_loss + self.gp_weight * gp
-            logs["train/gp"] = gp.detach()
+            total, logs["gp"] = total + self.gp_weight * gp, gp
         if self.r1_gamma > 0:
             r1 = r1_penalty(real_logits, real)
-            d_loss = d_loss + 0.5 * self.r1_gamma * r1
-            logs["train/r1"] = r1.detach()
+            total, logs["r1"] = total + 0.5 * self.r1_gamma * r1, r1
         if self.lecam is not None:
             lecam = self.lecam(real_logits, fake_logits)
-            d_loss = d_loss + self.lecam_weight * lecam
-            logs["train/lecam"] = lecam.detach()
-        if self.loss_ok("d_loss", d_loss):
-            self.step_optimizer(opt_d, d_loss)
+            total, logs["lecam"] = total + self.lecam_weight * lecam, lecam
+        logs.update(d_real=real_logits.mean(), d_fake=fake_logits.mean())
+        return Losses(total, logs, (real_logits,))
 
-        if g_turn:
-            # D's weights need no gradient for G's update: freezing them skips that work.
-            with self.frozen(self.discriminator):
-                g_loss = self.adversarial.g_loss(self.discriminator(self.d_input(fake), labels))
-                g_step = self.loss_ok("g_loss", g_loss)
-                if g_step:
-                    self.step_optimizer(opt_g, g_loss)
-            if self.generator_ema is not None and g_step:
-                self.update_ema()
-            logs["train/g_loss"] = g_loss.detach()
-        logs["train/d_real"] = real_logits.detach().mean()
-        logs["train/d_fake"] = fake_logits.detach().mean()
-        return logs
+    def g_loss(self, real: Tensor, fake: Tensor, labels: Tensor | None) -> Losses:
+        g_loss = self.adversarial.g_loss(self.discriminator(self.d_input(fake), labels))
+        return Losses(g_loss, {"g_loss": g_loss})
 
-    def update_ema(self) -> None:
-        """generator_ema.update_parameters(generator) without its two reads of the update count per call
-        (host syncs on a GPU): once the count is known to be past 0, the EMA step runs on the device."""
-        ema = self.generator_ema
-        if not self.__dict__.get("_ema_started"):  # the first update here (the count may come from a checkpoint)
-            ema.update_parameters(self.generator)
-            self._ema_started = True
-            return
-        by_dtype: dict[torch.dtype, tuple[list[Tensor], list[Tensor]]] = {}
-        pairs = zip([*ema.module.parameters(), *ema.module.buffers()],
-                    [*self.generator.parameters(), *self.generator.buffers()], strict=True)
-        for averaged, current in pairs:  # the EMA's lerp takes one dtype per call, as update_parameters groups
-            group = by_dtype.setdefault(averaged.dtype, ([], []))
-            group[0].append(averaged.detach())
-            group[1].append(current.detach())
-        for averaged, current in by_dtype.values():
-            ema.multi_avg_fn(averaged, current, ema.n_averaged)
-        ema.n_averaged += 1
+    def after_g_step(self) -> None:
+        if self.generator_ema is not None:
+            self.generator_ema.update(self.generator)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         # The sample-quality metrics (FID) run in the Evaluator at the end of validation; here the
         # discriminator's view of held-out real images tracks its overfitting.
-        real = batch["image"]
-        if self.channels_last:
-            real = real.contiguous(memory_format=torch.channels_last)
+        real = self.to_layout(batch["image"])
         labels = self.batch_labels(batch, real)
         self.log("val/d_real", self.discriminator(real, labels).mean(), on_epoch=True, batch_size=real.shape[0],
                  sync_dist=True)
@@ -241,19 +209,14 @@ class GAN(GenerativeModule, Samples):
     def generate(self, indices: Sequence[int] | torch.Tensor, seed: int = 0,
                  labels: torch.Tensor | None = None) -> torch.Tensor:
         """Samples `indices` of the seeded sequence. A conditional model draws class `labels[i]` for
-        sample i, e.g. `model.generate(range(16), labels=torch.full((16,), 3))` gives 16 threes."""
+        sample i, e.g. `gan.generate(range(16), labels=torch.full((16,), 3))` gives 16 threes."""
         z = self.to_model(latent_noise(indices, self.latent_dim, seed))
         if self.conditional and labels is None:
             labels = self.sample_labels(indices, seed)
         elif labels is not None:
             labels = torch.as_tensor(labels, device=self.device)
-        sampler = self.sampler
-        was_training = sampler.training
-        sampler.eval()
-        try:
+        with self.evaluating(self.sampler) as sampler:
             return sampler(z, labels).float()
-        finally:
-            sampler.train(was_training)
 
     def visuals(self, examples: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, int]]:
         n, seed = self.hparams.num_visuals, self.hparams.visual_seed

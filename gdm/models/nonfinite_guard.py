@@ -1,6 +1,6 @@
 """The divergence guard of training updates: what a NaN or Inf loss does, without a host sync per update.
 
-Models call `loss_ok(name, loss)` before each backward pass. With callbacks.nonfinite_loss.action=stop
+Models call `loss_ok(name, loss)` before each backward pass. With the NonFiniteLoss callback's action=stop
 (default) the loss stays on its device and is read back every `nonfinite_check_every` batches and
 before each evaluation or checkpoint, so a checkpoint never holds weights trained on a non-finite loss;
 action=skip decides at once (one sync per update), the price of leaving that update out.
@@ -90,7 +90,7 @@ class NonFiniteGuard:
         where = self._describe(name, value, self._where())
         skipped[name] = skipped.get(name, 0) + 1
         if skipped[name] <= self.max_consecutive_skips:
-            (self.print if attached else print)(f"{where}: update skipped (callbacks.nonfinite_loss.action=skip)")
+            (self.print if attached else print)(f"{where}: update skipped (NonFiniteLoss action=skip)")
             return False
         self._stop(where, f" ({skipped[name]} in a row)")
 
@@ -102,7 +102,7 @@ class NonFiniteGuard:
             last = Path(self.trainer.default_root_dir) / "checkpoints" / "last.ckpt"  # where the Evaluator saves it
             keep = f"the last good checkpoint is {last}" if last.is_file() else keep
         other = "" if self.nonfinite_action == "skip" else \
-            ", or set callbacks.nonfinite_loss.action=skip to skip such updates"
+            ", or set the NonFiniteLoss callback's action=skip to skip such updates"
         raise Diverged(f"{where}{repeat}: training stopped; {keep}. Lower the learning rates (in a new run: a "
                        f"resumed one keeps the saved optimizer settings){other}.")
 

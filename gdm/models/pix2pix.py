@@ -18,21 +18,33 @@ statistics are left untouched. "eval": dropout off and batch norm's running stat
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor, nn
 
 from gdm.augment import build_augment
-from gdm.errors import GdmError, integer_option, number_option
+from gdm.errors import GdmError
 from gdm.losses import get_target_loss
-from gdm.models.base import GenerativeModule, check_adam
-from gdm.models.capabilities import Translates
-from gdm.models.cyclegan import DIRECTIONS, linear_decay
+from gdm.models.adversarial import AdversarialModule, Losses
+from gdm.models.capabilities import DIRECTIONS, Translates
+from gdm.option_types import (
+    AdamBetas,
+    ChannelsLast,
+    EpochsAtLr,
+    EpochsDecay,
+    GradClip,
+    LearningRate,
+    LossWeight,
+    NonNegativeInt,
+    Visuals,
+    checked,
+)
 
 NetFactory = Callable[..., nn.Module]
-INFERENCE = ("paper", "eval")
 
 
 def seed_dropout(device: torch.device, seed: int) -> None:
@@ -49,45 +61,41 @@ def seed_dropout(device: torch.device, seed: int) -> None:
         torch.manual_seed(seed)
 
 
-class Pix2Pix(GenerativeModule, Translates):
+class Pix2Pix(AdversarialModule, Translates):
+    generators, discriminators = ("net_g",), ("net_d",)
     requires = frozenset({"image_a", "image_b", "aligned"})
 
+    # `loss`, `augment*` and `ada_*` are checked by the parts that use them (get_target_loss, build_augment).
+    @checked
     def __init__(
         self,
         image_shape: tuple[int, int, int],
         generator: NetFactory,
         discriminator: NetFactory,
         num_classes: int | None = None,
-        direction: str = "AtoB",
+        direction: Annotated[Literal["AtoB", "BtoA"], Field(
+            description="which image of a pair is the input")] = "AtoB",
         loss: str = "vanilla",
-        lambda_l1: float = 100.0,
-        lr: float = 2e-4,
-        betas: Sequence[float] = (0.5, 0.999),
-        n_epochs: int = 100,
-        n_epochs_decay: int = 100,
-        inference: str = "paper",
-        inference_seed: int = 0,
-        channels_last: bool | str = False,
-        num_visuals: int = 8,
-        augment: str | None = None,
-        augment_policy: str = "color,translation,cutout",
-        ada_target: float = 0.6,
-        ada_interval: int = 4,
-        ada_kimg: float = 500.0,
+        lambda_l1: Annotated[LossWeight, Field(description="the L1 loss weight; 100 in the paper")] = 100.0,
+        lr: LearningRate = 2e-4,
+        betas: AdamBetas = (0.5, 0.999),
+        n_epochs: EpochsAtLr = 100,
+        n_epochs_decay: EpochsDecay = 100,
+        inference: Annotated[Literal["paper", "eval"], Field(description=(
+            "paper: dropout and batch statistics at test time, as the paper; eval: eval mode"))] = "paper",
+        inference_seed: Annotated[NonNegativeInt, Field(
+            description="the seed of the dropout masks of paper inference")] = 0,
+        channels_last: ChannelsLast = False,
+        num_visuals: Visuals = 8,
+        augment: object = None,
+        augment_policy: object = "color,translation,cutout",
+        ada_target: object = 0.6,
+        ada_interval: object = 4,
+        ada_kimg: object = 500.0,
+        grad_clip: GradClip = None,
     ):
-        super().__init__()
+        super().__init__(lr, lr, betas, decay_epochs=(n_epochs, n_epochs_decay), grad_clip=grad_clip)
         self.save_hyperparameters(ignore=["generator", "discriminator"])
-        self.automatic_optimization = False
-        if direction not in DIRECTIONS:
-            raise GdmError(f"direction '{direction}' is not one of {', '.join(DIRECTIONS)}.")
-        if inference not in INFERENCE:
-            raise GdmError(f"model.inference={inference} is not a mode; choose paper (dropout and batch statistics, "
-                           "as the paper) or eval.")
-        integer_option("model.n_epochs", n_epochs, minimum=0, hint="(epochs at the initial learning rate)")
-        integer_option("model.n_epochs_decay", n_epochs_decay, minimum=0, hint="(epochs of linear decay to 0)")
-        integer_option("model.inference_seed", inference_seed, minimum=0)
-        check_adam(betas, lr=lr)
-        number_option("model.lambda_l1", lambda_l1, minimum=0, hint="(the L1 loss weight; the paper uses 100)")
         self.criterion = get_target_loss(loss)
         self.direction = direction
         self.directions = {direction: DIRECTIONS[direction]}  # one way only: no reverse
@@ -103,65 +111,30 @@ class Pix2Pix(GenerativeModule, Translates):
 
     # ---- training -------------------------------------------------------------------------
 
-    def configure_optimizers(self):
-        hp = self.hparams
-        fused = self.device.type in ("cpu", "cuda")
-        betas = tuple(float(b) for b in hp.betas)  # [0, 0.9] from the command line: ints
-        opt_g = torch.optim.Adam(self.net_g.parameters(), lr=hp.lr, betas=betas, fused=fused)
-        opt_d = torch.optim.Adam(self.net_d.parameters(), lr=hp.lr, betas=betas, fused=fused)
-        decay = linear_decay(hp.n_epochs, hp.n_epochs_decay)
-        scheds = [torch.optim.lr_scheduler.LambdaLR(opt, decay) for opt in (opt_g, opt_d)]
-        return [opt_g, opt_d], [{"scheduler": s, "interval": "epoch"} for s in scheds]
+    def fakes(self, batch: dict, batch_idx: int) -> dict:
+        real_in, real_out = self.to_layout(batch[self.source_key]), self.to_layout(batch[self.target_key])
+        return {"real_in": real_in, "real_out": real_out, "fake_out": self.net_g(real_in)}
 
-    def _layout(self, x: Tensor) -> Tensor:
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
-
-    def d_loss(self, real_in: Tensor, real_out: Tensor, fake_out: Tensor) -> dict[str, Tensor]:
-        """The discriminator's loss on one batch of pairs (fake_out detached by the caller)."""
+    def d_loss(self, real_in: Tensor, real_out: Tensor, fake_out: Tensor) -> Losses:
+        """0.5 (c(D(x, y), real) + c(D(x, G(x)), fake)) on the pairs, G(x) detached."""
         real_logits = self.net_d(self.d_input(torch.cat([real_in, real_out], 1)))
-        fake_logits = self.net_d(self.d_input(torch.cat([real_in, fake_out], 1)))
+        fake_logits = self.net_d(self.d_input(torch.cat([real_in, fake_out.detach()], 1)))
         d_real, d_fake = self.criterion(real_logits, True), self.criterion(fake_logits, False)
-        return {"d_loss": 0.5 * (d_real + d_fake), "d_real": d_real, "d_fake": d_fake, "real_logits": real_logits}
+        d_loss = 0.5 * (d_real + d_fake)
+        return Losses(d_loss, {"d_loss": d_loss, "d_real": d_real, "d_fake": d_fake}, (real_logits,))
 
-    def g_loss(self, real_in: Tensor, real_out: Tensor, fake_out: Tensor) -> dict[str, Tensor]:
+    def g_loss(self, real_in: Tensor, real_out: Tensor, fake_out: Tensor) -> Losses:
+        """c(D(x, G(x)), real) + lambda_l1 |G(x) - y|."""
         adv = self.criterion(self.net_d(self.d_input(torch.cat([real_in, fake_out], 1))), True)
         l1 = F.l1_loss(fake_out, real_out)
-        return {"g_loss": adv + self.hparams.lambda_l1 * l1, "g_adv": adv, "l1": l1}
-
-    def update(self, batch: dict, batch_idx: int, opt_g, opt_d) -> dict[str, Tensor]:
-        """One training batch, the reference's optimize_parameters(): G(x), then D's update, then G's against the
-        updated D, with the optimizers of `configure_optimizers` (Lightning's wrappers, or the plain ones in a
-        loop without a Trainer). Returns the values to log, detached (no host read)."""
-        real_in, real_out = self._layout(batch[self.source_key]), self._layout(batch[self.target_key])
-        fake_out = self.net_g(real_in)
-        d_losses = self.d_loss(real_in, real_out, fake_out.detach())
-        augment_logs: dict[str, Tensor] = {}
-        self.log_augment(d_losses.pop("real_logits"), real_in.shape[0], augment_logs)
-        if self.loss_ok("d_loss", d_losses["d_loss"]):
-            self.step_optimizer(opt_d, d_losses["d_loss"])
-        with self.frozen(self.net_d):  # D's weights need no gradients for G's update
-            g_losses = self.g_loss(real_in, real_out, fake_out)
-            if self.loss_ok("g_loss", g_losses["g_loss"]):
-                self.step_optimizer(opt_g, g_losses["g_loss"])
-        return {**{f"train/{k}": v.detach() for k, v in {**d_losses, **g_losses}.items()}, **augment_logs}
-
-    def training_step(self, batch: dict, batch_idx: int) -> None:
-        opt_g, _ = optimizers = self.training_optimizers()
-        logs = self.update(batch, batch_idx, *optimizers)
-        logs["train/lr"] = opt_g.param_groups[0]["lr"]  # a float: Lightning makes it a tensor on the logged batches
-        self.log_train(logs, batch_size=batch[self.source_key].shape[0])
-
-    def on_train_epoch_start(self) -> None:
-        # As CycleGAN: bring the schedulers to the current epoch here, which stays right after a resume.
-        for scheduler in self.lr_schedulers():
-            while scheduler.last_epoch < self.current_epoch:
-                scheduler.step()
+        g_loss = adv + self.hparams.lambda_l1 * l1
+        return Losses(g_loss, {"g_loss": g_loss, "g_adv": adv, "l1": l1})
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         # The translation metrics run in the Evaluator over the test pairs; here D's view of held-out real pairs
         # tracks its overfitting.
         real = torch.cat([batch[self.source_key], batch[self.target_key]], 1)
-        self.log("val/d_real", self.net_d(self._layout(real)).mean(), on_epoch=True, batch_size=real.shape[0],
+        self.log("val/d_real", self.net_d(self.to_layout(real)).mean(), on_epoch=True, batch_size=real.shape[0],
                  sync_dist=True)
         if batch_idx == 0:
             self.log_augment_state()
@@ -178,15 +151,12 @@ class Pix2Pix(GenerativeModule, Translates):
         """Input images in [-1, 1] (the source domain of the model's direction) -> translations in [-1, 1]."""
         if direction not in (None, self.direction):
             raise GdmError(f"this pix2pix model translates {self.direction} only, not {direction}.")
-        images = self._layout(self.to_model(images))
+        images = self.to_layout(self.to_model(images))
         net = self.net_g
-        was_training = net.training
         if self.hparams.inference == "eval":
-            net.eval()
-            try:
+            with self.evaluating(net):
                 return net(images).float()
-            finally:
-                net.train(was_training)
+        was_training = net.training
         norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         saved = [{k: v.clone() for k, v in m.state_dict().items()} for m in norms]
         net.train()

@@ -13,7 +13,6 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from gdm.checkpoints import changed_precision, changed_settings, check_fits
-from gdm.errors import boolean_option
 from gdm.evaluation.evaluator import Evaluator
 from gdm.loggers import finish_loggers, offline_wandb_dir
 from gdm.resume import resume_from
@@ -23,17 +22,21 @@ from gdm.tasks.build import (
     build_loggers,
     build_model,
     build_trainer,
+    check_evaluation,
+    check_gradient_clipping,
     check_run_fits,
     check_training_precision,
     seed_option,
 )
+from gdm.tasks.options import check_run_options
 
 log = logging.getLogger(__name__)
 
 
 def train(cfg: DictConfig) -> float | None:
     check_training_precision(cfg.trainer.get("precision"))
-    test_after_fit = boolean_option("test_after_fit", cfg.get("test_after_fit", True))
+    check_run_options(cfg)
+    test_after_fit = cfg.get("test_after_fit", True)
     seed = L.seed_everything(seed_option(cfg), workers=True)
     with open_dict(cfg):
         cfg.seed = seed  # seed=null: the seed Lightning drew, recorded in config.yaml and the checkpoints
@@ -45,6 +48,7 @@ def train(cfg: DictConfig) -> float | None:
     resume = resume_from(cfg)
     datamodule = build_datamodule(cfg)
     model = build_model(cfg, datamodule, from_checkpoint=resume is not None)
+    check_gradient_clipping(cfg, model)
     if resume is not None:
         check_fits(model, resume[1], resume[0])
         changed = changed_settings(model, resume[1])
@@ -63,6 +67,7 @@ def train(cfg: DictConfig) -> float | None:
         evaluator = next(cb for cb in callbacks if isinstance(cb, Evaluator))
         trainer = build_trainer(cfg, callbacks, loggers)
         check_run_fits(cfg, datamodule, trainer)
+        check_evaluation(cfg, evaluator, model, datamodule)
         for logger in loggers:
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
         trainer.fit(model, datamodule=datamodule, ckpt_path=str(resume[0]) if resume else None)

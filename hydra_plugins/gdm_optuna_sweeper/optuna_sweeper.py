@@ -64,15 +64,26 @@ class OptunaSweeper(Sweeper):
         sweep_dir = Path(self.config.hydra.sweep.dir)
         pruner_config = self.pruner_config_node()
         pruner = self.build_pruner(pruner_config)  # before the storage: a bad pruner leaves no empty study behind
+        objective = self.objective()
         url = optuna_search.storage_url(self.storage, sweep_dir)
-        study = optuna.create_study(study_name=self.study_name, storage=optuna_search.open_storage(url),
-                                    sampler=sampler, pruner=pruner, direction=self.direction, load_if_exists=True)
+        storage = optuna_search.open_storage(url)
+        stored = optuna_search.stored_study(storage, self.study_name)
+        if stored is not None:  # checked before any trial is asked for: a refused sweep leaves the study as it was
+            changes = optuna_search.check_continuation(stored, storage, distributions, self.direction, objective)
+            if changes:
+                log.warning(f"continuing study {self.study_name} with a changed search space, which Optuna "
+                            f"supports: {'; '.join(changes)}. Its earlier trials still inform the sampler and "
+                            "count for the best trial.")
+        study = optuna.create_study(study_name=self.study_name, storage=storage, sampler=sampler, pruner=pruner,
+                                    direction=self.direction, load_if_exists=True)
+        optuna_search.record_study(study, distributions, objective)
         if study.trials and self.sampler_config.get("seed") is not None:
             # A continued study: the same seed would propose its first (random start-up) trials again.
             seed = self.sampler_config.seed + len(study.trials)
             study.sampler = self.build_sampler(distributions, seed=seed)
         log.info(f"Optuna study {study.study_name} ({len(study.trials)} trials so far) in {url}: {n_trials} "
-                 f"trials, {type(sampler).__name__}, {type(study.pruner).__name__}, {self.direction}")
+                 f"trials, {type(sampler).__name__}, {type(study.pruner).__name__}, {self.direction} "
+                 f"{objective['monitor']}")
 
         returns: list[JobReturn] = []
         failed = 0
@@ -80,14 +91,16 @@ class OptunaSweeper(Sweeper):
             if grid and sampler.is_exhausted(study):
                 log.info("every point of the grid has been tried")
                 break
-            trials = [study.ask(distributions) for _ in range(min(self.n_jobs, n_trials - len(returns)))]
+            trials = []
             try:
+                for _ in range(min(self.n_jobs, n_trials - len(returns))):
+                    trials.append(optuna_search.ask(study, distributions))  # a failed ask ends its trial FAIL
                 batch = [self.trial_overrides(t, fixed, url, study.study_name, pruner_config) for t in trials]
                 self.validate_batch_is_legal(batch)
                 batch_returns = self.launch(trials, batch)
-            except BaseException:  # a bad override or an interrupted sweep: no trial is left running
+            except BaseException as err:  # a bad override or an interrupted sweep: no trial is left running
                 for trial in trials:
-                    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                    optuna_search.fail(study, trial, f"before its job ran: {type(err).__name__}: {err}")
                 raise
             for trial, ret in zip(trials, batch_returns):
                 failed += self.tell(study, trial, ret) == optuna.trial.TrialState.FAIL
@@ -97,6 +110,18 @@ class OptunaSweeper(Sweeper):
                                f"max_failure_rate={self.max_failure_rate}: see their run.log in {sweep_dir}.")
         self.save_results(study, sweep_dir)
         return returns
+
+    def objective(self) -> dict[str, str]:
+        """What each trial returns (its best `monitor`, by `monitor_mode`), checked against the direction."""
+        from gdm.errors import GdmError
+
+        monitor, mode = str(self.config.get("monitor")), str(self.config.get("monitor_mode", "min"))
+        objective = {"monitor": monitor, "monitor_mode": mode}
+        if {"min": "minimize", "max": "maximize"}.get(objective["monitor_mode"]) != self.direction:
+            raise GdmError(f"hydra.sweeper.direction={self.direction} but monitor_mode={objective['monitor_mode']}: "
+                           f"each trial returns its best {objective['monitor']} by monitor_mode, so set "
+                           "hydra.sweeper.direction=minimize with monitor_mode=min, or maximize with max.")
+        return objective
 
     def build_sampler(self, distributions: dict, **overrides: Any) -> Any:
         import optuna
@@ -157,29 +182,30 @@ class OptunaSweeper(Sweeper):
 
     @staticmethod
     def tell(study, trial, ret: JobReturn):
-        """Records the job's outcome in the study; returns the trial's state."""
+        """Records the job's outcome in the study; returns the trial's state. A failed trial's reason goes to its
+        user attribute `fail_reason` (gdm's jobs record their own: gdm/app.py)."""
         from optuna.trial import TrialState
 
-        trial.set_user_attr("job_dir", str(ret.hydra_cfg.hydra.runtime.output_dir) if ret.hydra_cfg else "")
+        from gdm import optuna_search
+
+        job_dir = str(ret.hydra_cfg.hydra.runtime.output_dir) if ret.hydra_cfg else ""
+        trial.set_user_attr("job_dir", job_dir)
         recorded = study.get_trials(deepcopy=False)[trial.number]
-        pruned = ret.status == JobStatus.COMPLETED and "pruned_at_step" in recorded.user_attrs
+        if ret.status == JobStatus.COMPLETED and "pruned_at_step" in recorded.user_attrs:
+            optuna_search.tell(study, trial, state=TrialState.PRUNED)
+            return TrialState.PRUNED
         try:
-            value = float(ret.return_value)  # a failed job's exception is raised here
+            value = ret.return_value  # a failed job's exception is raised here
         except Exception as err:
-            value = math.nan
-            if not pruned:
-                log.error(f"trial {trial.number} failed: {type(err).__name__}: {err}")
-        state = TrialState.COMPLETE
-        if pruned:
-            state = TrialState.PRUNED
-        elif math.isnan(value):
-            state = TrialState.FAIL
-        try:
-            study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
-        except RuntimeError as err:  # the grid sampler "stops" the study at the end of its grid
-            if "Study.stop" not in str(err):
-                raise
-        return state
+            reason = f"{type(err).__name__}: {err}"
+            log.error(f"trial {trial.number} failed: {reason}")
+        else:
+            if value is not None and not math.isnan(float(value)):
+                optuna_search.tell(study, trial, float(value))
+                return TrialState.COMPLETE
+            reason = f"the job returned {value} (see its run.log in {job_dir})"
+        optuna_search.fail(study, trial, reason)
+        return TrialState.FAIL
 
     def save_results(self, study, sweep_dir: Path) -> None:
         """optimization_results.yaml: the study's best trial (of all its sweeps, not only this one)."""
