@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 import signal
 import sys
 from pathlib import Path
@@ -39,15 +38,10 @@ def quiet_lightning() -> None:
         logging.getLogger("lightning").handlers.clear()
 
 
-def user_error(err: BaseException, cfg: DictConfig | None = None) -> Exception | None:
-    """The user mistake behind `err`, if it is (or wraps) one: ours, Lightning's configuration
-    complaints (e.g. `trainer=gpu` on a machine without a GPU), or a key added with `+` that the
-    constructor of its config node does not take."""
+def user_error(err: BaseException) -> Exception | None:
+    """The user mistake behind `err`, if it is (or wraps) one: ours, or Lightning's configuration
+    complaints (e.g. `trainer=gpu` on a machine without a GPU)."""
     while err is not None:
-        if isinstance(err, TypeError) and cfg is not None:
-            unknown = unknown_option(err, cfg)
-            if unknown is not None:
-                return unknown
         if isinstance(err, GdmError) and "Original Traceback" in str(err):
             # Raised in a DataLoader worker: torch re-raises it with the worker's traceback as its message.
             return GdmError(str(err).strip().splitlines()[-1].split(": ", 1)[-1])
@@ -60,41 +54,6 @@ def user_error(err: BaseException, cfg: DictConfig | None = None) -> Exception |
                             "check the options picked on the command line (python run.py --help lists them).")
         err = err.__cause__ or (err.__context__ if isinstance(err, InstantiationException) else None)
     return None
-
-
-UNEXPECTED_KEYWORD = re.compile(r"(\w+)\.__init__\(\) got an unexpected keyword argument '(\w+)'")
-
-
-def unknown_option(err: TypeError, cfg: DictConfig) -> GdmError | None:
-    """`+model.lr=1e-3` reaches the model's constructor as an argument it lacks: name the key as typed and the
-    options the node has. None when the argument is not a key of a config node built from that class (a bug)."""
-    match = UNEXPECTED_KEYWORD.search(str(err))
-    if match is None:
-        return None
-    cls, argument = match.groups()
-    for path, node in config_nodes(cfg):
-        target = str(node.get("_target_", ""))
-        if target.rsplit(".", 1)[-1] == cls and argument in node:
-            key = f"{path}.{argument}"
-            typed = [o.lstrip("+") for o in command_line_overrides() if o.lstrip("+").startswith(f"{key}=")]
-            options = ", ".join(str(k) for k in node if not str(k).startswith("_") and k != argument)
-            return GdmError(f"{typed[0] if typed else key} is not an option of {path} ({target}): remove it, "
-                            f"or set one of its options: {options}.")
-    return None
-
-
-def config_nodes(cfg: DictConfig, path: str = "") -> list[tuple[str, DictConfig]]:
-    """Every mapping in the config with its dotted path, outermost first (interpolations left unresolved)."""
-    nodes = []
-    for key, value in cfg.items_ex(resolve=False):
-        if isinstance(value, DictConfig):
-            child = f"{path}.{key}" if path else str(key)
-            nodes += [(child, value), *config_nodes(value, child)]
-    return nodes
-
-
-def command_line_overrides() -> list[str]:
-    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
 def run(cfg: DictConfig) -> float | None:
@@ -120,7 +79,7 @@ def main(cfg: DictConfig) -> float | None:
         log.error(f"stopped by SIGTERM{advice}")
         sys.exit(128 + signal.SIGTERM)
     except Exception as err:
-        mistake = user_error(err, cfg)
+        mistake = user_error(err)
         if in_multirun():
             note_failure_of_this_job(f"{type(err).__name__}: {err}" if mistake is None else str(mistake))
             if mistake is None:
