@@ -81,3 +81,17 @@ def truncated_jpeg(path):
     buffer = io.BytesIO()
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buffer, "JPEG")
     path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+
+
+def compose_typed(overrides: list[str], output_dir: Path) -> DictConfig:
+    """As `compose_config`, with Hydra's record of what was typed (`HydraConfig`), which tasks on a checkpoint
+    read to tell a typed value from a default."""
+    from omegaconf import open_dict
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=[*overrides, f"paths.output_dir={output_dir}"],
+                      return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg

@@ -65,8 +65,21 @@ def test_kmeans_is_seeded():
 
 def test_fewer_images_than_clusters_is_refused():
     images, _ = three_patterns(per=1)
-    with pytest.raises(GdmError, match="clusters=4 needs at least 4 training images, and the training split has 3"):
+    with pytest.raises(GdmError, match="clusters=4 needs at least 4 distinct training images .*, and the "
+                                       "training split has 3 training images: set clusters=3 or fewer"):
         PixelClusters(4, (1, 16, 16)).fit(images)
+
+
+def test_fewer_distinct_images_than_clusters_is_refused_not_trained_as_empty_clusters():
+    """A folder of 12 files holding 3 pictures: k-means with 8 clusters would leave 5 of them empty."""
+    images, _ = three_patterns(per=1)
+    copies = cluster_inputs(ImageItems(images.repeat(4, 1, 1, 1)))
+    with pytest.raises(GdmError) as refused:
+        PixelClusters(8, (1, 16, 16)).fit(copies)
+    assert str(refused.value) == ("model.clusters=8 needs at least 8 distinct training images (as k-means compares "
+                                  "them, at 8 px), and the training split has 12 training images, 3 of them "
+                                  "distinct: set model.clusters to at most 3, or add images.")
+    assert PixelClusters(3, (1, 16, 16)).fit(copies).tolist() == [4, 4, 4]  # as many clusters as pictures: none empty
 
 
 def test_images_smaller_than_the_cluster_side_are_compared_whole():

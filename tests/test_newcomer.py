@@ -55,21 +55,17 @@ def test_digit_features_on_colour_images_are_warned_about(caplog):
     assert not [r for r in caplog.records if "metrics.features=digits" in r.message]
 
 
-class Described:
-    def describe(self) -> str:
-        return "  val/fid_digits  41.0"
-
-
 def test_eval_says_its_fid_uses_another_split_than_training(tmp_path, caplog):
     from gdm.tasks.evaluate import write_report
 
-    report = {"model": "GAN", "step": 3, "checkpoint": "best.ckpt", "split": "test", "metrics": {"val/fid_digits": 41.0},
-              "protocols": {"val/fid_digits": {"real_split": "test", "num_real": 180}}}
+    report = {"model": "GAN", "step": 3, "checkpoint": "best.ckpt", "split": "test", "changed_from_checkpoint": [],
+              "metrics": {"test/fid_digits": 41.0},
+              "protocols": {"test/fid_digits": {"real_split": "test", "num_real": 180, "num_generated": 1000}}}
     with caplog.at_level(logging.INFO):
-        write_report(report, Described(), tmp_path / "eval.json", trained_split="train")
+        write_report(dict(report), tmp_path / "eval.json", trained_split="train")
     assert ("FID here compares the samples with the test split's 180 images, training's with the train split"
             in caplog.text)
     caplog.clear()
     with caplog.at_level(logging.INFO):
-        write_report(report, Described(), tmp_path / "eval.json", trained_split="test")
+        write_report(dict(report), tmp_path / "eval.json", trained_split="test")
     assert "FID here compares" not in caplog.text

@@ -180,7 +180,7 @@ def test_sweep_identity_is_the_sweep_dir_and_the_job_overrides(tmp_path):
     from hydra.types import RunMode
     from omegaconf import open_dict, read_write
 
-    from gdm.sweeps import configuration_tag, sweep_identity
+    from gdm.multirun import configuration_tag, sweep_identity
 
     assert sweep_identity() is None  # not inside a Hydra job
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):

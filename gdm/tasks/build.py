@@ -11,14 +11,15 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from gdm.atomic_checkpoint_io import AtomicCheckpointIO
-from gdm.callbacks.config_in_checkpoint import ConfigInCheckpoint
+from gdm.callbacks.checkpoint_contents import CheckpointContents
 from gdm.callbacks.optuna_pruning import OptunaPruning
-from gdm.callbacks.random_state import RandomState
 from gdm.data.base import SplitDataModule
 from gdm.errors import GdmError
 from gdm.evaluation.evaluator import Evaluator
+from gdm.metrics.features import build_features
 from gdm.models.base import GenerativeModule
 from gdm.models.clusters import cluster_inputs
+from gdm.models.nonfinite_guard import NonFinitePolicy
 from gdm.tasks.options import check_run_options, options_of, run_options
 
 log = logging.getLogger(__name__)
@@ -55,9 +56,20 @@ def build_model(cfg: DictConfig, datamodule: SplitDataModule, from_checkpoint: b
                 model.fit_clusters(cluster_inputs(datamodule.split("train")))
             elif model.conditional:  # class-balanced samples follow the training split's class frequencies
                 model.set_class_frequencies(datamodule.class_counts("train"))
+    model.set_nonfinite_policy(build_nonfinite_policy(cfg))
     if cfg.get("compile", False):
         model.compile_nets()
     return model
+
+
+def build_nonfinite_policy(cfg: DictConfig) -> NonFinitePolicy:
+    """What a NaN / Inf training loss does (`callbacks.nonfinite_loss`, kept among the callbacks where users
+    know it, though the model follows it without any callback); GdmError naming the key for a bad value."""
+    node = OmegaConf.select(cfg, "callbacks.nonfinite_loss")
+    if node is None:
+        return NonFinitePolicy()
+    with options_of("callbacks.nonfinite_loss", node):
+        return instantiate(node, _convert_="all")
 
 
 # What a batch key means to a user, and data options that have it.
@@ -148,10 +160,14 @@ def _instantiate_group(name: str, group: DictConfig | None, skip: tuple[str, ...
 
 
 def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
-    """The callbacks group (its `evaluator` gets the metrics group's metrics), the config and RNG state."""
-    callbacks = _instantiate_group("callbacks", cfg.get("callbacks"), skip=("evaluator",)) + [build_evaluator(cfg)]
-    callbacks.append(ConfigInCheckpoint(OmegaConf.to_container(cfg, resolve=True), OmegaConf.to_container(cfg)))
-    callbacks.append(RandomState(cfg.seed))
+    """The callbacks group (its `evaluator` gets the metrics group's metrics; its `nonfinite_loss` is the model's
+    policy, `build_nonfinite_policy`), and what the checkpoints hold beside Lightning's entries."""
+    callbacks = _instantiate_group("callbacks", cfg.get("callbacks"), skip=("evaluator", "nonfinite_loss"))
+    evaluator = build_evaluator(cfg)
+    # Before the Evaluator: it marks an epoch's end before the Evaluator saves that epoch's checkpoints.
+    callbacks.append(CheckpointContents(cfg.seed, OmegaConf.to_container(cfg, resolve=True),
+                                        OmegaConf.to_container(cfg), step=lambda: evaluator.batches))
+    callbacks.append(evaluator)
     # an Optuna trial (gdm's sweeper names it in the job's environment) reports each evaluation to its study
     pruning = OptunaPruning.for_this_job(cfg.monitor, cfg.get("monitor_mode", "min"), cfg.paths.output_dir)
     if pruning is not None:
@@ -166,22 +182,27 @@ def build_metrics(cfg: DictConfig) -> list:
 
 
 def build_evaluator(cfg: DictConfig, **overrides) -> Evaluator:
-    metrics = build_metrics(cfg)
+    """The Evaluator of `callbacks.evaluator`, with the metrics group's metrics and its feature network (loaded
+    here, before training, so a bad weights file is the first thing said)."""
+    metrics = cfg.metrics
+    with options_of("metrics", metrics):
+        features = build_features(metrics.features, inception_weights=metrics.get("inception_weights"),
+                                  dinov2_weights=metrics.get("dinov2_weights"))
+    built = build_metrics(cfg)
     with options_of("callbacks.evaluator", cfg.callbacks.evaluator):
-        return instantiate(cfg.callbacks.evaluator, metrics=metrics, _convert_="all", **overrides)
+        return instantiate(cfg.callbacks.evaluator, metrics=built, features=features, _convert_="all", **overrides)
 
 
 def check_evaluation(cfg: DictConfig, evaluator: Evaluator, model: GenerativeModule,
                      datamodule: SplitDataModule) -> None:
-    """Before training: the feature network loads and each metric applies to this model and data, else a
-    GdmError naming the metrics keys."""
-    with options_of("metrics", cfg.get("metrics")):
-        evaluator.load_features()
+    """Before training: each metric applies to this model and data, and the monitor is among the values they
+    will log, else a GdmError naming the metrics keys."""
     nodes = [(key, node) for key, node in (cfg.get("metrics") or {}).items()
              if isinstance(node, DictConfig) and "_target_" in node]
     for (key, node), metric in zip(nodes, evaluator.metrics, strict=True):
         with options_of(f"metrics.{key}", node):
-            metric.check(model, datamodule, evaluator.features_name)
+            metric.check(model, datamodule, evaluator.features.name)
+    evaluator.check_monitor(model, datamodule)
 
 
 def build_loggers(cfg: DictConfig) -> list:

@@ -29,7 +29,7 @@ from PIL import Image
 from torchvision.transforms import v2
 from torchvision.transforms.functional import pil_to_tensor
 
-from gdm.checkpoints import load_model, read_checkpoint
+from gdm.checkpoints import check_typed_settings, load_model, read_checkpoint
 from gdm.data.image_files import WHITE, find_images, open_image, verify_images
 from gdm.errors import GdmError
 from gdm.images import to_uint8
@@ -106,6 +106,9 @@ def translate(cfg: DictConfig) -> None:
     load_size = read_options(translate_options, "translate", opts)["load_size"]
     if opts.direction is not None and opts.direction not in DIRECTIONS:
         raise GdmError(f"translate.direction={opts.direction} is not a direction; choose AtoB or BtoA.")
+    check_typed_settings(cfg, read_checkpoint(cfg.ckpt_path), cfg.ckpt_path, "translate",
+                         hint=" (translate.direction picks a CycleGAN's direction, translate.load_size the "
+                              "size)")
     # Built on the CPU and then moved: map_location alone would leave the model's weights on the CPU.
     model = load_model(cfg.ckpt_path).to("cuda" if torch.cuda.is_available() else "cpu")
     if not isinstance(model, Translates):
