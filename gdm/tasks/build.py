@@ -30,7 +30,13 @@ log = logging.getLogger(__name__)
 
 def build_datamodule(cfg: DictConfig) -> SplitDataModule:
     with options_of("data", cfg.data):
-        return instantiate(cfg.data, _convert_="all")
+        datamodule = instantiate(cfg.data, _convert_="all")
+    if datamodule.image_shape[0] == 3 and OmegaConf.select(cfg, "metrics.features") == "digits":
+        # The digits network was trained on grey digits: it reads colour images as their luminance.
+        log.warning("metrics.features=digits measures colour images with a classifier of grey digits, so its FID "
+                    "says little about them: use metrics.features=inception (or dinov2; digits_colour for the "
+                    "embedded colour digits).")
+    return datamodule
 
 
 def build_model(cfg: DictConfig, datamodule: SplitDataModule, from_checkpoint: bool = False) -> GenerativeModule:
@@ -112,8 +118,7 @@ def check_training_precision(precision: object) -> None:
                        "or 16-mixed (float32 weights, half-precision compute), or bf16-true.")
     if str(precision) == "16-true":
         raise GdmError("trainer.precision=16-true trains with weights and Adam's moments in float16: the second "
-                       "moments underflow to 0 and the updates blow up (a GAN measured FID 2272 against 664 in "
-                       "float32); use bf16-mixed or 16-mixed (float32 weights, half-precision compute), or bf16-true.")
+                       "moments underflow to 0 and the updates blow up (experiments/speed.md); use bf16-mixed or 16-mixed (float32 weights, half-precision compute), or bf16-true.")
     if str(precision) == "bf16-true":
         log.warning("trainer.precision=bf16-true keeps weights, Adam's moments and the model's validation values in "
                     "bfloat16 (8 significant bits): an update under ~0.4% of its weight rounds away (norm scales "
