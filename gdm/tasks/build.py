@@ -46,7 +46,7 @@ def build_model(cfg: DictConfig, datamodule: SplitDataModule, from_checkpoint: b
     # Checked on the class first, before its nets are sized (the wrong kind of data is the first thing to say),
     # then on the instance (a conditional GAN also needs labels).
     check_provides(cfg, get_class(cfg.model._target_).requires, datamodule)
-    with options_of("model", cfg.model):
+    with options_of("model", cfg.model, ("data", cfg.data)):
         make_model = instantiate(cfg.model, _partial_=True, _convert_="all")
         model = make_model(image_shape=tuple(int(n) for n in datamodule.image_shape),
                            num_classes=datamodule.num_classes)
