@@ -206,7 +206,7 @@ def kid_definition(protocol: dict) -> str:
     """What torchmetrics' KID value and its `_std` are, for a reader who places the numbers."""
     return (f"mean ± std of the unbiased MMD² over {protocol.get('subsets')} random subsets of "
             f"{protocol.get('subset_size')} images per side, cubic polynomial kernel of the features, in the "
-            "kernel's units; the std is the spread of single-subset estimates (each unbiased, so some are "
+            "kernel's units; the std is the spread of single-subset estimates (each unbiased, so one can be "
             "negative), not the error of the mean")
 
 
