@@ -17,6 +17,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from gdm.callbacks.checkpoint_contents import CONFIG, CONFIG_SOURCE, STEP
 from gdm.errors import GdmError, typed
 from gdm.models.base import GenerativeModule
 
@@ -36,20 +37,15 @@ def read_checkpoint(path: str | Path) -> dict:
     except Exception as err:  # truncated, not a torch file, or pickled objects we do not load
         raise GdmError(f"ckpt_path={path} cannot be read as a checkpoint ({type(err).__name__}: "
                        f"{str(err).splitlines()[0][:200]}): pick another one, e.g. the run's best.ckpt.") from None
-    if "gdm_config" not in checkpoint:
+    if CONFIG not in checkpoint:
         raise GdmError(f"{path} has no gdm config inside: it was not written by a gdm run.")
     return checkpoint
 
 
 def checkpoint_step(checkpoint: dict) -> int | None:
-    """gdm's step (training batches completed) at which a checkpoint was saved (the Evaluator stores it; older
-    checkpoints: Lightning's batch progress)."""
-    if "gdm_step" in checkpoint:
-        return int(checkpoint["gdm_step"])
-    try:
-        return int(checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]["completed"])
-    except (KeyError, TypeError):
-        return None
+    """gdm's step (training batches completed) at which a checkpoint was saved; None for a checkpoint written
+    before gdm stored it."""
+    return int(checkpoint[STEP]) if STEP in checkpoint else None
 
 
 def model_name(config: dict | DictConfig) -> str:
@@ -58,7 +54,7 @@ def model_name(config: dict | DictConfig) -> str:
 
 def check_same_model(cfg: DictConfig, checkpoint: dict, path: str | Path) -> None:
     """Resuming needs the checkpoint's model class; its state would not fit another."""
-    saved, wanted = model_name(checkpoint["gdm_config"]), model_name(cfg)
+    saved, wanted = model_name(checkpoint[CONFIG]), model_name(cfg)
     if saved != wanted:
         raise GdmError(f"ckpt_path={path} holds a {saved} model, not a {wanted} (model={cfg.model._target_}): pick "
                        f"the checkpoint of a {wanted} run, or the {saved} model config.")
@@ -75,10 +71,10 @@ def command_line_keys() -> list[tuple[str, bool]]:
 def config_for_checkpoint(cfg: DictConfig, checkpoint: dict) -> DictConfig:
     """`cfg` with the checkpoint's model, data and metrics, except for the keys set on the command line."""
     # Before interpolation when the checkpoint has it: `paths.data_dir=` or `data=` here re-resolve data.root.
-    if "gdm_config_source" not in checkpoint:
+    if CONFIG_SOURCE not in checkpoint:
         log.warning("this checkpoint holds its config resolved only (written by an older gdm): its data paths and "
                     "metric features are used as they were; set data.root= (not paths.data_dir=) to move the data.")
-    saved = OmegaConf.create(checkpoint.get("gdm_config_source") or checkpoint["gdm_config"])
+    saved = OmegaConf.create(checkpoint.get(CONFIG_SOURCE) or checkpoint[CONFIG])
     merged = cfg.copy()
     with open_dict(merged):
         for key in FROM_CHECKPOINT:
@@ -137,7 +133,7 @@ def changed_settings(model: GenerativeModule, checkpoint: dict) -> list[str]:
 def changed_precision(cfg: DictConfig, checkpoint: dict) -> str | None:
     """`trainer.precision: old -> new` when a resumed run changes it (its steps before and after then differ in
     arithmetic; the restored optimizer state is cast, so it runs), else None."""
-    saved = (checkpoint.get("gdm_config") or {}).get("trainer", {}).get("precision")
+    saved = (checkpoint.get(CONFIG) or {}).get("trainer", {}).get("precision")
     wanted = cfg.get("trainer", {}).get("precision")
     aliases = {"32": "32-true", "16": "16-mixed", "bf16": "bf16-mixed", "64": "64-true"}  # Lightning's short names
     if saved is None or wanted is None or aliases.get(str(saved), str(saved)) == aliases.get(str(wanted), str(wanted)):
@@ -159,6 +155,6 @@ def load_state(model: GenerativeModule, checkpoint: dict, path: str | Path) -> G
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> GenerativeModule:
     checkpoint = read_checkpoint(path)
     hparams = checkpoint["hyper_parameters"]
-    make_model = instantiate(checkpoint["gdm_config"]["model"], _partial_=True, _convert_="all")
+    make_model = instantiate(checkpoint[CONFIG]["model"], _partial_=True, _convert_="all")
     model = make_model(image_shape=tuple(hparams["image_shape"]), num_classes=hparams.get("num_classes"))
     return load_state(model, checkpoint, path).to(map_location).eval()

@@ -14,13 +14,17 @@ Images arrive in [-1, 1] on the 8-bit grid (k / 127.5 - 1). Each likelihood work
 from __future__ import annotations
 
 import math
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
-from gdm.errors import GdmError, number_option
+from gdm.option_types import checked
 
 LOG_256 = math.log(256.0)
+Std = Annotated[float | None, Field(gt=0, allow_inf_nan=False, strict=True, description=(
+    "a fixed std of the Gaussian on [0, 1] pixels; null: the variance is learned"))]
 
 
 def pixel_levels(images: torch.Tensor) -> torch.Tensor:
@@ -47,8 +51,7 @@ class Gaussian:
     LOGVAR_RANGE = (-10.0, 2.0)  # keeps the learned variance finite; sd from 0.0067 to 2.7
 
     def __init__(self, std: float | None = None):
-        self.std = number_option("model.likelihood_std", std, above=0, optional=True,
-                                 hint="(null: the variance is learned)")
+        self.std = std
         self.params_per_channel = 1 if std is not None else 2
 
     def targets(self, images: torch.Tensor) -> torch.Tensor:
@@ -70,9 +73,14 @@ class Gaussian:
         return self.split(params)[0].clamp(0, 1)
 
 
-def build_likelihood(name: str, std: float | None = None):
-    if name == "bernoulli":
-        return Bernoulli()
-    if name == "gaussian":
-        return Gaussian(std)
-    raise GdmError(f"model.likelihood='{name}' is not a known likelihood; choose bernoulli or gaussian.")
+@checked
+def _gaussian(likelihood_std: Std = None) -> Gaussian:
+    return Gaussian(likelihood_std)
+
+
+@checked
+def build_likelihood(likelihood: Annotated[Literal["bernoulli", "gaussian"], Field(
+        description="the decoder's pixel likelihood")], likelihood_std: object = None) -> Bernoulli | Gaussian:
+    """The likelihood named `likelihood`; `likelihood_std` only matters, and is only checked, for gaussian
+    (a ValidationError naming the parameter)."""
+    return _gaussian(likelihood_std) if likelihood == "gaussian" else Bernoulli()

@@ -1,19 +1,21 @@
 """Adversarial losses and penalties.
 
 Each loss is a pair of functions on discriminator logits: `d_loss(real_logits, fake_logits)` and
-`g_loss(fake_logits)`. The names are the values of `model.loss`.
+`g_loss(fake_logits)`, by name (`get_loss`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, Strict
 from torch import nn
 
-from gdm.errors import GdmError, number_option
+from gdm.option_types import checked
 
 Tensor = torch.Tensor
 
@@ -61,10 +63,12 @@ LOSSES: dict[str, AdversarialLoss] = {
 }
 
 
-def get_loss(name: str) -> AdversarialLoss:
-    if name not in LOSSES:
-        raise GdmError(f"model.loss='{name}' is not a known GAN loss; choose one of {', '.join(LOSSES)}.")
-    return LOSSES[name]
+@checked
+def get_loss(loss: Annotated[Literal["vanilla", "lsgan", "hinge", "wgan-gp"], Field(
+        description="the adversarial loss; vanilla: the non-saturating loss of Goodfellow et al. 2014")],
+             ) -> AdversarialLoss:
+    """The loss pair named `loss` (a ValidationError naming it for another name)."""
+    return LOSSES[loss]
 
 
 def gradient_penalty(discriminator: Callable[[Tensor], Tensor] | nn.Module, real: Tensor, fake: Tensor) -> Tensor:
@@ -98,19 +102,16 @@ class LeCam(nn.Module):
     decay stays debiased. Under DDP the buffers follow rank 0 (DDP broadcasts buffers before each forward):
     every process regularizes against rank 0's history plus its own batch.
 
-    Raises GdmError for a decay outside (0, 1).
+    `lecam_decay` outside (0, 1) raises a ValidationError naming it.
     """
 
-    def __init__(self, decay: float = 0.99):
+    @checked
+    def __init__(self, lecam_decay: Annotated[float, Strict(), Field(gt=0, lt=1, allow_inf_nan=False, description=(
+            "the decay per batch of the moving averages of D's outputs; 0.99 in the paper"))] = 0.99):
         super().__init__()
-        self.decay = self.checked_decay(decay)
+        self.decay = lecam_decay
         self.register_buffer("anchors", torch.zeros(2))  # biased EMAs of mean D(real), mean D(fake)
         self.register_buffer("weight", torch.zeros(()))  # their accumulated weight: 1 - decay^updates
-
-    @staticmethod
-    def checked_decay(decay: float) -> float:
-        return number_option("model.lecam_decay", decay, above=0, below=1,
-                             hint="(the moving averages' decay per batch; 0.99 in the paper)")
 
     def forward(self, real_logits: Tensor, fake_logits: Tensor) -> Tensor:
         """R_LC for D's logits on this batch's real (B,) and generated (B,) images (any shape; averaged),
@@ -137,7 +138,9 @@ def _vanilla_target(logits: Tensor, real: bool) -> Tensor:
 TARGET_LOSSES: dict[str, Callable[[Tensor, bool], Tensor]] = {"lsgan": _lsgan_target, "vanilla": _vanilla_target}
 
 
-def get_target_loss(name: str) -> Callable[[Tensor, bool], Tensor]:
-    if name not in TARGET_LOSSES:
-        raise GdmError(f"model.loss='{name}' is not a CycleGAN loss; choose one of {', '.join(TARGET_LOSSES)}.")
-    return TARGET_LOSSES[name]
+@checked
+def get_target_loss(loss: Annotated[Literal["lsgan", "vanilla"], Field(
+        description="the criterion against all-real or all-fake targets; lsgan in CycleGAN, vanilla in pix2pix")],
+                    ) -> Callable[[Tensor, bool], Tensor]:
+    """The criterion named `loss` (a ValidationError naming it for another name)."""
+    return TARGET_LOSSES[loss]

@@ -98,7 +98,7 @@ def test_a_ckpt_path_that_does_not_exist(task, tmp_path):
 @pytest.mark.slow
 def test_a_sample_label_that_is_not_a_class(tmp_path, gan_ckpt):
     fails_cleanly(tmp_path, "task=sample", f"ckpt_path={gan_ckpt}", "+sample.label=abc",
-                  message="sample.label='abc' must be an integer >= 0 (the class to draw; unset: every class) or null.")
+                  message="sample.label='abc' must be an integer >= 0 or null (the class to draw; unset: every class).")
 
 
 @pytest.mark.slow
@@ -179,28 +179,6 @@ def test_a_run_directory_with_checkpoints_is_not_overwritten_by_accident(tmp_pat
         run(cfg)
     assert f"{run_dir} already holds checkpoints ({gan_ckpt}): continue that run with resume=auto" in str(
         user_error(caught.value))
-
-
-@pytest.mark.parametrize(("override", "message"), [
-    ("model.n_critic=1.5", "model.n_critic=1.5 must be an integer >= 1 (discriminator updates per generator update)."),
-    ("model.latent_dim=2.5", "model.latent_dim=2.5 must be an integer >= 1."),
-    ("model.num_visuals=abc", "model.num_visuals='abc' must be an integer >= 1."),
-    ("data.batch_size=2.5", "data.batch_size=2.5 must be an integer >= 1."),
-    ("data.num_workers=-1", "data.num_workers=-1 must be an integer >= 0."),
-    ("metrics.batch_size=0", "metrics.batch_size=0 must be an integer >= 1 (images per batch of the evaluation)."),
-    ("metrics.fid.nearest_k=2.5", "metrics.fid.nearest_k=2.5 must be an integer >= 1."),
-])
-def test_a_count_that_is_not_a_whole_number_is_named_before_training(override, message, tmp_path):
-    with pytest.raises(Exception) as caught:  # noqa: PT011 - Hydra wraps errors of the classes it builds
-        run(compose_config([*QUICK, override], tmp_path))
-    assert str(user_error(caught.value)) == message
-    assert not (tmp_path / "checkpoints").exists()
-
-
-def test_vae_latent_dim_is_checked_too(tmp_path):
-    with pytest.raises(Exception) as caught:  # noqa: PT011 - Hydra wraps errors of the classes it builds
-        run(compose_config([*QUICK, "model=vae", "model.latent_dim=true"], tmp_path))
-    assert str(user_error(caught.value)) == "model.latent_dim=true must be an integer >= 1."
 
 
 def test_float16_true_training_is_refused_and_bf16_true_is_warned_about(tmp_path, caplog):

@@ -12,10 +12,11 @@ import subprocess
 import pytest
 from scipy import stats
 
-from gdm.compare.runs import configuration, read_runs
+from gdm.compare.runs import read_runs
 from gdm.compare.stats import difference, interval
 from gdm.compare.tables import metric_tables
 from gdm.errors import GdmError
+from gdm.multirun import configuration
 
 FID = "val/fid_digits"
 
@@ -243,7 +244,7 @@ def test_a_run_given_twice_and_a_repeated_seed_are_counted_once(tmp_path):
 def test_a_sweep_summary_counts_jobs_of_one_configuration_and_seed_once(tmp_path):
     from omegaconf import OmegaConf
 
-    from gdm.sweeps import SweepSummary
+    from gdm.tasks.sweep_summary import SweepSummary
 
     sweep = tmp_path / "sweep"
     jobs = [make_run(sweep / str(job), ["model.loss=hinge"], seed, fid)  # `-m model.loss=hinge,hinge seed=1,1,2`

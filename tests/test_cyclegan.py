@@ -10,6 +10,7 @@ import pytest
 import torch
 from helpers import TINY, TINY_CYCLEGAN, compose_config
 from PIL import Image
+from pydantic import ValidationError
 
 from gdm.app import run, user_error
 from gdm.checkpoints import load_model
@@ -94,7 +95,7 @@ def test_lsgan_target_loss_is_the_reference_ganloss():
     logits = torch.tensor([0.5, 1.5])
     assert c(logits, True).item() == pytest.approx(0.25)  # MSE to 1, no factor 1/2 for G
     assert c(logits, False).item() == pytest.approx((0.25 + 2.25) / 2)
-    with pytest.raises(GdmError, match="not a CycleGAN loss"):
+    with pytest.raises(ValidationError):
         get_target_loss("hinge")
 
 
@@ -226,7 +227,6 @@ def test_translate_task_keeps_names_and_sizes(tmp_path):
     (["task=translate", "ckpt_path=/nonexistent.ckpt", "translate.input=x", "translate.output=y"],
      "is not a file"),
     (["task=translate", "translate.input=x"], "needs ckpt_path"),
-    (["model=cyclegan", "model.loss=hinge"], "not a CycleGAN loss"),
     (["model=cyclegan", "metrics=fid"], "use metrics=translation"),
     (["model=cyclegan", "data.image_size=34"], "multiples of 4"),
 ])

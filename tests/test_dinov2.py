@@ -126,9 +126,9 @@ def test_missing_weights_say_how_to_get_them(path):
     with pytest.raises(GdmError) as err:
         DINOv2Features(path)
     msg = str(err.value)
-    assert "metrics.dinov2_weights" in msg
+    assert "dinov2_weights" in msg
     assert "https://dl.fbaipublicfiles.com/dinov2/dinov2_vitl14/dinov2_vitl14_pretrain.pth" in msg
-    assert "metrics.dinov2_weights=/path" in msg and "\n" not in msg
+    assert "dinov2_weights=/path" in msg and "\n" not in msg
 
 
 @pytest.mark.parametrize("name", ["corrupt.pth", "corrupt.safetensors"])

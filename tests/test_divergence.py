@@ -13,9 +13,10 @@ from helpers import TINY, compose_config
 
 from gdm import losses
 from gdm.app import run, user_error
-from gdm.callbacks.nonfinite_loss import Diverged
 from gdm.models import gan
+from gdm.models.nonfinite_guard import Diverged, NonFinitePolicy
 from gdm.nets.dcgan import DCGANDiscriminator, DCGANGenerator
+from gdm.tasks.build import build_callbacks, build_datamodule, build_model
 
 RUN = ["data.image_size=16", *TINY, "logger=none", "trainer.max_epochs=2", "trainer.check_val_every_n_epoch=1",
        "test_after_fit=false"]
@@ -70,10 +71,24 @@ def test_nan_loss_with_skip_leaves_that_update_out(nan_on_call, tmp_path):
     assert json.loads((tmp_path / "summary.json").read_text())["status"] == "finished"
 
 
-def test_unknown_action_is_one_sentence(tmp_path):
+@pytest.mark.parametrize(("override", "message"), [
+    ("action=ignore", "callbacks.nonfinite_loss.action='ignore' must be one of stop, skip (what a NaN / Inf loss "
+                      "does: stop the run, or skip that update)."),
+    ("check_every_n_steps=0", "callbacks.nonfinite_loss.check_every_n_steps=0 must be an integer >= 1 (batches "
+                              "between read-backs of the losses)."),
+])
+def test_a_bad_policy_is_one_sentence(override, message, tmp_path):
     with pytest.raises(Exception) as caught:  # noqa: B017
-        run(compose_config([*RUN, "callbacks.nonfinite_loss.action=ignore"], tmp_path))
-    assert "callbacks.nonfinite_loss.action='ignore' is not one of stop, skip" in str(user_error(caught.value))
+        run(compose_config([*RUN, f"callbacks.nonfinite_loss.{override}"], tmp_path))
+    assert str(user_error(caught.value)) == message
+
+
+def test_the_policy_is_given_to_the_model_at_build_and_no_callback_holds_it(tmp_path):
+    cfg = compose_config([*RUN, "callbacks.nonfinite_loss.action=skip",
+                          "callbacks.nonfinite_loss.max_consecutive_skips=3"], tmp_path)
+    model = build_model(cfg, build_datamodule(cfg))
+    assert model.nonfinite_policy == NonFinitePolicy(action="skip", max_consecutive_skips=3, check_every_n_steps=10)
+    assert not any(isinstance(callback, NonFinitePolicy) for callback in build_callbacks(cfg))
 
 
 def test_skipping_stops_after_too_many_bad_updates_of_one_loss(nan_on_call, tmp_path):
@@ -119,7 +134,7 @@ def test_guard_in_a_plain_loop_reads_back_when_asked_or_when_too_many_are_kept()
 
 def test_skip_in_a_plain_loop_decides_per_update():
     model = tiny_gan()
-    model.nonfinite_action, model.max_consecutive_skips = "skip", 1
+    model.set_nonfinite_policy(NonFinitePolicy("skip", max_consecutive_skips=1))
     assert model.loss_ok("d_loss", torch.tensor(1.0))
     assert not model.loss_ok("d_loss", torch.tensor(float("nan")))
     with pytest.raises(Diverged, match=r"^train/d_loss is nan \(2 in a row\): training stopped"):

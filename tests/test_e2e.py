@@ -165,7 +165,7 @@ def test_run_py_default_offline_wandb(tmp_path):
     ("args", "message"),
     [
         (["data=image_folder", "data.root=/no/such/folder"], "data.root=/no/such/folder is not a folder"),
-        (["model.loss=nope"], "model.loss='nope' is not a known GAN loss"),
+        (["model.loss=nope"], "model.loss='nope' must be one of vanilla, lsgan, hinge, wgan-gp"),
         (["metrics.features=nope"], "metrics.features='nope' is not a known feature network"),
     ],
 )
@@ -250,8 +250,6 @@ def test_resume_keeps_the_best_of_its_own_run_directory_only(tmp_path):
     [
         (["data=image_folder"], "data.root has no value: set it on the command line"),
         (["ckpt_path=/no/such.ckpt"], "ckpt_path=/no/such.ckpt is not a file"),
-        (["metrics.fid.real_split=validation"], "metrics.fid.real_split='validation' is not a split"),
-        (["model=vae", "model.likelihood=gaussian", "model.likelihood_std=0"], "model.likelihood_std=0 must be a number > 0"),
     ],
 )
 def test_more_mistakes_are_one_sentence(overrides, message, tmp_path):

@@ -136,7 +136,7 @@ def test_sample_refuses_a_translation_model(tmp_path):
 
 
 @pytest.mark.parametrize(("task", "overrides", "message"), [
-    ("sample", ["+sample.label=abc"], "sample.label='abc' must be an integer >= 0 (the class to draw; unset: every class) or null."),
+    ("sample", ["+sample.label=abc"], "sample.label='abc' must be an integer >= 0 or null (the class to draw; unset: every class)."),
     ("sample", ["+sample.label=true"], "sample.label=true must be an integer >= 0"),
     ("sample", ["+sample.label=2.5"], "sample.label=2.5 must be an integer >= 0"),
     ("sample", ["+sample.label=-1"], "sample.label=-1 must be an integer >= 0"),
@@ -151,9 +151,9 @@ def test_sample_refuses_a_translation_model(tmp_path):
     ("eval", ["eval.sample_seeds=2.5"], "eval.sample_seeds=2.5 must be an integer >= 1"),
     ("eval", ["eval.sample_seeds=0"], "eval.sample_seeds=0 must be an integer >= 1"),
     ("eval", ["eval.sample_seeds=false"], "eval.sample_seeds=false must be an integer >= 1"),
-    ("eval", ["eval.num_samples=many"], "eval.num_samples='many' must be an integer >= 2 or null."),
-    ("eval", ["eval.num_samples=1"], "eval.num_samples=1 must be an integer >= 2 or null."),
-    ("eval", ["eval.kid_subset_size=0.5"], "eval.kid_subset_size=0.5 must be an integer >= 2 or null."),
+    ("eval", ["eval.num_samples=many"], "eval.num_samples='many' must be an integer >= 2 or null"),
+    ("eval", ["eval.num_samples=1"], "eval.num_samples=1 must be an integer >= 2 or null"),
+    ("eval", ["eval.kid_subset_size=0.5"], "eval.kid_subset_size=0.5 must be an integer >= 2 or null"),
 ])
 def test_sample_and_eval_options_that_are_not_integers_are_named(cgan_ckpt, tmp_path, task, overrides, message):
     with pytest.raises(GdmError) as caught:
@@ -170,7 +170,7 @@ def test_sample_label_draws_that_class_only(cgan_ckpt, tmp_path):
 
 
 @pytest.mark.parametrize(("value", "message"), [
-    ("abc", "translate.load_size='abc' must be an integer >= 8 (pixels of each image's short side"),
+    ("abc", "translate.load_size='abc' must be an integer >= 8 or null (pixels of each image's short side"),
     ("4", "translate.load_size=4 must be an integer >= 8"),
     ("true", "translate.load_size=true must be an integer >= 8"),
 ])

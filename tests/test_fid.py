@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import math
-import re
 
 import lightning as L
 import pytest
@@ -117,7 +116,7 @@ def test_kid_of_identical_distributions_is_near_zero_and_of_shifted_ones_positiv
 
 def test_build_features():
     assert isinstance(build_features("digits"), DigitFeatures)
-    with pytest.raises(GdmError, match="metrics.features='clip'"):
+    with pytest.raises(GdmError, match="features='clip' is not a known feature network"):
         build_features("clip")
 
 
@@ -306,27 +305,8 @@ def test_logged_fid_equals_fid_of_saved_pngs(real_val, tmp_path):
 
 
 def test_sample_quality_refuses_too_few_samples_before_training(real_val):
-    with pytest.raises(GdmError, match=r"metrics.fid.num_samples=1 must be an integer >= 2 \(FID needs 2 generated images at least"):
-        SampleQuality(num_samples=1)
     with pytest.raises(GdmError, match=r"at least 6 images on both sides.*3 generated"):
         SampleQuality(num_samples=3, real_split="val").check(FakeModel(), FakeDataModule(real_val), "digits")
-
-
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"num_samples": "1000"}, "metrics.fid.num_samples='1000' must be an integer >= 2"),
-    ({"num_samples": 2.5}, "metrics.fid.num_samples=2.5 must be an integer >= 2"),
-    ({"seed": "abc"}, "metrics.fid.seed='abc' must be an integer >= 0."),
-    ({"seed": -1}, "metrics.fid.seed=-1 must be an integer >= 0."),
-    ({"nearest_samples": 2.5}, "metrics.fid.nearest_samples=2.5 must be an integer >= 0."),
-    ({"nearest_k": 0}, "metrics.fid.nearest_k=0 must be an integer >= 1."),
-    ({"kid_subsets": 0}, "metrics.fid.kid_subsets=0 must be an integer >= 1."),
-    ({"kid_subset_size": True}, "metrics.fid.kid_subset_size=true must be an integer >= 2 or null."),
-    ({"precision_recall_k": 0}, "metrics.fid.precision_recall_k=0 must be an integer >= 1 or null."),
-    ({"density_coverage_k": "five"}, "metrics.fid.density_coverage_k='five' must be an integer >= 1 or null."),
-])
-def test_sample_quality_names_a_setting_that_is_not_a_count(kwargs, message):
-    with pytest.raises(GdmError, match=re.escape(message)):
-        SampleQuality(**kwargs)
 
 
 def test_sample_quality_takes_null_for_the_metrics_it_can_leave_off():
@@ -378,7 +358,7 @@ def test_evaluator_inside_a_trainer(tmp_path):
     torch.manual_seed(0)
     gan = GAN((1, 16, 16), functools.partial(DCGANGenerator, ngf=8), functools.partial(DCGANDiscriminator, ndf=8),
               latent_dim=16)
-    evaluator = Evaluator([SampleQuality(num_samples=150, real_split="val")], features="digits",
+    evaluator = Evaluator([SampleQuality(num_samples=150, real_split="val")], features=build_features("digits"),
                           run_dir=str(tmp_path), monitor="val/fid_digits", cache_dir=str(tmp_path / "cache"))
     trainer = L.Trainer(max_epochs=2, limit_train_batches=1, limit_val_batches=1, num_sanity_val_steps=0,
                         accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,

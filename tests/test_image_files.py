@@ -185,9 +185,9 @@ def test_hidden_folders_are_not_classes(tmp_path):
     (70, [], "data.batch_size=64 is larger than the 62 training images of data=ImageFolderDataModule, and the "
              "last partial batch is dropped, so no training step would run: set data.batch_size to at most 62"),
     (10, ["data.batch_size=4"], "the validation split of data=ImageFolderDataModule is empty"),
-    (40, ["data.batch_size=4", "metrics.fid.num_samples=1"], "metrics.fid.num_samples=1 must be an integer >= 2 (FID needs 2 generated images at least"),
     (40, ["data.batch_size=4", "metrics.fid.real_split=val"],
-     "metrics.fid needs at least 6 images on both sides (FID: 2, k-NN metrics: k + 1), and has 40 generated"),
+     "the sample metrics need at least 6 images on both sides (FID: 2, k-NN metrics: k + 1), and have "
+     "metrics.fid.num_samples=40 generated"),
 ])
 def test_too_little_data_is_one_sentence_before_training(tmp_path, n, overrides, message):
     root = flat_folder(tmp_path / "few", n=n, size=16)

@@ -47,7 +47,7 @@ def test_a_failed_job_is_recorded_the_sweep_goes_on_and_its_exit_status_says_so(
         rows = list(csv.DictReader(f))
     assert [r["status"] for r in rows] == ["failed", "finished"]
     out = proc.stderr + proc.stdout
-    assert "job 0 failed: model.loss='nope' is not a known GAN loss" in out
+    assert "job 0 failed: model.loss='nope' must be one of vanilla, lsgan, hinge, wgan-gp" in out
     assert "1 of 2 jobs did not finish (jobs 0; each job's run.log says why): exit status 1." in out
 
 
@@ -180,7 +180,7 @@ def test_sweep_identity_is_the_sweep_dir_and_the_job_overrides(tmp_path):
     from hydra.types import RunMode
     from omegaconf import open_dict, read_write
 
-    from gdm.sweeps import configuration_tag, sweep_identity
+    from gdm.multirun import configuration_tag, sweep_identity
 
     assert sweep_identity() is None  # not inside a Hydra job
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import fake_mnist
+from pydantic import ValidationError
 from torchvision import datasets
 
 from gdm.data import torchvision_sets
@@ -20,7 +21,7 @@ def test_missing_dataset_is_one_sentence(name, tmp_path):
     with pytest.raises(GdmError) as err:
         TorchvisionDataModule(name, root=str(tmp_path / name))
     message = str(err.value)
-    assert f"{name} is not in data.root={tmp_path / name}" in message and "data.download=true" in message
+    assert f"{name} is not in root={tmp_path / name}" in message and "download=true" in message
     assert not any((tmp_path / name).rglob("*.gz"))  # nothing was fetched
 
 
@@ -36,8 +37,9 @@ def test_mnist_files_make_a_32px_labelled_module(tmp_path):
 
 
 def test_unknown_name(tmp_path):
-    with pytest.raises(GdmError, match="data.name='svhn' is not a known torchvision dataset"):
-        TorchvisionDataModule("svhn", root=str(tmp_path))
+    with pytest.raises(ValidationError) as caught:
+        TorchvisionDataModule(name="svhn", root=str(tmp_path))
+    assert [e["loc"] for e in caught.value.errors()] == [("name",)]
 
 
 def test_class_counts_follow_the_split(tmp_path):

@@ -3,8 +3,8 @@
 Real and generated images are augmented independently, each before the discriminator sees it, with
 operations the generator's gradient flows through (Zhao et al. 2020, "Differentiable Augmentation for
 Data-Efficient GAN Training"; Karras et al. 2020, "Training Generative Adversarial Networks with Limited
-Data"). `model.augment` picks one:
-- `diffaugment`: the DiffAugment policy `model.augment_policy` (e.g. `color,translation,cutout`),
+Data"). `build_augment(augment, ...)` picks one:
+- `diffaugment`: the DiffAugment policy `augment_policy` (e.g. `color,translation,cutout`),
   applied to every image (`gdm.augment.diffaugment`);
 - `ada`: the ADA pipeline, each operation applied with a probability p that a controller moves
   towards the discriminator's overfitting target (`gdm.augment.ada`);
@@ -13,48 +13,33 @@ Data"). `model.augment` picks one:
 
 from __future__ import annotations
 
-from torch import Tensor, nn
+from typing import Annotated, Literal
 
-from gdm.errors import GdmError
+from pydantic import Field
+
+from gdm.augment.base import Augment
+from gdm.option_types import checked
 
 AUGMENTS = ("diffaugment", "ada")
 
 
-class Augment(nn.Module):
-    """An augmentation of discriminator inputs (B, C, H, W) in [-1, 1] (values may leave the range, as
-    in the papers). `channels_per_image` < C: the tensor holds several images side by side on the channel
-    axis (pix2pix's (input, output) pairs), which get the same random transform, colour included."""
-
-    def __init__(self, channels_per_image: int | None = None):
-        super().__init__()
-        self.channels_per_image = channels_per_image
-
-    def observe(self, real_logits: Tensor, images: int) -> None:
-        """The discriminator's logits on the augmented real images of one training batch of `images`
-        images (ADA's r_t; a PatchGAN gives several logits per image)."""
-
-    def logs(self) -> dict[str, Tensor]:
-        """Values worth logging (detached tensors)."""
-        return {}
+AugmentName = Annotated[Literal["diffaugment", "ada"] | None, Field(
+    description="what the discriminator sees of real and fake images; null: the images as they are")]
 
 
-def build_augment(augment: str | None, policy: str = "color,translation,cutout", ada_target: float = 0.6,
-                  ada_interval: int = 4, ada_kimg: float = 500.0,
+@checked
+def build_augment(augment: AugmentName, augment_policy: object = "color,translation,cutout",
+                  ada_target: object = 0.6, ada_interval: object = 4, ada_kimg: object = 500.0,
                   channels_per_image: int | None = None) -> Augment | None:
-    """The augmentation named by `model.augment` (None for `null`). Raises GdmError on an unknown name
-    or policy, or ADA settings out of range."""
-    # Checked whatever model.augment is, so a wrong value is never silently ignored.
-    from gdm.augment.ada import AdaptiveAugment
-
-    AdaptiveAugment.check_settings(ada_target, ada_interval, ada_kimg)
-    if augment in (None, "none", "null", False):
-        return None
+    """The augmentation `augment` (None for null), with the settings of that one only: the policy is
+    checked by DiffAugment, the ada_* settings by ADA (a ValidationError naming the parameter)."""
     if augment == "diffaugment":
         from gdm.augment.diffaugment import DiffAugment
 
-        return DiffAugment(policy, channels_per_image)
+        return DiffAugment(augment_policy, channels_per_image)
     if augment == "ada":
-        return AdaptiveAugment(target=ada_target, interval=ada_interval, kimg=ada_kimg,
+        from gdm.augment.ada import AdaptiveAugment
+
+        return AdaptiveAugment(ada_target=ada_target, ada_interval=ada_interval, ada_kimg=ada_kimg,
                                channels_per_image=channels_per_image)
-    raise GdmError(f"model.augment='{augment}' is not a known augmentation; choose one of "
-                   f"{', '.join(AUGMENTS)}, or null for none.")
+    return None

@@ -23,14 +23,16 @@ of the controller stays on the device (no host synchronisation).
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from pydantic import Field, Strict
 from torch import Tensor
 
-from gdm.augment import Augment
-from gdm.errors import integer_option, number_option
+from gdm.augment.base import Augment
+from gdm.option_types import Probability, checked
 
 
 def _applied(n: int, p: Tensor, device: torch.device) -> Tensor:
@@ -148,18 +150,17 @@ def augment(x: Tensor, p: Tensor, channels_per_image: int | None = None) -> Tens
 class AdaptiveAugment(Augment):
     """ADA with its controller. Input and output (B, C, H, W); `p` (0-dim buffer) the current probability."""
 
-    @staticmethod
-    def check_settings(target: object, interval: object, kimg: object) -> None:
-        """model.ada_target in (0, 1), model.ada_interval an integer >= 1, model.ada_kimg > 0, else GdmError."""
-        number_option("model.ada_target", target, above=0, below=1, hint="(the paper uses 0.6)")
-        integer_option("model.ada_interval", interval, minimum=1, hint="(the paper uses 4)")
-        number_option("model.ada_kimg", kimg, above=0, hint="(the paper uses 500)")
-
-    def __init__(self, target: float = 0.6, interval: int = 4, kimg: float = 500.0,
+    @checked
+    def __init__(self, ada_target: Annotated[Probability, Field(
+                     description="the E[sign(D(real))] that p moves towards; the paper uses 0.6")] = 0.6,
+                 ada_interval: Annotated[int, Strict(), Field(
+                     ge=1, description="batches between p updates; the paper uses 4")] = 4,
+                 ada_kimg: Annotated[float, Strict(), Field(gt=0, allow_inf_nan=False, description=(
+                     "thousands of images for p to go from 0 to 1; the paper uses 500"))] = 500.0,
                  channels_per_image: int | None = None):
         super().__init__(channels_per_image)
-        self.check_settings(target, interval, kimg)
-        self.target, self.interval, self.kimg = target, interval, kimg
+        # StyleGAN2-ADA's names for the settings; the controller's own below
+        self.target, self.interval, self.kimg = ada_target, ada_interval, ada_kimg
         self.register_buffer("p", torch.zeros(()))
         self.register_buffer("rt", torch.zeros(()))  # the last r_t
         # Running sums over the current interval: sum of sign(D(real)), logits, images.

@@ -13,13 +13,27 @@ Each image of the batch draws its own parameters; every operation is applied to 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import BeforeValidator, Field
 from torch import Tensor
 
-from gdm.augment import Augment
-from gdm.errors import GdmError
+from gdm.augment.base import Augment
+from gdm.option_types import checked
+
+
+def _operations(policy: object) -> object:
+    # "color, translation" (a quoted string on the command line) or a list of the same names
+    if isinstance(policy, str):
+        return [name.strip() for name in policy.split(",") if name.strip()]
+    return [str(name).strip() for name in policy] if isinstance(policy, Sequence) else policy
+
+
+Policy = Annotated[list[Literal["color", "translation", "cutout"]], BeforeValidator(_operations), Field(
+    min_length=1, description="DiffAugment's operations, comma-separated (quoted on the command line) or a "
+                              "list; Zhao et al. 2020 use color,translation,cutout")]
 
 
 def _per_sample(x: Tensor, *shape: int) -> Tensor:
@@ -75,22 +89,15 @@ OPERATIONS = {"color": color, "translation": translation, "cutout": cutout}
 
 
 class DiffAugment(Augment):
-    """`policy`: comma-separated operations applied in order, e.g. "color,translation,cutout" (the
+    """`augment_policy`: comma-separated operations applied in order, e.g. "color,translation,cutout" (the
     paper's choice for most of its experiments) or "translation", or a list of them. Input and output
-    (B, C, H, W). On the command line Hydra reads an unquoted comma as a sweep: quote the string
-    (`"model.augment_policy='color,cutout'"`) or give a list (`model.augment_policy=[color,cutout]`)."""
+    (B, C, H, W). On the command line Hydra reads an unquoted comma as a sweep: quote the string or give a
+    list."""
 
-    def __init__(self, policy: str | Sequence[str] = "color,translation,cutout",
-                 channels_per_image: int | None = None):
+    @checked
+    def __init__(self, augment_policy: Policy = "color,translation,cutout", channels_per_image: int | None = None):
         super().__init__(channels_per_image)
-        names = policy.split(",") if isinstance(policy, str) else list(policy)  # a list from the command line
-        self.policy = [str(p).strip() for p in names if str(p).strip()]
-        unknown = [p for p in self.policy if p not in OPERATIONS]
-        if unknown or not self.policy:
-            shown = policy if isinstance(policy, str) else ",".join(map(str, policy))
-            raise GdmError(f"model.augment_policy='{shown}' must be a comma-separated list of DiffAugment "
-                           f"operations: {', '.join(OPERATIONS)} (e.g. \"model.augment_policy='color,translation,cutout'\" "
-                           "or model.augment_policy=[color,translation,cutout] on the command line).")
+        self.policy = augment_policy
 
     def forward(self, x: Tensor) -> Tensor:
         layout = torch.channels_last if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) \

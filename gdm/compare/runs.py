@@ -2,9 +2,10 @@
 job sub-directories), and task=eval directories with several sample seeds (the sampling spread).
 
 A run's configuration is its command-line overrides (`.hydra/overrides.yaml`) except the seed and the keys
-that do not change what is trained or measured (where files and logs go), so the seeds of one configuration
-group together across sweeps. Its values are those of its final evaluation (`summary.json` "final") plus the
-best value of its monitored metric ("best <metric>"), each with its protocol; its history is `metrics.jsonl`.
+that do not change what is trained or measured (`gdm.multirun.configuration`), so the seeds of one
+configuration group together across sweeps. Its values are those of its final evaluation (`summary.json`
+"final") plus the best value of its monitored metric ("best <metric>"), each with its protocol; its history
+is `metrics.jsonl`.
 """
 
 from __future__ import annotations
@@ -16,9 +17,8 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from gdm.errors import GdmError
+from gdm.multirun import configuration, override_key
 
-# Overrides that do not change what a run trains or measures.
-NOT_CONFIGURATION = ("seed", "print_config", "logger", "paths", "resume", "hydra", "ckpt_path", "test_after_fit")
 GRID = "samples_last.png"
 
 
@@ -47,16 +47,6 @@ class SamplingSpread:
     configuration: str | None
     stats: dict[str, dict]  # metric -> {"n", "mean", "std", "values", ...}
     protocols: dict[str, dict] = field(default_factory=dict)  # of the first sample seed
-
-
-def override_key(override: str) -> str:
-    return override.lstrip("+~").split("=", 1)[0]
-
-
-def configuration(overrides: list[str]) -> str:
-    """The overrides that define what was trained and measured, in their given order; '(defaults)' if none."""
-    kept = [o for o in overrides if override_key(o).split(".", 1)[0] not in NOT_CONFIGURATION]
-    return " ".join(kept) or "(defaults)"
 
 
 def is_run_dir(path: Path) -> bool:

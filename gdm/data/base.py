@@ -6,7 +6,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from gdm.errors import integer_option
+from gdm.option_types import BatchSize, Flag, Workers, checked
 
 SPLITS = ("train", "val", "test")
 
@@ -23,13 +23,14 @@ class SplitDataModule(L.LightningDataModule):
     num_classes: int | None = None
     provides: frozenset[str] = frozenset({"image"})
 
-    def __init__(self, batch_size: int = 64, num_workers: int = 0, pin_memory: bool = False,
+    @checked
+    def __init__(self, batch_size: BatchSize = 64, num_workers: Workers = 0, pin_memory: Flag = False,
                  fid_features: str = "inception"):
         super().__init__()
         # The FID feature network that suits this data; `metrics.features` defaults to it.
         self.fid_features = fid_features
-        self.batch_size = integer_option("data.batch_size", batch_size, minimum=1)
-        self.num_workers = integer_option("data.num_workers", num_workers, minimum=0)
+        self.batch_size = batch_size
+        self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.datasets: dict[str, Dataset] = {}
 

@@ -15,8 +15,9 @@ from sklearn.datasets import load_digits
 from torch.utils.data import Dataset
 
 from gdm.data.base import SplitDataModule
-from gdm.errors import GdmError, integer_option, number_option
+from gdm.errors import GdmError
 from gdm.images import to_uint8
+from gdm.option_types import BatchSize, Flag, HeldOut, ImageSide, SplitSeed, Workers, checked
 
 
 class TensorImageDataset(Dataset):
@@ -51,15 +52,16 @@ def load_digit_images(image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     return images, torch.tensor(digits.target, dtype=torch.long)
 
 
-def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int) -> dict[str, torch.Tensor]:
-    """A fixed, seeded random partition of range(n) into train / val / test. GdmError for a fraction outside
-    [0, 1) or fractions that leave nothing to train on (a negative one would make val and train overlap)."""
-    for key, value in (("data.val_fraction", val_fraction), ("data.test_fraction", test_fraction)):
-        number_option(key, value, minimum=0, below=1, hint="(the share of the images held out)")
-    integer_option("data.split_seed", seed, minimum=0)
+def check_held_out(val_fraction: float, test_fraction: float) -> None:
+    """GdmError naming both when the held-out fractions (each in [0, 1) by its type) leave nothing to train on."""
     if val_fraction + test_fraction >= 1:
-        raise GdmError(f"data.val_fraction={val_fraction} and data.test_fraction={test_fraction} leave no training "
+        raise GdmError(f"val_fraction={val_fraction} and test_fraction={test_fraction} leave no training "
                        "images: their sum must be under 1.")
+
+
+def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int) -> dict[str, torch.Tensor]:
+    """A fixed, seeded random partition of range(n) into train / val / test; fractions in [0, 1) with a sum
+    under 1 (`check_held_out`), as the data modules' signatures require."""
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     n_val, n_test = round(n * val_fraction), round(n * test_fraction)
     return {"val": order[:n_val], "test": order[n_val:n_val + n_test], "train": order[n_val + n_test:]}
@@ -69,10 +71,12 @@ class DigitsDataModule(SplitDataModule):
     num_classes = 10
     provides = frozenset({"image", "label"})
 
-    def __init__(self, image_size: int = 32, val_fraction: float = 0.1, test_fraction: float = 0.1,
-                 split_seed: int = 0, batch_size: int = 64, num_workers: int = 0, pin_memory: bool = False,
+    @checked
+    def __init__(self, image_size: ImageSide = 32, val_fraction: HeldOut = 0.1, test_fraction: HeldOut = 0.1,
+                 split_seed: SplitSeed = 0, batch_size: BatchSize = 64, num_workers: Workers = 0, pin_memory: Flag = False,
                  fid_features: str = "digits"):
         super().__init__(batch_size, num_workers, pin_memory, fid_features)
+        check_held_out(val_fraction, test_fraction)
         self.image_size = image_size
         self.image_shape = (1, image_size, image_size)
         self.val_fraction, self.test_fraction, self.split_seed = val_fraction, test_fraction, split_seed

@@ -15,14 +15,23 @@ labels (`label_a`, `label_b`), which measure whether a translation preserves the
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field, Strict
 from sklearn.datasets import load_sample_images
 
 from gdm.data.digits import TensorImageDataset, load_digit_images
 from gdm.data.unpaired import UnpairedDataModule
 from gdm.images import to_uint8
+from gdm.option_types import BatchSize, Flag, HeldOut, ImageSide, SplitSeed, Workers, checked
+
+# The photos are 427 x 640.
+PatchCrop = Annotated[int, Strict(), Field(ge=1, le=427, description="pixels of the photo crop behind a digit")]
+PatchBrightness = Annotated[float, Strict(), Field(ge=0, le=1, allow_inf_nan=False, description=(
+    "the photo patch's weight in |brightness * patch - digit|"))]
 
 
 def photo_patches(n: int, size: int, seed: int, crop: int) -> torch.Tensor:
@@ -51,9 +60,10 @@ class DigitsColourDataModule(UnpairedDataModule):
     num_classes = 10
     provides = frozenset({"image_a", "image_b", "label_a", "label_b"})
 
-    def __init__(self, image_size: int = 32, patch_crop: int = 64,
-                 patch_brightness: float = 0.4, test_fraction: float = 0.2, split_seed: int = 0,
-                 batch_size: int = 1, num_workers: int = 0, pin_memory: bool = False,
+    @checked
+    def __init__(self, image_size: ImageSide = 32, patch_crop: PatchCrop = 64,
+                 patch_brightness: PatchBrightness = 0.4, test_fraction: HeldOut = 0.2, split_seed: SplitSeed = 0,
+                 batch_size: BatchSize = 1, num_workers: Workers = 0, pin_memory: Flag = False,
                  fid_features: str = "digits_colour"):
         super().__init__(batch_size, num_workers, pin_memory, fid_features)
         self.image_size, self.patch_crop, self.patch_brightness = image_size, patch_crop, patch_brightness

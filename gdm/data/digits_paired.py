@@ -12,20 +12,23 @@ digit is in both domains here. Splits: a fixed seeded 80 / 10 / 10 % partition o
 
 from __future__ import annotations
 
-from gdm.data.digits import load_digit_images, split_indices
-from gdm.data.digits_colour import colour_digits
-from gdm.data.paired import PairedDataModule, TensorPairDataset
+from gdm.data.digits import check_held_out, load_digit_images, split_indices
+from gdm.data.digits_colour import PatchBrightness, PatchCrop, colour_digits
+from gdm.data.paired import Direction, PairedDataModule, TensorPairDataset
+from gdm.option_types import BatchSize, Flag, HeldOut, ImageSide, SplitSeed, Workers, checked
 
 
 class DigitsPairedDataModule(PairedDataModule):
     num_classes = 10
     provides = frozenset({"image_a", "image_b", "aligned", "label_a", "label_b"})
 
-    def __init__(self, image_size: int = 32, patch_crop: int = 64, patch_brightness: float = 0.4,
-                 val_fraction: float = 0.1, test_fraction: float = 0.1, split_seed: int = 0,
-                 direction: str = "AtoB", batch_size: int = 1, num_workers: int = 0, pin_memory: bool = False,
-                 fid_features: str = "digits_colour"):
+    @checked
+    def __init__(self, image_size: ImageSide = 32, patch_crop: PatchCrop = 64,
+                 patch_brightness: PatchBrightness = 0.4, val_fraction: HeldOut = 0.1, test_fraction: HeldOut = 0.1,
+                 split_seed: SplitSeed = 0, direction: Direction = "AtoB", batch_size: BatchSize = 1, num_workers: Workers = 0,
+                 pin_memory: Flag = False, fid_features: str = "digits_colour"):
         super().__init__(direction, batch_size, num_workers, pin_memory, fid_features)
+        check_held_out(val_fraction, test_fraction)
         self.image_size, self.patch_crop, self.patch_brightness = image_size, patch_crop, patch_brightness
         self.val_fraction, self.test_fraction, self.split_seed = val_fraction, test_fraction, split_seed
         self.image_shape = (3, image_size, image_size)

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from gdm.errors import GdmError, shown
+from gdm.errors import GdmError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 HIDDEN_FOLDERS = ("__MACOSX",)
@@ -46,15 +46,6 @@ log = logging.getLogger(__name__)
 
 class UnreadableImage(GdmError):
     """An image file that cannot be decoded."""
-
-
-def background_option(value: object) -> tuple[int, int, int]:
-    """`data.background` (the colour transparent pixels are composited over) as an RGB tuple, else GdmError."""
-    if not (isinstance(value, (list, tuple)) and len(value) == 3
-            and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in value)):
-        raise GdmError(f"data.background={shown(value)} must be an RGB colour, three integers 0-255 such as "
-                       "[255,255,255] (white, the default).")
-    return tuple(value)
 
 
 def hidden(name: str) -> bool:
@@ -85,7 +76,7 @@ def image_paths(root: str | Path) -> list[Path]:
     return sorted(map(Path, found))
 
 
-def find_images(root: str | Path, key: str = "data.root") -> list[Path]:
+def find_images(root: str | Path, key: str = "root") -> list[Path]:
     """`image_paths(root)`, or one sentence naming `key` when the folder is missing or holds no image."""
     root = Path(root).expanduser()
     if not root.is_dir():
@@ -140,7 +131,7 @@ def open_image(path: str | Path, channels: int = 3, background: Sequence[int] = 
 
 
 def cache_dir() -> Path:
-    """Where gdm keeps what it computed about the user's data (as `metrics.cache_dir`)."""
+    """Where gdm keeps what it computed about the user's data (the evaluator's `cache_dir` by default)."""
     return Path(os.environ.get("GDM_CACHE_DIR", "~/.cache/gdm")).expanduser()
 
 

@@ -1,4 +1,4 @@
-"""Any folder tree of images, e.g. `data=image_folder data.root=DIR`.
+"""Any folder tree of images under `root`.
 
 If every image sits in a first-level sub-folder and there are at least two of them, the
 sub-folder names are class labels (torchvision's ImageFolder layout); otherwise the data is
@@ -17,9 +17,21 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from gdm.data.base import SplitDataModule
-from gdm.data.digits import split_indices
-from gdm.data.image_files import WHITE, background_option, find_images, open_image, verify_images
-from gdm.errors import GdmError, boolean_option, integer_option
+from gdm.data.digits import check_held_out, split_indices
+from gdm.data.image_files import WHITE, find_images, open_image, verify_images
+from gdm.errors import GdmError
+from gdm.option_types import (
+    Background,
+    BatchSize,
+    Channels,
+    Flag,
+    HeldOut,
+    ImageSide,
+    LoadSide,
+    SplitSeed,
+    Workers,
+    checked,
+)
 
 
 def image_transform(image_size: int, load_size: int | None, channels: int, train: bool,
@@ -75,20 +87,18 @@ def class_labels(root: Path, files: list[Path]) -> tuple[list[int] | None, list[
 
 
 class ImageFolderDataModule(SplitDataModule):
-    def __init__(self, root: str, image_size: int = 64, load_size: int | None = None, channels: int = 3,
-                 random_crop: bool = False, flip: bool = True, val_fraction: float = 0.05,
-                 test_fraction: float = 0.05, split_seed: int = 0, verify: bool = True,
-                 batch_size: int = 64, num_workers: int = 2, pin_memory: bool = False,
-                 fid_features: str = "inception", background: tuple[int, int, int] = WHITE):
+    @checked
+    def __init__(self, root: str, image_size: ImageSide = 64, load_size: LoadSide | None = None,
+                 channels: Channels = 3, random_crop: Flag = False, flip: Flag = True, val_fraction: HeldOut = 0.05,
+                 test_fraction: HeldOut = 0.05, split_seed: SplitSeed = 0, verify: Flag = True,
+                 batch_size: BatchSize = 64, num_workers: Workers = 2, pin_memory: Flag = False,
+                 fid_features: str = "inception", background: Background = WHITE):
         super().__init__(batch_size, num_workers, pin_memory, fid_features)
         self.root = Path(root).expanduser()
-        self.background = background_option(background)
-        flip = boolean_option("data.flip", flip)
-        random_crop, verify = boolean_option("data.random_crop", random_crop), boolean_option("data.verify", verify)
-        integer_option("data.image_size", image_size, minimum=1, hint="(pixels of each side)")
-        integer_option("data.load_size", load_size, minimum=1, optional=True, hint="(null: data.image_size)")
+        self.background = tuple(background)
+        check_held_out(val_fraction, test_fraction)
         if load_size is not None and load_size < image_size:
-            raise GdmError(f"data.load_size={load_size} is smaller than data.image_size={image_size}: the crop would "
+            raise GdmError(f"load_size={load_size} is smaller than image_size={image_size}: the crop would "
                            "pad the images with black; set load_size >= image_size, or null.")
         self.image_shape = (channels, image_size, image_size)
         self.image_size, self.load_size, self.channels = image_size, load_size, channels

@@ -5,8 +5,8 @@ data, item i is always the pair i, and any random augmentation (crop, flip) is d
 applied to both images: the two are transformed as one tensor of stacked channels, so they cannot
 come apart (`paired_transform`).
 
-`data.direction` (AtoB | BtoA) says which image is the input; the data module only checks and keeps it
-(model configs read it, as `model.direction: ${data.direction}`), and always serves both images.
+`direction` (AtoB | BtoA) says which image is the input; the data module only checks and keeps it (the
+model reads it from the data config), and always serves both images.
 Metrics read each domain on its own: `datamodule.split("B/test")` is the B images of the test pairs,
 with `image` (and `label`) items, in pair order.
 """
@@ -14,16 +14,19 @@ with `image` (and `label`) items, in pair order.
 from __future__ import annotations
 
 import hashlib
+from typing import Annotated, Literal
 
 import torch
+from pydantic import Field
 from torch.utils.data import Dataset
 from torchvision.transforms import InterpolationMode, v2
 
 from gdm.data.base import SplitDataModule
-from gdm.errors import GdmError
+from gdm.option_types import BatchSize, Flag, Workers, checked
 
 DOMAINS = ("A", "B")
 DIRECTIONS = ("AtoB", "BtoA")
+Direction = Annotated[Literal["AtoB", "BtoA"], Field(description="which image of a pair is the input")]
 
 
 def paired_transform(image_size: int, load_size: int, train: bool, flip: bool) -> v2.Compose:
@@ -90,11 +93,10 @@ class PairedDataModule(SplitDataModule):
     # "aligned": image_a[i] and image_b[i] are the same scene (not a batch key: what the pairs are)
     provides = frozenset({"image_a", "image_b", "aligned"})
 
-    def __init__(self, direction: str = "AtoB", batch_size: int = 1, num_workers: int = 0, pin_memory: bool = False,
-                 fid_features: str = "inception"):
+    @checked
+    def __init__(self, direction: Direction = "AtoB", batch_size: BatchSize = 1, num_workers: Workers = 0,
+                 pin_memory: Flag = False, fid_features: str = "inception"):
         super().__init__(batch_size, num_workers, pin_memory, fid_features)
-        if direction not in DIRECTIONS:
-            raise GdmError(f"data.direction={direction} is not a direction; choose AtoB or BtoA.")
         self.direction = direction
 
     def build_pairs(self) -> dict[str, Dataset]:

@@ -24,9 +24,10 @@ from torch.utils.data import Dataset
 from torchvision.transforms.functional import pil_to_tensor
 
 from gdm.data.download import PAIRED_DATASETS, download_command
-from gdm.data.image_files import WHITE, background_option, find_images, image_paths, open_image, verify_images
-from gdm.data.paired import PairedDataModule, paired_transform
-from gdm.errors import GdmError, boolean_option, integer_option
+from gdm.data.image_files import WHITE, find_images, image_paths, open_image, verify_images
+from gdm.data.paired import Direction, PairedDataModule, paired_transform
+from gdm.errors import GdmError
+from gdm.option_types import Background, BatchSize, Channels, Flag, ImageSide, LoadSide, Workers, checked
 
 log = logging.getLogger(__name__)
 
@@ -91,43 +92,41 @@ def warn_unless_side_by_side(folder: Path, files: list[Path]) -> None:
         return
     if abs(width - 2 * height) > 1:
         log.warning(f"{files[0]} is {width}x{height} px, not twice as wide as tall: the images in {folder} are read "
-                    "as side-by-side pairs (left half A, right half B); if they are single images, point data.root "
+                    "as side-by-side pairs (left half A, right half B); if they are single images, point root "
                     "at a folder of pairs.")
 
 
 def find_pairs(root: Path, split: str) -> tuple[list[Path], list[Path] | None] | None:
     """The files of one split (A files, B files or None for side by side), or None if the split is absent."""
     if has_images(root / split):
-        files = find_images(root / split, key=f"data.root/{split}")
+        files = find_images(root / split, key=f"root/{split}")
         warn_unless_side_by_side(root / split, files)
         return files, None
     folder_a, folder_b = root / f"{split}A", root / f"{split}B"
     if not (has_images(folder_a) or has_images(folder_b)):
         return None
-    files_a = find_images(folder_a, key=f"data.root/{split}A")
-    files_b = find_images(folder_b, key=f"data.root/{split}B")
+    files_a = find_images(folder_a, key=f"root/{split}A")
+    files_b = find_images(folder_b, key=f"root/{split}B")
     names_a = [p.relative_to(folder_a) for p in files_a]
     names_b = {p.relative_to(folder_b) for p in files_b}
     unmatched = [str(n) for n in names_a if n not in names_b] + sorted(
         str(n) for n in names_b - set(names_a))
     if unmatched:
-        raise GdmError(f"data.root={root}: {split}A/ and {split}B/ must hold the same file names (pairs match by "
+        raise GdmError(f"root={root}: {split}A/ and {split}B/ must hold the same file names (pairs match by "
                        f"name), but {len(unmatched)} do not, e.g. {unmatched[0]}: add or remove those files.")
     return files_a, [folder_b / n for n in names_a]
 
 
 class PairedFolderDataModule(PairedDataModule):
-    def __init__(self, root: str, name: str | None = None, image_size: int = 256, load_size: int = 286,
-                 channels: int = 3, flip: bool = True, direction: str = "AtoB", verify: bool = True,
-                 batch_size: int = 1, num_workers: int = 4, pin_memory: bool = False,
-                 fid_features: str = "inception", background: tuple[int, int, int] = WHITE):
+    @checked
+    def __init__(self, root: str, name: str | None = None, image_size: ImageSide = 256, load_size: LoadSide = 286,
+                 channels: Channels = 3, flip: Flag = True, direction: Direction = "AtoB", verify: Flag = True,
+                 batch_size: BatchSize = 1, num_workers: Workers = 4, pin_memory: Flag = False,
+                 fid_features: str = "inception", background: Background = WHITE):
         super().__init__(direction, batch_size, num_workers, pin_memory, fid_features)
-        self.background = background_option(background)
-        flip, verify = boolean_option("data.flip", flip), boolean_option("data.verify", verify)
-        integer_option("data.image_size", image_size, minimum=1, hint="(pixels of each side)")
-        integer_option("data.load_size", load_size, minimum=1, hint="(pixels before the random crop)")
+        self.background = tuple(background)
         if load_size < image_size:
-            raise GdmError(f"data.load_size={load_size} is smaller than data.image_size={image_size}: the random "
+            raise GdmError(f"load_size={load_size} is smaller than image_size={image_size}: the random "
                            "crop needs load_size >= image_size.")
         self.root, self.name = Path(root).expanduser(), name
         self.image_shape = (channels, image_size, image_size)
@@ -138,11 +137,11 @@ class PairedFolderDataModule(PairedDataModule):
             if name in PAIRED_DATASETS:
                 how = f"get it with `{download_command(name, self.root.parent)}`"
                 if self.root.name != name:
-                    how += f" and set data.root={self.root.parent / name}"
+                    how += f" and set root={self.root.parent / name}"
             else:
-                how = ("point data.root at a folder with train/ and test/ (or val/) of side-by-side A | B images, "
+                how = ("point root at a folder with train/ and test/ (or val/) of side-by-side A | B images, "
                        "or trainA/ trainB/ testA/ testB/ of pairs with matching file names")
-            raise GdmError(f"data.root={self.root} has no training pairs and test pairs: {how}.")
+            raise GdmError(f"root={self.root} has no training pairs and test pairs: {how}.")
         found["val"] = found["val"] or found["test"]
         found["test"] = found["test"] or found["val"]
         self.files = found

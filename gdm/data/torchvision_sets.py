@@ -1,6 +1,6 @@
 """Standard datasets through torchvision: `data=mnist`, `data=cifar10`.
 
-Nothing is downloaded unless the user asks (`data.download=true`); a missing dataset stops the run
+Nothing is downloaded unless the user asks (`download=true`); a missing dataset stops the run
 before training with one sentence saying where the files go and how to fetch them. The download runs in
 `prepare_data`, which Lightning calls on one process per node while the other DDP ranks wait. The official
 training set is split into train / val with a fixed seed; the official test set is the test split.
@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Annotated, Literal
 
 import torch
+from pydantic import Field
 from torch.utils.data import Dataset, Subset
 from torchvision import datasets
 from torchvision.transforms import v2
@@ -19,6 +21,7 @@ from torchvision.transforms import v2
 from gdm.data.base import SplitDataModule
 from gdm.data.digits import split_indices
 from gdm.errors import GdmError
+from gdm.option_types import BatchSize, Flag, HeldOut, ImageSide, SplitSeed, Workers, checked
 
 # name -> (torchvision class, channels, native size, what the files look like under root)
 SETS = {
@@ -55,24 +58,25 @@ def open_dataset(name: str, root: Path, train: bool, download: bool) -> Dataset:
         return cls(str(root), train=train, download=download)
     except RuntimeError as err:  # torchvision: "Dataset not found ... use download=True"
         raise GdmError(
-            f"{name} is not in data.root={root} ({err}): run once with data.download=true on a machine with "
+            f"{name} is not in root={root} ({err}): run once with download=true on a machine with "
             f"network access, or copy the torchvision files there ({layout})."
         ) from None
     except OSError as err:  # URLError and friends while downloading
         raise GdmError(f"Could not download {name} into {root} ({err}): check the network, or copy the "
-                       f"torchvision files there ({layout}) and keep data.download=false.") from None
+                       f"torchvision files there ({layout}) and keep download=false.") from None
 
 
 class TorchvisionDataModule(SplitDataModule):
     num_classes = 10
     provides = frozenset({"image", "label"})
 
-    def __init__(self, name: str, root: str, image_size: int | None = None, download: bool = False,
-                 flip: bool = False, val_fraction: float = 0.1, split_seed: int = 0, batch_size: int = 64,
-                 num_workers: int = 2, pin_memory: bool = False, fid_features: str = "inception"):
+    @checked
+    def __init__(self, name: Annotated[Literal["mnist", "fashion_mnist", "cifar10"], Field(
+                     description="a torchvision dataset")],
+                 root: str, image_size: ImageSide | None = None, download: Flag = False, flip: Flag = False,
+                 val_fraction: HeldOut = 0.1, split_seed: SplitSeed = 0, batch_size: BatchSize = 64,
+                 num_workers: Workers = 2, pin_memory: Flag = False, fid_features: str = "inception"):
         super().__init__(batch_size, num_workers, pin_memory, fid_features)
-        if name not in SETS:
-            raise GdmError(f"data.name='{name}' is not a known torchvision dataset; choose one of {', '.join(SETS)}.")
         _, channels, native, _ = SETS[name]
         self.name, self.root = name, Path(root).expanduser()
         self.image_size = image_size or native

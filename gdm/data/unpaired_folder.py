@@ -1,7 +1,7 @@
 """An unpaired dataset on disk in the CycleGAN layout: `root/trainA/ trainB/ testA/ testB/`.
 
 `data=monet` (monet2photo), `data=horse2zebra`, ... are this module with `name` set; `data=unpaired
-data.root=DIR` takes any folder with the four sub-folders. The transforms are the reference code's
+root=DIR` takes any folder with the four sub-folders. The transforms are the reference code's
 defaults: training images are resized to `load_size` x `load_size` (bicubic, aspect ratio not kept),
 randomly cropped to `image_size` and flipped; test images are resized to `image_size` x `image_size`.
 """
@@ -14,10 +14,11 @@ import torch
 from torchvision.transforms import InterpolationMode, v2
 
 from gdm.data.download import DATASETS, download_command, missing_folders
-from gdm.data.image_files import WHITE, background_option, find_images, verify_images
+from gdm.data.image_files import WHITE, find_images, verify_images
 from gdm.data.image_folder import ImageFileDataset
 from gdm.data.unpaired import DOMAINS, UnpairedDataModule
-from gdm.errors import GdmError, boolean_option, integer_option
+from gdm.errors import GdmError
+from gdm.option_types import Background, BatchSize, Channels, Flag, ImageSide, LoadSide, Workers, checked
 
 FOLDERS = tuple(f"{split}{d}" for split in ("train", "test") for d in DOMAINS)  # trainA trainB testA testB
 
@@ -40,30 +41,28 @@ def check_layout(root: Path, name: str | None) -> None:
     if name in DATASETS:
         how = f"get it with `{download_command(name, root.parent, kind='cyclegan')}`"
         if root.name != name:  # the download unpacks into <data-dir>/<name>
-            how += f" and set data.root={root.parent / name}"
+            how += f" and set root={root.parent / name}"
     else:
-        how = "point data.root at a folder with trainA/, trainB/, testA/ and testB/ sub-folders of images"
-    raise GdmError(f"data.root={root} has no images in {', '.join(m + '/' for m in missing)}: {how}.")
+        how = "point root at a folder with trainA/, trainB/, testA/ and testB/ sub-folders of images"
+    raise GdmError(f"root={root} has no images in {', '.join(m + '/' for m in missing)}: {how}.")
 
 
 class UnpairedFolderDataModule(UnpairedDataModule):
-    def __init__(self, root: str, name: str | None = None, image_size: int = 256, load_size: int = 286,
-                 channels: int = 3, flip: bool = True, verify: bool = True, batch_size: int = 1,
-                 num_workers: int = 4, pin_memory: bool = False, fid_features: str = "inception",
-                 background: tuple[int, int, int] = WHITE):
+    @checked
+    def __init__(self, root: str, name: str | None = None, image_size: ImageSide = 256, load_size: LoadSide = 286,
+                 channels: Channels = 3, flip: Flag = True, verify: Flag = True, batch_size: BatchSize = 1,
+                 num_workers: Workers = 4, pin_memory: Flag = False, fid_features: str = "inception",
+                 background: Background = WHITE):
         super().__init__(batch_size, num_workers, pin_memory, fid_features)
-        self.background = background_option(background)
-        flip, verify = boolean_option("data.flip", flip), boolean_option("data.verify", verify)
-        integer_option("data.image_size", image_size, minimum=1, hint="(pixels of each side)")
-        integer_option("data.load_size", load_size, minimum=1, hint="(pixels before the random crop)")
+        self.background = tuple(background)
         if load_size < image_size:
-            raise GdmError(f"data.load_size={load_size} is smaller than data.image_size={image_size}: the random "
+            raise GdmError(f"load_size={load_size} is smaller than image_size={image_size}: the random "
                            "crop needs load_size >= image_size.")
         self.root, self.name = Path(root).expanduser(), name
         self.image_shape = (channels, image_size, image_size)
         self.image_size, self.load_size, self.channels, self.flip = image_size, load_size, channels, flip
         check_layout(self.root, name)  # fail before the model is built
-        self.files = {f: find_images(self.root / f, key=f"data.root/{f}") for f in FOLDERS}
+        self.files = {f: find_images(self.root / f, key=f"root/{f}") for f in FOLDERS}
         if verify:
             for folder, files in self.files.items():
                 verify_images(files, root=self.root / folder)

@@ -10,24 +10,29 @@ share of the samples by index; the hits are gathered, so the value does not depe
 from __future__ import annotations
 
 import logging
+from typing import Annotated, Literal
 
 import torch
+from pydantic import Field
 
 from gdm.errors import GdmError
 from gdm.evaluation.context import Evaluation, MetricResult
 from gdm.evaluation.protocol import QUANTIZATION, file_sha256, with_id
 from gdm.images import to_uint8
 from gdm.models.capabilities import Samples
+from gdm.option_types import Count, NonNegativeInt, checked
 
 CLASSIFIERS = ("auto", "digits", "none")
+Classifier = Annotated[Literal["auto", "digits", "none"], Field(
+    description="auto: the digits classifier on the digits, else off")]
 log = logging.getLogger(__name__)
 
 
 class ClassAccuracy:
-    def __init__(self, classifier: str = "auto", samples_per_class: int = 100, seed: int = 0):
-        if classifier not in CLASSIFIERS:
-            raise GdmError(f"metrics.class_acc.classifier='{classifier}' is not available; choose one of "
-                           f"{', '.join(CLASSIFIERS)}.")
+    families = ("class_acc",)  # val/<family>
+
+    @checked
+    def __init__(self, classifier: Classifier = "auto", samples_per_class: Count = 100, seed: NonNegativeInt = 0):
         self.choice, self.samples_per_class, self.seed = classifier, samples_per_class, seed
         self.classifier = None
 
@@ -36,7 +41,7 @@ class ClassAccuracy:
         if not (isinstance(model, Samples) and model.conditional):
             return
         if getattr(model, "clusters", None) is not None:  # k-means clusters are not classes a classifier reads
-            log.info("val/class_acc is off: the model is conditioned on k-means clusters (model.clusters), not classes.")
+            log.info("val/class_acc is off: the model is conditioned on k-means clusters, not classes.")
             return
         num_classes = len(model.class_probs)
         choice = self.choice
@@ -44,17 +49,21 @@ class ClassAccuracy:
             digit_data = getattr(data, "fid_features", None) == "digits" and num_classes == 10
             choice = "digits" if digit_data else "none"
             if choice == "none":
-                log.info("val/class_acc is off: no classifier for this data (metrics.class_acc.classifier=auto).")
+                log.info("val/class_acc is off: no classifier for this data (classifier=auto).")
         if choice == "none":
             return
         if num_classes != 10:
-            raise GdmError(f"metrics.class_acc.classifier=digits reads 10 digit classes, but the data has "
-                           f"{num_classes}: set metrics.class_acc.classifier=none.")
+            raise GdmError(f"classifier=digits reads 10 digit classes, but the data has "
+                           f"{num_classes}: set classifier=none.")
         if self.classifier is None:
             from gdm.metrics.digits_classifier import load_digit_classifier
 
             with torch.random.fork_rng(devices=[]):  # keep the training run's RNG stream untouched
                 self.classifier = load_digit_classifier()
+
+    def names(self, model, data, features: str) -> list[str]:
+        """The value `__call__` logs once `check` has picked a classifier, else none."""
+        return ["val/class_acc"] if self.classifier is not None else []
 
     @torch.no_grad()
     def __call__(self, ev: Evaluation) -> MetricResult:

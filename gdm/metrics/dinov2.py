@@ -54,7 +54,7 @@ def _download_hint(model_name: str) -> str:
         url, hf_repo = cfg.url or url, (cfg.hf_hub_id or hf_repo).rstrip("/")
     return (
         f"download Meta's {url} (or model.safetensors from https://huggingface.co/{hf_repo}) "
-        "and pass it as metrics.dinov2_weights=/path/to/that/file"
+        "and pass it as dinov2_weights=/path/to/that/file"
     )
 
 
@@ -132,21 +132,23 @@ class DINOv2Features(nn.Module):
     model does on every forward (see `_resample_pos_embed_like_dinov2`).
     """
 
+    name = "dinov2"  # names the values: val/fid_dinov2
+
     def __init__(self, weights_path: str | None, model_name: str = DEFAULT_MODEL):
         super().__init__()
         import timm  # noqa: F401  (fail here, not mid-load, if the dependency is missing)
 
         if weights_path is None:
-            raise GdmError(f"metrics.dinov2_weights is not set: {_download_hint(model_name)}.")
+            raise GdmError(f"features=dinov2 needs dinov2_weights: {_download_hint(model_name)}.")
         path = Path(weights_path).expanduser()
         if not path.is_file():
-            raise GdmError(f"metrics.dinov2_weights={weights_path} is not a file: {_download_hint(model_name)}.")
+            raise GdmError(f"dinov2_weights={weights_path} is not a file: {_download_hint(model_name)}.")
         self.model_name = model_name
         self.weights_path = path
         try:
             self.weights_sha256 = _sha256(path)
         except OSError as err:
-            raise GdmError(f"metrics.dinov2_weights={path} could not be read ({_one_line(err)}).") from None
+            raise GdmError(f"dinov2_weights={path} could not be read ({_one_line(err)}).") from None
         # Random init and loading must not draw from the training run's RNG stream.
         with torch.random.fork_rng(devices=[]):
             self.net = self._build(path, model_name)
@@ -170,14 +172,14 @@ class DINOv2Features(nn.Module):
             state = _read_state_dict(path)
         except Exception as err:  # corrupt / truncated / not a checkpoint at all
             raise GdmError(
-                f"metrics.dinov2_weights={path} could not be read as a safetensors or torch checkpoint "
+                f"dinov2_weights={path} could not be read as a safetensors or torch checkpoint "
                 f"({_one_line(err)})."
             ) from None
         for key in ("model", "state_dict"):  # training checkpoints wrap the weights
             if isinstance(state, dict) and isinstance(state.get(key), dict):
                 state = state[key]
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-            raise GdmError(f"metrics.dinov2_weights={path} is not a flat state dict of tensors.")
+            raise GdmError(f"dinov2_weights={path} is not a flat state dict of tensors.")
         state = {k: v.float() for k, v in state.items()}
         if isinstance(state.get("pos_embed"), torch.Tensor) and not getattr(net, "no_embed_class", False):
             state["pos_embed"] = _resample_pos_embed_like_dinov2(state["pos_embed"], net.patch_embed.grid_size)
@@ -186,7 +188,7 @@ class DINOv2Features(nn.Module):
             state = checkpoint_filter_fn(state, net)
         except Exception as err:
             raise GdmError(
-                f"metrics.dinov2_weights={path} is not a {model_name} checkpoint ({_one_line(err)})."
+                f"dinov2_weights={path} is not a {model_name} checkpoint ({_one_line(err)})."
             ) from None
         expected = net.state_dict()
         missing = [k for k in expected if k not in state]
@@ -200,7 +202,7 @@ class DINOv2Features(nn.Module):
                 what = f"has '{k}' of shape {tuple(state[k].shape)} where {tuple(expected[k].shape)} is expected"
             else:
                 what = f"has the unexpected key '{unexpected[0]}'"
-            raise GdmError(f"metrics.dinov2_weights={path} is not a {model_name} checkpoint: it {what}.")
+            raise GdmError(f"dinov2_weights={path} is not a {model_name} checkpoint: it {what}.")
         net.load_state_dict(state, strict=True, assign=True)
         if any(t.is_meta for t in itertools.chain(net.parameters(), net.buffers())):
             # A buffer that checkpoints do not hold (none in timm 1.0's ViT): build the model for real.

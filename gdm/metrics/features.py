@@ -1,18 +1,19 @@
-"""Feature networks for the sample metrics, by name (`metrics.features`), each with its protocol.
+"""Feature networks for the sample metrics, by name (`build_features`), each with its protocol.
 
 - `inception`: the standard 2048-d pool3 features of the TF-ported InceptionV3 that torch-fidelity
   (and so torchmetrics) uses; images are resized to 299 with the TF1-compatible bilinear resize
   (antialias off), as in published FIDs.
 - `dinov2`: DINOv2 ViT-L/14 CLS features (Stein et al. 2023), from a local weights file
-  (`metrics.dinov2_weights`): see `gdm.metrics.dinov2`.
+  (`dinov2_weights`): see `gdm.metrics.dinov2`.
 - `digits`: the shipped digits classifier's 128-d penultimate layer. A domain feature space, only
   comparable with other `fid_digits` values; the logged name always carries the feature name.
 - `digits_colour`: the same for the classifier of the embedded CycleGAN pair, which reads digits in
   both domains (grey, and on colour patches), so one feature space serves both translation directions.
 
-Every feature network takes uint8 images (N, C, H, W), C = 1 or 3, of any size, returns float32
-(N, num_features), never leaves eval mode, and describes itself with `protocol()`: its name, weights
-file and that file's SHA-256, and its input resize.
+Every feature network has a `name` (the `<features>` of the values it names, e.g. val/fid_digits), takes
+uint8 images (N, C, H, W), C = 1 or 3, of any size, returns float32 (N, num_features), never leaves eval
+mode, and describes itself with `protocol()`: its name, weights file and that file's SHA-256, and its
+input resize.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ INCEPTION_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2
 
 
 class InceptionFeatures(nn.Module):
+    name = "inception"  # names the values: val/fid_inception
     num_features = 2048
 
     def __init__(self, weights_path: str | None = None):
@@ -38,8 +40,8 @@ class InceptionFeatures(nn.Module):
 
         if weights_path is not None and not Path(weights_path).expanduser().is_file():
             raise GdmError(
-                f"metrics.inception_weights={weights_path} is not a file: download {INCEPTION_URL} "
-                "and point metrics.inception_weights at it."
+                f"inception_weights={weights_path} is not a file: download {INCEPTION_URL} "
+                "and point inception_weights at it."
             )
         self.weights_path = Path(weights_path).expanduser() if weights_path else None
         try:
@@ -52,16 +54,16 @@ class InceptionFeatures(nn.Module):
         except OSError as err:  # URLError is an OSError: no network, proxy, firewall
             raise GdmError(
                 f"Could not download the Inception weights ({err}): fetch {INCEPTION_URL} on a machine with "
-                "network access and set metrics.inception_weights=/path/to/that/file."
+                "network access and set inception_weights=/path/to/that/file."
             ) from None
         except (pickle.UnpicklingError, RuntimeError, EOFError, KeyError, ValueError) as err:  # not those weights
             if self.weights_path is None:
                 raise
             first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
             raise GdmError(
-                f"metrics.inception_weights={self.weights_path} is not torch-fidelity's Inception weights file "
+                f"inception_weights={self.weights_path} is not torch-fidelity's Inception weights file "
                 f"({type(err).__name__}: {first[:160]}): download {INCEPTION_URL} and point "
-                "metrics.inception_weights at it."
+                "inception_weights at it."
             ) from None
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -85,7 +87,7 @@ class DigitFeatures(nn.Module):
         super().__init__()
         from gdm.metrics.digits_classifier import load_digit_classifier
 
-        self.classifier = classifier
+        self.classifier = self.name = classifier
         self.net = load_digit_classifier(classifier)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -111,7 +113,7 @@ FEATURES = ("inception", "dinov2", "digits", "digits_colour")
 def build_features(name: str, inception_weights: str | None = None, dinov2_weights: str | None = None) -> nn.Module:
     """The feature network `name` (one of FEATURES), in eval mode; GdmError naming the key otherwise."""
     if name not in FEATURES:
-        raise GdmError(f"metrics.features='{name}' is not a known feature network; choose one of {', '.join(FEATURES)}.")
+        raise GdmError(f"features='{name}' is not a known feature network; choose one of {', '.join(FEATURES)}.")
     # The random init before the weights load must not draw from the training run's RNG stream.
     with torch.random.fork_rng(devices=[]):
         if name == "inception":

@@ -23,8 +23,9 @@ from gdm.evaluation.context import Evaluation, MetricResult
 from gdm.evaluation.protocol import QUANTIZATION, with_id
 from gdm.images import to_uint8
 from gdm.metrics.frechet import frechet_distance
-from gdm.metrics.translation import LABEL_CLASSIFIERS, load_label_classifier
+from gdm.metrics.translation import LabelClassifier, Split, load_label_classifier
 from gdm.models.capabilities import Translates
+from gdm.option_types import checked
 
 
 def paired_scores(fake: torch.Tensor, real: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -37,10 +38,10 @@ def paired_scores(fake: torch.Tensor, real: torch.Tensor) -> dict[str, torch.Ten
 
 
 class PairedTranslationQuality:
-    def __init__(self, split: str = "test", real_split: str = "test", label_classifier: str = "auto"):
-        if label_classifier not in LABEL_CLASSIFIERS:
-            raise GdmError(f"metrics.paired.label_classifier='{label_classifier}' is not available; choose "
-                           f"one of {', '.join(LABEL_CLASSIFIERS)}.")
+    families = ("fid", "l1", "psnr", "ssim", "label_kept")  # val/<family>[_...]
+
+    @checked
+    def __init__(self, split: Split = "test", real_split: Split = "test", label_classifier: LabelClassifier = "auto"):
         self.split, self.real_split, self.label_classifier = split, real_split, label_classifier
         self.classifier = None
 
@@ -49,7 +50,12 @@ class PairedTranslationQuality:
             raise GdmError(f"metrics=pix2pix measures a translation model on paired data (model=pix2pix), not "
                            f"{type(model).__name__} on {type(data).__name__}: use metrics=fid or metrics=translation.")
         if self.classifier is None:
-            self.classifier = load_label_classifier(self.label_classifier, data, features, "metrics.paired")
+            self.classifier = load_label_classifier(self.label_classifier, data, features)
+
+    def names(self, model, data, features: str) -> list[str]:
+        """The values `__call__` logs (after `check`), known before it runs."""
+        kept = ["val/label_kept"] if self.classifier is not None else []
+        return [f"val/fid_{features}", "val/l1", "val/psnr", "val/ssim", *kept]
 
     @torch.no_grad()
     def __call__(self, ev: Evaluation) -> MetricResult:

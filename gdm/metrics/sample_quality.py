@@ -1,7 +1,7 @@
 """The quality of a sampling model's images, from one feature pass over its samples and a real split.
 
 At each evaluation: samples 0..num_samples-1 of the model's seeded sequence (`seed`), quantized as the
-saved PNGs, through the run's feature network (`metrics.features`), against the features of every
+saved PNGs, through the run's feature network, against the features of every
 image of `real_split` (cached across runs):
 - `val/fid_<features>`: Fréchet distance (Heusel et al. 2017), torchmetrics' formula;
 - `val/kid_<features>` (+ `_std`): kernel distance (Bińkowski et al. 2018), when `kid_subset_size` is set
@@ -19,16 +19,25 @@ features gathered in index order). Each value comes with its protocol (`gdm.eval
 
 from __future__ import annotations
 
-import torch
+from typing import Annotated, Literal
 
-from gdm.data.base import SPLITS
-from gdm.errors import GdmError, integer_option
+import torch
+from pydantic import Field, Strict
+
+from gdm.errors import GdmError
 from gdm.evaluation.context import Evaluation, MetricResult
 from gdm.evaluation.protocol import QUANTIZATION, with_id
 from gdm.metrics.frechet import frechet_distance, kernel_distance
 from gdm.metrics.memorization import copy_fraction, nearest_neighbours
 from gdm.metrics.prdc import density_coverage, precision_recall
 from gdm.models.capabilities import Samples
+from gdm.option_types import Count, Flag, NonNegativeInt, checked
+
+Split = Annotated[Literal["train", "val", "test"], Field(description="the split of the real images")]
+NumSamples = Annotated[int, Strict(), Field(ge=2, description=(
+    "generated images; FID needs 2 at least, as the covariance of one image is undefined; 1000 or more for a "
+    "stable value, 50k in the published FIDs"))]
+SubsetSize = Annotated[int, Strict(), Field(ge=2)]
 
 
 def sampled_labels(model) -> str | None:
@@ -39,23 +48,22 @@ def sampled_labels(model) -> str | None:
 
 
 class SampleQuality:
-    def __init__(self, num_samples: int = 1000, real_split: str = "train", seed: int = 0,
-                 kid_subset_size: int | None = None, kid_subsets: int = 100, precision_recall_k: int | None = 3,
-                 density_coverage_k: int | None = 5, copies: bool = True, nearest_samples: int = 8,
-                 nearest_k: int = 4):
-        if real_split not in SPLITS:
-            raise GdmError(f"metrics.fid.real_split='{real_split}' is not a split; choose one of {', '.join(SPLITS)}.")
-        num_samples = integer_option("metrics.fid.num_samples", num_samples, minimum=2, hint=(
-            "(FID needs 2 generated images at least: the covariance of one image is undefined; use 1000 or more "
-            "for a stable value)"))
-        counts = {"seed": (seed, 0), "kid_subsets": (kid_subsets, 1), "nearest_samples": (nearest_samples, 0),
-                  "nearest_k": (nearest_k, 1)}
-        optional = {"kid_subset_size": (kid_subset_size, 2), "precision_recall_k": (precision_recall_k, 1),
-                    "density_coverage_k": (density_coverage_k, 1)}  # null: that metric is off
-        for key, (value, minimum) in counts.items():
-            integer_option(f"metrics.fid.{key}", value, minimum)
-        for key, (value, minimum) in optional.items():
-            integer_option(f"metrics.fid.{key}", value, minimum, optional=True)
+    families = ("fid", "kid", "precision", "recall", "density", "coverage", "copies")  # val/<family>_...
+
+    @checked
+    def __init__(self, num_samples: NumSamples = 1000, real_split: Split = "train",
+                 seed: Annotated[NonNegativeInt, Field(description="the seed of the sample sequence")] = 0,
+                 kid_subset_size: Annotated[SubsetSize | None, Field(
+                     description="KID's subset size, 1000 in Binkowski et al. 2018; null: no KID")] = None,
+                 kid_subsets: Annotated[Count, Field(description="KID's subsets, 100 in Binkowski et al.")] = 100,
+                 precision_recall_k: Annotated[Count | None, Field(
+                     description="k of improved precision / recall, 3 in Kynkaanniemi et al. 2019; null: off")] = 3,
+                 density_coverage_k: Annotated[Count | None, Field(
+                     description="k of density / coverage, 5 in Naeem et al. 2020; null: off")] = 5,
+                 copies: Flag = True,
+                 nearest_samples: Annotated[NonNegativeInt, Field(
+                     description="rows of the nearest-training-neighbour grid; 0: off")] = 8,
+                 nearest_k: Annotated[Count, Field(description="training neighbours per row")] = 4):
         self.num_samples, self.real_split, self.seed = num_samples, real_split, seed
         self.kid_subset_size, self.kid_subsets = kid_subset_size, kid_subsets
         self.precision_recall_k, self.density_coverage_k = precision_recall_k, density_coverage_k
@@ -70,9 +78,16 @@ class SampleQuality:
         ks = [k for k in (self.precision_recall_k, self.density_coverage_k) if k]
         need = max([2, *(k + 1 for k in ks)])
         if n_real < need or self.num_samples < need:
-            raise GdmError(f"metrics.fid needs at least {need} images on both sides (FID: 2, k-NN metrics: k + 1), "
-                           f"and has {self.num_samples} generated (metrics.fid.num_samples) and {n_real} real "
-                           f"({self.real_split} split): raise metrics.fid.num_samples or use a larger split.")
+            raise GdmError(f"the sample metrics need at least {need} images on both sides (FID: 2, k-NN metrics: "
+                           f"k + 1), and have num_samples={self.num_samples} generated and {n_real} real "
+                           f"(real_split={self.real_split}): raise num_samples or use a larger split.")
+
+    def names(self, model, data, features: str) -> list[str]:
+        """The values `__call__` logs, known before it runs (the run's monitor is checked against them)."""
+        metrics = ["fid", *(["kid", "kid_std"] if self.kid_subset_size else []),
+                   *(["precision", "recall"] if self.precision_recall_k else []),
+                   *(["density", "coverage"] if self.density_coverage_k else []), *(["copies"] if self.copies else [])]
+        return [f"val/{m}_{features}" if m != "kid_std" else f"val/kid_{features}_std" for m in metrics]
 
     @torch.no_grad()
     def generated_features(self, ev: Evaluation) -> torch.Tensor:

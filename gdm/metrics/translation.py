@@ -13,7 +13,10 @@ DDP processes by index and the per-image results gathered in index order.
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 import torch
+from pydantic import Field
 
 from gdm.errors import GdmError
 from gdm.evaluation.context import Evaluation, MetricResult
@@ -21,13 +24,17 @@ from gdm.evaluation.protocol import QUANTIZATION, with_id
 from gdm.images import to_uint8
 from gdm.metrics.frechet import frechet_distance
 from gdm.models.capabilities import Translates
+from gdm.option_types import checked
 
 LABEL_CLASSIFIERS = ("auto", "digits_colour", "none")
+LabelClassifier = Annotated[Literal["auto", "digits_colour", "none"], Field(
+    description="auto: the digits_colour classifier on labelled two-domain digits, else off")]
+Split = Annotated[Literal["train", "val", "test"], Field(description="a split of each domain")]
 
 
-def load_label_classifier(choice: str, data, features: str, key: str):
+def load_label_classifier(choice: str, data, features: str):
     """The classifier that reads the labels of translated images (label preservation), or None.
-    `choice` (`<key>.label_classifier`): auto = digits_colour on labelled two-domain digit data, else none.
+    `choice` (a metric's `label_classifier`): auto = digits_colour on labelled two-domain digit data, else none.
     Raises GdmError when a classifier is asked for and the data has no labels."""
     labelled = {"label_a", "label_b"} <= data.provides
     if choice == "auto":
@@ -35,8 +42,8 @@ def load_label_classifier(choice: str, data, features: str, key: str):
     if choice == "none":
         return None
     if not labelled:
-        raise GdmError(f"{key}.label_classifier={choice} needs labelled images in both domains, and this data "
-                       "has none: set it to none.")
+        raise GdmError(f"label_classifier={choice} needs labelled images in both domains, and this data "
+                       "has none: set label_classifier=none.")
     from gdm.metrics.digits_classifier import load_digit_classifier
 
     with torch.random.fork_rng(devices=[]):  # loading draws nothing from the training RNG
@@ -44,10 +51,10 @@ def load_label_classifier(choice: str, data, features: str, key: str):
 
 
 class TranslationQuality:
-    def __init__(self, split: str = "test", real_split: str = "test", label_classifier: str = "auto"):
-        if label_classifier not in LABEL_CLASSIFIERS:
-            raise GdmError(f"metrics.translation.label_classifier='{label_classifier}' is not available; choose "
-                           f"one of {', '.join(LABEL_CLASSIFIERS)}.")
+    families = ("fid", "cycle_l1", "label_kept")  # val/<family>_...
+
+    @checked
+    def __init__(self, split: Split = "test", real_split: Split = "test", label_classifier: LabelClassifier = "auto"):
         self.split, self.real_split, self.label_classifier = split, real_split, label_classifier
         self.classifier = None
 
@@ -58,10 +65,18 @@ class TranslationQuality:
         for source, target in model.directions.values():
             for split in (f"{source}/{self.split}", f"{target}/{self.real_split}"):
                 if len(data.split(split)) < 2:
-                    raise GdmError(f"metrics.translation needs at least 2 images in {split} for FID, and it has "
+                    raise GdmError(f"the translation metrics need at least 2 images in {split} for FID, and it has "
                                    f"{len(data.split(split))}: add images to that folder.")
         if self.classifier is None:
-            self.classifier = load_label_classifier(self.label_classifier, data, features, "metrics.translation")
+            self.classifier = load_label_classifier(self.label_classifier, data, features)
+
+    def names(self, model, data, features: str) -> list[str]:
+        """The values `__call__` logs (after `check`), known before it runs."""
+        names = [f"val/fid_{features}"]
+        for direction, (source, _) in model.directions.items():
+            names += [f"val/fid_{features}_{direction}", f"val/cycle_l1_{source.lower()}"]
+            names += [f"val/label_kept_{direction}"] if self.classifier is not None else []
+        return names
 
     @torch.no_grad()
     def __call__(self, ev: Evaluation) -> MetricResult:

@@ -20,7 +20,6 @@ import torch
 from lightning.pytorch.core.optimizer import LightningOptimizer
 from torch import Tensor, nn
 
-from gdm.errors import GdmError
 from gdm.models.base import GenerativeModule
 
 log = logging.getLogger(__name__)
@@ -55,7 +54,7 @@ class AdversarialModule(GenerativeModule):
     generators: tuple[str, ...] = ()  # attribute names of the nets opt_g trains, in parameter order
     discriminators: tuple[str, ...] = ()  # ... and of those opt_d trains
     g_first = False  # the reference CycleGAN updates G, then D on pooled fakes; GANs and pix2pix D, then G
-    channels_last_on_cpu = False  # what model.channels_last=auto picks on the CPU, per family (experiments/)
+    channels_last_on_cpu = False  # what channels_last=auto picks on the CPU, per family (experiments/)
 
     def __init__(self, lr_g: float, lr_d: float, betas: Sequence[float],
                  decay_epochs: tuple[int, int] | None = None, grad_clip: float | None = None):
@@ -241,10 +240,7 @@ class AdversarialModule(GenerativeModule):
     def set_memory_format(self, channels_last: bool | str) -> None:
         """channels_last: True (NHWC weights and activations), False (NCHW) or "auto" (decided at setup from the
         trainer's device: NHWC on CUDA, `channels_last_on_cpu` on the CPU; NCHW without a Trainer). Changes speed,
-        not results. Raises GdmError for another value."""
-        if not (isinstance(channels_last, bool) or channels_last == "auto"):
-            raise GdmError(f"model.channels_last={channels_last!r} is not a choice: true (NHWC), false (NCHW) or "
-                           "auto (by device: NHWC on CUDA, and on the CPU where it measured faster).")
+        not results; the models' signatures check the value (`gdm.option_types.ChannelsLast`)."""
         self.channels_last_auto = channels_last == "auto"
         self.channels_last = channels_last is True
         if self.channels_last:

@@ -9,17 +9,24 @@ deterministic autoencoders", ex-post density estimation with one Gaussian).
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Annotated
 
 import torch
+from pydantic import Field
 
 from gdm.models.autoencoder import AutoencoderModule
 from gdm.models.base import latent_noise
+from gdm.option_types import Count, LearningRate, NonNegativeInt, checked
 
 
 class AE(AutoencoderModule):
-    def __init__(self, image_shape: tuple[int, int, int], num_classes: int | None = None, latent_dim: int = 16,
-                 width: int = 32, likelihood: str = "gaussian", likelihood_std: float | None = 0.1,
-                 lr: float = 1e-3, num_visuals: int = 64, visual_seed: int = 1234):
+    @checked
+    def __init__(self, image_shape: tuple[int, int, int], num_classes: int | None = None,
+                 latent_dim: Annotated[Count, Field(description="latent dimensions")] = 16,
+                 width: Annotated[Count, Field(description="channels at full resolution")] = 32,
+                 likelihood: str = "gaussian", likelihood_std: object = 0.1, lr: LearningRate = 1e-3,
+                 num_visuals: Annotated[Count, Field(description="samples in the logged grid")] = 64,
+                 visual_seed: NonNegativeInt = 1234):
         super().__init__(image_shape, latent_dim, width, likelihood, likelihood_std, lr,
                          encoder_outputs=latent_dim, num_visuals=num_visuals, visual_seed=visual_seed)
         self.save_hyperparameters()

@@ -7,21 +7,19 @@ import math
 
 import torch
 
-from gdm.errors import integer_option, number_option
 from gdm.likelihoods import build_likelihood
 from gdm.models.base import GenerativeModule
 from gdm.models.capabilities import Samples
 from gdm.nets.conv_autoencoder import ConvDecoder, ConvEncoder
+from gdm.option_types import Count, LearningRate, checked
 
 
 class AutoencoderModule(GenerativeModule, Samples):
-    def __init__(self, image_shape: tuple[int, int, int], latent_dim: int, width: int, likelihood: str,
-                 likelihood_std: float | None, lr: float, encoder_outputs: int, num_visuals: int,
+    @checked
+    def __init__(self, image_shape: tuple[int, int, int], latent_dim: Count, width: Count, likelihood: str,
+                 likelihood_std: object, lr: LearningRate, encoder_outputs: int, num_visuals: Count,
                  visual_seed: int):
         super().__init__()
-        integer_option("model.latent_dim", latent_dim, minimum=1)
-        integer_option("model.num_visuals", num_visuals, minimum=1)
-        number_option("model.lr", lr, above=0, hint="(a learning rate)")
         self.latent_dim, self.lr = latent_dim, lr
         self.num_visuals, self.visual_seed = num_visuals, visual_seed
         self.num_pixels = math.prod(image_shape)

@@ -8,7 +8,6 @@ import lightning as L
 import numpy as np
 import torch
 
-from gdm.errors import GdmError, number_option
 from gdm.models.nonfinite_guard import NonFiniteGuard
 
 
@@ -35,17 +34,6 @@ def latent_labels(indices: Sequence[int] | torch.Tensor, class_probs: torch.Tens
     u = torch.tensor([float(np.random.SeedSequence([seed, i, 1]).generate_state(1)[0]) / 2**32 for i in indices])
     cdf = class_probs.detach().double().cpu().cumsum(0)
     return torch.searchsorted(cdf / cdf[-1], u.double(), right=True).clamp(max=len(cdf) - 1)
-
-
-def check_adam(betas: object, **learning_rates: object) -> None:
-    """Adam's settings as the config gives them: each `model.<name>` learning rate > 0 and `model.betas` two numbers
-    in [0, 1) (torch.optim.Adam would raise its own traceback, or train nothing at lr 0). GdmError naming the key."""
-    for name, lr in learning_rates.items():
-        number_option(f"model.{name}", lr, above=0, hint="(a learning rate)")
-    if not isinstance(betas, (list, tuple)) or len(betas) != 2:
-        raise GdmError(f"model.betas={betas} must be Adam's two coefficients, e.g. [0.5,0.999].")
-    for i, beta in enumerate(betas):
-        number_option(f"model.betas[{i}]", beta, minimum=0, below=1)
 
 
 class GenerativeModule(NonFiniteGuard, L.LightningModule):
@@ -78,7 +66,7 @@ class GenerativeModule(NonFiniteGuard, L.LightningModule):
 
     def to_model(self, x: torch.Tensor) -> torch.Tensor:
         """A float tensor made outside Lightning's precision plugin (latents, example images) on this model's
-        device and in its weights' dtype: bfloat16 after trainer.precision=bf16-true, else float32."""
+        device and in its weights' dtype: bfloat16 under the bf16-true precision, else float32."""
         return x.to(self.device, self.dtype)
 
     def compile_nets(self, **options) -> None:

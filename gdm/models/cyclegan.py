@@ -16,19 +16,32 @@ them as one batch: the same result as two calls, in fewer, larger convolutions.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor, nn
 
 from gdm.augment import build_augment
-from gdm.errors import GdmError, integer_option, number_option
+from gdm.errors import GdmError
 from gdm.losses import get_target_loss
 from gdm.models.adversarial import AdversarialModule, Losses
-from gdm.models.base import check_adam
 from gdm.models.capabilities import DIRECTIONS, REVERSE, Translates
 from gdm.models.image_pool import ImagePool
+from gdm.option_types import (
+    AdamBetas,
+    ChannelsLast,
+    EpochsAtLr,
+    EpochsDecay,
+    GradClip,
+    LearningRate,
+    LossWeight,
+    NonNegativeInt,
+    Visuals,
+    checked,
+)
 
 NetFactory = Callable[..., nn.Module]
 
@@ -40,6 +53,8 @@ class CycleGAN(AdversarialModule, Translates):
     directions, reverse = DIRECTIONS, REVERSE
     size_multiple = 4  # the ResNet generator's two stride-2 stages
 
+    # `loss`, `augment*` and `ada_*` are checked by the parts that use them (get_target_loss, build_augment).
+    @checked
     def __init__(
         self,
         image_shape: tuple[int, int, int],
@@ -47,33 +62,28 @@ class CycleGAN(AdversarialModule, Translates):
         discriminator: NetFactory,
         num_classes: int | None = None,
         loss: str = "lsgan",
-        lambda_a: float = 10.0,
-        lambda_b: float = 10.0,
-        lambda_identity: float = 0.5,
-        pool_size: int = 50,
-        lr: float = 2e-4,
-        betas: Sequence[float] = (0.5, 0.999),
-        n_epochs: int = 100,
-        n_epochs_decay: int = 100,
-        channels_last: bool | str = False,
-        num_visuals: int = 8,
-        augment: str | None = None,
-        augment_policy: str = "color,translation,cutout",
-        ada_target: float = 0.6,
-        ada_interval: int = 4,
-        ada_kimg: float = 500.0,
-        grad_clip: float | None = None,
+        lambda_a: Annotated[LossWeight, Field(description="cycle weight A -> B -> A; 10 in the paper")] = 10.0,
+        lambda_b: Annotated[LossWeight, Field(description="cycle weight B -> A -> B; 10 in the paper")] = 10.0,
+        lambda_identity: Annotated[LossWeight, Field(
+            description="identity weight relative to the cycle weights; 0.5 in the reference code, 0: off")] = 0.5,
+        pool_size: Annotated[NonNegativeInt, Field(
+            description="past fakes the discriminators train on; 50 in the paper, 0: no pool")] = 50,
+        lr: LearningRate = 2e-4,
+        betas: AdamBetas = (0.5, 0.999),
+        n_epochs: EpochsAtLr = 100,
+        n_epochs_decay: EpochsDecay = 100,
+        channels_last: ChannelsLast = False,
+        num_visuals: Visuals = 8,
+        augment: object = None,
+        augment_policy: object = "color,translation,cutout",
+        ada_target: object = 0.6,
+        ada_interval: object = 4,
+        ada_kimg: object = 500.0,
+        grad_clip: GradClip = None,
     ):
-        check_adam(betas, lr=lr)
-        number_option("model.grad_clip", grad_clip, above=0, optional=True, hint="(the largest gradient norm)")
-        integer_option("model.n_epochs", n_epochs, minimum=0, hint="(epochs at the initial learning rate)")
-        integer_option("model.n_epochs_decay", n_epochs_decay, minimum=0, hint="(epochs of linear decay to 0)")
         super().__init__(lr, lr, betas, decay_epochs=(n_epochs, n_epochs_decay), grad_clip=grad_clip)
         self.save_hyperparameters(ignore=["generator", "discriminator"])
         self.criterion = get_target_loss(loss)
-        for key, weight in (("lambda_a", lambda_a), ("lambda_b", lambda_b), ("lambda_identity", lambda_identity)):
-            number_option(f"model.{key}", weight, minimum=0, hint="(a loss weight)")
-        integer_option("model.pool_size", pool_size, minimum=0, hint="(0: no image pool)")
         self.g_ab, self.g_ba = generator(image_shape=image_shape), generator(image_shape=image_shape)
         self.d_a, self.d_b = discriminator(image_shape=image_shape), discriminator(image_shape=image_shape)
         self.pool_a, self.pool_b = ImagePool(pool_size, image_shape), ImagePool(pool_size, image_shape)

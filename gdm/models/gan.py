@@ -1,32 +1,47 @@
 """Generative adversarial network with manual optimization: one optimizer per network.
 
-With `conditional=True` (model=cgan) it is a class-conditional GAN: G and D take the labels, fakes
+With `conditional=True` it is a class-conditional GAN: G and D take the labels, fakes
 are generated for the labels of the real batch, and samples for metrics draw their labels from the
 training split's class frequencies (class-balanced FID), unless labels are given. With `clusters=k` it
 conditions on k-means clusters of the training images instead of labels (gdm.models.clusters): the default
 run's recipe on the digits (20 clusters), where it measured a mean FID of 22.0 against 58.5 unconditional.
 
 Each training batch makes one discriminator update, and every `n_critic`-th batch also one
-generator update. Lightning's `trainer.global_step` counts optimizer steps, so a batch with both
-updates advances it by 2: `trainer.max_steps` = 2 x the number of batches when n_critic = 1.
+generator update. Lightning's `global_step` counts optimizer steps, so a batch with both updates
+advances it by 2: the Trainer's `max_steps` = 2 x the number of batches when n_critic = 1.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from functools import partial
+from typing import Annotated
 
 import torch
+from pydantic import Field
 from torch import Tensor, nn
 
 from gdm.augment import build_augment
-from gdm.errors import GdmError, integer_option, number_option
+from gdm.errors import GdmError
 from gdm.losses import LeCam, get_loss, gradient_penalty, r1_penalty
 from gdm.models.adversarial import AdversarialModule, Losses
-from gdm.models.base import check_adam, latent_labels, latent_noise
+from gdm.models.base import latent_labels, latent_noise
 from gdm.models.capabilities import Samples
 from gdm.models.clusters import PixelClusters
 from gdm.models.ema import EMA
+from gdm.option_types import (
+    AdamBetas,
+    ChannelsLast,
+    Count,
+    Decay,
+    Flag,
+    GradClip,
+    LearningRate,
+    LossWeight,
+    NonNegativeInt,
+    Visuals,
+    checked,
+)
 
 NetFactory = Callable[..., nn.Module]
 
@@ -36,51 +51,49 @@ class GAN(AdversarialModule, Samples):
     channels_last_on_cpu = True  # DCGAN nets on the CPU: NHWC 1.10-1.16x NCHW (experiments/README.md)
     optional_state = ("lecam.",)  # LeCam's moving averages: switching it on or off on resume starts / drops them
 
+    # Options with a type here are checked here; `clusters`, `augment_policy`, `ada_*` and `lecam_decay` by the
+    # parts that use them (PixelClusters, DiffAugment, ADA, LeCam), and only when those are on.
+    @checked
     def __init__(
         self,
         image_shape: tuple[int, int, int],
         generator: NetFactory,
         discriminator: NetFactory,
         num_classes: int | None = None,
-        latent_dim: int = 100,
+        latent_dim: Annotated[Count, Field(description="latent dimensions; DCGAN's 100")] = 100,
         loss: str = "vanilla",
-        n_critic: int = 1,
-        lr_g: float = 2e-4,
-        lr_d: float = 2e-4,
-        betas: Sequence[float] = (0.5, 0.999),
-        gp_weight: float | None = None,
-        r1_gamma: float = 0.0,
-        lecam_weight: float = 0.0,
-        lecam_decay: float = 0.99,
-        ema_decay: float | None = None,
-        channels_last: bool | str = False,
-        num_visuals: int = 64,
-        visual_seed: int = 1234,
-        conditional: bool = False,
-        clusters: int | None = None,
-        augment: str | None = None,
-        augment_policy: str = "color,translation,cutout",
-        ada_target: float = 0.6,
-        ada_interval: int = 4,
-        ada_kimg: float = 500.0,
-        grad_clip: float | None = None,
+        n_critic: Annotated[Count, Field(
+            description="discriminator updates per generator update; 5 in WGAN-GP")] = 1,
+        lr_g: LearningRate = 2e-4,
+        lr_d: LearningRate = 2e-4,
+        betas: AdamBetas = (0.5, 0.999),
+        gp_weight: Annotated[LossWeight | None, Field(
+            description="gradient-penalty weight; null: the loss's own, 10 for wgan-gp as in Gulrajani et al.")] = None,
+        r1_gamma: Annotated[LossWeight, Field(description="R1 penalty gamma, Mescheder et al. 2018; 0: off")] = 0.0,
+        lecam_weight: Annotated[LossWeight, Field(
+            description="LeCam regularization weight; 0: off, 0.3 in Tseng et al. 2021")] = 0.0,
+        lecam_decay: object = 0.99,
+        ema_decay: Annotated[Decay | None, Field(description="decay of G's EMA; null: no EMA")] = None,
+        channels_last: ChannelsLast = False,
+        num_visuals: Visuals = 64,
+        visual_seed: NonNegativeInt = 1234,
+        conditional: Flag = False,
+        clusters: object = None,
+        augment: object = None,
+        augment_policy: object = "color,translation,cutout",
+        ada_target: object = 0.6,
+        ada_interval: object = 4,
+        ada_kimg: object = 500.0,
+        grad_clip: GradClip = None,
     ):
-        check_adam(betas, lr_g=lr_g, lr_d=lr_d)
-        number_option("model.grad_clip", grad_clip, above=0, optional=True, hint="(the largest gradient norm)")
         super().__init__(lr_g, lr_d, betas, grad_clip=grad_clip)
         self.save_hyperparameters(ignore=["generator", "discriminator"])
         self.adversarial = get_loss(loss)
-        integer_option("model.n_critic", n_critic, minimum=1, hint="(discriminator updates per generator update)")
-        integer_option("model.latent_dim", latent_dim, minimum=1)
-        integer_option("model.num_visuals", num_visuals, minimum=1)
-        number_option("model.gp_weight", gp_weight, minimum=0, optional=True, hint="(null: the loss's own)")
-        number_option("model.r1_gamma", r1_gamma, minimum=0, hint="(0: off)")
-        number_option("model.ema_decay", ema_decay, minimum=0, below=1, optional=True, hint="(null: no EMA)")
         self.gp_weight = self.adversarial.gradient_penalty_weight if gp_weight is None else gp_weight
         self.latent_dim, self.n_critic, self.r1_gamma = latent_dim, n_critic, r1_gamma
         if conditional and clusters is not None:
-            raise GdmError(f"model.conditional=true (the data's labels) and model.clusters={clusters} (k-means "
-                           "clusters as labels) exclude each other: set model.clusters=null, or model=gan.")
+            raise GdmError(f"conditional=true (the data's labels) and clusters={clusters} (k-means "
+                           "clusters as labels) exclude each other: set clusters=null, or model=gan.")
         if conditional and not num_classes:
             raise GdmError("model=cgan needs labelled data, and this data has no labels: use data=digits, mnist, "
                            "cifar10, or an image folder with one sub-folder per class.")
@@ -95,15 +108,13 @@ class GAN(AdversarialModule, Samples):
         self.discriminator = discriminator(image_shape=image_shape, **classes)
         # Training-split class frequencies (`set_class_frequencies`): the labels of class-balanced samples.
         self.register_buffer("class_probs", torch.full((num_classes or 1,), 1.0 / (num_classes or 1)))
-        penalty = f"model.loss={loss}" if self.gp_weight > 0 else f"model.r1_gamma={r1_gamma}" if r1_gamma > 0 else None
+        penalty = f"loss={loss}" if self.gp_weight > 0 else f"r1_gamma={r1_gamma}" if r1_gamma > 0 else None
         if penalty and any(isinstance(m, nn.BatchNorm2d) for m in self.discriminator.modules()):
             raise GdmError(
                 f"{penalty} uses a per-sample gradient penalty, which batch norm in the discriminator "
-                "breaks: set model.discriminator.norm=layer (or none)."
+                "breaks: set norm=layer (or none) in the discriminator."
             )
-        number_option("model.lecam_weight", lecam_weight, minimum=0, hint="(0: off; 0.3 in the LeCam paper)")
         self.lecam_weight = lecam_weight
-        LeCam.checked_decay(lecam_decay)
         self.lecam = LeCam(lecam_decay) if lecam_weight > 0 else None  # its moving averages: in the state dict
         # The EMA copy of G lives in the state dict, so checkpoints keep it.
         self.generator_ema = EMA(self.generator, ema_decay) if ema_decay else None
@@ -198,7 +209,7 @@ class GAN(AdversarialModule, Samples):
     def generate(self, indices: Sequence[int] | torch.Tensor, seed: int = 0,
                  labels: torch.Tensor | None = None) -> torch.Tensor:
         """Samples `indices` of the seeded sequence. A conditional model draws class `labels[i]` for
-        sample i, e.g. `model.generate(range(16), labels=torch.full((16,), 3))` gives 16 threes."""
+        sample i, e.g. `gan.generate(range(16), labels=torch.full((16,), 3))` gives 16 threes."""
         z = self.to_model(latent_noise(indices, self.latent_dim, seed))
         if self.conditional and labels is None:
             labels = self.sample_labels(indices, seed)

@@ -18,21 +18,33 @@ statistics are left untouched. "eval": dropout off and batch norm's running stat
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor, nn
 
 from gdm.augment import build_augment
-from gdm.errors import GdmError, integer_option, number_option
+from gdm.errors import GdmError
 from gdm.losses import get_target_loss
 from gdm.models.adversarial import AdversarialModule, Losses
-from gdm.models.base import check_adam
 from gdm.models.capabilities import DIRECTIONS, Translates
+from gdm.option_types import (
+    AdamBetas,
+    ChannelsLast,
+    EpochsAtLr,
+    EpochsDecay,
+    GradClip,
+    LearningRate,
+    LossWeight,
+    NonNegativeInt,
+    Visuals,
+    checked,
+)
 
 NetFactory = Callable[..., nn.Module]
-INFERENCE = ("paper", "eval")
 
 
 def seed_dropout(device: torch.device, seed: int) -> None:
@@ -53,43 +65,37 @@ class Pix2Pix(AdversarialModule, Translates):
     generators, discriminators = ("net_g",), ("net_d",)
     requires = frozenset({"image_a", "image_b", "aligned"})
 
+    # `loss`, `augment*` and `ada_*` are checked by the parts that use them (get_target_loss, build_augment).
+    @checked
     def __init__(
         self,
         image_shape: tuple[int, int, int],
         generator: NetFactory,
         discriminator: NetFactory,
         num_classes: int | None = None,
-        direction: str = "AtoB",
+        direction: Annotated[Literal["AtoB", "BtoA"], Field(
+            description="which image of a pair is the input")] = "AtoB",
         loss: str = "vanilla",
-        lambda_l1: float = 100.0,
-        lr: float = 2e-4,
-        betas: Sequence[float] = (0.5, 0.999),
-        n_epochs: int = 100,
-        n_epochs_decay: int = 100,
-        inference: str = "paper",
-        inference_seed: int = 0,
-        channels_last: bool | str = False,
-        num_visuals: int = 8,
-        augment: str | None = None,
-        augment_policy: str = "color,translation,cutout",
-        ada_target: float = 0.6,
-        ada_interval: int = 4,
-        ada_kimg: float = 500.0,
-        grad_clip: float | None = None,
+        lambda_l1: Annotated[LossWeight, Field(description="the L1 loss weight; 100 in the paper")] = 100.0,
+        lr: LearningRate = 2e-4,
+        betas: AdamBetas = (0.5, 0.999),
+        n_epochs: EpochsAtLr = 100,
+        n_epochs_decay: EpochsDecay = 100,
+        inference: Annotated[Literal["paper", "eval"], Field(description=(
+            "paper: dropout and batch statistics at test time, as the paper; eval: eval mode"))] = "paper",
+        inference_seed: Annotated[NonNegativeInt, Field(
+            description="the seed of the dropout masks of paper inference")] = 0,
+        channels_last: ChannelsLast = False,
+        num_visuals: Visuals = 8,
+        augment: object = None,
+        augment_policy: object = "color,translation,cutout",
+        ada_target: object = 0.6,
+        ada_interval: object = 4,
+        ada_kimg: object = 500.0,
+        grad_clip: GradClip = None,
     ):
-        check_adam(betas, lr=lr)
-        number_option("model.grad_clip", grad_clip, above=0, optional=True, hint="(the largest gradient norm)")
-        integer_option("model.n_epochs", n_epochs, minimum=0, hint="(epochs at the initial learning rate)")
-        integer_option("model.n_epochs_decay", n_epochs_decay, minimum=0, hint="(epochs of linear decay to 0)")
         super().__init__(lr, lr, betas, decay_epochs=(n_epochs, n_epochs_decay), grad_clip=grad_clip)
         self.save_hyperparameters(ignore=["generator", "discriminator"])
-        if direction not in DIRECTIONS:
-            raise GdmError(f"direction '{direction}' is not one of {', '.join(DIRECTIONS)}.")
-        if inference not in INFERENCE:
-            raise GdmError(f"model.inference={inference} is not a mode; choose paper (dropout and batch statistics, "
-                           "as the paper) or eval.")
-        integer_option("model.inference_seed", inference_seed, minimum=0)
-        number_option("model.lambda_l1", lambda_l1, minimum=0, hint="(the L1 loss weight; the paper uses 100)")
         self.criterion = get_target_loss(loss)
         self.direction = direction
         self.directions = {direction: DIRECTIONS[direction]}  # one way only: no reverse

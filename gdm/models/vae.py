@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Annotated
 
 import torch
+from pydantic import Field
 
-from gdm.errors import integer_option, number_option
 from gdm.models.autoencoder import AutoencoderModule
 from gdm.models.base import latent_noise
+from gdm.option_types import Count, LearningRate, LossWeight, NonNegativeInt, checked
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -32,17 +34,22 @@ def diag_gaussian_log_prob(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tens
 
 
 class VAE(AutoencoderModule):
-    def __init__(self, image_shape: tuple[int, int, int], num_classes: int | None = None, latent_dim: int = 16,
-                 width: int = 32, likelihood: str = "gaussian", likelihood_std: float | None = None,
-                 beta: float = 1.0, kl_warmup_steps: int = 0, lr: float = 1e-3, iwae_k: int = 100,
-                 iwae_chunk: int = 2048, num_visuals: int = 64, visual_seed: int = 1234):
+    @checked
+    def __init__(self, image_shape: tuple[int, int, int], num_classes: int | None = None,
+                 latent_dim: Annotated[Count, Field(description="latent dimensions")] = 16,
+                 width: Annotated[Count, Field(description="channels at full resolution")] = 32,
+                 likelihood: str = "gaussian", likelihood_std: object = None,
+                 beta: Annotated[LossWeight, Field(description=(
+                     "the KL weight in training; 1: the ELBO, other values Higgins et al. 2017's beta-VAE"))] = 1.0,
+                 kl_warmup_steps: Annotated[NonNegativeInt, Field(description="batches of KL-weight ramp")] = 0,
+                 lr: LearningRate = 1e-3,
+                 iwae_k: Annotated[Count, Field(description="importance samples per image, 5000 in Burda et al.")] = 100,
+                 iwae_chunk: Annotated[Count, Field(description="decoder batch of the IWAE estimate")] = 2048,
+                 num_visuals: Annotated[Count, Field(description="samples in the logged grid")] = 64,
+                 visual_seed: NonNegativeInt = 1234):
         super().__init__(image_shape, latent_dim, width, likelihood, likelihood_std, lr,
                          encoder_outputs=2 * latent_dim, num_visuals=num_visuals, visual_seed=visual_seed)
         self.save_hyperparameters()
-        number_option("model.beta", beta, minimum=0, hint="(the KL weight; 1: the ELBO)")
-        integer_option("model.kl_warmup_steps", kl_warmup_steps, minimum=0)
-        integer_option("model.iwae_k", iwae_k, minimum=1, hint="(importance samples per image)")
-        integer_option("model.iwae_chunk", iwae_chunk, minimum=1)
         self.beta, self.kl_warmup_steps = beta, kl_warmup_steps
         self.iwae_k, self.iwae_chunk = iwae_k, iwae_chunk
 

@@ -13,12 +13,20 @@ parameter counts: 11,378,179 (9 blocks) and 2,764,737.
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
+from pydantic import Field
 from torch import Tensor, nn
 
 from gdm.errors import GdmError
 from gdm.nets.init import init_normal
+from gdm.option_types import Count, NonNegativeInt, Width, checked
 
 NORMS = ("instance", "batch", "none")
+Norm = Annotated[Literal["instance", "batch", "none"], Field(
+    description="instance: affine-free instance norm (CycleGAN's); batch: pix2pix's")]
+Dropout = Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False, description="dropout probability; pix2pix's 0.5")]
+InitStd = Annotated[float, Field(gt=0, allow_inf_nan=False, description="std of the N(0, std) init; 0.02")]
 
 
 def norm_layer(kind: str, channels: int) -> nn.Module:
@@ -63,13 +71,16 @@ class ResnetGenerator(nn.Module):
     """Image (N, C, H, W) in [-1, 1] -> image of the same shape in [-1, 1]; H and W multiples of 4.
     Fully convolutional: it translates images of any such size, not only the training size."""
 
-    def __init__(self, image_shape: tuple[int, int, int], ngf: int = 64, n_blocks: int | None = None,
-                 norm: str = "instance", dropout: float = 0.0, init_std: float = 0.02):
+    @checked
+    def __init__(self, image_shape: tuple[int, int, int], ngf: Width = 64,
+                 n_blocks: Annotated[NonNegativeInt | None, Field(
+                     description="residual blocks; null: 9 above 128 px, else 6 (the paper)")] = None,
+                 norm: Norm = "instance", dropout: Dropout = 0.0, init_std: InitStd = 0.02):
         super().__init__()
         in_channels = out_channels = image_shape[0]
         if image_shape[1] % 4 or image_shape[2] % 4:
             raise GdmError(f"The ResNet generator halves the image twice, so its sides must be multiples of 4, got "
-                           f"{image_shape[2]}x{image_shape[1]}: set data.image_size to one (e.g. 128 or 256).")
+                           f"{image_shape[2]}x{image_shape[1]}: set the data's image_size to one (e.g. 128 or 256).")
         n_blocks = default_blocks(image_shape[-1]) if n_blocks is None else n_blocks
         bias = conv_bias(norm)
         layers: list[nn.Module] = [nn.ReflectionPad2d(3), nn.Conv2d(in_channels, ngf, 7, bias=bias),
@@ -95,13 +106,15 @@ class ResnetGenerator(nn.Module):
 class PatchDiscriminator(nn.Module):
     """Image (N, C, H, W) -> logits (N, 1, H', W'), one per overlapping patch (70x70 with 3 layers)."""
 
-    def __init__(self, image_shape: tuple[int, int, int], ndf: int = 64, n_layers: int = 3, norm: str = "instance",
-                 init_std: float = 0.02):
+    @checked
+    def __init__(self, image_shape: tuple[int, int, int], ndf: Width = 64,
+                 n_layers: Annotated[Count, Field(description="strided convs; 3: the 70x70 PatchGAN")] = 3,
+                 norm: Norm = "instance", init_std: InitStd = 0.02):
         super().__init__()
         in_channels, min_size = image_shape[0], 4 * 2**n_layers
         if min(image_shape[1:]) < min_size:
             raise GdmError(f"A PatchGAN discriminator with n_layers={n_layers} needs images of at least {min_size} px, "
-                           f"got {min(image_shape[1:])}: raise data.image_size or lower model.discriminator.n_layers.")
+                           f"got {min(image_shape[1:])}: use larger images (the data's image_size) or lower n_layers.")
         bias = conv_bias(norm)
         layers: list[nn.Module] = [nn.Conv2d(in_channels, ndf, 4, stride=2, padding=1), nn.LeakyReLU(0.2, True)]
         ch = ndf

@@ -13,13 +13,23 @@ instead, the cure for the transposed convolution's checkerboard artifacts in Ode
 from __future__ import annotations
 
 import math
+from typing import Annotated, Literal
 
 import torch
+from pydantic import Field
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm as apply_spectral_norm
 
-from gdm.errors import GdmError, boolean_option
+from gdm.errors import GdmError
 from gdm.nets.init import init_normal
+from gdm.option_types import Count, Flag, Width, checked
+
+Norm = Annotated[Literal["batch", "instance", "layer", "none"], Field(
+    description="the normalisation after each hidden conv; DCGAN's batch")]
+Upsample = Annotated[Literal["transposed", "nearest", "bilinear"], Field(
+    description="transposed: strided transposed convolutions, as DCGAN; nearest or bilinear: resize + 3x3 "
+                "convolution, Odena et al. 2016")]
+InitStd = Annotated[float, Field(gt=0, allow_inf_nan=False, description="std of the N(0, std) init; DCGAN's 0.02")]
 
 
 def num_doublings(size: int) -> int:
@@ -28,7 +38,7 @@ def num_doublings(size: int) -> int:
     if n < 1 or n != int(n) or size > 1024:
         raise GdmError(
             f"These conv nets need a square image whose side is a power of two from 8 to 1024, got {size}: "
-            "set data.image_size to one (e.g. 16, 32 or 64)."
+            "use images of such a size (e.g. 16, 32 or 64: the data's image_size)."
         )
     return int(n)
 
@@ -56,16 +66,14 @@ def upsampling(kind: str, in_channels: int, out_channels: int) -> list[nn.Module
 class DCGANGenerator(nn.Module):
     """z (N, latent_dim) -> images (N, C, H, W) in [-1, 1]."""
 
-    def __init__(self, image_shape: tuple[int, int, int], latent_dim: int = 100, ngf: int = 64,
-                 norm: str = "batch", init_std: float = 0.02, num_classes: int | None = None,
-                 label_dim: int = 50, upsample: str = "transposed"):
+    @checked
+    def __init__(self, image_shape: tuple[int, int, int], latent_dim: Count = 100, ngf: Width = 64,
+                 norm: Norm = "batch", init_std: InitStd = 0.02, num_classes: Count | None = None,
+                 label_dim: Count = 50, upsample: Upsample = "transposed"):
         super().__init__()
         channels, height, width = image_shape
-        if upsample not in ("transposed", "nearest", "bilinear"):
-            raise GdmError(f"model.generator.upsample={upsample!r} is not a known upsampling; choose transposed "
-                           "(strided transposed convolutions, DCGAN), nearest or bilinear (resize + 3x3 convolution).")
         if height != width:
-            raise GdmError(f"DCGAN nets need square images, got {height}x{width}: set data.image_size.")
+            raise GdmError(f"DCGAN nets need square images, got {height}x{width}: set the data's image_size.")
         n_up = num_doublings(height)
         self.latent_dim = latent_dim
         self.label_embedding = nn.Embedding(num_classes, label_dim) if num_classes else None
@@ -92,12 +100,14 @@ class DCGANGenerator(nn.Module):
 class DCGANDiscriminator(nn.Module):
     """images (N, C, H, W) -> real/fake logits (N,). No sigmoid: the loss decides."""
 
-    def __init__(self, image_shape: tuple[int, int, int], ndf: int = 64, norm: str = "batch",
-                 spectral_norm: bool = False, init_std: float = 0.02, num_classes: int | None = None):
+    @checked
+    def __init__(self, image_shape: tuple[int, int, int], ndf: Width = 64, norm: Norm = "batch",
+                 spectral_norm: Annotated[Flag, Field(description="spectral normalisation of every layer, Miyato et al. 2018")] = False,
+                 init_std: InitStd = 0.02, num_classes: Count | None = None):
         super().__init__()
         channels, height, width = image_shape
         if height != width:
-            raise GdmError(f"DCGAN nets need square images, got {height}x{width}: set data.image_size.")
+            raise GdmError(f"DCGAN nets need square images, got {height}x{width}: set the data's image_size.")
         n_down = num_doublings(height)
         layers: list[nn.Module] = [nn.Conv2d(channels, ndf, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, True)]
         ch = ndf
@@ -110,7 +120,7 @@ class DCGANDiscriminator(nn.Module):
         self.feature_channels = ch
         self.projection = nn.Embedding(num_classes, ch) if num_classes else None
         init_normal(self, init_std)
-        if boolean_option("model.discriminator.spectral_norm", spectral_norm):
+        if spectral_norm:
             for m in [m for m in self.modules() if isinstance(m, (nn.Conv2d, nn.Linear, nn.Embedding))]:
                 apply_spectral_norm(m)
 

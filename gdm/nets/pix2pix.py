@@ -15,12 +15,16 @@ PatchGAN (`gdm.nets.cyclegan.PatchDiscriminator`), given input and output concat
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
+from pydantic import Field, Strict
 from torch import Tensor, nn
 
 from gdm.errors import GdmError
-from gdm.nets.cyclegan import conv_bias, norm_layer
+from gdm.nets.cyclegan import Dropout, InitStd, Norm, conv_bias, norm_layer
 from gdm.nets.init import init_normal
+from gdm.option_types import Width, checked
 
 
 class UnetBlock(nn.Module):
@@ -54,16 +58,17 @@ class UnetGenerator(nn.Module):
     """Image (N, C, H, W) in [-1, 1] -> image (N, C, H, W) in [-1, 1]; H and W multiples of 2**num_downs.
     `num_downs`: 8 = unet_256, 7 = unet_128 (the image size that the innermost level sees as 1x1)."""
 
-    def __init__(self, image_shape: tuple[int, int, int], num_downs: int = 8, ngf: int = 64, norm: str = "batch",
-                 dropout: float = 0.5, init_std: float = 0.02):
+    @checked
+    def __init__(self, image_shape: tuple[int, int, int],
+                 num_downs: Annotated[int, Strict(), Field(ge=5, description=(
+                     "downsamplings to 1x1, at least 5 as ngf to 8 ngf takes four levels: 8 = unet_256, 7 = unet_128"))] = 8,
+                 ngf: Width = 64, norm: Norm = "batch", dropout: Dropout = 0.5, init_std: InitStd = 0.02):
         super().__init__()
         channels = image_shape[0]
-        if num_downs < 5:
-            raise GdmError(f"A U-Net generator needs num_downs >= 5 (ngf to 8 ngf takes four levels), got {num_downs}.")
         if image_shape[1] % 2**num_downs or image_shape[2] % 2**num_downs:
             raise GdmError(f"A U-Net with num_downs={num_downs} halves the image {num_downs} times, so its sides must "
                            f"be multiples of {2**num_downs}, got {image_shape[2]}x{image_shape[1]}: set "
-                           "data.image_size to one, or pick a U-Net with fewer levels.")
+                           "the data's image_size to one, or pick a U-Net with fewer levels.")
         block = UnetBlock(ngf * 8, ngf * 8, norm)
         for _ in range(num_downs - 5):
             block = UnetBlock(ngf * 8, ngf * 8, norm, block, dropout=dropout)

@@ -11,14 +11,16 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from gdm.atomic_checkpoint_io import AtomicCheckpointIO
-from gdm.callbacks.config_in_checkpoint import ConfigInCheckpoint
+from gdm.callbacks.checkpoint_contents import CheckpointContents
 from gdm.callbacks.optuna_pruning import OptunaPruning
-from gdm.callbacks.random_state import RandomState
 from gdm.data.base import SplitDataModule
-from gdm.errors import GdmError, boolean_option, integer_option, number_option
+from gdm.errors import GdmError
 from gdm.evaluation.evaluator import Evaluator
+from gdm.metrics.features import build_features
 from gdm.models.base import GenerativeModule
 from gdm.models.clusters import cluster_inputs
+from gdm.models.nonfinite_guard import NonFinitePolicy
+from gdm.tasks.options import check_run_options, options_of, run_options
 
 log = logging.getLogger(__name__)
 
@@ -27,13 +29,8 @@ log = logging.getLogger(__name__)
 
 
 def build_datamodule(cfg: DictConfig) -> SplitDataModule:
-    datamodule = instantiate(cfg.data, _convert_="all")
-    channels, height, width = datamodule.image_shape
-    if channels not in (1, 3) or isinstance(channels, bool):
-        raise GdmError(f"data.channels={channels} must be 1 (greyscale) or 3 (RGB).")
-    for size in (height, width):
-        integer_option("data.image_size", size, minimum=1, hint="(pixels of each side)")
-    return datamodule
+    with options_of("data", cfg.data):
+        return instantiate(cfg.data, _convert_="all")
 
 
 def build_model(cfg: DictConfig, datamodule: SplitDataModule, from_checkpoint: bool = False) -> GenerativeModule:
@@ -43,17 +40,30 @@ def build_model(cfg: DictConfig, datamodule: SplitDataModule, from_checkpoint: b
     # Checked on the class first, before its nets are sized (the wrong kind of data is the first thing to say),
     # then on the instance (a conditional GAN also needs labels).
     check_provides(cfg, get_class(cfg.model._target_).requires, datamodule)
-    make_model = instantiate(cfg.model, _partial_=True, _convert_="all")
-    model = make_model(image_shape=tuple(int(n) for n in datamodule.image_shape), num_classes=datamodule.num_classes)
-    check_provides(cfg, model.requires, datamodule)
-    if not from_checkpoint:
-        if getattr(model, "clusters", None) is not None:  # self-conditioning: k-means on the training images
-            model.fit_clusters(cluster_inputs(datamodule.split("train")))
-        elif model.conditional:  # class-balanced samples follow the training split's class frequencies
-            model.set_class_frequencies(datamodule.class_counts("train"))
-    if boolean_option("compile", cfg.get("compile", False)):
+    with options_of("model", cfg.model):
+        make_model = instantiate(cfg.model, _partial_=True, _convert_="all")
+        model = make_model(image_shape=tuple(int(n) for n in datamodule.image_shape),
+                           num_classes=datamodule.num_classes)
+        check_provides(cfg, model.requires, datamodule)
+        if not from_checkpoint:
+            if getattr(model, "clusters", None) is not None:  # self-conditioning: k-means on the training images
+                model.fit_clusters(cluster_inputs(datamodule.split("train")))
+            elif model.conditional:  # class-balanced samples follow the training split's class frequencies
+                model.set_class_frequencies(datamodule.class_counts("train"))
+    model.set_nonfinite_policy(build_nonfinite_policy(cfg))
+    if cfg.get("compile", False):
         model.compile_nets()
     return model
+
+
+def build_nonfinite_policy(cfg: DictConfig) -> NonFinitePolicy:
+    """What a NaN / Inf training loss does (`callbacks.nonfinite_loss`, kept among the callbacks where users
+    know it, though the model follows it without any callback); GdmError naming the key for a bad value."""
+    node = OmegaConf.select(cfg, "callbacks.nonfinite_loss")
+    if node is None:
+        return NonFinitePolicy()
+    with options_of("callbacks.nonfinite_loss", node):
+        return instantiate(node, _convert_="all")
 
 
 # What a batch key means to a user, and data options that have it.
@@ -135,18 +145,24 @@ def check_run_fits(cfg: DictConfig, datamodule: SplitDataModule, trainer: L.Trai
                        "run: raise data.val_fraction, or add images.")
 
 
-def _instantiate_group(group: DictConfig | None, skip: tuple[str, ...] = ()) -> list:
-    if not group:
-        return []
-    return [instantiate(node, _convert_="all") for key, node in group.items()
-            if key not in skip and isinstance(node, DictConfig) and "_target_" in node]
+def _instantiate_group(name: str, group: DictConfig | None, skip: tuple[str, ...] = ()) -> list:
+    built = []
+    for key, node in (group or {}).items():
+        if key not in skip and isinstance(node, DictConfig) and "_target_" in node:
+            with options_of(f"{name}.{key}", node):
+                built.append(instantiate(node, _convert_="all"))
+    return built
 
 
 def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
-    """The callbacks group (its `evaluator` gets the metrics group's metrics), the config and RNG state."""
-    callbacks = _instantiate_group(cfg.get("callbacks"), skip=("evaluator",)) + [build_evaluator(cfg)]
-    callbacks.append(ConfigInCheckpoint(OmegaConf.to_container(cfg, resolve=True), OmegaConf.to_container(cfg)))
-    callbacks.append(RandomState(cfg.seed))
+    """The callbacks group (its `evaluator` gets the metrics group's metrics; its `nonfinite_loss` is the model's
+    policy, `build_nonfinite_policy`), and what the checkpoints hold beside Lightning's entries."""
+    callbacks = _instantiate_group("callbacks", cfg.get("callbacks"), skip=("evaluator", "nonfinite_loss"))
+    evaluator = build_evaluator(cfg)
+    # Before the Evaluator: it marks an epoch's end before the Evaluator saves that epoch's checkpoints.
+    callbacks.append(CheckpointContents(cfg.seed, OmegaConf.to_container(cfg, resolve=True),
+                                        OmegaConf.to_container(cfg), step=lambda: evaluator.batches))
+    callbacks.append(evaluator)
     # an Optuna trial (gdm's sweeper names it in the job's environment) reports each evaluation to its study
     pruning = OptunaPruning.for_this_job(cfg.monitor, cfg.get("monitor_mode", "min"), cfg.paths.output_dir)
     if pruning is not None:
@@ -157,46 +173,51 @@ def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
 def build_metrics(cfg: DictConfig) -> list:
     """The metric objects of the metrics group: its entries with a `_target_` (plain settings beside them
     configure the evaluator)."""
-    return _instantiate_group(cfg.get("metrics"))
+    return _instantiate_group("metrics", cfg.get("metrics"))
 
 
 def build_evaluator(cfg: DictConfig, **overrides) -> Evaluator:
-    return instantiate(cfg.callbacks.evaluator, metrics=build_metrics(cfg), _convert_="all", **overrides)
+    """The Evaluator of `callbacks.evaluator`, with the metrics group's metrics and its feature network (loaded
+    here, before training, so a bad weights file is the first thing said)."""
+    metrics = cfg.metrics
+    with options_of("metrics", metrics):
+        features = build_features(metrics.features, inception_weights=metrics.get("inception_weights"),
+                                  dinov2_weights=metrics.get("dinov2_weights"))
+    built = build_metrics(cfg)
+    with options_of("callbacks.evaluator", cfg.callbacks.evaluator):
+        return instantiate(cfg.callbacks.evaluator, metrics=built, features=features, _convert_="all", **overrides)
+
+
+def check_evaluation(cfg: DictConfig, evaluator: Evaluator, model: GenerativeModule,
+                     datamodule: SplitDataModule) -> None:
+    """Before training: each metric applies to this model and data, and the monitor is among the values they
+    will log, else a GdmError naming the metrics keys."""
+    nodes = [(key, node) for key, node in (cfg.get("metrics") or {}).items()
+             if isinstance(node, DictConfig) and "_target_" in node]
+    for (key, node), metric in zip(nodes, evaluator.metrics, strict=True):
+        with options_of(f"metrics.{key}", node):
+            metric.check(model, datamodule, evaluator.features.name)
+    evaluator.check_monitor(model, datamodule)
 
 
 def build_loggers(cfg: DictConfig) -> list:
-    return _instantiate_group(cfg.get("logger"))
+    return _instantiate_group("logger", cfg.get("logger"))
 
 
 def seed_option(cfg: DictConfig) -> int | None:
-    """`seed`: an integer NumPy and Lightning can seed with (0 .. 2**32 - 1), or null (Lightning draws one), else
-    GdmError."""
-    return integer_option("seed", cfg.get("seed"), minimum=0, maximum=2**32 - 1, optional=True,
-                          hint="(null: a random one, recorded)")
-
-
-def check_trainer_options(trainer: DictConfig) -> None:
-    """The trainer counts a run is sized by, checked before Lightning reads them (whose asserts and modulo by zero
-    would end in a traceback): GdmError naming the key."""
-    integer_option("trainer.max_epochs", trainer.get("max_epochs"), minimum=-1, optional=True,
-                   hint="(-1: no limit)")
-    integer_option("trainer.max_steps", trainer.get("max_steps", -1), minimum=-1, hint="(-1: no limit)")
-    integer_option("trainer.check_val_every_n_epoch", trainer.get("check_val_every_n_epoch", 1), minimum=1,
-                   optional=True, hint="(epochs between evaluations)")
-    integer_option("trainer.num_sanity_val_steps", trainer.get("num_sanity_val_steps", 0), minimum=-1)
-    for key in ("limit_train_batches", "limit_val_batches", "limit_test_batches"):  # a count, or a fraction <= 1
-        value = trainer.get(key)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            number_option(f"trainer.{key}", value, minimum=0, maximum=1, optional=True,
-                          hint="(a fraction of the batches, or a whole number of them)")
+    """`seed`: an integer NumPy and Lightning can seed with, or null (Lightning draws one), else GdmError."""
+    with options_of("", cfg):
+        run_options(seed=cfg.get("seed"))
+    return cfg.get("seed")
 
 
 def build_trainer(cfg: DictConfig, callbacks: list, loggers: list) -> L.Trainer:
-    check_trainer_options(cfg.trainer)
+    check_run_options(cfg)
     if cfg.trainer.get("accelerator") in ("gpu", "cuda") and not torch.cuda.is_available():
         raise GdmError(
             f"trainer.accelerator={cfg.trainer.accelerator} but this machine has no usable GPU: use trainer=cpu, "
             "or trainer=default (it picks a GPU when there is one)."
         )
     plugins = [*instantiate(cfg.trainer.get("plugins") or []), AtomicCheckpointIO()]
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins)
+    with options_of("trainer", cfg.trainer):
+        return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins)

@@ -31,9 +31,10 @@ from gdm.checkpoints import checkpoint_step, config_for_checkpoint, load_state, 
 from gdm.compare.stats import interval
 from gdm.config_tree import print_config_tree
 from gdm.data.base import SPLITS
-from gdm.errors import GdmError, integer_option
+from gdm.errors import GdmError
 from gdm.evaluation.evaluator import Evaluator, write_json
 from gdm.tasks.build import build_datamodule, build_evaluator, build_model, build_trainer, seed_option
+from gdm.tasks.options import eval_options, read_options
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +45,7 @@ def evaluate(cfg: DictConfig) -> float | None:
     opts = cfg.eval
     if opts.split not in SPLITS:
         raise GdmError(f"eval.split='{opts.split}' is not a split; choose one of {', '.join(SPLITS)}.")
-    for key in ("num_samples", "kid_subset_size"):  # null: the run's own value / no KID
-        integer_option(f"eval.{key}", opts.get(key), minimum=2, optional=True)
+    seeds = read_options(eval_options, "eval", opts)["sample_seeds"]
     L.seed_everything(seed_option(cfg), workers=True)  # the VAE's ELBO / IWAE draw from the global RNG
     checkpoint = read_checkpoint(cfg.ckpt_path)
     cfg = config_for_checkpoint(cfg, checkpoint)
@@ -58,8 +58,6 @@ def evaluate(cfg: DictConfig) -> float | None:
         translation = cfg.metrics.get("translation")
         if translation is not None:
             translation.real_split = translation.split = opts.split
-    seeds = integer_option("eval.sample_seeds", opts.get("sample_seeds", 1), minimum=1,
-                           hint="(the number of sample seeds to evaluate with)")
     if seeds > 1 and cfg.metrics.get("fid") is None:
         raise GdmError(f"eval.sample_seeds={seeds} draws other samples of a sampling model (metrics.fid.seed), and "
                        "this checkpoint's metrics have none: use eval.sample_seeds=1.")

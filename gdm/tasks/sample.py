@@ -19,9 +19,10 @@ import torch
 from omegaconf import DictConfig
 
 from gdm.checkpoints import load_model
-from gdm.errors import GdmError, integer_option
+from gdm.errors import GdmError
 from gdm.images import grid_uint8, save_png, to_uint8
 from gdm.models.capabilities import Samples
+from gdm.tasks.options import read_options, sample_options
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +38,7 @@ def sample(cfg: DictConfig) -> None:
     if not cfg.get("ckpt_path"):
         raise GdmError("task=sample needs ckpt_path=RUN/checkpoints/best.ckpt.")
     opts = cfg.get("sample") or {}
-    n = integer_option("sample.n", opts.get("n", 64), minimum=1, hint="(the number of images to draw)")
-    seed = integer_option("sample.seed", opts.get("seed", 0), minimum=0, hint="(the seed of the sample sequence)")
-    label = integer_option("sample.label", opts.get("label"), minimum=0, optional=True,
-                           hint="(the class to draw; unset: every class)")
+    n, seed, label = read_options(sample_options, "sample", opts).values()
     model = load_model(cfg.ckpt_path)
     if not isinstance(model, Samples):
         raise GdmError(f"ckpt_path={cfg.ckpt_path} holds a {type(model).__name__}, which translates images rather "

@@ -13,9 +13,8 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from gdm.checkpoints import changed_precision, changed_settings, check_fits
-from gdm.errors import boolean_option
 from gdm.evaluation.evaluator import Evaluator
-from gdm.loggers import finish_loggers, offline_wandb_dir
+from gdm.loggers import finish_loggers, start_loggers
 from gdm.resume import resume_from
 from gdm.tasks.build import (
     build_callbacks,
@@ -23,18 +22,21 @@ from gdm.tasks.build import (
     build_loggers,
     build_model,
     build_trainer,
+    check_evaluation,
     check_gradient_clipping,
     check_run_fits,
     check_training_precision,
     seed_option,
 )
+from gdm.tasks.options import check_run_options
 
 log = logging.getLogger(__name__)
 
 
 def train(cfg: DictConfig) -> float | None:
     check_training_precision(cfg.trainer.get("precision"))
-    test_after_fit = boolean_option("test_after_fit", cfg.get("test_after_fit", True))
+    check_run_options(cfg)
+    test_after_fit = cfg.get("test_after_fit", True)
     seed = L.seed_everything(seed_option(cfg), workers=True)
     with open_dict(cfg):
         cfg.seed = seed  # seed=null: the seed Lightning drew, recorded in config.yaml and the checkpoints
@@ -65,8 +67,8 @@ def train(cfg: DictConfig) -> float | None:
         evaluator = next(cb for cb in callbacks if isinstance(cb, Evaluator))
         trainer = build_trainer(cfg, callbacks, loggers)
         check_run_fits(cfg, datamodule, trainer)
-        for logger in loggers:
-            logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        check_evaluation(cfg, evaluator, model, datamodule)
+        start_loggers(loggers, OmegaConf.to_container(cfg, resolve=True))
         trainer.fit(model, datamodule=datamodule, ckpt_path=str(resume[0]) if resume else None)
         evaluator.finish(trainer, model, datamodule)
         if test_after_fit and is_overridden("test_step", model) and not trainer.interrupted:
@@ -77,20 +79,19 @@ def train(cfg: DictConfig) -> float | None:
         status = "preempted"
         raise
     finally:
-        finish_loggers(loggers, status)
+        offline = finish_loggers(loggers, status)
 
-    report(evaluator, run_dir, loggers)
+    report(evaluator, run_dir, offline)
     return evaluator.best["value"] if evaluator.best else None
 
 
 @rank_zero_only
-def report(evaluator: Evaluator, run_dir: Path, loggers: list) -> None:
+def report(evaluator: Evaluator, run_dir: Path, offline_wandb: str | None) -> None:
     final, best = evaluator.final, evaluator.best
     if evaluator.monitor in final:
         log.info(f"final {evaluator.monitor} = {final[evaluator.monitor]:.4f} (step {final['step']})")
     if best:
         log.info(f"best  {best['metric']} = {best['value']:.4f} (step {best['step']}, epoch {best['epoch']})")
     log.info(f"run directory: {run_dir.resolve()}")
-    offline = offline_wandb_dir(loggers)
-    if offline:
-        log.info(f"W&B offline: {offline} (upload: wandb sync <that dir>)")
+    if offline_wandb:
+        log.info(f"W&B offline: {offline_wandb} (upload: wandb sync <that dir>)")

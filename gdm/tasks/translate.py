@@ -31,10 +31,11 @@ from torchvision.transforms.functional import pil_to_tensor
 
 from gdm.checkpoints import load_model, read_checkpoint
 from gdm.data.image_files import WHITE, find_images, open_image, verify_images
-from gdm.errors import GdmError, integer_option
+from gdm.errors import GdmError
 from gdm.images import to_uint8
 from gdm.memory import available_bytes, gib, scaled_peak_bytes
 from gdm.models.capabilities import DIRECTIONS, Translates
+from gdm.tasks.options import read_options, translate_options
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +103,7 @@ def translate(cfg: DictConfig) -> None:
     for key in ("input", "output"):
         if not opts.get(key):
             raise GdmError(f"translate.{key} is not set: task=translate needs translate.input=DIR translate.output=DIR.")
-    load_size = integer_option("translate.load_size", opts.get("load_size"), minimum=8, optional=True,
-                               hint="(pixels of each image's short side before translating)")
+    load_size = read_options(translate_options, "translate", opts)["load_size"]
     if opts.direction is not None and opts.direction not in DIRECTIONS:
         raise GdmError(f"translate.direction={opts.direction} is not a direction; choose AtoB or BtoA.")
     # Built on the CPU and then moved: map_location alone would leave the model's weights on the CPU.
