@@ -158,6 +158,8 @@ def check_trained_settings(model: GenerativeModule, checkpoint: dict, path: str 
     try:
         check_fits(model, checkpoint, path)
     except GdmError:
+        if not changed:  # a net's own setting (model.generator.ngf): check_fits names the tensor that differs
+            raise
         raise refuse(sorted(changed), "holds weights whose shapes do not fit this run's settings") from None
     return [f"{k}: {typed(plain(old))} -> {typed(plain(new))}" for k, (old, new) in changed.items()]
 
@@ -168,13 +170,13 @@ def check_typed_settings(cfg: DictConfig, checkpoint: dict, path: str | Path, ta
     typed on the command line (`model.latent_dim=64`, `data.image_size=64`) would be ignored, so one that
     differs from the checkpoint's is refused in one sentence naming both values (`hint`: what to use
     instead)."""
-    trained = checkpoint["gdm_config"]
+    trained = OmegaConf.create(checkpoint["gdm_config"])
     for key, deleted in command_line_keys():
         group, _, name = key.partition(".")
         trained_setting = group == "model" or (group == "data" and name in TRAINED_DATA)
         if deleted or not name or not trained_setting:
             continue
-        wanted, saved = OmegaConf.select(cfg, key), OmegaConf.select(OmegaConf.create(trained), key)
+        wanted, saved = OmegaConf.select(cfg, key), OmegaConf.select(trained, key)
         if saved != wanted:
             raise GdmError(f"{key}={typed(wanted)} contradicts ckpt_path={path}, whose model was trained "
                            f"with {key}={typed(saved)}: task={task} uses the checkpoint's model as it was "

@@ -20,6 +20,7 @@ from urllib.parse import urlparse
 
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
 
 from gdm.errors import GdmError
 from gdm.multirun import configuration_tag, sweep_identity
@@ -89,7 +90,7 @@ def wandb_logger(save_dir: str, project: str = "gdm", mode: str = "auto", **kwar
     Path(save_dir).mkdir(parents=True, exist_ok=True)
     # `mode` goes straight to wandb.init; WandbLogger(offline=True) would set WANDB_MODE for the whole process.
     logger = WandbLogger(save_dir=save_dir, project=project, mode=mode, **kwargs)
-    if reason:
+    if reason and rank_zero_only.rank == 0:  # DDP builds the loggers in every process; one line is enough
         log.warning(f"W&B offline: {reason}; upload later with `wandb sync {Path(save_dir) / 'wandb'}/offline-run-*`.")
     return logger
 

@@ -35,7 +35,8 @@ from lightning.pytorch.strategies.launchers import subprocess_script as trainer_
 # take its ranks to exist already.
 LAUNCHER_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
 # Overrides that do not change what a run trains or measures.
-NOT_CONFIGURATION = ("seed", "print_config", "logger", "paths", "resume", "hydra", "ckpt_path", "test_after_fit")
+NOT_CONFIGURATION = ("seed", "print_config", "logger", "paths", "resume", "hydra", "ckpt_path",
+                     "test_after_fit")
 
 
 def override_key(override: str) -> str:
@@ -92,7 +93,8 @@ def job_rank_command(local_rank: int) -> tuple[list[str], str]:
 
 @contextmanager
 def extra_ranks_run_this_job() -> Iterator[None]:
-    """For the length of the current multirun job (call it only in one), DDP's extra ranks run the job alone."""
+    """For the length of the current multirun job (call it only in one), DDP's extra ranks run the job
+    alone."""
     # Lightning (2.x) builds the command in a module-level function, imported by the Trainer's and Fabric's
     # launchers; both are swapped for the job's own command and restored after the job.
     environment = {name: os.environ.get(name) for name in LAUNCHER_ENV}

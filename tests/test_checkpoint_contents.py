@@ -16,8 +16,8 @@ def fitting_trainer(loggers: tuple = ()) -> SimpleNamespace:
 
 
 def test_one_callback_writes_every_gdm_entry():
-    contents = CheckpointContents(seed=3, config={"seed": 3, "root": "/data"}, source={"root": "${paths.data}"},
-                                  step=lambda: 5)
+    contents = CheckpointContents(seed=3, config={"seed": 3, "root": "/data"},
+                                  source={"root": "${paths.data}"}, step=lambda: 5)
     trainer, checkpoint = fitting_trainer(), {}
     contents.on_save_checkpoint(trainer, None, checkpoint)
     assert set(checkpoint) == {"gdm_config", "gdm_config_source", "gdm_step", "gdm_rng_state"}

@@ -244,7 +244,7 @@ def test_a_run_given_twice_and_a_repeated_seed_are_counted_once(tmp_path):
 def test_a_sweep_summary_counts_jobs_of_one_configuration_and_seed_once(tmp_path):
     from omegaconf import OmegaConf
 
-    from gdm.sweeps import SweepSummary
+    from gdm.tasks.sweep_summary import SweepSummary
 
     sweep = tmp_path / "sweep"
     jobs = [make_run(sweep / str(job), ["model.loss=hinge"], seed, fid)  # `-m model.loss=hinge,hinge seed=1,1,2`

@@ -66,7 +66,8 @@ def test_each_rank_draws_its_own_random_stream():
 
     def draws(rank: int, world_size: int = 2) -> torch.Tensor:
         torch.manual_seed(42)
-        CheckpointContents(seed=42).setup(SimpleNamespace(world_size=world_size, global_rank=rank), None, "fit")
+        trainer = SimpleNamespace(world_size=world_size, global_rank=rank)
+        CheckpointContents(seed=42).setup(trainer, None, "fit")
         return torch.rand(4)
 
     assert torch.equal(draws(0), draws(0, world_size=1))  # rank 0 and single-process runs: unchanged

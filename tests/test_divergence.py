@@ -87,7 +87,7 @@ def test_the_policy_is_given_to_the_model_at_build_and_no_callback_holds_it(tmp_
     cfg = compose_config([*RUN, "callbacks.nonfinite_loss.action=skip",
                           "callbacks.nonfinite_loss.max_consecutive_skips=3"], tmp_path)
     model = build_model(cfg, build_datamodule(cfg))
-    assert model.nonfinite_policy == NonFinitePolicy(action="skip", max_consecutive_skips=3, check_every_n_steps=10)
+    assert model.nonfinite_policy == NonFinitePolicy("skip", max_consecutive_skips=3, check_every_n_steps=10)
     assert not any(isinstance(callback, NonFinitePolicy) for callback in build_callbacks(cfg))
 
 

@@ -115,7 +115,7 @@ def test_model_and_data_mismatch_is_one_sentence(tmp_path):
     with pytest.raises(Exception) as caught:  # noqa: B017 - Hydra wraps it in an InstantiationException
         run(cfg)
     mistake = user_error(caught.value)
-    assert isinstance(mistake, GdmError) and "set data.image_size to one" in str(mistake)
+    assert isinstance(mistake, GdmError) and "data.image_size=24 is not one: use e.g. 16, 32 or 64" in str(mistake)
 
 
 def test_same_seed_same_fid(tmp_path):

@@ -1,4 +1,5 @@
-"""Improved precision/recall and density/coverage (gdm.metrics.feature_metrics) on feature sets with known answers."""
+"""Improved precision/recall and density/coverage (gdm.metrics.feature_metrics) on feature sets with known
+answers."""
 
 from __future__ import annotations
 

@@ -80,8 +80,8 @@ def seed_rank(seed: int, rank: int, step: int = 0) -> None:
 
 
 class CheckpointContents(L.Callback):
-    """`seed`: the run's seed (the DDP ranks' streams derive from it); `config` / `source`: the resolved and the
-    uninterpolated config; `step`: returns gdm's step (the Evaluator counts the training batches)."""
+    """`seed`: the run's seed (the DDP ranks' streams derive from it); `config` / `source`: the resolved and
+    the uninterpolated config; `step`: returns gdm's step (the Evaluator counts the training batches)."""
 
     def __init__(self, seed: int, config: dict | None = None, source: dict | None = None,
                  step: Callable[[], int] | None = None):
@@ -97,7 +97,8 @@ class CheckpointContents(L.Callback):
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.epoch_end = False
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch,
+                             batch_idx: int) -> None:
         self.epoch_end = False
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -55,12 +55,12 @@ def write_json(path: Path, data: dict) -> None:
 
 
 class Evaluator(L.Callback):
-    """`metrics`: metric objects (`check(model, data, features)`; `names(model, data, features)`: the values it
-    will log; `families`: the values it can log, as `val/<family>` or `val/<family>_...`;
+    """`metrics`: metric objects (`check(model, data, features)`; `names(model, data, features)`: the values
+    it will log; `families`: the values it can log, as `val/<family>` or `val/<family>_...`;
     `__call__(Evaluation) -> MetricResult`). `features`: the feature network the task built
-    (`gdm.metrics.features.build_features`; its `name` names the values). `report`: the summary file written in
-    `run_dir` (None: none, task=eval writes its own); `save_checkpoints`: last/best checkpoints; `step`: the
-    step to report instead of the trainer's (task=eval: the checkpoint's)."""
+    (`gdm.metrics.features.build_features`; its `name` names the values). `report`: the summary file written
+    in `run_dir` (None: none, task=eval writes its own); `save_checkpoints`: last/best checkpoints; `step`:
+    the step to report instead of the trainer's (task=eval: the checkpoint's)."""
 
     @checked
     def __init__(self, metrics: list, features: nn.Module, run_dir: str, monitor: str, mode: Mode = "min",
@@ -106,8 +106,8 @@ class Evaluator(L.Callback):
         a_metric_value = any(self.monitor == f or self.monitor.startswith(f"{f}_") for f in families)
         if self.monitor in names or not a_metric_value:
             return
-        raise GdmError(f"monitor={self.monitor} is not among this run's evaluation values ({', '.join(names)}): "
-                       "set monitor= to one of them.")
+        raise GdmError(f"monitor={self.monitor} is not among this run's evaluation values "
+                       f"({', '.join(names)}): set monitor= to one of them.")
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.session_start = time.time()
@@ -242,8 +242,8 @@ class Evaluator(L.Callback):
                                     "protocols": {k: p["id"] for k, p in protocols.items()}}) + "\n")
         self.write(trainer)
         if self.save_checkpoints and not trainer.fast_dev_run:
-            # After an epoch's last batch: written at on_train_epoch_end, where Lightning counts this validation
-            # and the epoch done.
+            # After an epoch's last batch: written at on_train_epoch_end, where Lightning counts this
+            # validation and the epoch done.
             if trainer.state.fn == TrainerFn.FITTING and self.last_batch_of_epoch:
                 self.save_at_epoch_end = improved
             else:

@@ -26,7 +26,8 @@ FORMAT = 1
 
 
 def canonical(value) -> str:
-    """The JSON text of `value` with sorted keys: equal values, equal text (cache keys and protocol ids hash it)."""
+    """The JSON text of `value` with sorted keys: equal values give equal text (cache keys and protocol ids
+    hash it)."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
 
 

@@ -1,5 +1,5 @@
-"""The digit classifiers: a small CNN that reads handwritten digits (`DigitClassifier`; uint8 images of any size
-and 1 or 3 channels, as FID feature networks take), and its shipped weights: load one, or re-train it with
+"""The digit classifiers: a small CNN that reads handwritten digits (`DigitClassifier`; uint8 images of any
+size and 1 or 3 channels, as FID feature networks take), and its shipped weights: load one, or re-train it with
 `python -m gdm.metrics.digits_classifier [--name]`.
 
 - `digits`: grey digits (the digits data module); FID features `digits` and the judge of class accuracy.

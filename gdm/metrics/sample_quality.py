@@ -90,7 +90,8 @@ class SampleQuality:
         """The values `__call__` logs, known before it runs (the run's monitor is checked against them)."""
         metrics = ["fid", *(["kid", "kid_std"] if self.kid_subset_size else []),
                    *(["precision", "recall"] if self.precision_recall_k else []),
-                   *(["density", "coverage"] if self.density_coverage_k else []), *(["copies"] if self.copies else [])]
+                   *(["density", "coverage"] if self.density_coverage_k else []),
+                   *(["copies"] if self.copies else [])]
         return [f"val/{m}_{features}" if m != "kid_std" else f"val/kid_{features}_std" for m in metrics]
 
     @torch.no_grad()

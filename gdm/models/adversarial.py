@@ -48,9 +48,9 @@ AugmentName = Annotated[Literal["diffaugment", "ada"] | None, Field(
 def build_augment(augment: AugmentName, augment_policy: object = "color,translation,cutout",
                   ada_target: object = 0.6, ada_interval: object = 4, ada_kimg: object = 500.0,
                   channels_per_image: int | None = None) -> Augment | None:
-    """The augmentation of the discriminators' inputs `augment` (gdm.augment; None for null), with the settings
-    of that one only: the policy is checked by DiffAugment, the ada_* settings by ADA (a ValidationError naming
-    the parameter)."""
+    """The augmentation of the discriminators' inputs `augment` (gdm.augment; None for null), with the
+    settings of that one only: the policy is checked by DiffAugment, the ada_* settings by ADA (a
+    ValidationError naming the parameter)."""
     if augment == "diffaugment":
         return DiffAugment(augment_policy, channels_per_image)
     if augment == "ada":

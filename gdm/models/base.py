@@ -195,7 +195,7 @@ class NonFiniteGuard:
         keep = "no checkpoint was written yet"
         trainer = self.attached_trainer()
         if trainer is not None:
-            last = Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"  # where the Evaluator saves it
+            last = Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"  # the Evaluator's
             keep = f"the last good checkpoint is {last}" if last.is_file() else keep
         other = "" if self.nonfinite_policy.action == "skip" else \
             ", or set the non-finite loss policy's action=skip to skip such updates"

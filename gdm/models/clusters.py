@@ -94,8 +94,8 @@ class PixelClusters(nn.Module):
         counts = torch.bincount(self.assign(images).cpu(), minlength=self.k)
         empty = int((counts == 0).sum())
         if empty:
-            raise GdmError(f"model.clusters={self.k}: {empty} of the k-means clusters hold no training image, so "
-                           f"their samples would follow no data: lower model.clusters to at most {self.k - empty}.")
+            raise GdmError(f"clusters={self.k}: {empty} of the k-means clusters hold no training image, so their "
+                           f"samples would follow no data: set clusters to at most {self.k - empty}.")
         return counts
 
     @torch.no_grad()

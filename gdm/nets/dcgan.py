@@ -51,8 +51,8 @@ def num_doublings(size: int) -> int:
     n = math.log2(size / 4) if size >= 8 else -1
     if n < 1 or n != int(n) or size > 1024:
         raise GdmError(
-            f"These conv nets need a square image whose side is a power of two from 8 to 1024, got {size}: "
-            "use images of such a size (e.g. 16, 32 or 64: the data's image_size)."
+            f"These conv nets need a square image whose side is a power of two from 8 to 1024, and image_size={size} "
+            "is not one: use e.g. 16, 32 or 64."
         )
     return int(n)
 

@@ -30,7 +30,13 @@ log = logging.getLogger(__name__)
 
 def build_datamodule(cfg: DictConfig) -> SplitDataModule:
     with options_of("data", cfg.data):
-        return instantiate(cfg.data, _convert_="all")
+        datamodule = instantiate(cfg.data, _convert_="all")
+    if datamodule.image_shape[0] == 3 and OmegaConf.select(cfg, "metrics.features") == "digits":
+        # The digits network was trained on grey digits: it reads colour images as their luminance.
+        log.warning("metrics.features=digits measures colour images with a classifier of grey digits, so its FID "
+                    "says little about them: use metrics.features=inception (or dinov2; digits_colour for the "
+                    "embedded colour digits).")
+    return datamodule
 
 
 def build_model(cfg: DictConfig, datamodule: SplitDataModule, from_checkpoint: bool = False) -> GenerativeModule:
@@ -40,7 +46,7 @@ def build_model(cfg: DictConfig, datamodule: SplitDataModule, from_checkpoint: b
     # Checked on the class first, before its nets are sized (the wrong kind of data is the first thing to say),
     # then on the instance (a conditional GAN also needs labels).
     check_provides(cfg, get_class(cfg.model._target_).requires, datamodule)
-    with options_of("model", cfg.model):
+    with options_of("model", cfg.model, ("data", cfg.data)):
         make_model = instantiate(cfg.model, _partial_=True, _convert_="all")
         model = make_model(image_shape=tuple(int(n) for n in datamodule.image_shape),
                            num_classes=datamodule.num_classes)
@@ -112,8 +118,7 @@ def check_training_precision(precision: object) -> None:
                        "or 16-mixed (float32 weights, half-precision compute), or bf16-true.")
     if str(precision) == "16-true":
         raise GdmError("trainer.precision=16-true trains with weights and Adam's moments in float16: the second "
-                       "moments underflow to 0 and the updates blow up (a GAN measured FID 2272 against 664 in "
-                       "float32); use bf16-mixed or 16-mixed (float32 weights, half-precision compute), or bf16-true.")
+                       "moments underflow to 0 and the updates blow up (experiments/speed.md); use bf16-mixed or 16-mixed (float32 weights, half-precision compute), or bf16-true.")
     if str(precision) == "bf16-true":
         log.warning("trainer.precision=bf16-true keeps weights, Adam's moments and the model's validation values in "
                     "bfloat16 (8 significant bits): an update under ~0.4% of its weight rounds away (norm scales "
@@ -155,8 +160,8 @@ def _instantiate_group(name: str, group: DictConfig | None, skip: tuple[str, ...
 
 
 def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
-    """The callbacks group (its `evaluator` gets the metrics group's metrics; its `nonfinite_loss` is the model's
-    policy, `build_nonfinite_policy`), and what the checkpoints hold beside Lightning's entries."""
+    """The callbacks group (its `evaluator` gets the metrics group's metrics; its `nonfinite_loss` is the
+    model's policy, `build_nonfinite_policy`), and what the checkpoints hold beside Lightning's entries."""
     callbacks = _instantiate_group("callbacks", cfg.get("callbacks"), skip=("evaluator", "nonfinite_loss"))
     evaluator = build_evaluator(cfg)
     # Before the Evaluator: it marks an epoch's end before the Evaluator saves that epoch's checkpoints.
@@ -165,7 +170,8 @@ def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
     callbacks.append(evaluator)
     # an Optuna trial (gdm's sweeper names it in the job's environment) reports each evaluation to its study
     if TRIAL_ENV["number"] in os.environ:
-        pruning = OptunaPruning.for_this_job(cfg.monitor, cfg.get("monitor_mode", "min"), cfg.paths.output_dir)
+        mode = cfg.get("monitor_mode", "min")
+        pruning = OptunaPruning.for_this_job(cfg.monitor, mode, cfg.paths.output_dir)
         if pruning is not None:
             callbacks.append(pruning)
     return callbacks

@@ -38,7 +38,7 @@ import lightning as L
 from hydra.utils import get_class
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.model_helpers import is_overridden
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from gdm.checkpoints import (
     check_trained_settings,
@@ -49,7 +49,7 @@ from gdm.checkpoints import (
     read_checkpoint,
 )
 from gdm.compare.stats import interval
-from gdm.config_tree import print_config_tree
+from gdm.console import print_config
 from gdm.data.base import SPLITS
 from gdm.errors import GdmError
 from gdm.errors import typed as typed_value
@@ -135,14 +135,14 @@ def evaluate(cfg: DictConfig) -> float | None:
     seed = L.seed_everything(seed_option(cfg), workers=True)  # the VAE's ELBO / IWAE draw from the global RNG
     checkpoint = read_checkpoint(cfg.ckpt_path)
     cfg = config_for_checkpoint(cfg, checkpoint)
+    trained_split = OmegaConf.select(cfg, "metrics.fid.real_split")
     with open_dict(cfg):
         cfg.seed = seed  # seed=null: the one drawn, recorded in eval.json
     applied = eval_settings(cfg, opts)
     if seeds > 1 and cfg.metrics.get("fid") is None:
         raise GdmError(f"eval.sample_seeds={seeds} draws other samples of a sampling model (metrics.fid.seed), and "
                        "this checkpoint's metrics have none: use eval.sample_seeds=1.")
-    if cfg.get("print_config", True):
-        print_config_tree(cfg)
+    print_config(cfg)
     datamodule = build_datamodule(cfg)
     model = build_model(cfg, datamodule, from_checkpoint=True)
     resizable = isinstance(model, Translates)  # fully convolutional: runs at any image size
@@ -184,7 +184,7 @@ def evaluate(cfg: DictConfig) -> float | None:
     }
     if seeds > 1:
         report["sample_seeds"] = sample_seed_spread(per_seed, names)
-    write_report(report, Path(cfg.paths.output_dir) / "eval.json")
+    write_report(report, Path(cfg.paths.output_dir) / "eval.json", trained_split)
     monitor = split_name(cfg.monitor, protocols.get(cfg.monitor), opts.split)
     return report["metrics"].get(monitor)
 
@@ -206,7 +206,7 @@ def kid_definition(protocol: dict) -> str:
     """What torchmetrics' KID value and its `_std` are, for a reader who places the numbers."""
     return (f"mean ± std of the unbiased MMD² over {protocol.get('subsets')} random subsets of "
             f"{protocol.get('subset_size')} images per side, cubic polynomial kernel of the features, in the "
-            "kernel's units; the std is the spread of single-subset estimates (each unbiased, so some are "
+            "kernel's units; the std is the spread of single-subset estimates (each unbiased, so one can be "
             "negative), not the error of the mean")
 
 
@@ -215,7 +215,7 @@ def is_kid(name: str, protocol: dict | None) -> bool:
 
 
 @rank_zero_only
-def write_report(report: dict, path: Path) -> None:
+def write_report(report: dict, path: Path, trained_split: str | None = None) -> None:
     definitions = {name: kid_definition(p) for name, p in report["protocols"].items() if is_kid(name, p)}
     if definitions:
         report["definitions"] = definitions
@@ -241,4 +241,11 @@ def write_report(report: dict, path: Path) -> None:
              + "\n".join(lines))
     if report["changed_from_checkpoint"]:
         log.info(f"settings other than the checkpoint's: {'; '.join(report['changed_from_checkpoint'])}")
+    real = [p["num_real"] for p in report["protocols"].values()
+            if p and p.get("real_split") == report["split"] and "num_real" in p]
+    if trained_split not in (None, report["split"]) and real:
+        # A newcomer's first question: why the same checkpoint scores worse here than in training.
+        log.info(f"FID here compares the samples with the {report['split']} split's {real[0]} images, training's "
+                 f"with the {trained_split} split: other images, and FID is biased upwards the fewer there are, so "
+                 f"the two differ (eval.split={trained_split} measures as training did).")
     log.info(f"written: {path.resolve()}")

@@ -32,26 +32,29 @@ INTERPOLATION = re.compile(r"^\$\{([\w.]+)\}$")
 
 
 @contextmanager
-def options_of(path: str, node: DictConfig | None) -> Iterator[None]:
+def options_of(path: str, node: DictConfig | None, *beside: tuple[str, DictConfig]) -> Iterator[None]:
     """Build config node `path` (`node`, its config) inside this block: a ValidationError or a GdmError naming
-    its parameters, raised directly or wrapped by Hydra, becomes a GdmError naming the config keys."""
+    its parameters, raised directly or wrapped by Hydra, becomes a GdmError naming the config keys. `beside`:
+    (path, node) pairs whose keys a GdmError may name too (the model's nets are sized by the data's
+    `image_size`)."""
     try:
         yield
     except Exception as err:  # noqa: BLE001 - anything else is re-raised as it was
-        mistake = option_error(err, path, node)
+        mistake = option_error(err, path, node, beside)
         if mistake is None:
             raise
         raise mistake from None
 
 
-def option_error(err: BaseException, path: str, node: DictConfig | None) -> GdmError | None:
+def option_error(err: BaseException, path: str, node: DictConfig | None,
+                 beside: tuple[tuple[str, DictConfig], ...] = ()) -> GdmError | None:
     """The user-facing sentence for `err` (or an exception it wraps) raised while building `node` at `path`;
     None when it is no option mistake."""
     while err is not None:
         if isinstance(err, ValidationError):
             return GdmError(validation_sentence(err, path, node))
         if isinstance(err, GdmError):
-            return type(err)(with_config_paths(str(err), path, node)) if node is not None else err
+            return type(err)(with_config_paths(str(err), path, node, beside)) if node is not None else err
         err = err.__cause__ or (err.__context__ if isinstance(err, InstantiationException) else None)
     return None
 
@@ -209,18 +212,24 @@ def validation_sentence(err: ValidationError, path: str, node: DictConfig | None
     return f"{key}={shown(value)} must be {phrase(wanted)}{f' ({hint})' if hint else ''}."
 
 
-def with_config_paths(message: str, path: str, node: DictConfig) -> str:
-    """`name=` for names that are options of `node` (or of one node under it) written as `path.name=`."""
+def with_config_paths(message: str, path: str, node: DictConfig,
+                      beside: tuple[tuple[str, DictConfig], ...] = ()) -> str:
+    """`name=` for names that are options of `node` (or of one node under it, or else of a `beside` node)
+    written as `path.name=`."""
     where: dict[str, str] = {}
     for sub_path, sub in targets(path, node):
         for key in sub:
             where.setdefault(str(key), sub_path)
     where.update({str(key): path for key in node})  # keys of `node` itself win over those of nodes under it
+    for other_path, other in beside:  # only names `node` lacks
+        for key in other:
+            where.setdefault(str(key), other_path)
     names = sorted((re.escape(k) for k in where if not k.startswith("_")), key=len, reverse=True)
     if not names:
         return message
-    pattern = re.compile(r"(?<![\w.\[])(" + "|".join(names) + r")=")
-    return pattern.sub(lambda m: f"{key_of(where[m.group(1)], m.group(1))}=", message)
+    # `root=/x` and `root/trainA=/x/trainA` (a folder under an option)
+    pattern = re.compile(r"(?<![\w.\[/])(" + "|".join(names) + r")(?=[=/])")
+    return pattern.sub(lambda m: key_of(where[m.group(1)], m.group(1)), message)
 
 
 # The top-level keys gdm reads itself, and the trainer counts Lightning would assert on (a traceback) or take

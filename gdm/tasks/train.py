@@ -46,8 +46,8 @@ def train(cfg: DictConfig) -> float | None:
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
     # Nothing to continue, nor to keep from being overwritten, in a new run directory given neither option.
-    resumable = (cfg.get("resume") is not None or cfg.get("ckpt_path") or any(run_dir.glob("checkpoints/*.ckpt"))
-                 or any(run_dir.glob("hpc_ckpt_*.ckpt")))
+    resumable = (cfg.get("resume") is not None or cfg.get("ckpt_path")
+                 or any(run_dir.glob("checkpoints/*.ckpt")) or any(run_dir.glob("hpc_ckpt_*.ckpt")))
     resume = resume_from(cfg) if resumable else None
     datamodule = build_datamodule(cfg)
     model = build_model(cfg, datamodule, from_checkpoint=resume is not None)
