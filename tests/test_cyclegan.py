@@ -18,7 +18,8 @@ from gdm.data.digits_colour import DigitsColourDataModule
 from gdm.errors import GdmError
 from gdm.images import to_uint8
 from gdm.losses import get_target_loss
-from gdm.metrics.digits_classifier import accuracy, load_digit_classifier
+from gdm.metrics.digits_classifier import accuracy
+from gdm.metrics.features import load_digit_classifier
 from gdm.models.adversarial import linear_decay
 from gdm.models.cyclegan import CycleGAN
 from gdm.models.image_pool import ImagePool

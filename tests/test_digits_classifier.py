@@ -7,14 +7,8 @@ import torch
 
 from gdm.data.digits import DigitsDataModule
 from gdm.images import to_uint8
-from gdm.metrics.digits_classifier import (
-    WEIGHTS,
-    DigitClassifier,
-    accuracy,
-    digit_split,
-    load_digit_classifier,
-)
-from gdm.metrics.features import DigitFeatures
+from gdm.metrics.digits_classifier import accuracy, digit_split
+from gdm.metrics.features import WEIGHTS, DigitClassifier, DigitFeatures, load_digit_classifier
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -129,7 +129,7 @@ def test_inception_with_missing_weights_file_names_it(tmp_path):
 def test_digit_features_protocol_names_the_weights_and_their_hash():
     import hashlib
 
-    from gdm.metrics.digits_classifier import weights_path
+    from gdm.metrics.features import weights_path
 
     protocol = DigitFeatures().protocol()
     assert protocol["weights_sha256"] == hashlib.sha256(weights_path("digits").read_bytes()).hexdigest()

@@ -55,7 +55,7 @@ class ClassAccuracy:
             raise GdmError(f"classifier=digits reads 10 digit classes, but the data has "
                            f"{num_classes}: set classifier=none.")
         if self.classifier is None:
-            from gdm.metrics.digits_classifier import load_digit_classifier
+            from gdm.metrics.features import load_digit_classifier
 
             with torch.random.fork_rng(devices=[]):  # keep the training run's RNG stream untouched
                 self.classifier = load_digit_classifier()
@@ -68,7 +68,7 @@ class ClassAccuracy:
     def __call__(self, ev: Evaluation) -> MetricResult:
         if self.classifier is None:
             return MetricResult()
-        from gdm.metrics.digits_classifier import weights_path
+        from gdm.metrics.features import weights_path
 
         self.classifier.to(ev.device)
         classes = len(ev.model.class_probs)

@@ -43,7 +43,7 @@ def load_label_classifier(choice: str, data, features: str):
     if not labelled:
         raise GdmError(f"label_classifier={choice} needs labelled images in both domains, and this data "
                        "has none: set label_classifier=none.")
-    from gdm.metrics.digits_classifier import load_digit_classifier
+    from gdm.metrics.features import load_digit_classifier
 
     with torch.random.fork_rng(devices=[]):  # loading draws nothing from the training RNG
         return load_digit_classifier(choice)
