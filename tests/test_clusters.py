@@ -119,7 +119,7 @@ def test_a_clustered_gan_is_conditional_on_its_clusters_without_labels():
 
 
 def test_labels_and_clusters_exclude_each_other():
-    with pytest.raises(GdmError, match="model.conditional=true .* and model.clusters=3 .* exclude each other"):
+    with pytest.raises(GdmError, match="conditional=true .* and clusters=3 .* exclude each other"):
         make_clustered_gan(3, conditional=True, num_classes=10)
 
 
