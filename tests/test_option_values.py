@@ -42,6 +42,11 @@ CASES = [
      "trainer.limit_train_batches='abc' must be an integer >= 0 or a number >= 0 and <= 1 or null"),
     (["++trainer.limit_val_batches=1.5"], "trainer.limit_val_batches=1.5 must be an integer >= 0 or a number >= 0"),
     (["trainer.precision=17"], "trainer.precision=17 is not a precision"),
+    # a key the config lacks (Hydra's own hint for a wrong key is to add it with +)
+    (["+model.lr=1e-3"], "model.lr=0.001 is not an option of model: remove it, or set one of latent_dim, loss, "
+                         "n_critic, lr_g, lr_d,"),
+    (["+model.generator.width=8"], "model.generator.width=8 is not an option of model.generator: remove it, or "
+                                   "set one of ngf,"),
     # data
     (["data.image_size=abc"], "data.image_size='abc' must be an integer >= 1 (pixels of each side)."),
     (["data.batch_size=2.5"], "data.batch_size=2.5 must be an integer >= 1 (images per batch)."),

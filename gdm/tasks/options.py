@@ -204,6 +204,10 @@ def validation_sentence(err: ValidationError, path: str, node: DictConfig | None
     key = typed_key(path, node, name) if in_config else key_of(path, name)
     key += "".join(f"[{i}]" for i in indices)
     annotation = annotation_of(function, name) if function is not None else None
+    if first["type"] == "unexpected_keyword_argument" and isinstance(node, DictConfig):
+        known = [str(k) for k in node if not str(k).startswith("_") and k != name]  # the options the config has
+        return (f"{key}={shown(value)} is not an option of {path or 'this config'}: remove it, or set one of "
+                f"{', '.join(known)}.")
     if annotation is None or first["type"] == "unexpected_keyword_argument":
         detail = first["msg"][0].lower() + first["msg"][1:]
         return f"{key}={shown(value)} is not accepted: {detail}."
