@@ -225,3 +225,17 @@ def test_a_mode_in_the_config_wins_over_wandb_mode_and_each_names_its_source(mon
     monkeypatch.delenv("WANDB_MODE")
     with pytest.raises(GdmError, match=r"^compare.wandb='bogus' is not a W&B mode"):
         log_comparison([{"a": 1}], {}, name="x", save_dir=tmp_path, mode="bogus")
+
+
+def test_the_formatter_adds_the_config_path_to_the_parameters_a_message_names():
+    """A library message names parameters; the task layer writes each as the key the user types: an option of
+    the node, of the one net under it that has it (a name two nets share stays as it is), or of the data beside."""
+    from gdm.tasks.options import with_config_paths
+
+    model = OmegaConf.create({"_target_": "GAN", "clusters": 8, "generator": {"_target_": "G", "norm": "batch"},
+                              "discriminator": {"_target_": "D", "norm": "batch", "n_layers": 3}})
+    data = OmegaConf.create({"root": "/x", "image_size": 24})
+    message = "clusters=8, n_layers=3, norm=layer, image_size=24, root/trainA=/x/trainA, gdm.root=1, a.clusters=2"
+    assert with_config_paths(message, "model", model, (("data", data),)) == (
+        "model.clusters=8, model.discriminator.n_layers=3, norm=layer, data.image_size=24, "
+        "data.root/trainA=/x/trainA, gdm.root=1, a.clusters=2")

@@ -216,10 +216,12 @@ def with_config_paths(message: str, path: str, node: DictConfig,
                       beside: tuple[tuple[str, DictConfig], ...] = ()) -> str:
     """`name=` for names that are options of `node` (or of one node under it, or else of a `beside` node)
     written as `path.name=`."""
-    where: dict[str, str] = {}
+    under: dict[str, list[str]] = {}
     for sub_path, sub in targets(path, node):
         for key in sub:
-            where.setdefault(str(key), sub_path)
+            under.setdefault(str(key), []).append(sub_path)
+    # a name of one node under `node` only (`n_layers`: model.discriminator), not of two (`norm`: left as it is)
+    where = {key: paths[0] for key, paths in under.items() if len(paths) == 1}
     where.update({str(key): path for key in node})  # keys of `node` itself win over those of nodes under it
     for other_path, other in beside:  # only names `node` lacks
         for key in other:
