@@ -14,6 +14,7 @@ import importlib
 import inspect
 import re
 import sys
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,8 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 PAGE = ROOT / "docs" / "reference" / "config.md"
-# hydra/ holds Hydra's own settings (output dirs, launcher, sweeper): documented by Hydra and in docs/sweeps.md.
-SKIP_GROUPS = ("hydra",)
+# hydra/default.yaml is Hydra's own run settings (output dirs, the --help text); its launcher and sweeper are listed.
+SKIP_FILES = ("hydra/default.yaml",)
 LINE = re.compile(r"^(?P<indent>\s*)(?P<key>[\w@/.\-]+):(?P<value>[^#]*?)\s*(#\s?(?P<comment>.*))?$")
 BOUNDS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<=", "multiple_of": "multiple of"}
 
@@ -47,9 +48,15 @@ def parse_yaml(path: Path) -> Option:
     """Keys as dotted paths with their raw default and line comment; the file's opening comment as its header."""
     option = Option(path.relative_to(CONF).with_suffix("").as_posix())
     header, stack, targets, last = [], [], {}, None
+    package = package_of(path)
+    block_indent = None  # inside a `key: |` block scalar: its lines are text, not keys
     for raw in path.read_text().splitlines():
         if not raw.strip():
             continue
+        if block_indent is not None:
+            if len(raw) - len(raw.lstrip()) > block_indent:
+                continue
+            block_indent = None
         stripped = raw.strip()
         if stripped.startswith("#"):
             if last is None and not stack:
@@ -68,8 +75,11 @@ def parse_yaml(path: Path) -> Option:
         parents = [k for _, k in stack]
         if parents and parents[0] == "defaults":
             continue
-        key = ".".join([*parents, match["key"]])
+        key = ".".join([*package, *parents, match["key"]])
         value = match["value"].strip()
+        if value.startswith(("|", ">")):
+            block_indent = depth
+            value = "(text)"
         if match["key"] == "_target_":
             targets[".".join(parents)] = value
             continue
@@ -87,24 +97,69 @@ def parse_yaml(path: Path) -> Option:
     return option
 
 
+def package_of(path: Path) -> list[str]:
+    """Where the file's keys land in the composed config: its `# @package` line, else its group's path."""
+    for line in path.read_text().splitlines()[:3]:
+        if line.startswith("# @package"):
+            package = line.split(maxsplit=2)[2].strip()
+            return [] if package == "_global_" else package.split(".")
+    group = path.relative_to(CONF).parent.as_posix()
+    return [] if group == "." else group.split("/")
+
+
 def describe_type(hint: object) -> str:
-    """`int`, `float, >= 0, < 1`, `Literal['a', 'b']`; Field metadata of an Annotated hint when present."""
-    if typing.get_origin(hint) is typing.Annotated:
-        base, *extras = typing.get_args(hint)
-        parts = [describe_type(base)]
-        for extra in extras:
+    """`int >= 1`, `float in [0, 1) | None`, `one of 'a', 'b'`, then the option's Field description after a dash."""
+    text, descriptions = render_type(hint)
+    described = [d for d in descriptions if d]
+    return text + (f" — {described[-1]}" if described else "")  # the outermost: the one written for this option
+
+
+def render_type(hint: object) -> tuple[str, list[str]]:
+    """The type with its bounds, and the Field descriptions found on the way (outermost last)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Annotated:
+        text, descriptions = render_type(args[0])
+        bounds: dict[str, object] = {}
+        for extra in args[1:]:
             for constraint in [extra, *getattr(extra, "metadata", [])]:
-                for name, symbol in BOUNDS.items():
-                    bound = getattr(constraint, name, None)
-                    if bound is not None and type(constraint).__name__ != "FieldInfo":
-                        parts.append(f"{symbol} {bound}")
-            description = getattr(extra, "description", None)
-            if description:
-                parts.append(description)
-        return ", ".join(dict.fromkeys(parts))
+                for name in BOUNDS:
+                    value = getattr(constraint, name, None)
+                    if value is not None and type(constraint).__name__ != "FieldInfo":
+                        bounds[name] = value
+            descriptions.append(getattr(extra, "description", None))
+        inner = args[0]
+        if typing.get_origin(inner) in (typing.Union, types.UnionType) and bounds:  # bounds of the non-None part
+            parts = [render_type(arg)[0] + ("" if arg is type(None) else bounds_text(bounds))
+                     for arg in typing.get_args(inner)]
+            return " | ".join(parts), descriptions
+        return text + bounds_text(bounds), descriptions
+    if origin in (typing.Union, types.UnionType):
+        parts = [render_type(arg) for arg in args]
+        return " | ".join(text for text, _ in parts), [d for _, ds in parts for d in ds]
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in args), []
+    if origin is not None and args:
+        parts = [render_type(arg) for arg in args if arg is not Ellipsis]
+        name = getattr(origin, "__name__", str(origin))
+        return f"{name}[{', '.join(text for text, _ in parts)}]", [d for _, ds in parts for d in ds]
+    if hint is type(None):
+        return "None", []
+    if hint is object:
+        return "any", []
     if isinstance(hint, type):
-        return hint.__name__
-    return str(hint).replace("typing.", "").replace("collections.abc.", "")
+        return hint.__name__, []
+    return str(hint).replace("typing.", "").replace("collections.abc.", ""), []
+
+
+def bounds_text(bounds: dict[str, object]) -> str:
+    low = next(((k, bounds[k]) for k in ("ge", "gt") if k in bounds), None)
+    high = next(((k, bounds[k]) for k in ("le", "lt") if k in bounds), None)
+    if low and high:
+        return f" in {'[' if low[0] == 'ge' else '('}{low[1]}, {high[1]}{']' if high[0] == 'le' else ')'}"
+    if low or high:
+        name, value = low or high
+        return f" {BOUNDS[name]} {value}"
+    return f" multiple of {bounds['multiple_of']}" if "multiple_of" in bounds else ""
 
 
 def signature_types(target: str) -> dict[str, str]:
@@ -133,7 +188,7 @@ def escape(text: str) -> str:
 
 
 def render() -> str:
-    groups = sorted(p for p in CONF.iterdir() if p.is_dir() and p.name not in SKIP_GROUPS)
+    groups = sorted(p for p in CONF.iterdir() if p.is_dir())
     out = ["# Configuration reference\n\n",
            "Generated by `python docs/gen_config_reference.py` from `conf/` and the constructors' signatures; do not "
            "edit by hand (a test fails when this page is not what the code gives). Keys are as typed on the command "
@@ -142,7 +197,7 @@ def render() -> str:
            "## Top level (`conf/config.yaml`)\n\n"]
     out += table(parse_yaml(CONF / "config.yaml"))
     for group in groups:
-        options = sorted(group.rglob("*.yaml"))
+        options = sorted(p for p in group.rglob("*.yaml") if p.relative_to(CONF).as_posix() not in SKIP_FILES)
         out.append(f"## `{group.name}`\n\n")
         out.append("Options: " + ", ".join(f"`{o.relative_to(group).with_suffix('').as_posix()}`" for o in options) + "\n\n")
         for path in options:

@@ -133,7 +133,7 @@ def autocast(device: torch.device, precision: str):
 def plain_step(model, args: argparse.Namespace, device: torch.device) -> Callable[[int, dict], None]:
     """`step(i, batch)`: the model's own `update` with the optimizers of its configure_optimizers(), what gdm does per
     batch without Lightning. Like the Trainer it reads the logged values every --log-every batches and the kept
-    losses every nonfinite_check_every."""
+    losses every nonfinite_policy.check_every_n_steps."""
     if device.type == "cuda" and args.cudnn_benchmark:
         torch.backends.cudnn.benchmark = True
     model.to(device)
@@ -145,7 +145,7 @@ def plain_step(model, args: argparse.Namespace, device: torch.device) -> Callabl
         batch = {k: v.to(device) for k, v in batch.items()}  # as the Trainer does before training_step
         with context():
             logs = model.update(batch, i, *optimizers)
-        if (i + 1) % model.nonfinite_check_every == 0:
+        if (i + 1) % model.nonfinite_policy.check_every_n_steps == 0:
             model.check_losses()
         if args.log_every and (i + 1) % args.log_every == 0:
             {k: float(v) for k, v in logs.items()}  # noqa: B018 - the logger's read

@@ -15,7 +15,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 from omegaconf.errors import InterpolationKeyError, MissingMandatoryValue
 
-from gdm.config_tree import print_config_tree
+from gdm.config_tree import print_config
 from gdm.ddp import extra_ranks_run_this_job
 from gdm.errors import GdmError
 from gdm.optuna_search import note_failure_of_this_job
@@ -61,8 +61,8 @@ def run(cfg: DictConfig) -> float | None:
         raise GdmError(f"task={cfg.task} is not a task; choose one of {', '.join(TASKS)}.")
     quiet_lightning()
     resolve_user_paths(cfg)  # against the launch directory, whatever hydra.job.chdir says
-    if cfg.get("print_config", True) and cfg.task not in ("eval", "compare"):  # eval: once merged with the ckpt's
-        print_config_tree(cfg)
+    if cfg.task not in ("eval", "compare"):  # eval: once merged with the checkpoint's
+        print_config(cfg)
     with extra_ranks_run_this_job():
         return TASKS[cfg.task](cfg)
 

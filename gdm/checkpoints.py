@@ -17,6 +17,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from gdm.callbacks.checkpoint_contents import CONFIG, CONFIG_SOURCE, STEP
 from gdm.errors import GdmError, typed
 from gdm.models.base import GenerativeModule
 
@@ -24,6 +25,17 @@ log = logging.getLogger(__name__)
 
 # What a checkpoint decides for a run that evaluates or samples it, unless the command line says otherwise.
 FROM_CHECKPOINT = ("model", "data", "metrics", "monitor", "monitor_mode")
+# Data settings that define what the weights compute (a translator's direction, the image size and channels
+# the nets were trained on): taken from the checkpoint even when the command line picks another data group
+# (`data=paired data.root=DIR`), whose defaults would otherwise reset them.
+TRAINED_DATA = ("direction", "image_size", "channels")
+# Model settings that define what the weights compute without changing their shapes (the shapes are compared
+# separately): a run on a checkpoint refuses other values (the classes only for a conditional model). Others
+# (pix2pix's inference mode, the VAE's iwae_k) are evaluation choices: used, logged and recorded.
+TRAINED_HPARAMS = ("image_shape", "num_classes", "direction")
+# The config key a user types to set a model setting that the task derives from the data.
+SETTING_KEYS = {"image_shape": "data.image_size / data.channels", "num_classes": "the data's classes (data=)",
+                "direction": "data.direction"}
 
 
 def read_checkpoint(path: str | Path) -> dict:
@@ -36,20 +48,15 @@ def read_checkpoint(path: str | Path) -> dict:
     except Exception as err:  # truncated, not a torch file, or pickled objects we do not load
         raise GdmError(f"ckpt_path={path} cannot be read as a checkpoint ({type(err).__name__}: "
                        f"{str(err).splitlines()[0][:200]}): pick another one, e.g. the run's best.ckpt.") from None
-    if "gdm_config" not in checkpoint:
+    if CONFIG not in checkpoint:
         raise GdmError(f"{path} has no gdm config inside: it was not written by a gdm run.")
     return checkpoint
 
 
 def checkpoint_step(checkpoint: dict) -> int | None:
-    """gdm's step (training batches completed) at which a checkpoint was saved (the Evaluator stores it; older
-    checkpoints: Lightning's batch progress)."""
-    if "gdm_step" in checkpoint:
-        return int(checkpoint["gdm_step"])
-    try:
-        return int(checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]["completed"])
-    except (KeyError, TypeError):
-        return None
+    """gdm's step (training batches completed) at which a checkpoint was saved; None for a checkpoint written
+    before gdm stored it."""
+    return int(checkpoint[STEP]) if STEP in checkpoint else None
 
 
 def model_name(config: dict | DictConfig) -> str:
@@ -58,7 +65,7 @@ def model_name(config: dict | DictConfig) -> str:
 
 def check_same_model(cfg: DictConfig, checkpoint: dict, path: str | Path) -> None:
     """Resuming needs the checkpoint's model class; its state would not fit another."""
-    saved, wanted = model_name(checkpoint["gdm_config"]), model_name(cfg)
+    saved, wanted = model_name(checkpoint[CONFIG]), model_name(cfg)
     if saved != wanted:
         raise GdmError(f"ckpt_path={path} holds a {saved} model, not a {wanted} (model={cfg.model._target_}): pick "
                        f"the checkpoint of a {wanted} run, or the {saved} model config.")
@@ -73,12 +80,16 @@ def command_line_keys() -> list[tuple[str, bool]]:
 
 
 def config_for_checkpoint(cfg: DictConfig, checkpoint: dict) -> DictConfig:
-    """`cfg` with the checkpoint's model, data and metrics, except for the keys set on the command line."""
+    """`cfg` with the checkpoint's model, data and metrics, except for the keys set on the command line; the
+    data settings the weights were trained for (`TRAINED_DATA`) stay the checkpoint's unless typed as
+    `data.KEY=` (a typed value that contradicts the weights is refused once the model is built:
+    `check_trained_settings`), and the checkpoint's monitor follows `metrics.features` unless `monitor=` is
+    typed."""
     # Before interpolation when the checkpoint has it: `paths.data_dir=` or `data=` here re-resolve data.root.
-    if "gdm_config_source" not in checkpoint:
+    if CONFIG_SOURCE not in checkpoint:
         log.warning("this checkpoint holds its config resolved only (written by an older gdm): its data paths and "
                     "metric features are used as they were; set data.root= (not paths.data_dir=) to move the data.")
-    saved = OmegaConf.create(checkpoint.get("gdm_config_source") or checkpoint["gdm_config"])
+    saved = OmegaConf.create(checkpoint.get(CONFIG_SOURCE) or checkpoint[CONFIG])
     merged = cfg.copy()
     with open_dict(merged):
         for key in FROM_CHECKPOINT:
@@ -95,7 +106,81 @@ def config_for_checkpoint(cfg: DictConfig, checkpoint: dict) -> DictConfig:
             else:
                 # merge=False: `data=mnist` replaces the checkpoint's data group instead of blending into it
                 OmegaConf.update(merged, key, OmegaConf.select(cfg, key), merge=False, force_add=True)
+        typed = {key for key, deleted in command_line_keys() if not deleted}
+        trained = checkpoint["gdm_config"].get("data") or {}
+        for name in TRAINED_DATA:
+            if name in trained and name in merged.data and f"data.{name}" not in typed:
+                merged.data[name] = trained[name]
+        follow_features(merged, checkpoint["gdm_config"], typed)
     return merged
+
+
+def follow_features(merged: DictConfig, trained: dict, typed: set[str]) -> None:
+    """A monitor that named the checkpoint's feature network (`val/fid_digits`) names the one this run
+    measures with (`metrics.features=dinov2`: `val/fid_dinov2`), unless the user typed `monitor=`."""
+    old, new = (trained.get("metrics") or {}).get("features"), OmegaConf.select(merged, "metrics.features")
+    monitor = str(OmegaConf.select(merged, "monitor"))
+    if "monitor" in typed or not old or old == new or f"_{old}" not in monitor:
+        return
+    head, _, tail = monitor.rpartition(f"_{old}")
+    merged.monitor = f"{head}_{new}{tail}"
+
+
+def plain(value):
+    """A setting as comparable data: tuples (hparams as built) and lists (as stored) alike."""
+    return list(value) if isinstance(value, tuple) else value
+
+
+def check_trained_settings(model: GenerativeModule, checkpoint: dict, path: str | Path,
+                           resizable: bool = False) -> list[str]:
+    """A model built to receive a checkpoint's weights (eval): GdmError in one sentence naming both values
+    when a setting the weights were trained for (`TRAINED_HPARAMS`, or any that changes the weights' shapes)
+    differs; `resizable` (a fully convolutional translator): another image size is allowed. Returns the
+    settings that differ and are used, as `name: old -> new`, for the log and the record."""
+    saved = checkpoint.get("hyper_parameters", {})
+    unused = {*SPEED_ONLY, *(() if getattr(model, "conditional", False) else ("num_classes",))}
+    changed = {k: (saved[k], v) for k, v in model.hparams.items()
+               if k in saved and plain(saved[k]) != plain(v) and k not in unused}
+
+    def refuse(names: list[str], why: str) -> GdmError:
+        said = "; ".join(f"{SETTING_KEYS.get(k, 'model.' + k)} gives {k}={typed(plain(changed[k][1]))}, the "
+                         f"checkpoint's is {typed(plain(changed[k][0]))}" for k in names)
+        return GdmError(f"ckpt_path={path} {why} ({said}): drop those overrides, or set them to the "
+                        "checkpoint's values.")
+
+    trained = [k for k in TRAINED_HPARAMS if k in changed]
+    if "image_shape" in trained and resizable:
+        old, new = changed["image_shape"]
+        if old[0] == new[0]:  # same channels, another size: a fully convolutional net runs at any size
+            trained.remove("image_shape")
+    if trained:
+        raise refuse(trained, "holds weights trained for other settings than this run's")
+    try:
+        check_fits(model, checkpoint, path)
+    except GdmError:
+        if not changed:  # a net's own setting (model.generator.ngf): check_fits names the tensor that differs
+            raise
+        raise refuse(sorted(changed), "holds weights whose shapes do not fit this run's settings") from None
+    return [f"{k}: {typed(plain(old))} -> {typed(plain(new))}" for k, (old, new) in changed.items()]
+
+
+def check_typed_settings(cfg: DictConfig, checkpoint: dict, path: str | Path, task: str,
+                         hint: str = "") -> None:
+    """task=sample / translate rebuild the model from the checkpoint alone: a model or trained data setting
+    typed on the command line (`model.latent_dim=64`, `data.image_size=64`) would be ignored, so one that
+    differs from the checkpoint's is refused in one sentence naming both values (`hint`: what to use
+    instead)."""
+    trained = OmegaConf.create(checkpoint["gdm_config"])
+    for key, deleted in command_line_keys():
+        group, _, name = key.partition(".")
+        trained_setting = group == "model" or (group == "data" and name in TRAINED_DATA)
+        if deleted or not name or not trained_setting:
+            continue
+        wanted, saved = OmegaConf.select(cfg, key), OmegaConf.select(trained, key)
+        if saved != wanted:
+            raise GdmError(f"{key}={typed(wanted)} contradicts ckpt_path={path}, whose model was trained "
+                           f"with {key}={typed(saved)}: task={task} uses the checkpoint's model as it was "
+                           f"trained, so drop the override{hint}.")
 
 
 def check_fits(model: GenerativeModule, checkpoint: dict, path: str | Path) -> None:
@@ -134,10 +219,24 @@ def changed_settings(model: GenerativeModule, checkpoint: dict) -> list[str]:
             if k in saved and saved[k] != v and k not in SPEED_ONLY]
 
 
+# Data settings that change how fast batches arrive, not what is trained on.
+DATA_SPEED_ONLY = frozenset({"num_workers", "pin_memory", "verify"})
+
+
+def changed_data(cfg: DictConfig, checkpoint: dict) -> list[str]:
+    """Data settings of a resumed run that differ from the checkpoint's, as `data.KEY: old -> new` (the split
+    seed, the batch size, the direction, another data group's keys: what the rest of the run trains on)."""
+    saved = (checkpoint.get("gdm_config") or {}).get("data") or {}
+    wanted = OmegaConf.to_container(cfg.data, resolve=True) if "data" in cfg else {}
+    keys = sorted((set(saved) | set(wanted)) - DATA_SPEED_ONLY)
+    return [f"data.{k}: {typed(saved.get(k, 'absent'))} -> {typed(wanted.get(k, 'absent'))}" for k in keys
+            if plain(saved.get(k, "absent")) != plain(wanted.get(k, "absent"))]
+
+
 def changed_precision(cfg: DictConfig, checkpoint: dict) -> str | None:
     """`trainer.precision: old -> new` when a resumed run changes it (its steps before and after then differ in
     arithmetic; the restored optimizer state is cast, so it runs), else None."""
-    saved = (checkpoint.get("gdm_config") or {}).get("trainer", {}).get("precision")
+    saved = (checkpoint.get(CONFIG) or {}).get("trainer", {}).get("precision")
     wanted = cfg.get("trainer", {}).get("precision")
     aliases = {"32": "32-true", "16": "16-mixed", "bf16": "bf16-mixed", "64": "64-true"}  # Lightning's short names
     if saved is None or wanted is None or aliases.get(str(saved), str(saved)) == aliases.get(str(wanted), str(wanted)):
@@ -159,6 +258,6 @@ def load_state(model: GenerativeModule, checkpoint: dict, path: str | Path) -> G
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> GenerativeModule:
     checkpoint = read_checkpoint(path)
     hparams = checkpoint["hyper_parameters"]
-    make_model = instantiate(checkpoint["gdm_config"]["model"], _partial_=True, _convert_="all")
+    make_model = instantiate(checkpoint[CONFIG]["model"], _partial_=True, _convert_="all")
     model = make_model(image_shape=tuple(hparams["image_shape"]), num_classes=hparams.get("num_classes"))
     return load_state(model, checkpoint, path).to(map_location).eval()

@@ -20,9 +20,10 @@ from urllib.parse import urlparse
 
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
 
 from gdm.errors import GdmError
-from gdm.sweeps import configuration_tag, sweep_identity
+from gdm.multirun import configuration_tag, sweep_identity
 
 log = logging.getLogger(__name__)
 MODES = ("auto", "online", "offline", "disabled")
@@ -89,7 +90,7 @@ def wandb_logger(save_dir: str, project: str = "gdm", mode: str = "auto", **kwar
     Path(save_dir).mkdir(parents=True, exist_ok=True)
     # `mode` goes straight to wandb.init; WandbLogger(offline=True) would set WANDB_MODE for the whole process.
     logger = WandbLogger(save_dir=save_dir, project=project, mode=mode, **kwargs)
-    if reason:
+    if reason and rank_zero_only.rank == 0:  # DDP builds the loggers in every process; one line is enough
         log.warning(f"W&B offline: {reason}; upload later with `wandb sync {Path(save_dir) / 'wandb'}/offline-run-*`.")
     return logger
 
@@ -113,19 +114,32 @@ def log_summary(loggers: list, values: dict) -> None:
                 logger.experiment.summary[key] = value
 
 
-def finish_loggers(loggers: list, status: str) -> None:
+def start_loggers(loggers: list, config: dict) -> None:
+    """Record the run's resolved config in every logger (W&B's run config, TensorBoard's hparams)."""
+    for logger in loggers:
+        logger.log_hyperparams(config)
+
+
+def finish_loggers(loggers: list, status: str) -> str | None:
     """Close loggers even on failure, marking the run failed, so a sweep's next run starts clean,
-    the data is flushed, and a crashed run does not show as finished in W&B."""
+    the data is flushed, and a crashed run does not show as finished in W&B. Returns the directory of an
+    offline W&B run (to `wandb sync` later), else None."""
     for logger in loggers:
         finalize = getattr(logger, "finalize", None)
         if finalize is not None:
             finalize(status)
-    if any(isinstance(lg, WandbLogger) for lg in loggers):
-        import wandb
+    if not any(isinstance(lg, WandbLogger) for lg in loggers):
+        return None
+    import wandb
 
-        if status == "preempted" and wandb.run is not None:
+    offline = None
+    if wandb.run is not None:
+        if wandb.run.settings.mode in ("offline", "dryrun"):
+            offline = wandb.run.dir.rsplit("/files", 1)[0]
+        if status == "preempted":
             wandb.run.mark_preempting()
-        wandb.finish(exit_code=0 if status == "success" else 1)
+    wandb.finish(exit_code=0 if status == "success" else 1)
+    return offline
 
 
 def log_comparison(rows: list[dict], images: dict[str, Path], name: str, save_dir: Path, project: str = "gdm",
@@ -153,10 +167,9 @@ def log_comparison(rows: list[dict], images: dict[str, Path], name: str, save_di
     return where
 
 
-def offline_wandb_dir(loggers: list) -> str | None:
-    """The directory of an offline W&B run (to `wandb sync` later), or None."""
+def wandb_run_id(loggers: list) -> str | None:
+    """The id of the run's W&B run (kept in checkpoints, so a resumed run continues it), or None."""
     for logger in loggers:
-        run = getattr(logger, "_experiment", None) if isinstance(logger, WandbLogger) else None
-        if run is not None and (getattr(run, "offline", False) or run.settings.mode == "offline"):
-            return run.dir.rsplit("/files", 1)[0]
+        if isinstance(logger, WandbLogger) and logger.version:
+            return logger.version
     return None

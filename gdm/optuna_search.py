@@ -232,8 +232,7 @@ def note_failure_of_this_job(reason: str) -> None:
         trial_of_this_job().set_user_attr("fail_reason", reason)
 
 
-# Study user attributes: what the study optimizes and the search space of its latest sweep.
-OBJECTIVE_ATTRS = ("monitor", "monitor_mode")
+# The study user attribute that holds the search space of its latest sweep (beside `monitor`, `monitor_mode`).
 SPACE_ATTR = "search_space"
 
 

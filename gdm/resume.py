@@ -20,9 +20,10 @@ import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, open_dict
 
-from gdm.checkpoints import check_same_model, read_checkpoint
+from gdm.callbacks.checkpoint_contents import WANDB_RUN_ID
+from gdm.checkpoints import check_same_model, checkpoint_step, read_checkpoint
 from gdm.errors import GdmError
-from gdm.sweeps import sweep_identity
+from gdm.multirun import sweep_identity
 
 log = logging.getLogger(__name__)
 RESUME = (None, "auto")
@@ -73,8 +74,9 @@ def resume_from(cfg: DictConfig) -> tuple[Path, dict] | None:
         return None
     checkpoint = read_checkpoint(path)
     check_same_model(cfg, checkpoint, path)
-    log.info(f"resuming from {path} (step {checkpoint.get('global_step')}, epoch {checkpoint.get('epoch')})")
-    run_id = checkpoint.get("wandb_run_id")
+    # gdm's step (training batches), not Lightning's `global_step` (optimizer steps: 2 per GAN batch)
+    log.info(f"resuming from {path} (step {checkpoint_step(checkpoint)}, epoch {checkpoint.get('epoch')})")
+    run_id = checkpoint.get(WANDB_RUN_ID)
     # A sweep's jobs may all start from one given checkpoint: each is a run of its own. A job resuming its
     # own directory (resume=auto, a SLURM requeue) continues its run.
     fresh_runs = bool(cfg.get("ckpt_path")) and sweep_identity() is not None

@@ -10,9 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import TINY, compose_config
+from helpers import TINY, compose_config, run_py
 from PIL import Image
-from test_e2e import run_py
 
 from gdm.app import run, user_error
 from gdm.errors import GdmError

@@ -12,10 +12,11 @@ import subprocess
 import pytest
 from scipy import stats
 
-from gdm.compare.runs import configuration, read_runs
+from gdm.compare.runs import read_runs
 from gdm.compare.stats import difference, interval
 from gdm.compare.tables import metric_tables
 from gdm.errors import GdmError
+from gdm.multirun import configuration
 
 FID = "val/fid_digits"
 
@@ -154,8 +155,7 @@ TINY_ARGS = ["data.image_size=16", "trainer.max_epochs=1", "+trainer.limit_train
 
 @pytest.fixture(scope="module")
 def compared(tmp_path_factory):
-    from helpers import compose_config
-    from test_e2e import run_py
+    from helpers import compose_config, run_py
 
     from gdm.app import run
 
@@ -185,7 +185,7 @@ def test_report_of_a_2x2_sweep_has_the_runs_summaries(compared):
                    or line.startswith(f"| **{label}** |"))
         assert f" 2 | {ci.mean:.4g} ± {ci.half_width:.4g} | {ci.std:.4g} |" in row
     assert "paired by seed" in section and "sampling spread of one checkpoint of model=gan" in section
-    spread = json.loads((eval_dir / "eval.json").read_text())["sample_seeds"][FID]
+    spread = json.loads((eval_dir / "eval.json").read_text())["sample_seeds"][FID.replace("val/", "test/")]
     assert spread["n"] == 2 and spread["sample_seeds"] == [0, 1] and spread["values"][0] != spread["values"][1]
     # the sweep's own summary by configuration holds the same numbers
     with (sweep / "sweep_groups.csv").open() as f:
@@ -213,3 +213,44 @@ def test_html_report_renders_in_headless_chromium(compared, tmp_path):
     subprocess.run([*browser, "--window-size=1300,2000", f"--screenshot={shot}", page], capture_output=True,
                    timeout=120)
     assert shot.stat().st_size > 50_000
+
+
+def test_a_run_given_twice_and_a_repeated_seed_are_counted_once(tmp_path):
+    from helpers import compose_config
+
+    from gdm.app import run
+
+    a = make_run(tmp_path / "a", ["model=gan"], 1, 30.0)
+    make_run(tmp_path / "b", ["model=gan"], 2, 34.0)
+    make_run(tmp_path / "a_again", ["model=gan"], 1, 31.0)  # one configuration, one seed, another directory
+    for job, (seed, fid) in enumerate([(1, 20.0), (2, 22.0)]):
+        make_run(tmp_path / "sweep" / str(job), ["model=cgan"], seed, fid)
+    given = [a, a, tmp_path / "b", tmp_path / "a_again", tmp_path / "sweep", tmp_path / "sweep" / "1"]
+    run(compose_config(["task=compare", f"compare.runs=[{','.join(map(str, given))}]", "compare.wandb=disabled"],
+                       tmp_path / "out"))
+    report = (tmp_path / "out" / "report.md").read_text()
+    gan_row = next(line for line in report.splitlines() if line.startswith("| model=gan | 2 | 32 ± "))
+    assert float(gan_row.split(" ± ")[1].split(" |")[0]) == pytest.approx(interval([30.0, 34.0]).half_width, rel=1e-3)
+    assert "paired by seed, n = 2 and 2" in report
+    assert f"- {a} was given more than once: counted once." in report
+    assert f"- {tmp_path / 'sweep' / '1'} was given more than once: counted once." in report
+    assert (f"- {tmp_path / 'a_again'} repeats {a} (the same configuration and seed 1), so it is not an "
+            "independent sample") in report
+
+    run(compose_config(["task=compare", f"compare.runs=[{a},{a}]", "compare.wandb=disabled"], tmp_path / "one"))
+    assert "| model=gan | 1 | 30 (one seed) |" in (tmp_path / "one" / "report.md").read_text()
+
+
+def test_a_sweep_summary_counts_jobs_of_one_configuration_and_seed_once(tmp_path):
+    from omegaconf import OmegaConf
+
+    from gdm.tasks.sweep_summary import SweepSummary
+
+    sweep = tmp_path / "sweep"
+    jobs = [make_run(sweep / str(job), ["model.loss=hinge"], seed, fid)  # `-m model.loss=hinge,hinge seed=1,1,2`
+            for job, (seed, fid) in enumerate([(1, 30.0), (1, 31.0), (2, 34.0)])]
+    SweepSummary.write_groups(OmegaConf.create({}), sweep, jobs)
+    rows = list(csv.DictReader((sweep / "sweep_groups.csv").open()))
+    final = next(r for r in rows if r["metric"] == FID)
+    assert (final["n"], final["seeds"], float(final["mean"])) == ("2", "1 2", 32.0)
+    assert f"{jobs[1]} repeats {jobs[0]} (the same configuration and seed 1)" in (sweep / "sweep_groups.md").read_text()

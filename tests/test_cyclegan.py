@@ -203,7 +203,7 @@ def test_translate_task_keeps_names_and_sizes(tmp_path):
 
     # Read as training reads: EXIF-upright, 16-bit scaled; hidden files skipped; a bad file is named before
     # anything is written.
-    from test_image_files import exif_rotated_jpeg, truncated_jpeg
+    from helpers import exif_rotated_jpeg, truncated_jpeg
 
     photos = tmp_path / "photos"
     (photos / ".ipynb_checkpoints").mkdir(parents=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_e2e import run_py
+from helpers import run_py
 
 SMALL = ["trainer.max_epochs=1", "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1",
          "print_config=false", "logger=csv"]
@@ -62,11 +62,12 @@ def test_each_rank_draws_its_own_random_stream():
 
     import torch
 
-    from gdm.callbacks.random_state import RandomState
+    from gdm.callbacks.checkpoint_contents import CheckpointContents
 
     def draws(rank: int, world_size: int = 2) -> torch.Tensor:
         torch.manual_seed(42)
-        RandomState(seed=42).setup(SimpleNamespace(world_size=world_size, global_rank=rank), None, "fit")
+        trainer = SimpleNamespace(world_size=world_size, global_rank=rank)
+        CheckpointContents(seed=42).setup(trainer, None, "fit")
         return torch.rand(4)
 
     assert torch.equal(draws(0), draws(0, world_size=1))  # rank 0 and single-process runs: unchanged

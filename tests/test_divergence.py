@@ -13,9 +13,10 @@ from helpers import TINY, compose_config
 
 from gdm import losses
 from gdm.app import run, user_error
-from gdm.callbacks.nonfinite_loss import Diverged
 from gdm.models import gan
+from gdm.models.nonfinite_guard import Diverged, NonFinitePolicy
 from gdm.nets.dcgan import DCGANDiscriminator, DCGANGenerator
+from gdm.tasks.build import build_callbacks, build_datamodule, build_model
 
 RUN = ["data.image_size=16", *TINY, "logger=none", "trainer.max_epochs=2", "trainer.check_val_every_n_epoch=1",
        "test_after_fit=false"]
@@ -47,11 +48,11 @@ def nan_on_call(monkeypatch):
 
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(nan_on_call, tmp_path):
-    nan_on_call(3)  # epoch 0 has batches 1-2 (then an evaluation writes last.ckpt at step 4); batch 3 diverges
+    nan_on_call(3)  # epoch 0 has batches 1-2 (then an evaluation writes last.ckpt at step 2); batch 3 diverges
     with pytest.raises(Exception) as caught:  # noqa: B017 - Lightning may wrap it
         run(compose_config(RUN, tmp_path))
     message = str(user_error(caught.value))
-    assert message.startswith("train/d_loss is nan at step 4 (epoch 1, batch 0)")
+    assert message.startswith("train/d_loss is nan at step 3 (epoch 1, batch 0)")
     assert f"the last good checkpoint is {tmp_path / 'checkpoints' / 'last.ckpt'}" in message
     assert "\n" not in message
     last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
@@ -70,6 +71,26 @@ def test_nan_loss_with_skip_leaves_that_update_out(nan_on_call, tmp_path):
     assert json.loads((tmp_path / "summary.json").read_text())["status"] == "finished"
 
 
+@pytest.mark.parametrize(("override", "message"), [
+    ("action=ignore", "callbacks.nonfinite_loss.action='ignore' must be one of stop, skip (what a NaN / Inf loss "
+                      "does: stop the run, or skip that update)."),
+    ("check_every_n_steps=0", "callbacks.nonfinite_loss.check_every_n_steps=0 must be an integer >= 1 (batches "
+                              "between read-backs of the losses)."),
+])
+def test_a_bad_policy_is_one_sentence(override, message, tmp_path):
+    with pytest.raises(Exception) as caught:  # noqa: B017
+        run(compose_config([*RUN, f"callbacks.nonfinite_loss.{override}"], tmp_path))
+    assert str(user_error(caught.value)) == message
+
+
+def test_the_policy_is_given_to_the_model_at_build_and_no_callback_holds_it(tmp_path):
+    cfg = compose_config([*RUN, "callbacks.nonfinite_loss.action=skip",
+                          "callbacks.nonfinite_loss.max_consecutive_skips=3"], tmp_path)
+    model = build_model(cfg, build_datamodule(cfg))
+    assert model.nonfinite_policy == NonFinitePolicy("skip", max_consecutive_skips=3, check_every_n_steps=10)
+    assert not any(isinstance(callback, NonFinitePolicy) for callback in build_callbacks(cfg))
+
+
 def test_skipping_stops_after_too_many_bad_updates_of_one_loss(nan_on_call, tmp_path):
     """D's updates stay finite while G's loss is NaN from batch 2 on: G's count is its own."""
     nan_on_call(2, which="g_loss", from_then_on=True)
@@ -77,7 +98,7 @@ def test_skipping_stops_after_too_many_bad_updates_of_one_loss(nan_on_call, tmp_
                           "callbacks.nonfinite_loss.max_consecutive_skips=2"], tmp_path)
     with pytest.raises(Exception) as caught:  # noqa: B017
         run(cfg)
-    assert "train/g_loss is nan at step 5 (epoch 1, batch 1) (3 in a row): training stopped" in str(
+    assert "train/g_loss is nan at step 4 (epoch 1, batch 1) (3 in a row): training stopped" in str(
         user_error(caught.value))
 
 
@@ -89,7 +110,7 @@ def test_stop_reads_the_losses_back_every_n_batches(nan_on_call, tmp_path):
                           "callbacks.nonfinite_loss.check_every_n_steps=5"], tmp_path)
     with pytest.raises(Exception) as caught:  # noqa: B017
         run(cfg)
-    assert str(user_error(caught.value)).startswith("train/d_loss is nan at step 12 (epoch 0, batch 6): training "
+    assert str(user_error(caught.value)).startswith("train/d_loss is nan at step 7 (epoch 0, batch 6): training "
                                                     "stopped; no checkpoint was written yet")
     assert len(calls) == 10  # batches 0-9 trained, none after the check
     assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
@@ -113,7 +134,7 @@ def test_guard_in_a_plain_loop_reads_back_when_asked_or_when_too_many_are_kept()
 
 def test_skip_in_a_plain_loop_decides_per_update():
     model = tiny_gan()
-    model.nonfinite_action, model.max_consecutive_skips = "skip", 1
+    model.set_nonfinite_policy(NonFinitePolicy("skip", max_consecutive_skips=1))
     assert model.loss_ok("d_loss", torch.tensor(1.0))
     assert not model.loss_ok("d_loss", torch.tensor(float("nan")))
     with pytest.raises(Diverged, match=r"^train/d_loss is nan \(2 in a row\): training stopped"):

@@ -10,6 +10,7 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
+from typing import Annotated, Literal
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
+from pydantic import Field
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted(p for p in (ROOT / "docs").rglob("*.md") if "experiments" not in p.parts)]
@@ -147,14 +149,32 @@ def test_config_reference_is_current():
 
 def test_config_reference_shows_annotated_bounds_and_descriptions():
     sys.path.insert(0, str(ROOT / "docs"))
-    from typing import Annotated
-
     from gen_config_reference import describe_type
-    from pydantic import Field
 
-    assert describe_type(Annotated[int, Field(ge=1, description="images per batch")]) == "int, >= 1, images per batch"
-    assert describe_type(Annotated[float, Field(ge=0, lt=1)]) == "float, >= 0, < 1"
-    assert describe_type(int | None) == "int | None"
+    assert describe_type(Annotated[int, Field(ge=1, description="images per batch")]) == "int >= 1 — images per batch"
+    assert describe_type(Annotated[float, Field(ge=0, lt=1)]) == "float in [0, 1)"
+    assert describe_type(Annotated[Annotated[float, Field(gt=0, description="a rate")] | None,
+                                   Field(description="null: off")]) == "float > 0 | None — null: off"
+    assert describe_type(Annotated[float | None, Field(gt=0)]) == "float > 0 | None"
+    assert describe_type(tuple[Annotated[float, Field(ge=0, le=1)], str]) == "tuple[float in [0, 1], str]"
+    assert describe_type(Literal["auto"] | bool) == "one of 'auto' | bool"
+
+
+class Annotated_:
+    """A constructor typed as the redesign types them: the reference reads bounds and descriptions from it."""
+
+    def __init__(self, batch_size: Annotated[int, Field(ge=1, description="images per batch")] = 64,
+                 decay: Annotated[float, Field(ge=0, lt=1)] = 0.99, name: str = "x"):
+        pass
+
+
+def test_config_reference_reads_a_constructors_signature():
+    sys.path.insert(0, str(ROOT / "docs"))
+    from gen_config_reference import signature_types
+
+    assert signature_types("test_docs.Annotated_") == {"batch_size": "int >= 1 — images per batch",
+                                                       "decay": "float in [0, 1)", "name": "str"}
+    assert signature_types("no_such_module.Thing") == {}
 
 
 class Constant(torch.nn.Module):

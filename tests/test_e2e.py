@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import CONF, ROOT, TINY, TINY_CYCLEGAN, TINY_PIX2PIX, compose_config
+from helpers import CONF, TINY, TINY_CYCLEGAN, TINY_PIX2PIX, compose_config, run_py
 
 from gdm.app import run, user_error
 from gdm.data.digits import DigitsDataModule
@@ -130,13 +127,6 @@ def test_same_seed_same_fid(tmp_path):
 # ---- run.py as a user types it --------------------------------------------------------------
 
 
-def run_py(*args: str, env_extra: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    env.update(env_extra or {})
-    return subprocess.run([sys.executable, "run.py", *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
-
-
 def test_help_lists_groups_and_options():
     out = run_py("--help").stdout
     for line in ("model: ae, cgan, cyclegan, gan, pix2pix, vae",
@@ -214,7 +204,7 @@ def test_vae_run_reports_iwae_nll_below_its_elbo_bound(tmp_path):
 
 def test_vae_on_mnist_files(tmp_path):
     """`model=vae data=mnist` where the data is present (MNIST-format files written by the test)."""
-    from test_torchvision_data import fake_mnist
+    from helpers import fake_mnist
 
     root = fake_mnist(tmp_path / "mnist", n_train=200, n_test=40)
     cfg = compose_config(["model=vae", "data=mnist", f"data.root={root}", "data.num_workers=0",

@@ -156,7 +156,7 @@ def test_protocol_ids_ignore_versions_and_name_differences():
 
 
 def test_a_sweep_says_which_jobs_used_another_protocol(tmp_path):
-    from gdm.sweeps import job_rows, protocol_mismatch
+    from gdm.tasks.sweep_summary import job_rows, protocol_mismatch
 
     for job, samples in (("0", 1000), ("1", 1000), ("2", 5000)):
         protocol = with_id({"metric": "fid", "num_generated": samples, "real_split": "train"})

@@ -358,7 +358,8 @@ def test_evaluator_inside_a_trainer(tmp_path):
     torch.manual_seed(0)
     gan = GAN((1, 16, 16), functools.partial(DCGANGenerator, ngf=8), functools.partial(DCGANDiscriminator, ndf=8),
               latent_dim=16)
-    evaluator = Evaluator([SampleQuality(num_samples=150, real_split="val")], features="digits",
+    metrics = [SampleQuality(num_samples=150, real_split="val")]
+    evaluator = Evaluator(metrics, features=build_features("digits"),
                           run_dir=str(tmp_path), monitor="val/fid_digits", cache_dir=str(tmp_path / "cache"))
     trainer = L.Trainer(max_epochs=2, limit_train_batches=1, limit_val_batches=1, num_sanity_val_steps=0,
                         accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,

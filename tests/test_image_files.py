@@ -3,12 +3,10 @@ files are not data, verification is remembered, and a run that could not learn i
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pytest
 import torch
-from helpers import TINY, compose_config
+from helpers import TINY, compose_config, exif_rotated_jpeg, truncated_jpeg
 from PIL import Image
 
 from gdm.app import run, user_error
@@ -82,17 +80,6 @@ def test_palette_with_transparency_cmyk_and_bilevel(tmp_path):
 # ---- EXIF orientation: one upright image for training, metrics and translate ----------------
 
 
-def exif_rotated_jpeg(path, height: int = 6, width: int = 10, orientation: int = 6) -> np.ndarray:
-    """A height x width JPEG whose EXIF says 'rotate 90 degrees clockwise'; returns the upright pixels."""
-    stored = np.zeros((height, width), np.uint8)
-    stored[:, : width // 2] = 255  # left half white as stored
-    image = Image.fromarray(stored)
-    exif = image.getexif()
-    exif[0x0112] = orientation
-    image.save(path, exif=exif, quality=100)
-    return np.rot90(stored, k=-1)  # 90 degrees clockwise: 10 high x 6 wide, white on top
-
-
 def test_exif_orientation_is_applied(tmp_path):
     upright = exif_rotated_jpeg(tmp_path / "phone.jpg")
     loaded = pixels(tmp_path / "phone.jpg")
@@ -102,12 +89,6 @@ def test_exif_orientation_is_applied(tmp_path):
 
 
 # ---- decode problems: named, in verification and later --------------------------------------
-
-
-def truncated_jpeg(path):
-    buffer = io.BytesIO()
-    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buffer, "JPEG")
-    path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
 
 
 def flat_folder(root, n=8, size=20):
@@ -219,7 +200,7 @@ def test_too_little_data_is_one_sentence_before_training(tmp_path, n, overrides,
 
 
 def test_errors_name_the_options_as_typed(tmp_path):
-    from test_e2e import run_py
+    from helpers import run_py
 
     proc = run_py("model=cgan", "data=digits_colour", "logger=none", f"hydra.run.dir={tmp_path}", timeout=120)
     assert proc.returncode == 2

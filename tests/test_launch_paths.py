@@ -44,6 +44,8 @@ def test_every_user_path_key_is_made_absolute_and_interpolations_follow(tmp_path
         "translate": {"input": "photos", "output": "~/out"},
         "compare": {"runs": ["sweep", str(tmp_path / "abs")]},
         "metrics": {"inception_weights": None, "dinov2_weights": "w/dinov2.pth", "cache_dir": "???"},
+        "logger": {"csv": {"save_dir": "${paths.output_dir}"}, "tensorboard": {"save_dir": "tb"},
+                   "wandb": {"save_dir": "${no_such_resolver:x}"}},
     })
     resolve_user_paths(cfg, base=tmp_path)
     assert cfg.paths.data_dir == str(tmp_path / "data")
@@ -55,4 +57,5 @@ def test_every_user_path_key_is_made_absolute_and_interpolations_follow(tmp_path
     assert list(cfg.compare.runs) == [str(tmp_path / "sweep"), str(tmp_path / "abs")]
     assert cfg.metrics.dinov2_weights == str(tmp_path / "w" / "dinov2.pth")
     assert cfg.metrics.inception_weights is None and OmegaConf.is_missing(cfg.metrics, "cache_dir")
-    assert cfg.paths.output_dir == "/runs/x"
+    assert cfg.paths.output_dir == "/runs/x" and cfg.logger.csv.save_dir == "/runs/x"
+    assert cfg.logger.tensorboard.save_dir == str(tmp_path / "tb")

@@ -45,10 +45,6 @@ CASES = [
     (["++trainer.limit_val_batches=1.5"],
      "trainer.limit_val_batches=1.5 must be an integer >= 0 or a number >= 0"),
     (["trainer.precision=17"], "trainer.precision=17 is not a precision"),
-    (["callbacks.nonfinite_loss.action=ignore"],
-     "callbacks.nonfinite_loss.action='ignore' must be one of stop, skip"),
-    (["callbacks.nonfinite_loss.check_every_n_steps=0"],
-     "callbacks.nonfinite_loss.check_every_n_steps=0 must be an integer >= 1"),
     # data
     (["data.image_size=abc"], "data.image_size='abc' must be an integer >= 1 (pixels of each side)."),
     (["data.batch_size=2.5"], "data.batch_size=2.5 must be an integer >= 1 (images per batch)."),

@@ -401,3 +401,15 @@ def test_a_gdm_job_records_why_it_failed_in_its_trial(tmp_path, monkeypatch):
     assert study.trials[0].user_attrs == {"fail_reason": "data.root=x is not a folder"}
     assert describe(FloatDistribution(0.5, 2.0, step=0.5)) == "range(0.5, 2.5, 0.5)"
     assert describe(IntDistribution(2, 8, log=True)) == "tag(log, int(interval(2, 8)))"
+
+
+def test_a_relative_storage_is_the_launch_directory_s_when_jobs_change_directory(hydra_sweep_runner, tmp_path,
+                                                                                 monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run_toy_sweep(hydra_sweep_runner, tmp_path / "s", toy_training, "hydra.job.chdir=true", "hydra.sweeper.n_trials=2",
+                  "hydra.sweeper.storage=sqlite:///study.db")
+    assert Path.cwd() == tmp_path
+    trials = load(f"sqlite:///{tmp_path / 'study.db'}").trials  # the jobs (run in their own directories) reported here
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    assert all(list(t.intermediate_values) == [10, 20, 30, 40] for t in trials)
+    assert not list((tmp_path / "s").rglob("study.db"))

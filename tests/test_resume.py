@@ -8,8 +8,7 @@ import os
 
 import pytest
 import torch
-from helpers import ROOT, TINY_CYCLEGAN, TINY_PIX2PIX, TINY_TRAINER, compose_config
-from test_e2e import run_py
+from helpers import ROOT, TINY_CYCLEGAN, TINY_PIX2PIX, TINY_TRAINER, compose_config, run_py
 
 from gdm.app import run
 
@@ -62,6 +61,19 @@ def test_stop_and_resume_equals_one_uninterrupted_run(model, tmp_path):
         assert pools and all(full["state_dict"][k]["count"] == 2 for k in pools)
 
 
+def test_the_resume_line_gives_gdm_step(tmp_path, caplog):
+    from gdm.resume import resume_from
+
+    common = ["model=gan", "data.image_size=16", "metrics.fid.num_samples=40", *TINY_TRAINER, "logger=none",
+              "test_after_fit=false"]
+    run(compose_config(common, tmp_path / "part"))
+    last = tmp_path / "part" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 4  # 2 batches x (D + G)
+    with caplog.at_level("INFO", logger="gdm.resume"):
+        resume_from(compose_config([*common, f"ckpt_path={last}"], tmp_path / "resumed"))
+    assert f"resuming from {last} (step 2, epoch" in caplog.text
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(("part_every", "every"), [(3, 3), (1, 3)])
 def test_resume_from_an_end_of_run_checkpoint_or_with_another_validation_interval(part_every, every, tmp_path):
@@ -112,7 +124,8 @@ def test_sigterm_checkpoints_and_resume_auto_continues_the_same_wandb_run(tmp_pa
     second = run_py(*args, env_extra=env)  # the same command again
     out = second.stdout + second.stderr
     assert second.returncode == 0, out[-2000:]
-    assert f"resuming from {run_dir / 'checkpoints' / 'on_exception.ckpt'} (step 10" in out
+    # gdm's step (training batches), not Lightning's optimizer steps (D + G: 10)
+    assert f"resuming from {run_dir / 'checkpoints' / 'on_exception.ckpt'} (step 5, epoch" in out
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["global_step"] == 24  # 3 epochs x 4 batches x (D + G)
     runs = sorted((run_dir / "wandb").glob("offline-run-*"))

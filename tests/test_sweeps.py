@@ -8,9 +8,8 @@ import math
 import os
 
 import pytest
-from helpers import CONF
+from helpers import CONF, run_py
 from omegaconf import OmegaConf
-from test_e2e import run_py
 
 
 @pytest.mark.slow
@@ -181,7 +180,7 @@ def test_sweep_identity_is_the_sweep_dir_and_the_job_overrides(tmp_path):
     from hydra.types import RunMode
     from omegaconf import open_dict, read_write
 
-    from gdm.sweeps import configuration_tag, sweep_identity
+    from gdm.multirun import configuration_tag, sweep_identity
 
     assert sweep_identity() is None  # not inside a Hydra job
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):

@@ -3,35 +3,17 @@ module on MNIST-format files written here (no network)."""
 
 from __future__ import annotations
 
-import struct
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+from helpers import fake_mnist
 from pydantic import ValidationError
 from torchvision import datasets
 
 from gdm.data import torchvision_sets
 from gdm.data.torchvision_sets import TorchvisionDataModule
 from gdm.errors import GdmError
-
-
-def write_idx(path: Path, array: np.ndarray) -> None:
-    magic = 0x0800 | {3: 0x03, 1: 0x01}[array.ndim]  # unsigned bytes, ndim dimensions
-    with open(path, "wb") as f:
-        f.write(struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in array.shape))
-        f.write(array.astype(np.uint8).tobytes())
-
-
-def fake_mnist(root: Path, n_train: int = 50, n_test: int = 20) -> Path:
-    raw = root / "MNIST" / "raw"
-    raw.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for prefix, n in (("train", n_train), ("t10k", n_test)):
-        write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
-        write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10)
-    return root
 
 
 @pytest.mark.parametrize("name", ["mnist", "cifar10"])

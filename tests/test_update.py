@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from gdm.models.cyclegan import CycleGAN
 from gdm.models.gan import GAN
+from gdm.models.nonfinite_guard import NonFinitePolicy
 from gdm.models.pix2pix import Pix2Pix
 from gdm.nets.cyclegan import PatchDiscriminator, ResnetGenerator
 from gdm.nets.dcgan import DCGANDiscriminator, DCGANGenerator
@@ -124,7 +125,8 @@ class SyncDebug(L.Callback):
 def test_no_host_sync_inside_a_training_step_on_a_gpu(name, precision):
     make, keys, shape = MODELS[name]
     model, debug = make(), SyncDebug()
-    model.nonfinite_check_every = 3  # the read-back happens between batches, outside the checked window
+    # the read-back happens between batches, outside the checked window
+    model.set_nonfinite_policy(NonFinitePolicy(check_every_n_steps=3))
     trainer = L.Trainer(max_epochs=1, accelerator="gpu", devices=1, precision=precision, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         log_every_n_steps=1000, callbacks=[debug])

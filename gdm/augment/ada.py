@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from pydantic import Field, Strict
 from torch import Tensor
 
-from gdm.augment import Augment
+from gdm.augment.base import Augment
 from gdm.option_types import Probability, checked
 
 

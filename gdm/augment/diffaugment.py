@@ -12,12 +12,28 @@ Each image of the batch draws its own parameters; every operation is applied to 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Annotated, Literal
+
 import torch
 import torch.nn.functional as F
+from pydantic import BeforeValidator, Field
 from torch import Tensor
 
-from gdm.augment import Augment, Policy
+from gdm.augment.base import Augment
 from gdm.option_types import checked
+
+
+def _operations(policy: object) -> object:
+    # "color, translation" (a quoted string on the command line) or a list of the same names
+    if isinstance(policy, str):
+        return [name.strip() for name in policy.split(",") if name.strip()]
+    return [str(name).strip() for name in policy] if isinstance(policy, Sequence) else policy
+
+
+Policy = Annotated[list[Literal["color", "translation", "cutout"]], BeforeValidator(_operations), Field(
+    min_length=1, description="DiffAugment's operations, comma-separated (quoted on the command line) or a "
+                              "list; Zhao et al. 2020 use color,translation,cutout")]
 
 
 def _per_sample(x: Tensor, *shape: int) -> Tensor:

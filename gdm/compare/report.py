@@ -94,8 +94,10 @@ def mean_ci(row) -> str:
 
 class Report:
     def __init__(self, runs: list[Run], tables: list[MetricTable], mismatches: list[str],
-                 spreads: list[SamplingSpread], confidence: float = CONFIDENCE):
+                 spreads: list[SamplingSpread], confidence: float = CONFIDENCE, repeats: list[str] = ()):
+        """`repeats`: sentences on the runs left out as not independent (gdm.compare.runs.independent_runs)."""
         self.runs, self.tables, self.mismatches, self.spreads = runs, tables, mismatches, spreads
+        self.repeats = list(repeats)
         self.confidence = confidence
         self.short, self.common = labels([r for r in runs if r.finished])
 
@@ -155,6 +157,8 @@ class Report:
         if unfinished:
             lines += ["", f"{len(unfinished)} run(s) did not finish and are left out of every statistic: "
                       + ", ".join(f"{r.dir} ({r.status})" for r in unfinished) + "."]
+        if self.repeats:
+            lines += ["", "Runs counted once:", "", *[f"- {note}" for note in self.repeats]]
         return [*lines, ""]
 
     @staticmethod
@@ -195,6 +199,9 @@ class Report:
             parts.append(f"<tr{cls}><td>{e(self.label(r.configuration))}</td><td>{r.seed}</td><td>{e(r.status)}</td>"
                          f"<td>{e(str(r.dir))}</td></tr>")
         parts.append("</table>")
+        if self.repeats:
+            parts.append("<p>Runs counted once:</p><ul>" + "".join(f"<li class='repeat'>{e(note)}</li>"
+                                                                   for note in self.repeats) + "</ul>")
         if self.mismatches:
             parts.append("<h2>Protocol mismatches</h2><ul>" + "".join(f"<li class='mismatch'>{e(m)}</li>"
                                                                       for m in self.mismatches) + "</ul>")

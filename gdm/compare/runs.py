@@ -2,9 +2,10 @@
 job sub-directories), and task=eval directories with several sample seeds (the sampling spread).
 
 A run's configuration is its command-line overrides (`.hydra/overrides.yaml`) except the seed and the keys
-that do not change what is trained or measured (where files and logs go), so the seeds of one configuration
-group together across sweeps. Its values are those of its final evaluation (`summary.json` "final") plus the
-best value of its monitored metric ("best <metric>"), each with its protocol; its history is `metrics.jsonl`.
+that do not change what is trained or measured (`gdm.multirun.configuration`), so the seeds of one
+configuration group together across sweeps. Its values are those of its final evaluation (`summary.json`
+"final") plus the best value of its monitored metric ("best <metric>"), each with its protocol; its history
+is `metrics.jsonl`.
 """
 
 from __future__ import annotations
@@ -16,9 +17,8 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from gdm.errors import GdmError
+from gdm.multirun import configuration, override_key
 
-# Overrides that do not change what a run trains or measures.
-NOT_CONFIGURATION = ("seed", "print_config", "logger", "paths", "resume", "hydra", "ckpt_path", "test_after_fit")
 GRID = "samples_last.png"
 
 
@@ -47,16 +47,6 @@ class SamplingSpread:
     configuration: str | None
     stats: dict[str, dict]  # metric -> {"n", "mean", "std", "values", ...}
     protocols: dict[str, dict] = field(default_factory=dict)  # of the first sample seed
-
-
-def override_key(override: str) -> str:
-    return override.lstrip("+~").split("=", 1)[0]
-
-
-def configuration(overrides: list[str]) -> str:
-    """The overrides that define what was trained and measured, in their given order; '(defaults)' if none."""
-    kept = [o for o in overrides if override_key(o).split(".", 1)[0] not in NOT_CONFIGURATION]
-    return " ".join(kept) or "(defaults)"
 
 
 def is_run_dir(path: Path) -> bool:
@@ -101,12 +91,41 @@ def read_spread(eval_dir: Path) -> SamplingSpread:
     run_dir = checkpoint.parent.parent
     overrides_file = run_dir / ".hydra" / "overrides.yaml"
     config = configuration(list(OmegaConf.load(overrides_file))) if overrides_file.is_file() else None
-    return SamplingSpread(eval_dir, str(checkpoint), config, report["sample_seeds"], report.get("protocols", {}))
+    # task=eval names a value by the split it measured (`test/fid_digits`); the tables by the training name.
+    names = report.get("names_in_training", {})
+    stats = {names.get(k, k): v for k, v in report["sample_seeds"].items()}
+    protocols = {names.get(k, k): v for k, v in report.get("protocols", {}).items()}
+    return SamplingSpread(eval_dir, str(checkpoint), config, stats, protocols)
 
 
 def job_dirs(sweep_dir: Path) -> list[Path]:
     jobs = [p for p in sweep_dir.iterdir() if p.is_dir() and is_run_dir(p)]
     return sorted(jobs, key=lambda p: (0, int(p.name), "") if p.name.isdigit() else (1, 0, p.name))
+
+
+def independent_runs(runs: list[Run]) -> tuple[list[Run], list[str]]:
+    """The runs that are independent samples, in their order, and one sentence per run left out: a directory
+    met twice (given twice, or given as a run and inside a given sweep) is one run, and the finished runs of one
+    configuration with one training seed repeat one computation (up to nondeterministic kernels), so only the
+    first counts."""
+    kept, notes = [], []
+    by_dir: dict[Path, Run] = {}
+    by_seed: dict[tuple[str, int], Run] = {}
+    for run in runs:
+        identity = run.dir.resolve()
+        if identity in by_dir:
+            notes.append(f"{run.dir} was given more than once: counted once.")
+            continue
+        by_dir[identity] = run
+        key = (run.configuration, run.seed)
+        if run.finished and run.seed is not None and key in by_seed:
+            notes.append(f"{run.dir} repeats {by_seed[key].dir} (the same configuration and seed {run.seed}), so it "
+                         "is not an independent sample: only the first is counted; vary `seed` for more samples.")
+            continue
+        if run.finished:
+            by_seed.setdefault(key, run)
+        kept.append(run)
+    return kept, notes
 
 
 def read_runs(paths: list[str | Path]) -> tuple[list[Run], list[SamplingSpread]]:
@@ -130,6 +149,7 @@ def read_runs(paths: list[str | Path]) -> tuple[list[Run], list[SamplingSpread]]
         else:
             raise GdmError(f"compare.runs: {given} is neither a run directory (with .hydra/ or summary.json) nor "
                            "a sweep directory (with job sub-directories): pass run or sweep directories.")
+    spreads = list({spread.dir.resolve(): spread for spread in reversed(spreads)}.values())[::-1]
     if not any(run.finished for run in runs):
         listed = ", ".join(f"{r.dir} ({r.status})" for r in runs) or "none found"
         raise GdmError(f"compare.runs holds no finished run to compare ({listed}).")

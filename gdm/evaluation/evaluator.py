@@ -30,6 +30,7 @@ import torch
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from pydantic import Field
+from torch import nn
 from torch.utils.data import DataLoader
 
 from gdm.errors import GdmError
@@ -38,7 +39,6 @@ from gdm.evaluation.protocol import describe, with_id
 from gdm.evaluation.real_features import RealFeatureCache
 from gdm.images import grid_uint8, save_png
 from gdm.loggers import log_images, log_summary
-from gdm.metrics.features import build_features
 from gdm.models.capabilities import Samples, Translates
 from gdm.option_types import Count, checked
 
@@ -56,18 +56,18 @@ def write_json(path: Path, data: dict) -> None:
 
 
 class Evaluator(L.Callback):
-    """`metrics`: metric objects (`check(model, data, features)`, `__call__(Evaluation) -> MetricResult`).
-    `features`: the feature network's name (`metrics.features`). `report`: the summary file written in
-    `run_dir` (None: none, task=eval writes its own); `save_checkpoints`: last/best checkpoints; `step`: the
-    step to report instead of the trainer's (task=eval: the checkpoint's)."""
+    """`metrics`: metric objects (`check(model, data, features)`; `names(model, data, features)`: the values
+    it will log; `families`: the values it can log, as `val/<family>` or `val/<family>_...`;
+    `__call__(Evaluation) -> MetricResult`). `features`: the feature network the task built
+    (`gdm.metrics.features.build_features`; its `name` names the values). `report`: the summary file written
+    in `run_dir` (None: none, task=eval writes its own); `save_checkpoints`: last/best checkpoints; `step`:
+    the step to report instead of the trainer's (task=eval: the checkpoint's)."""
 
     @checked
-    def __init__(self, metrics: list, features: str, run_dir: str, monitor: str, mode: Mode = "min",
-                 inception_weights: str | None = None, dinov2_weights: str | None = None,
+    def __init__(self, metrics: list, features: nn.Module, run_dir: str, monitor: str, mode: Mode = "min",
                  cache_dir: str | None = None, batch_size: EvalBatch = 250, grids_every_n_evals: Count = 1,
                  report: str | None = "summary.json", save_checkpoints: bool = True, step: int | None = None):
-        self.metrics, self.features_name = metrics, features
-        self.weights = {"inception_weights": inception_weights, "dinov2_weights": dinov2_weights}
+        self.metrics, self.features = metrics, features
         self.run_dir = Path(run_dir)
         self.monitor, self.mode = monitor, mode
         self.cache = RealFeatureCache(cache_dir)
@@ -75,7 +75,7 @@ class Evaluator(L.Callback):
         self.report, self.save_checkpoints, self.fixed_step = report, save_checkpoints, step
         self.after_fit = False  # in the end-of-run evaluation (`finish`)
         self.save_at_epoch_end: bool | None = None  # an epoch-end validation's checkpoints, best or not, to write
-        self.features = None
+        self.last_batch_of_epoch = False  # the latest training batch ended its epoch
         self.best: dict | None = None
         self.final: dict = {}
         self.protocols: dict[str, dict] = {}
@@ -92,15 +92,23 @@ class Evaluator(L.Callback):
 
     # ---- set-up and the run's lifetime ------------------------------------------------------------
 
-    def load_features(self) -> None:
-        """The feature network, once (the task loads it before training, to report a bad weights file first)."""
-        if self.features is None:
-            self.features = build_features(self.features_name, **self.weights)
-
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        self.load_features()
+        # Before the first training batch: everything the first evaluation would otherwise find out.
         for metric in self.metrics:
-            metric.check(pl_module, trainer.datamodule, self.features_name)
+            metric.check(pl_module, trainer.datamodule, self.features.name)
+        self.check_monitor(pl_module, trainer.datamodule)
+
+    def check_monitor(self, model: L.LightningModule, data) -> None:
+        """`monitor` must be among the values this run will log. The metrics' names are known before they run;
+        a model's own validation values (val/d_real, val/elbo) are not, so a monitor in no metric's families
+        waits for the first evaluation."""
+        names = sorted({n for metric in self.metrics for n in metric.names(model, data, self.features.name)})
+        families = [f"val/{family}" for metric in self.metrics for family in metric.families]
+        a_metric_value = any(self.monitor == f or self.monitor.startswith(f"{f}_") for f in families)
+        if self.monitor in names or not a_metric_value:
+            return
+        raise GdmError(f"monitor={self.monitor} is not among this run's evaluation values "
+                       f"({', '.join(names)}): set monitor= to one of them.")
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.session_start = time.time()
@@ -129,11 +137,10 @@ class Evaluator(L.Callback):
         self.test = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
         self.write(trainer)
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,
+                           batch_idx: int) -> None:
         self.batches += 1
-
-    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
-        checkpoint["gdm_step"] = self.batches  # read by task=eval (gdm.checkpoints.checkpoint_step)
+        self.last_batch_of_epoch = batch_idx + 1 >= trainer.num_training_batches
 
     def state_dict(self) -> dict:
         return {"best": self.best, "run_dir": str(self.run_dir.resolve()), "wall_seconds": self.wall_seconds(),
@@ -227,6 +234,8 @@ class Evaluator(L.Callback):
                   "wall_seconds": self.wall_seconds()}
         self.final = {**values, **record}
         self.protocols = protocols
+        if self.monitor not in values and self.save_checkpoints and not trainer.fast_dev_run:
+            self.save(trainer, best=False)  # the training so far is kept before update_best stops the run
         improved = self.update_best(values, protocols, record)
         if trainer.is_global_zero and self.report is not None:
             with (self.run_dir / "metrics.jsonl").open("a") as f:  # the run's history, one line per evaluation
@@ -234,8 +243,9 @@ class Evaluator(L.Callback):
                                     "protocols": {k: p["id"] for k, p in protocols.items()}}) + "\n")
         self.write(trainer)
         if self.save_checkpoints and not trainer.fast_dev_run:
-            epoch_end = trainer.state.fn == TrainerFn.FITTING and trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
-            if epoch_end:  # written at on_train_epoch_end, where Lightning counts this validation and epoch done
+            # After an epoch's last batch: written at on_train_epoch_end, where Lightning counts this
+            # validation and the epoch done.
+            if trainer.state.fn == TrainerFn.FITTING and self.last_batch_of_epoch:
                 self.save_at_epoch_end = improved
             else:
                 self.save(trainer, improved)

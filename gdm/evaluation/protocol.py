@@ -87,7 +87,7 @@ def differences(a: dict, b: dict, prefix: str = "") -> list[str]:
 
 
 def describe(protocol: dict) -> str:
-    """One line for a reader: features (weights hash), resize, sample counts, split, seed."""
+    """One line for a reader: features (weights hash), resize, direction, sample counts, split, seed."""
     features = protocol.get("features") or {}
     parts = []
     if features:
@@ -96,7 +96,7 @@ def describe(protocol: dict) -> str:
         resize = features.get("resize") or {}
         if resize:
             parts.append(f"resize {resize.get('size')} {resize.get('method')} antialias={resize.get('antialias')}")
-    for key in ("num_generated", "num_real", "real_split", "split", "sample_seed", "k"):
+    for key in ("direction", "num_generated", "num_real", "real_split", "split", "sample_seed", "k"):
         if key in protocol:
             parts.append(f"{key} {protocol[key]}")
     return ", ".join(parts) + f" [protocol {protocol.get('id', protocol_id(protocol))}]"

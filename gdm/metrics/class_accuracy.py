@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 
 class ClassAccuracy:
+    families = ("class_acc",)  # val/<family>
+
     @checked
     def __init__(self, classifier: Classifier = "auto", samples_per_class: Count = 100, seed: NonNegativeInt = 0):
         self.choice, self.samples_per_class, self.seed = classifier, samples_per_class, seed
@@ -58,6 +60,10 @@ class ClassAccuracy:
 
             with torch.random.fork_rng(devices=[]):  # keep the training run's RNG stream untouched
                 self.classifier = load_digit_classifier()
+
+    def names(self, model, data, features: str) -> list[str]:
+        """The value `__call__` logs once `check` has picked a classifier, else none."""
+        return ["val/class_acc"] if self.classifier is not None else []
 
     @torch.no_grad()
     def __call__(self, ev: Evaluation) -> MetricResult:

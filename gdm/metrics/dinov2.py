@@ -132,6 +132,8 @@ class DINOv2Features(nn.Module):
     model does on every forward (see `_resample_pos_embed_like_dinov2`).
     """
 
+    name = "dinov2"  # names the values: val/fid_dinov2
+
     def __init__(self, weights_path: str | None, model_name: str = DEFAULT_MODEL):
         super().__init__()
         import timm  # noqa: F401  (fail here, not mid-load, if the dependency is missing)

@@ -10,9 +10,10 @@
 - `digits_colour`: the same for the classifier of the embedded CycleGAN pair, which reads digits in
   both domains (grey, and on colour patches), so one feature space serves both translation directions.
 
-Every feature network takes uint8 images (N, C, H, W), C = 1 or 3, of any size, returns float32
-(N, num_features), never leaves eval mode, and describes itself with `protocol()`: its name, weights
-file and that file's SHA-256, and its input resize.
+Every feature network has a `name` (the `<features>` of the values it names, e.g. val/fid_digits), takes
+uint8 images (N, C, H, W), C = 1 or 3, of any size, returns float32 (N, num_features), never leaves eval
+mode, and describes itself with `protocol()`: its name, weights file and that file's SHA-256, and its
+input resize.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ INCEPTION_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2
 
 
 class InceptionFeatures(nn.Module):
+    name = "inception"  # names the values: val/fid_inception
     num_features = 2048
 
     def __init__(self, weights_path: str | None = None):
@@ -85,7 +87,7 @@ class DigitFeatures(nn.Module):
         super().__init__()
         from gdm.metrics.digits_classifier import load_digit_classifier
 
-        self.classifier = classifier
+        self.classifier = self.name = classifier
         self.net = load_digit_classifier(classifier)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

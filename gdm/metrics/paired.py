@@ -38,6 +38,8 @@ def paired_scores(fake: torch.Tensor, real: torch.Tensor) -> dict[str, torch.Ten
 
 
 class PairedTranslationQuality:
+    families = ("fid", "l1", "psnr", "ssim", "label_kept")  # val/<family>[_...]
+
     @checked
     def __init__(self, split: Split = "test", real_split: Split = "test", label_classifier: LabelClassifier = "auto"):
         self.split, self.real_split, self.label_classifier = split, real_split, label_classifier
@@ -49,6 +51,11 @@ class PairedTranslationQuality:
                            f"{type(model).__name__} on {type(data).__name__}: use metrics=fid or metrics=translation.")
         if self.classifier is None:
             self.classifier = load_label_classifier(self.label_classifier, data, features)
+
+    def names(self, model, data, features: str) -> list[str]:
+        """The values `__call__` logs (after `check`), known before it runs."""
+        kept = ["val/label_kept"] if self.classifier is not None else []
+        return [f"val/fid_{features}", "val/l1", "val/psnr", "val/ssim", *kept]
 
     @torch.no_grad()
     def __call__(self, ev: Evaluation) -> MetricResult:

@@ -48,6 +48,8 @@ def sampled_labels(model) -> str | None:
 
 
 class SampleQuality:
+    families = ("fid", "kid", "precision", "recall", "density", "coverage", "copies")  # val/<family>_...
+
     @checked
     def __init__(self, num_samples: NumSamples = 1000, real_split: Split = "train",
                  seed: Annotated[NonNegativeInt, Field(description="the seed of the sample sequence")] = 0,
@@ -79,6 +81,14 @@ class SampleQuality:
             raise GdmError(f"the sample metrics need at least {need} images on both sides (FID: 2, k-NN metrics: "
                            f"k + 1), and have num_samples={self.num_samples} generated and {n_real} real "
                            f"(real_split={self.real_split}): raise num_samples or use a larger split.")
+
+    def names(self, model, data, features: str) -> list[str]:
+        """The values `__call__` logs, known before it runs (the run's monitor is checked against them)."""
+        metrics = ["fid", *(["kid", "kid_std"] if self.kid_subset_size else []),
+                   *(["precision", "recall"] if self.precision_recall_k else []),
+                   *(["density", "coverage"] if self.density_coverage_k else []),
+                   *(["copies"] if self.copies else [])]
+        return [f"val/{m}_{features}" if m != "kid_std" else f"val/kid_{features}_std" for m in metrics]
 
     @torch.no_grad()
     def generated_features(self, ev: Evaluation) -> torch.Tensor:

@@ -51,6 +51,8 @@ def load_label_classifier(choice: str, data, features: str):
 
 
 class TranslationQuality:
+    families = ("fid", "cycle_l1", "label_kept")  # val/<family>_...
+
     @checked
     def __init__(self, split: Split = "test", real_split: Split = "test", label_classifier: LabelClassifier = "auto"):
         self.split, self.real_split, self.label_classifier = split, real_split, label_classifier
@@ -67,6 +69,14 @@ class TranslationQuality:
                                    f"{len(data.split(split))}: add images to that folder.")
         if self.classifier is None:
             self.classifier = load_label_classifier(self.label_classifier, data, features)
+
+    def names(self, model, data, features: str) -> list[str]:
+        """The values `__call__` logs (after `check`), known before it runs."""
+        names = [f"val/fid_{features}"]
+        for direction, (source, _) in model.directions.items():
+            names += [f"val/fid_{features}_{direction}", f"val/cycle_l1_{source.lower()}"]
+            names += [f"val/label_kept_{direction}"] if self.classifier is not None else []
+        return names
 
     @torch.no_grad()
     def __call__(self, ev: Evaluation) -> MetricResult:

@@ -9,8 +9,7 @@ and of the Self-Conditioned GAN (Liu et al. 2020, "Diverse Image Generation via 
 k-means on the discriminator's features, re-clustered during training). Here the clusters are fixed before
 training, in pixel space at low resolution: no extra network, nothing learnt from labels, and a checkpoint
 holds the centres, so sampling needs no data. k-means is seeded with 0 whatever the run's seed, so runs
-with different seeds share their clusters. On the 1,437 embedded digits it takes the
-default run's final FID from a mean of 58.5 to 22.0 over 3 seeds with 20 clusters (experiments/README.md).
+with different seeds share their clusters. Its effect on the default run is measured in experiments/small_data_gans.md.
 """
 
 from __future__ import annotations
@@ -76,15 +75,27 @@ class PixelClusters(nn.Module):
     def fit(self, images: torch.Tensor, seed: int = 0) -> torch.Tensor:
         """k-means (scikit-learn's, k-means++ with 10 initialisations) on (N, C, H, W) training images in
         [-1, 1]; sets the centres and returns the images per cluster (k,), the frequencies fakes are drawn
-        with. Raises GdmError when there are fewer images than clusters."""
+        with. Raises GdmError when there are fewer distinct images (as k-means sees them) than clusters, or a
+        cluster ends up empty: its label would condition samples on nothing the data holds."""
         from sklearn.cluster import KMeans
 
-        if len(images) < self.k:
-            raise GdmError(f"clusters={self.k} needs at least {self.k} training images, and the training "
-                           f"split has {len(images)}: lower clusters=.")
-        kmeans = KMeans(n_clusters=self.k, n_init=10, random_state=seed).fit(downsample(images).double().numpy())
+        rows = downsample(images).double()
+        distinct = len(torch.unique(rows, dim=0))
+        if distinct < self.k:
+            seen = f"{len(images)} training images, {distinct} of them distinct" if distinct < len(images) else \
+                f"{len(images)} training images"
+            side = min(CLUSTER_SIDE, *images.shape[-2:])
+            raise GdmError(f"clusters={self.k} needs at least {self.k} distinct training images (as k-means compares "
+                           f"them, at {side} px), and the training split has {seen}: set clusters={max(distinct, 2)} "
+                           "or fewer, or add images.")
+        kmeans = KMeans(n_clusters=self.k, n_init=10, random_state=seed).fit(rows.numpy())
         self.centres.copy_(torch.as_tensor(kmeans.cluster_centers_, dtype=torch.float32))
-        return torch.bincount(self.assign(images).cpu(), minlength=self.k)
+        counts = torch.bincount(self.assign(images).cpu(), minlength=self.k)
+        empty = int((counts == 0).sum())
+        if empty:
+            raise GdmError(f"clusters={self.k}: {empty} of the k-means clusters hold no training image, so their "
+                           f"samples would follow no data: set clusters to at most {self.k - empty}.")
+        return counts
 
     @torch.no_grad()
     def assign(self, images: torch.Tensor) -> torch.Tensor:

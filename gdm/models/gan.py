@@ -4,7 +4,7 @@ With `conditional=True` it is a class-conditional GAN: G and D take the labels, 
 are generated for the labels of the real batch, and samples for metrics draw their labels from the
 training split's class frequencies (class-balanced FID), unless labels are given. With `clusters=k` it
 conditions on k-means clusters of the training images instead of labels (gdm.models.clusters): the default
-run's recipe on the digits (20 clusters), where it measured a mean FID of 22.0 against 58.5 unconditional.
+run's recipe on the digits (20 clusters; the study: experiments/small_data_gans.md).
 
 Each training batch makes one discriminator update, and every `n_critic`-th batch also one
 generator update. Lightning's `global_step` counts optimizer steps, so a batch with both updates
@@ -48,7 +48,7 @@ NetFactory = Callable[..., nn.Module]
 
 class GAN(AdversarialModule, Samples):
     generators, discriminators = ("generator",), ("discriminator",)
-    channels_last_on_cpu = True  # DCGAN nets on the CPU: NHWC 1.10-1.16x NCHW (experiments/README.md)
+    channels_last_on_cpu = True  # DCGAN nets on the CPU: NHWC measured faster (experiments/speed.md)
     optional_state = ("lecam.",)  # LeCam's moving averages: switching it on or off on resume starts / drops them
 
     # Options with a type here are checked here; `clusters`, `augment_policy`, `ada_*` and `lecam_decay` by the

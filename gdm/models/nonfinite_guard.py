@@ -1,52 +1,102 @@
 """The divergence guard of training updates: what a NaN or Inf loss does, without a host sync per update.
 
-Models call `loss_ok(name, loss)` before each backward pass. With the NonFiniteLoss callback's action=stop
-(default) the loss stays on its device and is read back every `nonfinite_check_every` batches and
-before each evaluation or checkpoint, so a checkpoint never holds weights trained on a non-finite loss;
-action=skip decides at once (one sync per update), the price of leaving that update out.
+Models call `loss_ok(name, loss)` before each backward pass and follow the `NonFinitePolicy` the task gives
+them at build (`set_nonfinite_policy`). With action=stop (default) the loss stays on its device and is read
+back every `check_every_n_steps` batches and before each evaluation or checkpoint, so a checkpoint never holds
+weights trained on a non-finite loss; action=skip decides at once (one sync per update), the price of leaving
+that update out, and `max_consecutive_skips` skipped updates of one loss in a row stop the run (the weights
+are likely broken). A stop raises `Diverged`: one line naming the loss, its value and the step; the run's
+last.ckpt (the last evaluation's, before the divergence) stays the newest checkpoint.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated, Literal
 
+import lightning as L
 import torch
+from pydantic import Field
+
+from gdm.errors import GdmError
+from gdm.option_types import Count, NonNegativeInt, checked
+
+
+class Diverged(GdmError):
+    """A non-finite training loss stopped the run."""
+
+
+class NonFinitePolicy:
+    """What a NaN / Inf training loss does: `action` stop (the run) or skip (that update);
+    `max_consecutive_skips`: with skip, this many skipped updates of one loss in a row stop the run;
+    `check_every_n_steps`: with stop, batches between read-backs of the kept losses. Raises pydantic's
+    ValidationError naming the parameter for a value out of range."""
+
+    @checked
+    def __init__(self, action: Annotated[Literal["stop", "skip"], Field(
+                     description="what a NaN / Inf loss does: stop the run, or skip that update")] = "stop",
+                 max_consecutive_skips: Annotated[NonNegativeInt, Field(
+                     description="skipped updates of one loss in a row that stop the run")] = 20,
+                 check_every_n_steps: Annotated[Count, Field(
+                     description="batches between read-backs of the losses")] = 10):
+        self.action, self.max_consecutive_skips = action, max_consecutive_skips
+        self.check_every_n_steps = check_every_n_steps
+
+    def _fields(self) -> tuple:
+        return self.action, self.max_consecutive_skips, self.check_every_n_steps
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, NonFinitePolicy) and self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        return (f"NonFinitePolicy(action={self.action!r}, max_consecutive_skips={self.max_consecutive_skips}, "
+                f"check_every_n_steps={self.check_every_n_steps})")
 
 
 class NonFiniteGuard:
     """Mixin of `GenerativeModule` (a LightningModule); works in a plain loop without a Trainer too."""
 
-    # Set by the NonFiniteLoss callback (callbacks.nonfinite_loss): what a NaN / Inf loss does, and how many
-    # batches may pass before the recorded losses are read back (action=stop).
-    nonfinite_action: str = "stop"
-    max_consecutive_skips: int = 20
-    nonfinite_check_every: int = 10
+    nonfinite_policy: NonFinitePolicy = NonFinitePolicy()
     # Losses recorded without a trainer (a plain loop) are read back after this many, so they cannot pile up.
     max_pending_losses: int = 256
+
+    def set_nonfinite_policy(self, policy: NonFinitePolicy) -> None:
+        self.nonfinite_policy = policy
+
+    def attached_trainer(self) -> L.Trainer | None:
+        """The Trainer running this model, None in a plain loop (Lightning raises RuntimeError when detached)."""
+        try:
+            return self.trainer
+        except RuntimeError:
+            return None
 
     def loss_ok(self, name: str, loss: torch.Tensor) -> bool:
         """Whether to take the update for `loss`; False: skip it. Call before its backward pass.
 
         action=stop (default): no device sync here. The loss is kept (on its device) and `check_losses` reads
-        the kept ones back every `nonfinite_check_every` batches and before each evaluation or checkpoint;
-        a non-finite one stops the run there with one line: the loss, its value, the step it happened at.
+        the kept ones back every `check_every_n_steps` batches and before each evaluation or checkpoint; a
+        non-finite one stops the run there with one line: the loss, its value, the step it happened at.
         The few updates in between are taken, but no checkpoint holds their weights.
         action=skip decides now, before the step: one device sync (and under DDP one collective) per call,
         the price of leaving that update out."""
-        if self.nonfinite_action == "skip":
+        if self.nonfinite_policy.action == "skip":
             return self._skip_decision(name, loss)
         pending = self.__dict__.setdefault("_pending_losses", [])
         pending.append((name, loss.detach(), self._where()))
-        if self._trainer is None and len(pending) >= self.max_pending_losses:
+        if self.attached_trainer() is None and len(pending) >= self.max_pending_losses:
             self.check_losses()
         return True
 
     def _where(self) -> tuple[int, int, int] | None:
-        """(step, epoch, batch) of the update under way; None in a loop without a trainer."""
-        trainer = self._trainer
+        """(step, epoch, batch) of the update under way, step in gdm's count (training batches, this one
+        included; not Lightning's `global_step`, which counts optimizer steps); None in a loop without a trainer."""
+        trainer = self.attached_trainer()
         if trainer is None:
             return None
-        return trainer.global_step, trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_idx
+        return trainer.fit_loop.total_batch_idx + 1, trainer.current_epoch, self.__dict__.get("_batch_idx", 0)
 
     @staticmethod
     def _describe(name: str, value: object, where: tuple[int, int, int] | None) -> str:
@@ -64,7 +114,8 @@ class NonFiniteGuard:
         finite = torch.isfinite(values)
         local_ok = bool(finite.all())
         # DDP: every rank takes the same decision, or the ranks that carry on would wait on the others.
-        all_ok = local_ok if self._trainer is None else self.trainer.strategy.reduce_boolean_decision(local_ok, all=True)
+        trainer = self.attached_trainer()
+        all_ok = local_ok if trainer is None else trainer.strategy.reduce_boolean_decision(local_ok, all=True)
         if all_ok:
             return
         if local_ok:
@@ -82,34 +133,37 @@ class NonFiniteGuard:
             self._skipped_in_a_row: dict[str, int] = {}  # per loss: a GAN's D and G updates alternate
         skipped = self._skipped_in_a_row
         # DDP: every rank takes the same decision, or their gradient all-reduces would wait on each other.
-        attached = self._trainer is not None
-        if self.trainer.strategy.reduce_boolean_decision(finite, all=True) if attached else finite:
+        trainer = self.attached_trainer()
+        if trainer.strategy.reduce_boolean_decision(finite, all=True) if trainer is not None else finite:
             skipped[name] = 0
             return True
         value = "finite here but not on another DDP rank" if finite else loss.detach().float().mean().item()
         where = self._describe(name, value, self._where())
         skipped[name] = skipped.get(name, 0) + 1
-        if skipped[name] <= self.max_consecutive_skips:
-            (self.print if attached else print)(f"{where}: update skipped (NonFiniteLoss action=skip)")
+        if skipped[name] <= self.nonfinite_policy.max_consecutive_skips:
+            (self.print if trainer is not None else print)(f"{where}: update skipped (the non-finite loss "
+                                                           "policy's action=skip)")
             return False
         self._stop(where, f" ({skipped[name]} in a row)")
 
     def _stop(self, where: str, repeat: str) -> None:
-        from gdm.callbacks.nonfinite_loss import Diverged
-
         keep = "no checkpoint was written yet"
-        if self._trainer is not None:
-            last = Path(self.trainer.default_root_dir) / "checkpoints" / "last.ckpt"  # where the Evaluator saves it
+        trainer = self.attached_trainer()
+        if trainer is not None:
+            last = Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"  # the Evaluator's
             keep = f"the last good checkpoint is {last}" if last.is_file() else keep
-        other = "" if self.nonfinite_action == "skip" else \
-            ", or set the NonFiniteLoss callback's action=skip to skip such updates"
+        other = "" if self.nonfinite_policy.action == "skip" else \
+            ", or set the non-finite loss policy's action=skip to skip such updates"
         raise Diverged(f"{where}{repeat}: training stopped; {keep}. Lower the learning rates (in a new run: a "
                        f"resumed one keeps the saved optimizer settings){other}.")
 
-    # The kept losses are read back every `nonfinite_check_every` batches and before anything is evaluated or
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        self._batch_idx = batch_idx  # named in the message of a loss read back later
+
+    # The kept losses are read back every `check_every_n_steps` batches and before anything is evaluated or
     # saved, so a checkpoint never holds weights trained on a non-finite loss.
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        if (batch_idx + 1) % self.nonfinite_check_every == 0:
+        if (batch_idx + 1) % self.nonfinite_policy.check_every_n_steps == 0:
             self.check_losses()
 
     def on_validation_start(self) -> None:

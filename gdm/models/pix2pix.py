@@ -50,7 +50,7 @@ NetFactory = Callable[..., nn.Module]
 def seed_dropout(device: torch.device, seed: int) -> None:
     """Seed the generator that dropout on `device` draws from, and only that one. torch.manual_seed would
     seed every device's, and while CUDA is not initialized (CPU runs) it records a stack trace for the
-    deferred CUDA seeding on each call: ~7 ms, more than the forward of a small image (paper inference
+    deferred CUDA seeding on each call, which costs more than the forward of a small image (paper inference
     seeds once per image)."""
     if device.type == "cpu":
         torch.default_generator.manual_seed(seed)

@@ -11,14 +11,15 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from gdm.atomic_checkpoint_io import AtomicCheckpointIO
-from gdm.callbacks.config_in_checkpoint import ConfigInCheckpoint
+from gdm.callbacks.checkpoint_contents import CheckpointContents
 from gdm.callbacks.optuna_pruning import OptunaPruning
-from gdm.callbacks.random_state import RandomState
 from gdm.data.base import SplitDataModule
 from gdm.errors import GdmError
 from gdm.evaluation.evaluator import Evaluator
+from gdm.metrics.features import build_features
 from gdm.models.base import GenerativeModule
 from gdm.models.clusters import cluster_inputs
+from gdm.models.nonfinite_guard import NonFinitePolicy
 from gdm.tasks.options import check_run_options, options_of, run_options
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,13 @@ log = logging.getLogger(__name__)
 
 def build_datamodule(cfg: DictConfig) -> SplitDataModule:
     with options_of("data", cfg.data):
-        return instantiate(cfg.data, _convert_="all")
+        datamodule = instantiate(cfg.data, _convert_="all")
+    if datamodule.image_shape[0] == 3 and OmegaConf.select(cfg, "metrics.features") == "digits":
+        # The digits network was trained on grey digits: it reads colour images as their luminance.
+        log.warning("metrics.features=digits measures colour images with a classifier of grey digits, so its FID "
+                    "says little about them: use metrics.features=inception (or dinov2; digits_colour for the "
+                    "embedded colour digits).")
+    return datamodule
 
 
 def build_model(cfg: DictConfig, datamodule: SplitDataModule, from_checkpoint: bool = False) -> GenerativeModule:
@@ -49,9 +56,20 @@ def build_model(cfg: DictConfig, datamodule: SplitDataModule, from_checkpoint: b
                 model.fit_clusters(cluster_inputs(datamodule.split("train")))
             elif model.conditional:  # class-balanced samples follow the training split's class frequencies
                 model.set_class_frequencies(datamodule.class_counts("train"))
+    model.set_nonfinite_policy(build_nonfinite_policy(cfg))
     if cfg.get("compile", False):
         model.compile_nets()
     return model
+
+
+def build_nonfinite_policy(cfg: DictConfig) -> NonFinitePolicy:
+    """What a NaN / Inf training loss does (`callbacks.nonfinite_loss`, kept among the callbacks where users
+    know it, though the model follows it without any callback); GdmError naming the key for a bad value."""
+    node = OmegaConf.select(cfg, "callbacks.nonfinite_loss")
+    if node is None:
+        return NonFinitePolicy()
+    with options_of("callbacks.nonfinite_loss", node):
+        return instantiate(node, _convert_="all")
 
 
 # What a batch key means to a user, and data options that have it.
@@ -100,8 +118,7 @@ def check_training_precision(precision: object) -> None:
                        "or 16-mixed (float32 weights, half-precision compute), or bf16-true.")
     if str(precision) == "16-true":
         raise GdmError("trainer.precision=16-true trains with weights and Adam's moments in float16: the second "
-                       "moments underflow to 0 and the updates blow up (a GAN measured FID 2272 against 664 in "
-                       "float32); use bf16-mixed or 16-mixed (float32 weights, half-precision compute), or bf16-true.")
+                       "moments underflow to 0 and the updates blow up (experiments/speed.md); use bf16-mixed or 16-mixed (float32 weights, half-precision compute), or bf16-true.")
     if str(precision) == "bf16-true":
         log.warning("trainer.precision=bf16-true keeps weights, Adam's moments and the model's validation values in "
                     "bfloat16 (8 significant bits): an update under ~0.4% of its weight rounds away (norm scales "
@@ -143,10 +160,14 @@ def _instantiate_group(name: str, group: DictConfig | None, skip: tuple[str, ...
 
 
 def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
-    """The callbacks group (its `evaluator` gets the metrics group's metrics), the config and RNG state."""
-    callbacks = _instantiate_group("callbacks", cfg.get("callbacks"), skip=("evaluator",)) + [build_evaluator(cfg)]
-    callbacks.append(ConfigInCheckpoint(OmegaConf.to_container(cfg, resolve=True), OmegaConf.to_container(cfg)))
-    callbacks.append(RandomState(cfg.seed))
+    """The callbacks group (its `evaluator` gets the metrics group's metrics; its `nonfinite_loss` is the
+    model's policy, `build_nonfinite_policy`), and what the checkpoints hold beside Lightning's entries."""
+    callbacks = _instantiate_group("callbacks", cfg.get("callbacks"), skip=("evaluator", "nonfinite_loss"))
+    evaluator = build_evaluator(cfg)
+    # Before the Evaluator: it marks an epoch's end before the Evaluator saves that epoch's checkpoints.
+    callbacks.append(CheckpointContents(cfg.seed, OmegaConf.to_container(cfg, resolve=True),
+                                        OmegaConf.to_container(cfg), step=lambda: evaluator.batches))
+    callbacks.append(evaluator)
     # an Optuna trial (gdm's sweeper names it in the job's environment) reports each evaluation to its study
     pruning = OptunaPruning.for_this_job(cfg.monitor, cfg.get("monitor_mode", "min"), cfg.paths.output_dir)
     if pruning is not None:
@@ -161,22 +182,27 @@ def build_metrics(cfg: DictConfig) -> list:
 
 
 def build_evaluator(cfg: DictConfig, **overrides) -> Evaluator:
-    metrics = build_metrics(cfg)
+    """The Evaluator of `callbacks.evaluator`, with the metrics group's metrics and its feature network (loaded
+    here, before training, so a bad weights file is the first thing said)."""
+    metrics = cfg.metrics
+    with options_of("metrics", metrics):
+        features = build_features(metrics.features, inception_weights=metrics.get("inception_weights"),
+                                  dinov2_weights=metrics.get("dinov2_weights"))
+    built = build_metrics(cfg)
     with options_of("callbacks.evaluator", cfg.callbacks.evaluator):
-        return instantiate(cfg.callbacks.evaluator, metrics=metrics, _convert_="all", **overrides)
+        return instantiate(cfg.callbacks.evaluator, metrics=built, features=features, _convert_="all", **overrides)
 
 
 def check_evaluation(cfg: DictConfig, evaluator: Evaluator, model: GenerativeModule,
                      datamodule: SplitDataModule) -> None:
-    """Before training: the feature network loads and each metric applies to this model and data, else a
-    GdmError naming the metrics keys."""
-    with options_of("metrics", cfg.get("metrics")):
-        evaluator.load_features()
+    """Before training: each metric applies to this model and data, and the monitor is among the values they
+    will log, else a GdmError naming the metrics keys."""
     nodes = [(key, node) for key, node in (cfg.get("metrics") or {}).items()
              if isinstance(node, DictConfig) and "_target_" in node]
     for (key, node), metric in zip(nodes, evaluator.metrics, strict=True):
         with options_of(f"metrics.{key}", node):
-            metric.check(model, datamodule, evaluator.features_name)
+            metric.check(model, datamodule, evaluator.features.name)
+    evaluator.check_monitor(model, datamodule)
 
 
 def build_loggers(cfg: DictConfig) -> list:

@@ -15,7 +15,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from gdm.compare.report import Report
-from gdm.compare.runs import read_runs
+from gdm.compare.runs import independent_runs, read_runs
 from gdm.compare.tables import flat_rows, metric_tables
 from gdm.errors import GdmError
 from gdm.loggers import log_comparison
@@ -30,13 +30,14 @@ def compare(cfg: DictConfig) -> float | None:
     if not 0 < opts.confidence < 1:
         raise GdmError(f"compare.confidence={opts.confidence} is not a probability: use e.g. 0.95.")
     runs, spreads = read_runs(list(opts.runs))
+    runs, repeats = independent_runs(runs)  # before any statistic: intervals and paired differences alike
     tables, mismatches = metric_tables(runs, opts.confidence)
     out_dir = Path(cfg.paths.output_dir)
-    report = Report(runs, tables, mismatches, spreads, opts.confidence)
+    report = Report(runs, tables, mismatches, spreads, opts.confidence, repeats)
     written = report.write(out_dir)
     log.info("\n" + report.markdown(out_dir).split("## Last sample grids")[0])
-    for mismatch in mismatches:
-        log.warning(mismatch)
+    for warning in (*repeats, *mismatches):
+        log.warning(warning)
     plots = {Path(p).stem: p for key, p in written.items() if key.startswith("plot")}
     project = OmegaConf.select(cfg, "logger.wandb.project", default="gdm")
     where = log_comparison(flat_rows(tables), plots, name=f"compare {out_dir.name}", save_dir=out_dir,

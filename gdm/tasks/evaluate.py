@@ -4,39 +4,125 @@
 
 The model, data and metrics come from the config saved in the checkpoint; anything under model / data /
 metrics set on the command line wins (e.g. `data.root=` where the data lives on this machine,
-`metrics.features=dinov2`). Computed: the run's metrics (FID, precision / recall, density / coverage and
-the copy fraction, plus KID here; class accuracy for conditional models; both directions' FID, cycle L1 and
-label preservation for CycleGAN) with `eval.num_samples` generated samples against real `eval.split`
-images, the validation losses, and the model's test metrics when it has them (the VAE's IWAE NLL). Each
-value is printed beside its protocol (features and weights hash, resize, sample counts, split, seed) and
-stored with it in eval.json, at the checkpoint's step.
+`metrics.features=dinov2`, which the checkpoint's monitor then follows), except the settings the weights
+were trained for: a translator's direction, the image size and channels stay the checkpoint's when another
+data group is named (`data=paired data.root=DIR`), and a value that contradicts the weights (these, the
+classes, the latent size, ...) is refused (a fully convolutional translator may be evaluated at another
+`data.image_size`: logged and recorded in each protocol). The `eval.*` options reach every metric through
+one route (`eval_settings`: each metric whose constructor takes the parameter gets it; a typed
+`metrics.NAME.KEY=` wins) and eval.json lists what they set.
 
-`eval.sample_seeds=N` (N > 1) evaluates the same checkpoint N times, with sample seeds metrics.fid.seed + 0,
-..., N-1, and adds to eval.json, per metric, the mean, std and Student-t interval over the sample seeds
-("sample_seeds"): the spread from drawing other samples, to set beside the spread over training seeds
-(`task=compare` shows both when given this directory). "metrics" holds the values of the first seed.
+Computed: the run's metrics (FID, precision / recall, density / coverage and the copy fraction, plus KID
+here; class accuracy for conditional models; both directions' FID, cycle L1 and label preservation for
+CycleGAN; FID, L1, PSNR, SSIM for pix2pix) with `eval.num_samples` generated samples against real
+`eval.split` images, each named by the split it was measured against (`test/fid_digits`; the copy fraction
+against the training images: `train/copies_digits`), the model's validation losses on the validation split
+(`val/...`), and the model's test metrics when it has them (the VAE's IWAE NLL). Each value is printed
+beside its protocol (features and weights hash, resize, sample counts, split, seed) and stored with it in
+eval.json, at the checkpoint's step, with the seed and image shape that ran.
+
+`eval.sample_seeds=N` (N > 1) evaluates the same checkpoint N times, with each metric's seed (e.g.
+metrics.fid.seed) + 0, ..., N-1, and adds to eval.json, per metric, the mean, std and Student-t interval
+over the sample seeds ("sample_seeds"): the spread from drawing other samples, to set beside the spread
+over training seeds (`task=compare` shows both when given this directory). "metrics" holds the values of
+the first seed.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 from pathlib import Path
 
 import lightning as L
+from hydra.utils import get_class
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.model_helpers import is_overridden
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from gdm.checkpoints import checkpoint_step, config_for_checkpoint, load_state, read_checkpoint
+from gdm.checkpoints import (
+    check_trained_settings,
+    checkpoint_step,
+    command_line_keys,
+    config_for_checkpoint,
+    load_state,
+    read_checkpoint,
+)
 from gdm.compare.stats import interval
-from gdm.config_tree import print_config_tree
+from gdm.config_tree import print_config
 from gdm.data.base import SPLITS
 from gdm.errors import GdmError
+from gdm.errors import typed as typed_value
 from gdm.evaluation.evaluator import Evaluator, write_json
+from gdm.evaluation.protocol import describe, with_id
+from gdm.models.capabilities import Translates
 from gdm.tasks.build import build_datamodule, build_evaluator, build_model, build_trainer, seed_option
 from gdm.tasks.options import eval_options, read_options
 
 log = logging.getLogger(__name__)
+
+
+# eval option -> the metric constructor parameters it sets (each metric that has the parameter gets it).
+EVAL_SETTINGS = {"split": ("split", "real_split"), "num_samples": ("num_samples",),
+                 "kid_subset_size": ("kid_subset_size",)}
+KEEP = ("num_samples",)  # options whose null means "the run's own value" rather than "off"
+
+
+def metric_nodes(cfg: DictConfig) -> dict[str, DictConfig]:
+    """The metrics group's entries that build a metric (plain settings beside them configure the evaluator)."""
+    return {name: node for name, node in cfg.metrics.items()
+            if isinstance(node, DictConfig) and "_target_" in node}
+
+
+def takes(node: DictConfig) -> set[str]:
+    """The parameters of a metric node's constructor."""
+    return set(inspect.signature(get_class(node._target_)).parameters)
+
+
+def eval_settings(cfg: DictConfig, opts: DictConfig) -> dict[str, object]:
+    """Set the eval options on every metric of `cfg.metrics` whose constructor takes them, except keys typed
+    as `metrics.NAME.KEY=`; returns what was set, by config key. An eval option typed on the command line that
+    no metric takes is refused in one sentence (it would change nothing)."""
+    typed = {key for key, deleted in command_line_keys() if not deleted}
+    applied, used = {}, set()
+    with open_dict(cfg):
+        for name, node in metric_nodes(cfg).items():
+            params = takes(node)
+            for option, targets in EVAL_SETTINGS.items():
+                for param in targets:
+                    if param not in params:
+                        continue
+                    used.add(option)
+                    value = opts.get(option)
+                    if f"metrics.{name}.{param}" in typed or (value is None and option in KEEP):
+                        continue
+                    node[param] = value
+                    applied[f"metrics.{name}.{param}"] = value
+    unused = [key for key in typed if key.partition(".")[0] == "eval" and key[5:] in EVAL_SETTINGS
+              and key[5:] not in used]
+    if unused:
+        key = unused[0]
+        raise GdmError(f"{key}={typed_value(opts.get(key[5:]))} sets no metric of this checkpoint (metrics: "
+                       f"{', '.join(metric_nodes(cfg))}): drop it.")
+    return applied
+
+
+def shift_seeds(cfg: DictConfig, offset: int) -> None:
+    """The next sample seed: every metric that draws samples (a `seed` parameter) by `offset`."""
+    with open_dict(cfg):
+        for node in metric_nodes(cfg).values():
+            if "seed" in takes(node):
+                node.seed = node.get("seed", 0) + offset
+
+
+def split_name(name: str, protocol: dict | None, split: str) -> str:
+    """A value of the metrics (measured on generated or translated images: its protocol counts them) is named
+    by the real split its protocol records (`test/fid_digits`, `train/copies_digits`; `split` when it has
+    none, as the class accuracy); the model's own validation losses keep `val/`."""
+    if not (name.startswith("val/") and protocol and "num_generated" in protocol):
+        return name
+    real = str(protocol.get("real_split") or protocol.get("split") or split)
+    return f"{real.rsplit('/', 1)[-1]}/{name[4:]}"
 
 
 def evaluate(cfg: DictConfig) -> float | None:
@@ -46,38 +132,40 @@ def evaluate(cfg: DictConfig) -> float | None:
     if opts.split not in SPLITS:
         raise GdmError(f"eval.split='{opts.split}' is not a split; choose one of {', '.join(SPLITS)}.")
     seeds = read_options(eval_options, "eval", opts)["sample_seeds"]
-    L.seed_everything(seed_option(cfg), workers=True)  # the VAE's ELBO / IWAE draw from the global RNG
+    seed = L.seed_everything(seed_option(cfg), workers=True)  # the VAE's ELBO / IWAE draw from the global RNG
     checkpoint = read_checkpoint(cfg.ckpt_path)
     cfg = config_for_checkpoint(cfg, checkpoint)
+    trained_split = OmegaConf.select(cfg, "metrics.fid.real_split")
     with open_dict(cfg):
-        fid = cfg.metrics.get("fid")
-        if fid is not None:
-            fid.real_split = opts.split
-            fid.num_samples = opts.num_samples or fid.num_samples
-            fid.kid_subset_size = opts.kid_subset_size
-        translation = cfg.metrics.get("translation")
-        if translation is not None:
-            translation.real_split = translation.split = opts.split
+        cfg.seed = seed  # seed=null: the one drawn, recorded in eval.json
+    applied = eval_settings(cfg, opts)
     if seeds > 1 and cfg.metrics.get("fid") is None:
         raise GdmError(f"eval.sample_seeds={seeds} draws other samples of a sampling model (metrics.fid.seed), and "
                        "this checkpoint's metrics have none: use eval.sample_seeds=1.")
-    if cfg.get("print_config", True):
-        print_config_tree(cfg)
+    print_config(cfg)
     datamodule = build_datamodule(cfg)
-    model = load_state(build_model(cfg, datamodule, from_checkpoint=True), checkpoint, cfg.ckpt_path)
+    model = build_model(cfg, datamodule, from_checkpoint=True)
+    resizable = isinstance(model, Translates)  # fully convolutional: runs at any image size
+    changed = check_trained_settings(model, checkpoint, cfg.ckpt_path, resizable=resizable)
+    if changed:
+        log.warning(f"evaluating with settings other than the checkpoint's ({'; '.join(changed)}): recorded "
+                    "in eval.json and in each value's protocol.")
+    model = load_state(model, checkpoint, cfg.ckpt_path)
     per_seed = []
-    base_seed = cfg.metrics.fid.seed if seeds > 1 else None
     for i in range(seeds):
-        if base_seed is not None:
+        if i:
             L.seed_everything(cfg.seed, workers=True, verbose=False)
-            with open_dict(cfg):
-                cfg.metrics.fid.seed = base_seed + i
+            shift_seeds(cfg, 1)
         evaluator = build_evaluator(cfg, report=None, save_checkpoints=False, step=checkpoint_step(checkpoint))
         trainer = build_trainer(cfg, [evaluator], loggers=[])
         trainer.validate(model, datamodule=datamodule, verbose=False)
         per_seed.append(evaluator)
     evaluator = per_seed[0]
     test = trainer.test(model, datamodule=datamodule, verbose=False)[0] if is_overridden("test_step", model) else {}
+    protocols = {name: with_id({**p, "changed_from_checkpoint": changed}) if changed else p
+                 for name, p in evaluator.protocols.items()}
+    names = {name: split_name(name, protocols.get(name), opts.split) for name in evaluator.final}
+    values = {**evaluator.final, **test}
     report = {
         "checkpoint": str(Path(cfg.ckpt_path).expanduser().resolve()),
         "model": cfg.model._target_.rsplit(".", 1)[-1],
@@ -85,36 +173,79 @@ def evaluate(cfg: DictConfig) -> float | None:
         "global_step": checkpoint.get("global_step"),
         "epoch": checkpoint.get("epoch"),
         "split": opts.split,
-        "metrics": {name: value for name, value in sorted({**evaluator.final, **test}.items())
-                    if name.startswith(("val/", "test/"))},
-        "protocols": evaluator.protocols,
+        "seed": cfg.seed,
+        "image_shape": list(model.hparams.image_shape),
+        "eval_settings": applied,
+        "changed_from_checkpoint": changed,
+        "metrics": dict(sorted((names.get(name, name), value) for name, value in values.items()
+                               if name.startswith(("val/", "test/")))),
+        "protocols": {names[name]: p for name, p in protocols.items()},
+        "names_in_training": {new: old for old, new in names.items() if new != old},
     }
     if seeds > 1:
-        report["sample_seeds"] = sample_seed_spread(per_seed, base_seed)
-    write_report(report, evaluator, Path(cfg.paths.output_dir) / "eval.json")
-    return report["metrics"].get(cfg.monitor)
+        report["sample_seeds"] = sample_seed_spread(per_seed, names)
+    write_report(report, Path(cfg.paths.output_dir) / "eval.json", trained_split)
+    monitor = split_name(cfg.monitor, protocols.get(cfg.monitor), opts.split)
+    return report["metrics"].get(monitor)
 
 
-def sample_seed_spread(evaluators: list[Evaluator], base_seed: int) -> dict[str, dict]:
-    """Per metric: n, mean, std and interval over the sample seeds, with each seed's value."""
+def sample_seed_spread(evaluators: list[Evaluator], names: dict[str, str]) -> dict[str, dict]:
+    """Per metric: n, mean, std and interval over the sample seeds, with each seed's value and sample seed."""
     spread = {}
     for name in evaluators[0].final:
         if not name.startswith("val/"):
             continue
         values = [ev.final[name] for ev in evaluators]
-        spread[name] = {**interval(values).as_dict(), "values": values,
-                        "sample_seeds": [base_seed + i for i in range(len(values))]}
+        seeds = [ev.protocols.get(name, {}).get("sample_seed") for ev in evaluators]
+        spread[names.get(name, name)] = {**interval(values).as_dict(), "values": values,
+                                         "sample_seeds": seeds}
     return spread
 
 
+def kid_definition(protocol: dict) -> str:
+    """What torchmetrics' KID value and its `_std` are, for a reader who places the numbers."""
+    return (f"mean ± std of the unbiased MMD² over {protocol.get('subsets')} random subsets of "
+            f"{protocol.get('subset_size')} images per side, cubic polynomial kernel of the features, in the "
+            "kernel's units; the std is the spread of single-subset estimates (each unbiased, so one can be "
+            "negative), not the error of the mean")
+
+
+def is_kid(name: str, protocol: dict | None) -> bool:
+    return bool(protocol) and protocol.get("metric") == "kid" and not name.endswith("_std")
+
+
 @rank_zero_only
-def write_report(report: dict, evaluator: Evaluator, path: Path) -> None:
+def write_report(report: dict, path: Path, trained_split: str | None = None) -> None:
+    definitions = {name: kid_definition(p) for name, p in report["protocols"].items() if is_kid(name, p)}
+    if definitions:
+        report["definitions"] = definitions
     write_json(path, report)
-    tests = [f"  {name}  {value:.6g}" for name, value in report["metrics"].items() if name.startswith("test/")]
     spread = [f"  {name}  {s['mean']:.6g} ± {s['half_width']:.3g} (std {s['std']:.3g}, n {s['n']} sample seeds, "
               f"{s['confidence']:.0%} Student-t)" for name, s in report.get("sample_seeds", {}).items()]
     if spread:
         log.info("over sample seeds:\n" + "\n".join(spread))
+    width = max(map(len, report["metrics"]), default=0)
+    lines = []
+    for name, value in report["metrics"].items():
+        protocol = report["protocols"].get(name)
+        if name.endswith("_std") and name[:-4] in report["metrics"]:
+            continue  # printed beside its mean
+        if is_kid(name, protocol):
+            std = report["metrics"].get(f"{name}_std", float("nan"))
+            lines.append(f"  {name:<{width}}  {value:.6g} ± {std:.3g} ({kid_definition(protocol)})  "
+                         f"{describe(protocol)}")
+        else:
+            said = describe(protocol) if protocol else ""
+            lines.append(f"  {name:<{width}}  {value:<12.6g}  {said}".rstrip())
     log.info(f"{report['model']} at step {report['step']} ({report['checkpoint']}), real split {report['split']}:\n"
-             + evaluator.describe() + ("\n" + "\n".join(tests) if tests else ""))
+             + "\n".join(lines))
+    if report["changed_from_checkpoint"]:
+        log.info(f"settings other than the checkpoint's: {'; '.join(report['changed_from_checkpoint'])}")
+    real = [p["num_real"] for p in report["protocols"].values()
+            if p and p.get("real_split") == report["split"] and "num_real" in p]
+    if trained_split not in (None, report["split"]) and real:
+        # A newcomer's first question: why the same checkpoint scores worse here than in training.
+        log.info(f"FID here compares the samples with the {report['split']} split's {real[0]} images, training's "
+                 f"with the {trained_split} split: other images, and FID is biased upwards the fewer there are, so "
+                 f"the two differ (eval.split={trained_split} measures as training did).")
     log.info(f"written: {path.resolve()}")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
 
 # Keys that hold a user's path or a list of them; `paths.data_dir` first, so the data configs'
 # `root: ${paths.data_dir}/<name>` follows it and keeps its interpolation.
@@ -33,13 +34,19 @@ def absolute(path: str, base: Path) -> str:
 
 
 def resolve_user_paths(cfg: DictConfig, base: Path | None = None) -> None:
-    """In place: each relative path under `USER_PATHS` (a string, or a list of strings) made absolute against
-    `base` (default: the launch directory). Absent, null and already absolute values, and interpolations that
-    resolve to an absolute path, are left as they are."""
+    """In place: each relative path under `USER_PATHS` and each logger's `save_dir` (a string, or a list of
+    strings) made absolute against `base` (default: the launch directory). Absent, null and already absolute
+    values, interpolations that resolve to an absolute path, and values that do not resolve (the task that
+    reads them says why) are left as they are."""
     base = base or launch_dir()
+    loggers = cfg.get("logger") or {}
+    keys = (*USER_PATHS, *(f"logger.{name}.save_dir" for name in loggers))  # defaults: the run directory
     with open_dict(cfg):
-        for key in USER_PATHS:
-            value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
+        for key in keys:
+            try:
+                value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
+            except OmegaConfBaseException:
+                continue
             if isinstance(value, str) and not os.path.isabs(os.path.expanduser(value)):
                 OmegaConf.update(cfg, key, absolute(value, base), merge=False)
             elif isinstance(value, ListConfig):

@@ -6,8 +6,12 @@ Writes `samples/00000.png ...` (one PNG per sample; names of 5 digits, more when
 sort in order) and `grid.png` of the first samples (at most GRID_MAX) in the run directory. Sample i is number
 i of the model's seeded sample sequence (`sample.seed`), so the same command gives the same images. The samples
 are written as they are drawn, 256 at a time: memory stays flat whatever `sample.n` (50,000 for an external FID
-tool). A class-conditional model draws class i mod C for sample i, so the grid's column c shows class c (or
-`+sample.label=3` for one class only); a GAN trained with an EMA generator samples from the EMA copy.
+tool). A conditional model draws its labels as task=eval does (from the training split's class or cluster
+frequencies, each sample's label seeded by its index), so an external FID of these images measures what gdm's
+FID measures with the same seed (`metrics.fid.seed`); `labels.csv` lists each file's label and the log says
+which distribution was drawn (`+sample.label=3`: one class only). A GAN trained with an EMA generator samples
+from the EMA copy. Model settings typed on the command line that differ from the checkpoint's are refused: the
+model is the checkpoint's, as trained.
 """
 
 from __future__ import annotations
@@ -18,9 +22,10 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from gdm.checkpoints import load_model
+from gdm.checkpoints import check_typed_settings, load_model, read_checkpoint
 from gdm.errors import GdmError
 from gdm.images import grid_uint8, save_png, to_uint8
+from gdm.metrics.sample_quality import sampled_labels
 from gdm.models.capabilities import Samples
 from gdm.tasks.options import read_options, sample_options
 
@@ -39,6 +44,7 @@ def sample(cfg: DictConfig) -> None:
         raise GdmError("task=sample needs ckpt_path=RUN/checkpoints/best.ckpt.")
     opts = cfg.get("sample") or {}
     n, seed, label = read_options(sample_options, "sample", opts).values()
+    check_typed_settings(cfg, read_checkpoint(cfg.ckpt_path), cfg.ckpt_path, "sample")
     model = load_model(cfg.ckpt_path)
     if not isinstance(model, Samples):
         raise GdmError(f"ckpt_path={cfg.ckpt_path} holds a {type(model).__name__}, which translates images rather "
@@ -50,19 +56,29 @@ def sample(cfg: DictConfig) -> None:
         raise GdmError(f"sample.label={label} needs a class-conditional model with that class "
                        f"({'classes 0..' + str(classes - 1) if conditional else 'this one is unconditional'}).")
     out = Path(cfg.paths.output_dir)
-    nrow = classes if conditional and label is None else max(1, round(min(n, GRID_MAX) ** 0.5))
-    shown = min(n, max(nrow, GRID_MAX // nrow * nrow))  # whole rows (conditional: a class per column)
-    grid = []
+    nrow = max(1, round(min(n, GRID_MAX) ** 0.5))
+    shown = min(n, max(nrow, GRID_MAX // nrow * nrow))  # whole rows
+    grid, rows = [], []
     for indices in torch.arange(n).split(256):
-        if conditional:
-            labels = torch.full_like(indices, label) if label is not None else indices % classes
-            images = model.generate(indices, seed=seed, labels=labels).cpu()
-        else:
-            images = model.generate(indices, seed=seed).cpu()
+        labels = None
+        if label is not None:
+            labels = torch.full_like(indices, label)
+        elif conditional:  # as the evaluation draws them (gdm.models.base.latent_labels)
+            labels = model.sample_labels(indices, seed)
+        images = model.generate(indices, seed=seed, labels=labels).cpu()
         for i, image in zip(indices.tolist(), to_uint8(images)):
             save_png(image, out / "samples" / sample_file_name(i, n))
+        if labels is not None:
+            rows += [f"{sample_file_name(i, n)},{int(c)}" for i, c in zip(indices.tolist(), labels.tolist())]
         grid.append(images[:max(0, shown - int(indices[0]))])
     save_png(grid_uint8(torch.cat(grid), nrow=nrow), out / "grid.png")
+    if rows:
+        (out / "labels.csv").write_text("file,label\n" + "\n".join(rows) + "\n")
     ema = " (its EMA generator)" if getattr(model, "generator_ema", None) is not None else ""
-    log.info(f"{n} samples of {type(model).__name__}{ema} in {(out / 'samples').resolve()}; grid: "
+    drawn = ""
+    if conditional:
+        drawn = f"; labels: class {label} only" if label is not None else (
+            f"; labels drawn from the {sampled_labels(model)}, seeded per sample index as task=eval does")
+        drawn += f" ({(out / 'labels.csv').resolve()})"
+    log.info(f"{n} samples of {type(model).__name__}{ema} in {(out / 'samples').resolve()}{drawn}; grid: "
              f"{(out / 'grid.png').resolve()}")

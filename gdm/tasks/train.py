@@ -12,9 +12,9 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from gdm.checkpoints import changed_precision, changed_settings, check_fits
+from gdm.checkpoints import changed_data, changed_precision, changed_settings, check_fits
 from gdm.evaluation.evaluator import Evaluator
-from gdm.loggers import finish_loggers, offline_wandb_dir
+from gdm.loggers import finish_loggers, start_loggers
 from gdm.resume import resume_from
 from gdm.tasks.build import (
     build_callbacks,
@@ -51,10 +51,11 @@ def train(cfg: DictConfig) -> float | None:
     check_gradient_clipping(cfg, model)
     if resume is not None:
         check_fits(model, resume[1], resume[0])
-        changed = changed_settings(model, resume[1])
+        changed = changed_settings(model, resume[1]) + changed_data(cfg, resume[1])
         if changed:  # the restored optimizers and schedulers carry the checkpoint's learning rates and betas
-            log.warning(f"resuming with model settings that differ from the checkpoint's ({'; '.join(changed)}): "
-                        "optimizer and scheduler settings (lr, betas) stay as saved; start a new run to change them.")
+            log.warning(f"resuming with settings that differ from the checkpoint's ({'; '.join(changed)}): the "
+                        "run continues with them, except optimizer and scheduler settings (lr, betas), which "
+                        "stay as saved; start a new run to change those.")
         precision = changed_precision(cfg, resume[1])
         if precision:
             log.warning(f"resuming with another arithmetic ({precision}): the run's steps before and after differ, so "
@@ -68,8 +69,7 @@ def train(cfg: DictConfig) -> float | None:
         trainer = build_trainer(cfg, callbacks, loggers)
         check_run_fits(cfg, datamodule, trainer)
         check_evaluation(cfg, evaluator, model, datamodule)
-        for logger in loggers:
-            logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        start_loggers(loggers, OmegaConf.to_container(cfg, resolve=True))
         trainer.fit(model, datamodule=datamodule, ckpt_path=str(resume[0]) if resume else None)
         evaluator.finish(trainer, model, datamodule)
         if test_after_fit and is_overridden("test_step", model) and not trainer.interrupted:
@@ -80,20 +80,19 @@ def train(cfg: DictConfig) -> float | None:
         status = "preempted"
         raise
     finally:
-        finish_loggers(loggers, status)
+        offline = finish_loggers(loggers, status)
 
-    report(evaluator, run_dir, loggers)
+    report(evaluator, run_dir, offline)
     return evaluator.best["value"] if evaluator.best else None
 
 
 @rank_zero_only
-def report(evaluator: Evaluator, run_dir: Path, loggers: list) -> None:
+def report(evaluator: Evaluator, run_dir: Path, offline_wandb: str | None) -> None:
     final, best = evaluator.final, evaluator.best
     if evaluator.monitor in final:
         log.info(f"final {evaluator.monitor} = {final[evaluator.monitor]:.4f} (step {final['step']})")
     if best:
         log.info(f"best  {best['metric']} = {best['value']:.4f} (step {best['step']}, epoch {best['epoch']})")
     log.info(f"run directory: {run_dir.resolve()}")
-    offline = offline_wandb_dir(loggers)
-    if offline:
-        log.info(f"W&B offline: {offline} (upload: wandb sync <that dir>)")
+    if offline_wandb:
+        log.info(f"W&B offline: {offline_wandb} (upload: wandb sync <that dir>)")

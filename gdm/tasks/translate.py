@@ -29,7 +29,7 @@ from PIL import Image
 from torchvision.transforms import v2
 from torchvision.transforms.functional import pil_to_tensor
 
-from gdm.checkpoints import load_model, read_checkpoint
+from gdm.checkpoints import check_typed_settings, load_model, read_checkpoint
 from gdm.data.image_files import WHITE, find_images, open_image, verify_images
 from gdm.errors import GdmError
 from gdm.images import to_uint8
@@ -71,7 +71,7 @@ def translated_size(path: Path, load_size: int | None) -> tuple[int, int]:
 def check_memory(model, files: list[Path], direction: str, load_size: int | None) -> None:
     """Raise GdmError, before anything is written, if the largest input's translation needs more memory than the
     model's device has available; log a warning if it needs more than half of it (the activations are a lower
-    bound: a pass takes up to 1.7x that on the CPU, experiments/README)."""
+    bound: a pass takes more, experiments/translate_memory.md)."""
     multiple, channels = model.size_multiple, model.hparams.image_shape[0]
     side = multiple * -(-64 // multiple)  # small probes, multiples of the generator's size_multiple
     mode = "L" if channels == 1 else "RGB"
@@ -106,6 +106,9 @@ def translate(cfg: DictConfig) -> None:
     load_size = read_options(translate_options, "translate", opts)["load_size"]
     if opts.direction is not None and opts.direction not in DIRECTIONS:
         raise GdmError(f"translate.direction={opts.direction} is not a direction; choose AtoB or BtoA.")
+    check_typed_settings(cfg, read_checkpoint(cfg.ckpt_path), cfg.ckpt_path, "translate",
+                         hint=" (translate.direction picks a CycleGAN's direction, translate.load_size the "
+                              "size)")
     # Built on the CPU and then moved: map_location alone would leave the model's weights on the CPU.
     model = load_model(cfg.ckpt_path).to("cuda" if torch.cuda.is_available() else "cpu")
     if not isinstance(model, Translates):

@@ -1,65 +1,35 @@
-"""Hydra multirun (`python run.py -m ...`): what ties a sweep's jobs together.
+"""The end of a Hydra multirun (`python run.py -m ...`): a summary of its jobs. (Which job a run is:
+`gdm.multirun`.)
 
-- `sweep_identity()`: inside a multirun job, the W&B group (the sweep directory, e.g.
-  `multirun/2026-11-24/10-00-00`) and run name (the job's own overrides, e.g. `model.loss=hinge,seed=2`),
-  so the dashboard groups a sweep's runs and names each by what it changed.
 - `SweepSummary`: a Hydra callback that, when the sweep ends, collects every job's overrides, status and
   best monitored value (and the id of the protocol it was measured with) from its `summary.json` into
   `sweep_summary.csv` in the sweep directory, prints them as a table, and warns when jobs measured their
   values with different protocols (e.g. `metrics.fid.num_samples` swept): those are not comparable. A sweep
   goes on past a failed job, but exits with status 1 when any job did not finish.
-  It also groups the jobs by configuration (every override but the seed, `gdm.compare.runs.configuration`)
+  It also groups the jobs by configuration (every override but the seed, `gdm.multirun.configuration`)
   and writes, per metric, n, mean, std and the Student-t 95% interval over the seeds into `sweep_groups.csv`
   and `sweep_groups.md`, prints them, and logs them as a W&B table when the sweep logs to W&B.
-- `configuration_tag()`: the W&B tag shared by the runs of one configuration across seeds and sweeps.
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import logging
 from pathlib import Path
 from typing import Any
 
-from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
-from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from gdm.compare.runs import configuration, read_run
+from gdm.compare.runs import independent_runs, read_run
 from gdm.compare.stats import CONFIDENCE
 from gdm.compare.tables import flat_rows, fmt, labels, metric_tables
 from gdm.evaluation.protocol import SAMPLING_FIELDS, differences
+from gdm.loggers import log_comparison
 
 log = logging.getLogger(__name__)
 DONE = ("finished", "pruned")  # job statuses that count as success for the sweep's exit status
-
-
-def sweep_identity() -> tuple[str, str] | None:
-    """(group, name) for the W&B run of a multirun job; None outside a multirun."""
-    if not HydraConfig.initialized():
-        return None
-    hydra = HydraConfig.get()
-    if hydra.mode != RunMode.MULTIRUN:
-        return None
-    sweep_dir = Path(hydra.sweep.dir)
-    # e.g. multirun/2026-11-24/10-00-00 for the default sweep dir: unique and readable
-    group = "/".join([p for p in sweep_dir.parts if p != sweep_dir.anchor][-3:])
-    name = ",".join(hydra.overrides.task) or f"job{hydra.job.num}"
-    return group, name
-
-
-def configuration_tag() -> str | None:
-    """'config:<overrides but the seed>' for a multirun job (W&B tags hold at most 64 characters: a longer
-    one ends in a hash of the whole), None outside a multirun."""
-    if sweep_identity() is None:
-        return None
-    tag = f"config:{configuration(list(HydraConfig.get().overrides.task))}"
-    if len(tag) <= 64:
-        return tag
-    return tag[:55] + "~" + hashlib.sha256(tag.encode()).hexdigest()[:8]
 
 
 def job_rows(sweep_dir: Path) -> list[dict[str, Any]]:
@@ -134,9 +104,7 @@ class SweepSummary(Callback):
 
     @staticmethod
     def write_groups(config: DictConfig, sweep_dir: Path, job_dirs: list[Path]) -> None:
-        from gdm.loggers import log_comparison  # gdm.loggers imports this module
-
-        runs = [read_run(job) for job in job_dirs]
+        runs, repeats = independent_runs([read_run(job) for job in job_dirs])  # e.g. `-m seed=1,1`: one sample
         tables, mismatches = metric_tables(runs)
         rows = flat_rows(tables)
         if not rows:
@@ -145,7 +113,7 @@ class SweepSummary(Callback):
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
-        markdown = group_markdown(tables, mismatches, [r for r in runs if not r.finished])
+        markdown = group_markdown(tables, mismatches, [r for r in runs if not r.finished], repeats)
         (sweep_dir / "sweep_groups.md").write_text(markdown)
         log.info("sweep summary by configuration (%s):\n%s", sweep_dir / "sweep_groups.md", markdown)
         wandb = OmegaConf.select(config, "logger.wandb")
@@ -155,9 +123,9 @@ class SweepSummary(Callback):
                            mode=wandb.get("mode", "auto"), group=group, key="logger.wandb.mode")
 
 
-def group_markdown(tables: list, mismatches: list[str], unfinished: list) -> str:
+def group_markdown(tables: list, mismatches: list[str], unfinished: list, repeats: list[str] = ()) -> str:
     """Per metric, one row per configuration (without the overrides all jobs share): n seeds, mean, std and
-    the interval over the seeds."""
+    the interval over the seeds; `repeats`: sentences on the jobs counted once (gdm.compare.runs.independent_runs)."""
     c = f"{CONFIDENCE:.0%}"
     common = labels([row_run for t in tables for row in t.rows for row_run in row.runs])[1]
     lines = [f"Mean over training seeds, std (ddof = 1) and {c} Student-t confidence interval (scipy.stats.t)"
@@ -169,6 +137,8 @@ def group_markdown(tables: list, mismatches: list[str], unfinished: list) -> str
             lines.append(f"| {t.metric} | {row.label} | {s.n} | {fmt(s.mean)} | {fmt(s.std)} | "
                          f"[{fmt(s.low)}, {fmt(s.high)}] |")
     lines += [f"\n{m}" for m in mismatches]
+    if repeats:
+        lines += ["", "Counted once: " + " ".join(repeats)]
     if unfinished:
         lines += ["", "Not finished, left out: " + ", ".join(f"job {r.dir.name} ({r.status})" for r in unfinished)]
     return "\n".join(lines) + "\n"
