@@ -53,7 +53,8 @@ HeldOut = Annotated[float, Strict(), Field(ge=0, lt=1, allow_inf_nan=False,
                                            description="the share of the images held out")]
 ImageSide = Annotated[int, Strict(), Field(ge=1, description="pixels of each side")]
 LoadSide = Annotated[int, Strict(), Field(ge=1, description="pixels of the short side before the crop")]
-BatchSize = Annotated[int, Strict(), Field(ge=1, description="images per batch")]
+BatchSize = Annotated[int, Strict(), Field(
+    ge=1, description="images per batch; 64 in DCGAN, 1 in CycleGAN")]
 Workers = Annotated[int, Strict(), Field(
     ge=0, description="DataLoader worker processes; 0: the main process")]
 Epochs = Annotated[int, Strict(), Field(ge=0)]

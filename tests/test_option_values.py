@@ -52,7 +52,7 @@ CASES = [
                                    "set one of ngf,"),
     # data
     (["data.image_size=abc"], "data.image_size='abc' must be an integer >= 1 (pixels of each side)."),
-    (["data.batch_size=2.5"], "data.batch_size=2.5 must be an integer >= 1 (images per batch)."),
+    (["data.batch_size=2.5"], "data.batch_size=2.5 must be an integer >= 1 (images per batch"),
     (["data.num_workers=-1"], "data.num_workers=-1 must be an integer >= 0"),
     (["data.val_fraction=-0.1", "model.clusters=null"],
      "data.val_fraction=-0.1 must be a number >= 0 and < 1"),
@@ -71,8 +71,8 @@ CASES = [
     ([FOLDER, "data.channels=2"], "data.channels=2 must be one of 1, 3 (1: greyscale, 3: RGB)."),
     ([FOLDER, "data.channels=true"], "data.channels=true must be one of 1, 3"),
     # the GAN and its nets, losses, augmentations and clusters
-    (["model.lr_g=-1"], "model.lr_g=-1 must be a number > 0 (a learning rate)."),
-    (["model.lr_g=fast"], "model.lr_g='fast' must be a number > 0 (a learning rate)."),
+    (["model.lr_g=-1"], "model.lr_g=-1 must be a number > 0 (a learning rate"),
+    (["model.lr_g=fast"], "model.lr_g='fast' must be a number > 0 (a learning rate"),
     (["model.lr_g=inf"], "model.lr_g=inf must be a number > 0"),
     (["model.lr_d=0"], "model.lr_d=0 must be a number > 0"),
     (["model.betas=[0.5,1.5]"], "model.betas[1]=1.5 must be a number >= 0 and < 1"),

@@ -64,8 +64,8 @@ class GAN(AdversarialModule, Samples):
         loss: str = "vanilla",
         n_critic: Annotated[Count, Field(
             description="discriminator updates per generator update; 5 in WGAN-GP")] = 1,
-        lr_g: LearningRate = 2e-4,
-        lr_d: LearningRate = 2e-4,
+        lr_g: Annotated[LearningRate, Field(description="a learning rate, G's Adam; DCGAN's 2e-4")] = 2e-4,
+        lr_d: Annotated[LearningRate, Field(description="a learning rate, D's Adam; DCGAN's 2e-4")] = 2e-4,
         betas: AdamBetas = (0.5, 0.999),
         gp_weight: Annotated[LossWeight | None, Field(
             description="gradient-penalty weight; null: the loss's own, 10 for wgan-gp as in Gulrajani et al.")] = None,

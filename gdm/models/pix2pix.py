@@ -77,7 +77,8 @@ class Pix2Pix(AdversarialModule, Translates):
             description="which image of a pair is the input")] = "AtoB",
         loss: str = "vanilla",
         lambda_l1: Annotated[LossWeight, Field(description="the L1 loss weight; 100 in the paper")] = 100.0,
-        lr: LearningRate = 2e-4,
+        lr: Annotated[LearningRate, Field(
+            description="a learning rate, of both Adams; pix2pix's 2e-4")] = 2e-4,
         betas: AdamBetas = (0.5, 0.999),
         n_epochs: EpochsAtLr = 100,
         n_epochs_decay: EpochsDecay = 100,

@@ -68,8 +68,8 @@ def targets(path: str, node) -> Iterator[tuple[str, DictConfig]]:
     if isinstance(node, DictConfig):
         if "_target_" in node:
             yield path, node
-        for key in node:
-            if isinstance(node._get_node(key), DictConfig):
+        for key, value in OmegaConf.to_container(node, resolve=False).items():  # unresolved: `???` stays
+            if isinstance(value, dict):
                 yield from targets(key_of(path, str(key)), node[key])
 
 
@@ -160,8 +160,9 @@ def phrase(annotation, inherited: tuple = ()) -> str:
         return names[0] if len(names) == 1 else "one of " + ", ".join(names)
     if origin is tuple and args and args[-1] is not Ellipsis:
         each = {phrase(a) for a in args}
-        return f"a list of {len(args)} values, each {each.pop()}" if len(each) == 1 else \
-            f"a list of {len(args)} values ({'; '.join(phrase(a) for a in args)})"
+        if len(each) == 1:
+            return f"a list of {len(args)} values, each {each.pop()}"
+        return f"a list of {len(args)} values ({'; '.join(phrase(a) for a in args)})"
     if origin in (tuple, list, Sequence, typing.Sequence) and args:
         return f"a list of values, each {phrase(args[0])}"
     words = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(base)
@@ -175,9 +176,8 @@ def element(annotation, indices: list[int]):
     for index in indices:
         base, _ = split_annotated(annotation)
         args = [a for a in typing.get_args(base) if a is not type(None)]
-        if typing.get_origin(base) in (typing.Union, types.UnionType) and len(args) == 1:
-            base = args[0]
-            base, _ = split_annotated(base)
+        if typing.get_origin(base) in (typing.Union, types.UnionType) and len(args) == 1:  # X | None: X
+            base, _ = split_annotated(args[0])
             args = list(typing.get_args(base))
         if not args:
             return annotation
