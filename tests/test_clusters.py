@@ -78,7 +78,7 @@ def test_fewer_distinct_images_than_clusters_is_refused_not_trained_as_empty_clu
         PixelClusters(8, (1, 16, 16)).fit(copies)
     assert str(refused.value) == ("clusters=8 needs at least 8 distinct training images (as k-means compares "
                                   "them, at 8 px), and the training split has 12 training images, 3 of them "
-                                  "distinct: set clusters to at most 3, or add images.")
+                                  "distinct: set clusters=3 or fewer, or add images.")
     assert PixelClusters(3, (1, 16, 16)).fit(copies).tolist() == [4, 4, 4]  # as many clusters as pictures: none empty
 
 

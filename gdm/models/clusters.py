@@ -94,7 +94,7 @@ class PixelClusters(nn.Module):
         empty = int((counts == 0).sum())
         if empty:
             raise GdmError(f"clusters={self.k}: {empty} of the k-means clusters hold no training image, so their "
-                           f"samples would follow no data: set clusters to at most {self.k - empty}.")
+                           f"samples would follow no data: set clusters={self.k - empty} or fewer.")
         return counts
 
     @torch.no_grad()

@@ -91,6 +91,26 @@ class GAN(AdversarialModule, Samples):
         self.adversarial = get_loss(loss)
         self.gp_weight = self.adversarial.gradient_penalty_weight if gp_weight is None else gp_weight
         self.latent_dim, self.n_critic, self.r1_gamma = latent_dim, n_critic, r1_gamma
+        num_classes = self.set_conditioning(conditional, clusters, num_classes, image_shape)
+        classes = {"num_classes": num_classes} if self.conditional else {}
+        self.generator = generator(image_shape=image_shape, latent_dim=latent_dim, **classes)
+        self.discriminator = discriminator(image_shape=image_shape, **classes)
+        # Training-split class frequencies (`set_class_frequencies`): the labels of class-balanced samples.
+        self.register_buffer("class_probs", torch.full((num_classes or 1,), 1.0 / (num_classes or 1)))
+        self.check_penalty(loss)
+        self.lecam_weight = lecam_weight
+        self.lecam = LeCam(lecam_decay) if lecam_weight > 0 else None  # its moving averages: in the state dict
+        # The EMA copy of G lives in the state dict, so checkpoints keep it.
+        self.generator_ema = EMA(self.generator, ema_decay) if ema_decay else None
+        # What D sees of real and generated images during training (gdm.augment), None = the images.
+        self.augment = build_augment(augment, augment_policy, ada_target, ada_interval, ada_kimg)
+        self.set_memory_format(channels_last)
+
+    def set_conditioning(self, conditional: bool, clusters: object, num_classes: int | None,
+                         image_shape: tuple[int, int, int]) -> int | None:
+        """Labels from the data (`conditional`), from k-means clusters of the training images (`clusters`), or
+        none; returns the number of classes G and D are conditioned on. Raises GdmError for both, or for labels
+        the data lacks."""
         if conditional and clusters is not None:
             raise GdmError(f"conditional=true (the data's labels) and clusters={clusters} (k-means "
                            "clusters as labels) exclude each other: set clusters=null, or model=gan.")
@@ -100,27 +120,16 @@ class GAN(AdversarialModule, Samples):
         # Self-conditioning (gdm.models.clusters): the labels are the real images' k-means clusters.
         self.clusters = PixelClusters(clusters, image_shape) if clusters is not None else None
         self.conditional = conditional or self.clusters is not None
-        if self.clusters is not None:
-            num_classes = clusters
-        classes = {"num_classes": num_classes} if self.conditional else {}
         self.requires = frozenset({"image", "label"} if conditional else {"image"})
-        self.generator = generator(image_shape=image_shape, latent_dim=latent_dim, **classes)
-        self.discriminator = discriminator(image_shape=image_shape, **classes)
-        # Training-split class frequencies (`set_class_frequencies`): the labels of class-balanced samples.
-        self.register_buffer("class_probs", torch.full((num_classes or 1,), 1.0 / (num_classes or 1)))
-        penalty = f"loss={loss}" if self.gp_weight > 0 else f"r1_gamma={r1_gamma}" if r1_gamma > 0 else None
+        return clusters if self.clusters is not None else num_classes
+
+    def check_penalty(self, loss: str) -> None:
+        """A per-sample gradient penalty (WGAN-GP's, R1) is wrong with batch norm in D: GdmError."""
+        penalty = f"loss={loss}" if self.gp_weight > 0 else f"r1_gamma={self.r1_gamma}" if self.r1_gamma > 0 \
+            else None
         if penalty and any(isinstance(m, nn.BatchNorm2d) for m in self.discriminator.modules()):
-            raise GdmError(
-                f"{penalty} uses a per-sample gradient penalty, which batch norm in the discriminator "
-                "breaks: set norm=layer (or none) in the discriminator."
-            )
-        self.lecam_weight = lecam_weight
-        self.lecam = LeCam(lecam_decay) if lecam_weight > 0 else None  # its moving averages: in the state dict
-        # The EMA copy of G lives in the state dict, so checkpoints keep it.
-        self.generator_ema = EMA(self.generator, ema_decay) if ema_decay else None
-        # What D sees of real and generated images during training (gdm.augment), None = the images.
-        self.augment = build_augment(augment, augment_policy, ada_target, ada_interval, ada_kimg)
-        self.set_memory_format(channels_last)
+            raise GdmError(f"{penalty} uses a per-sample gradient penalty, which batch norm in the discriminator "
+                           "breaks: set norm=layer (or none) in the discriminator.")
 
     # ---- training -------------------------------------------------------------------------
 
