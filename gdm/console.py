@@ -86,6 +86,11 @@ class EpochLines(ProgressBar):
         super().__init__()
         self.enabled = True
         self.epoch_start = time.time()
+        self.batches = 0
+
+    @property
+    def is_enabled(self) -> bool:  # LightningModule.print writes through an enabled bar
+        return self.enabled
 
     def disable(self) -> None:
         self.enabled = False
@@ -94,7 +99,10 @@ class EpochLines(ProgressBar):
         self.enabled = True
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.epoch_start = time.time()
+        self.epoch_start, self.batches = time.time(), 0
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
+        self.batches += 1
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.enabled or trainer.global_rank != 0:
@@ -102,6 +110,5 @@ class EpochLines(ProgressBar):
         values = {k: v for k, v in self.get_metrics(trainer, pl_module).items() if k != "v_num"}
         shown = " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items())
         total = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
-        batches = trainer.fit_loop.epoch_loop.batch_progress.current.completed
-        log.info(f"epoch {trainer.current_epoch + 1}{total}: {batches} batches in "
+        log.info(f"epoch {trainer.current_epoch + 1}{total}: {self.batches} batches in "
                  f"{time.time() - self.epoch_start:.1f} s{', ' + shown if shown else ''}")

@@ -41,7 +41,7 @@ NonNegativeInt = Annotated[int, Strict(), Field(ge=0)]
 Number = Annotated[float, Strict(), Field(allow_inf_nan=False)]
 
 Seed = Annotated[int, Strict(), Field(ge=0, le=2**32 - 1, description="a seed NumPy and torch accept")]
-SplitSeed = Annotated[int, Strict(), Field(ge=0, description="the seed of the fixed train / val / test split")]
+SplitSeed = Annotated[int, Strict(), Field(ge=0, description="seed of the fixed train / val / test split")]
 LearningRate = Annotated[float, Strict(), Field(gt=0, allow_inf_nan=False, description="a learning rate")]
 LossWeight = Annotated[float, Strict(), Field(ge=0, allow_inf_nan=False, description="a loss weight; 0: off")]
 Probability = Annotated[float, Strict(), Field(gt=0, lt=1, allow_inf_nan=False)]
@@ -53,8 +53,10 @@ HeldOut = Annotated[float, Strict(), Field(ge=0, lt=1, allow_inf_nan=False,
                                            description="the share of the images held out")]
 ImageSide = Annotated[int, Strict(), Field(ge=1, description="pixels of each side")]
 LoadSide = Annotated[int, Strict(), Field(ge=1, description="pixels of the short side before the crop")]
-BatchSize = Annotated[int, Strict(), Field(ge=1, description="images per batch")]
-Workers = Annotated[int, Strict(), Field(ge=0, description="DataLoader worker processes; 0: in the main process")]
+BatchSize = Annotated[int, Strict(), Field(
+    ge=1, description="images per batch; 64 in DCGAN, 1 in CycleGAN")]
+Workers = Annotated[int, Strict(), Field(
+    ge=0, description="DataLoader worker processes; 0: the main process")]
 Epochs = Annotated[int, Strict(), Field(ge=0)]
 Channel = Annotated[int, Strict(), Field(ge=0, le=255)]
 RGB = Annotated[tuple[Channel, Channel, Channel], Field(
@@ -67,6 +69,7 @@ ChannelsLast = Annotated[Annotated[bool, Strict()] | Literal["auto"], Field(
     description="true: NHWC; false: NCHW; auto: NHWC on CUDA, and on the CPU where it measured faster")]
 GradClip = Annotated[float | None, Field(gt=0, strict=True, allow_inf_nan=False, description=(
     "the largest L2 norm of each optimizer's gradients; null: no clipping"))]
-EpochsAtLr = Annotated[Epochs, Field(description="epochs at the initial learning rate; 100 in CycleGAN and pix2pix")]
+EpochsAtLr = Annotated[Epochs, Field(
+    description="epochs at the initial learning rate; 100 in CycleGAN, pix2pix")]
 EpochsDecay = Annotated[Epochs, Field(description="epochs of linear decay to 0; 100 in CycleGAN and pix2pix")]
 Visuals = Annotated[Count, Field(description="images in the logged grid")]

@@ -78,7 +78,7 @@ def test_fewer_distinct_images_than_clusters_is_refused_not_trained_as_empty_clu
         PixelClusters(8, (1, 16, 16)).fit(copies)
     assert str(refused.value) == ("clusters=8 needs at least 8 distinct training images (as k-means compares "
                                   "them, at 8 px), and the training split has 12 training images, 3 of them "
-                                  "distinct: set clusters to at most 3, or add images.")
+                                  "distinct: set clusters=3 or fewer, or add images.")
     assert PixelClusters(3, (1, 16, 16)).fit(copies).tolist() == [4, 4, 4]  # as many clusters as pictures: none empty
 
 
@@ -119,7 +119,7 @@ def test_a_clustered_gan_is_conditional_on_its_clusters_without_labels():
 
 
 def test_labels_and_clusters_exclude_each_other():
-    with pytest.raises(GdmError, match="model.conditional=true .* and model.clusters=3 .* exclude each other"):
+    with pytest.raises(GdmError, match="conditional=true .* and clusters=3 .* exclude each other"):
         make_clustered_gan(3, conditional=True, num_classes=10)
 
 

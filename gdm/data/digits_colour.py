@@ -8,7 +8,7 @@ B image is a rendering of any A image: the pairs are truly unpaired.
   colour inverted and the background the patch itself. The patches are darkened first
   (x `patch_brightness`, 0.4 by default), so strokes are always lighter than their background: with
   MNIST-M's full-range patches a third of the 32 px digits are dark strokes on bright patches, which
-  CycleGAN, measured here, turned into grey blobs instead of digits (B -> A kept 62% of the labels).
+  CycleGAN turned into grey blobs instead of digits (experiments/cyclegan.md).
 Each domain has its own train and test images (`test_fraction` of its half) and keeps its digit
 labels (`label_a`, `label_b`), which measure whether a translation preserves the digit.
 """

@@ -67,7 +67,8 @@ class CycleGAN(AdversarialModule, Translates):
             description="identity weight relative to the cycle weights; 0.5 in the reference code, 0: off")] = 0.5,
         pool_size: Annotated[NonNegativeInt, Field(
             description="past fakes the discriminators train on; 50 in the paper, 0: no pool")] = 50,
-        lr: LearningRate = 2e-4,
+        lr: Annotated[LearningRate, Field(
+            description="a learning rate, of both Adams; CycleGAN's 2e-4")] = 2e-4,
         betas: AdamBetas = (0.5, 0.999),
         n_epochs: EpochsAtLr = 100,
         n_epochs_decay: EpochsDecay = 100,

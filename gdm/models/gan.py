@@ -4,7 +4,7 @@ With `conditional=True` it is a class-conditional GAN: G and D take the labels, 
 are generated for the labels of the real batch, and samples for metrics draw their labels from the
 training split's class frequencies (class-balanced FID), unless labels are given. With `clusters=k` it
 conditions on k-means clusters of the training images instead of labels (gdm.models.clusters): the default
-run's recipe on the digits (20 clusters), where it measured a mean FID of 22.0 against 58.5 unconditional.
+run's recipe on the digits (20 clusters; the study: experiments/small_data_gans.md).
 
 Each training batch makes one discriminator update, and every `n_critic`-th batch also one
 generator update. Lightning's `global_step` counts optimizer steps, so a batch with both updates
@@ -46,7 +46,7 @@ NetFactory = Callable[..., nn.Module]
 
 class GAN(AdversarialModule, Samples):
     generators, discriminators = ("generator",), ("discriminator",)
-    channels_last_on_cpu = True  # DCGAN nets on the CPU: NHWC 1.10-1.16x NCHW (experiments/README.md)
+    channels_last_on_cpu = True  # DCGAN nets on the CPU: NHWC measured faster (experiments/speed.md)
     optional_state = ("lecam.",)  # LeCam's moving averages: switching it on or off on resume starts / drops them
 
     # Options with a type here are checked here; `clusters`, `augment_policy`, `ada_*` and `lecam_decay` by the
@@ -62,8 +62,8 @@ class GAN(AdversarialModule, Samples):
         loss: str = "vanilla",
         n_critic: Annotated[Count, Field(
             description="discriminator updates per generator update; 5 in WGAN-GP")] = 1,
-        lr_g: LearningRate = 2e-4,
-        lr_d: LearningRate = 2e-4,
+        lr_g: Annotated[LearningRate, Field(description="a learning rate, G's Adam; DCGAN's 2e-4")] = 2e-4,
+        lr_d: Annotated[LearningRate, Field(description="a learning rate, D's Adam; DCGAN's 2e-4")] = 2e-4,
         betas: AdamBetas = (0.5, 0.999),
         gp_weight: Annotated[LossWeight | None, Field(
             description="gradient-penalty weight; null: the loss's own, 10 for wgan-gp as in Gulrajani et al.")] = None,
@@ -89,6 +89,26 @@ class GAN(AdversarialModule, Samples):
         self.adversarial = get_loss(loss)
         self.gp_weight = self.adversarial.gradient_penalty_weight if gp_weight is None else gp_weight
         self.latent_dim, self.n_critic, self.r1_gamma = latent_dim, n_critic, r1_gamma
+        num_classes = self.set_conditioning(conditional, clusters, num_classes, image_shape)
+        classes = {"num_classes": num_classes} if self.conditional else {}
+        self.generator = generator(image_shape=image_shape, latent_dim=latent_dim, **classes)
+        self.discriminator = discriminator(image_shape=image_shape, **classes)
+        # Training-split class frequencies (`set_class_frequencies`): the labels of class-balanced samples.
+        self.register_buffer("class_probs", torch.full((num_classes or 1,), 1.0 / (num_classes or 1)))
+        self.check_penalty(loss)
+        self.lecam_weight = lecam_weight
+        self.lecam = LeCam(lecam_decay) if lecam_weight > 0 else None  # its moving averages: in the state dict
+        # The EMA copy of G lives in the state dict, so checkpoints keep it.
+        self.generator_ema = EMA(self.generator, ema_decay) if ema_decay else None
+        # What D sees of real and generated images during training (gdm.augment), None = the images.
+        self.augment = build_augment(augment, augment_policy, ada_target, ada_interval, ada_kimg)
+        self.set_memory_format(channels_last)
+
+    def set_conditioning(self, conditional: bool, clusters: object, num_classes: int | None,
+                         image_shape: tuple[int, int, int]) -> int | None:
+        """Labels from the data (`conditional`), from k-means clusters of the training images (`clusters`), or
+        none; returns the number of classes G and D are conditioned on. Raises GdmError for both, or for labels
+        the data lacks."""
         if conditional and clusters is not None:
             raise GdmError(f"conditional=true (the data's labels) and clusters={clusters} (k-means "
                            "clusters as labels) exclude each other: set clusters=null, or model=gan.")
@@ -98,27 +118,16 @@ class GAN(AdversarialModule, Samples):
         # Self-conditioning (gdm.models.clusters): the labels are the real images' k-means clusters.
         self.clusters = PixelClusters(clusters, image_shape) if clusters is not None else None
         self.conditional = conditional or self.clusters is not None
-        if self.clusters is not None:
-            num_classes = clusters
-        classes = {"num_classes": num_classes} if self.conditional else {}
         self.requires = frozenset({"image", "label"} if conditional else {"image"})
-        self.generator = generator(image_shape=image_shape, latent_dim=latent_dim, **classes)
-        self.discriminator = discriminator(image_shape=image_shape, **classes)
-        # Training-split class frequencies (`set_class_frequencies`): the labels of class-balanced samples.
-        self.register_buffer("class_probs", torch.full((num_classes or 1,), 1.0 / (num_classes or 1)))
-        penalty = f"loss={loss}" if self.gp_weight > 0 else f"r1_gamma={r1_gamma}" if r1_gamma > 0 else None
+        return clusters if self.clusters is not None else num_classes
+
+    def check_penalty(self, loss: str) -> None:
+        """A per-sample gradient penalty (WGAN-GP's, R1) is wrong with batch norm in D: GdmError."""
+        penalty = f"loss={loss}" if self.gp_weight > 0 else f"r1_gamma={self.r1_gamma}" if self.r1_gamma > 0 \
+            else None
         if penalty and any(isinstance(m, nn.BatchNorm2d) for m in self.discriminator.modules()):
-            raise GdmError(
-                f"{penalty} uses a per-sample gradient penalty, which batch norm in the discriminator "
-                "breaks: set norm=layer (or none) in the discriminator."
-            )
-        self.lecam_weight = lecam_weight
-        self.lecam = LeCam(lecam_decay) if lecam_weight > 0 else None  # its moving averages: in the state dict
-        # The EMA copy of G lives in the state dict, so checkpoints keep it.
-        self.generator_ema = EMA(self.generator, ema_decay) if ema_decay else None
-        # What D sees of real and generated images during training (gdm.augment), None = the images.
-        self.augment = build_augment(augment, augment_policy, ada_target, ada_interval, ada_kimg)
-        self.set_memory_format(channels_last)
+            raise GdmError(f"{penalty} uses a per-sample gradient penalty, which batch norm in the discriminator "
+                           "breaks: set norm=layer (or none) in the discriminator.")
 
     # ---- training -------------------------------------------------------------------------
 

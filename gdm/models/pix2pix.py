@@ -49,7 +49,7 @@ NetFactory = Callable[..., nn.Module]
 def seed_dropout(device: torch.device, seed: int) -> None:
     """Seed the generator that dropout on `device` draws from, and only that one. torch.manual_seed would
     seed every device's, and while CUDA is not initialized (CPU runs) it records a stack trace for the
-    deferred CUDA seeding on each call: ~7 ms, more than the forward of a small image (paper inference
+    deferred CUDA seeding on each call, which costs more than the forward of a small image (paper inference
     seeds once per image)."""
     if device.type == "cpu":
         torch.default_generator.manual_seed(seed)
@@ -76,7 +76,8 @@ class Pix2Pix(AdversarialModule, Translates):
             description="which image of a pair is the input")] = "AtoB",
         loss: str = "vanilla",
         lambda_l1: Annotated[LossWeight, Field(description="the L1 loss weight; 100 in the paper")] = 100.0,
-        lr: LearningRate = 2e-4,
+        lr: Annotated[LearningRate, Field(
+            description="a learning rate, of both Adams; pix2pix's 2e-4")] = 2e-4,
         betas: AdamBetas = (0.5, 0.999),
         n_epochs: EpochsAtLr = 100,
         n_epochs_decay: EpochsDecay = 100,

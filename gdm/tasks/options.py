@@ -68,8 +68,8 @@ def targets(path: str, node) -> Iterator[tuple[str, DictConfig]]:
     if isinstance(node, DictConfig):
         if "_target_" in node:
             yield path, node
-        for key in node:
-            if isinstance(node._get_node(key), DictConfig):
+        for key, value in OmegaConf.to_container(node, resolve=False).items():  # unresolved: `???` stays
+            if isinstance(value, dict):
                 yield from targets(key_of(path, str(key)), node[key])
 
 
@@ -160,8 +160,9 @@ def phrase(annotation, inherited: tuple = ()) -> str:
         return names[0] if len(names) == 1 else "one of " + ", ".join(names)
     if origin is tuple and args and args[-1] is not Ellipsis:
         each = {phrase(a) for a in args}
-        return f"a list of {len(args)} values, each {each.pop()}" if len(each) == 1 else \
-            f"a list of {len(args)} values ({'; '.join(phrase(a) for a in args)})"
+        if len(each) == 1:
+            return f"a list of {len(args)} values, each {each.pop()}"
+        return f"a list of {len(args)} values ({'; '.join(phrase(a) for a in args)})"
     if origin in (tuple, list, Sequence, typing.Sequence) and args:
         return f"a list of values, each {phrase(args[0])}"
     words = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(base)
@@ -175,9 +176,8 @@ def element(annotation, indices: list[int]):
     for index in indices:
         base, _ = split_annotated(annotation)
         args = [a for a in typing.get_args(base) if a is not type(None)]
-        if typing.get_origin(base) in (typing.Union, types.UnionType) and len(args) == 1:
-            base = args[0]
-            base, _ = split_annotated(base)
+        if typing.get_origin(base) in (typing.Union, types.UnionType) and len(args) == 1:  # X | None: X
+            base, _ = split_annotated(args[0])
             args = list(typing.get_args(base))
         if not args:
             return annotation
@@ -204,6 +204,10 @@ def validation_sentence(err: ValidationError, path: str, node: DictConfig | None
     key = typed_key(path, node, name) if in_config else key_of(path, name)
     key += "".join(f"[{i}]" for i in indices)
     annotation = annotation_of(function, name) if function is not None else None
+    if first["type"] == "unexpected_keyword_argument" and isinstance(node, DictConfig):
+        known = [str(k) for k in node if not str(k).startswith("_") and k != name]  # the options the config has
+        return (f"{key}={shown(value)} is not an option of {path or 'this config'}: remove it, or set one of "
+                f"{', '.join(known)}.")
     if annotation is None or first["type"] == "unexpected_keyword_argument":
         detail = first["msg"][0].lower() + first["msg"][1:]
         return f"{key}={shown(value)} is not accepted: {detail}."
@@ -216,10 +220,12 @@ def with_config_paths(message: str, path: str, node: DictConfig,
                       beside: tuple[tuple[str, DictConfig], ...] = ()) -> str:
     """`name=` for names that are options of `node` (or of one node under it, or else of a `beside` node)
     written as `path.name=`."""
-    where: dict[str, str] = {}
+    under: dict[str, list[str]] = {}
     for sub_path, sub in targets(path, node):
         for key in sub:
-            where.setdefault(str(key), sub_path)
+            under.setdefault(str(key), []).append(sub_path)
+    # a name of one node under `node` (`n_layers`: model.discriminator), not of two (`norm`: left as it is)
+    where = {key: paths[0] for key, paths in under.items() if len(paths) == 1}
     where.update({str(key): path for key in node})  # keys of `node` itself win over those of nodes under it
     for other_path, other in beside:  # only names `node` lacks
         for key in other:
@@ -237,13 +243,15 @@ def with_config_paths(message: str, path: str, node: DictConfig,
 @checked
 def run_options(seed: Annotated[Seed | None, Field(description="null: a random one, recorded")] = None,
                 compile: Annotated[Flag, Field(description="torch.compile the nets")] = False,  # noqa: A002
-                test_after_fit: Annotated[Flag, Field(description="score the test split after training")] = True,
+                test_after_fit: Annotated[Flag, Field(
+                    description="score the test split after training")] = True,
                 ) -> None:
     """The top-level options of a training run."""
 
 
 UpToAll = Annotated[int, Strict(), Field(ge=-1)]
-Limit = Annotated[Annotated[int, Strict(), Field(ge=0)] | Annotated[float, Strict(), Field(ge=0, le=1)] | None,
+Fraction = Annotated[float, Strict(), Field(ge=0, le=1)]
+Limit = Annotated[NonNegativeInt | Fraction | None,
                   Field(description="a whole number of batches, or a fraction of them")]
 
 
@@ -252,19 +260,20 @@ def trainer_options(max_epochs: Annotated[UpToAll | None, Field(description="-1:
                     max_steps: Annotated[UpToAll, Field(description="-1: no limit")] = -1,
                     check_val_every_n_epoch: Annotated[Count | None, Field(
                         description="epochs between evaluations")] = 1,
-                    num_sanity_val_steps: Annotated[UpToAll, Field(description="-1: all validation batches")] = 0,
+                    num_sanity_val_steps: Annotated[UpToAll, Field(description="-1: all of them")] = 0,
                     limit_train_batches: Limit = None, limit_val_batches: Limit = None,
                     limit_test_batches: Limit = None) -> None:
     """The trainer counts a run is sized by (Lightning's Trainer arguments of the same names)."""
 
 
 def check_run_options(cfg: DictConfig) -> None:
-    """The top-level and trainer options above, before anything is built: GdmError naming the first wrong one."""
+    """The top-level and trainer options above, before anything is built: GdmError naming the first wrong."""
     with options_of("", cfg):
         run_options(**{k: cfg[k] for k in inspect.signature(run_options).parameters if k in cfg})
     trainer = cfg.get("trainer") or {}
     with options_of("trainer", trainer):
-        trainer_options(**{k: trainer[k] for k in inspect.signature(trainer_options).parameters if k in trainer})
+        names = inspect.signature(trainer_options).parameters
+        trainer_options(**{k: trainer[k] for k in names if k in trainer})
 
 
 # The options of the checkpoint tasks, read from their config nodes (sample, eval, translate).
@@ -282,16 +291,17 @@ SampleCount = Annotated[int, Strict(), Field(ge=2)]
 @checked
 def eval_options(num_samples: Annotated[SampleCount | None, Field(
                      description="generated samples for FID / KID; null: the run's own")] = None,
-                 kid_subset_size: Annotated[SampleCount | None, Field(description="KID's subset size; null: no KID")]
-                 = None,
-                 sample_seeds: Annotated[Count, Field(description="the number of sample seeds to evaluate with")] = 1,
+                 kid_subset_size: Annotated[SampleCount | None, Field(
+                     description="KID's subset size; null: no KID")] = None,
+                 sample_seeds: Annotated[Count, Field(description="sample seeds to evaluate with")] = 1,
                  ) -> None:
     """task=eval's options."""
 
 
 @checked
 def translate_options(load_size: Annotated[Annotated[int, Strict(), Field(ge=8)] | None, Field(description=(
-        "pixels of each image's short side before translating; null: each image's own size"))] = None) -> None:
+        "pixels of each image's short side before translating; null: each image's own size"))] = None,
+                      ) -> None:
     """task=translate's options."""
 
 

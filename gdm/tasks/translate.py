@@ -71,7 +71,7 @@ def translated_size(path: Path, load_size: int | None) -> tuple[int, int]:
 def check_memory(model, files: list[Path], direction: str, load_size: int | None) -> None:
     """Raise GdmError, before anything is written, if the largest input's translation needs more memory than the
     model's device has available; log a warning if it needs more than half of it (the activations are a lower
-    bound: a pass takes up to 1.7x that on the CPU, experiments/README)."""
+    bound: a pass takes more, experiments/translate_memory.md)."""
     multiple, channels = model.size_multiple, model.hparams.image_shape[0]
     side = multiple * -(-64 // multiple)  # small probes, multiples of the generator's size_multiple
     mode = "L" if channels == 1 else "RGB"
