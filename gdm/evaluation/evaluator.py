@@ -191,7 +191,9 @@ class Evaluator(L.Callback):
             result.update(metric(ev))
         step = self.step(trainer)
         # "step" sets the x of this evaluation in every logger (Lightning pops it from the metrics).
-        pl_module.log_dict({**result.values, "step": float(step)}, on_epoch=True, sync_dist=False)
+        # The values are already global (every rank computed the same); "synced" by max, which leaves them exact,
+        # only so that Lightning does not warn once per key under DDP.
+        pl_module.log_dict({**result.values, "step": float(step)}, on_epoch=True, sync_dist=True, reduce_fx="max")
         if trainer.is_global_zero and self.evaluations % self.grids_every_n_evals == 0:
             self.save_grids(trainer, pl_module, ev, result, step)
         self.pending = (step, result)

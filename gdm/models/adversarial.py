@@ -258,7 +258,9 @@ class AdversarialModule(GenerativeModule):
     def log_augment_state(self) -> None:
         """At an evaluation: the augmentation's values (val/ada_p, ...), so each evaluation records its p."""
         if self.augment is not None:
-            self.log_dict({k.replace("train/", "val/"): v for k, v in self.augment.logs().items()}, on_epoch=True)
+            # p is the same on every rank (ADA all-reduces its signal): max keeps it exact and Lightning quiet
+            self.log_dict({k.replace("train/", "val/"): v for k, v in self.augment.logs().items()}, on_epoch=True,
+                          sync_dist=True, reduce_fx="max")
 
     # ---- memory layout ----------------------------------------------------------------------
 
