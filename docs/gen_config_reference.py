@@ -199,7 +199,8 @@ def render() -> str:
     for group in groups:
         options = sorted(p for p in group.rglob("*.yaml") if p.relative_to(CONF).as_posix() not in SKIP_FILES)
         out.append(f"## `{group.name}`\n\n")
-        out.append("Options: " + ", ".join(f"`{o.relative_to(group).with_suffix('').as_posix()}`" for o in options) + "\n\n")
+        out.append("Options: " + ", ".join(f"`{o.relative_to(group).with_suffix('').as_posix()}`" for o in options)
+                   + "\n\n")
         for path in options:
             option = parse_yaml(path)
             out.append(f"### `{option.name}`\n\n")

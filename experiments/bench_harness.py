@@ -7,9 +7,10 @@ loop costs around real work), child processes and the table.
 
 Each variant runs in a fresh child process (so one variant's allocator and thread state cannot colour the next)
 and reports one JSON line tagged RESULT_TAG; `--in-process` runs them all in this process instead (on a machine whose
-processes differ run to run, the variants then share that luck). A variant is a runner with options: `gdm-channels_last-compile`
-is gdm's Trainer with model.channels_last and torch.compile'd nets; its baseline is `plain-loop-channels_last-
-compile`, the same model and options in a loop that calls the same `update` (the target is >= 0.95x).
+processes differ run to run, the variants then share that luck). A variant is a runner with options:
+`gdm-channels_last-compile` is gdm's Trainer with model.channels_last and torch.compile'd nets; its baseline is
+`plain-loop-channels_last-compile`, the same model and options in a loop that calls the same `update` (the target
+is >= 0.95x).
 """
 
 from __future__ import annotations

@@ -72,7 +72,8 @@ def make_pruner(spec: str):
     if name == "hyperband" and len(numbers) in (0, 2) and (not numbers or (numbers[0] >= 1 and numbers[1] >= 2)):
         min_resource, reduction = numbers or (1, 3)
         return optuna.pruners.HyperbandPruner(min_resource=min_resource, reduction_factor=reduction)
-    if name == "successive_halving" and len(numbers) in (0, 2) and (not numbers or (numbers[0] >= 1 and numbers[1] >= 2)):
+    if name == "successive_halving" and len(numbers) in (0, 2) and (
+            not numbers or (numbers[0] >= 1 and numbers[1] >= 2)):
         min_resource, reduction = numbers or ("auto", 3)
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=min_resource, reduction_factor=reduction)
     raise SystemExit(usage)
@@ -127,7 +128,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="OpenMP threads per trial (default 1)")
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench_optuna_pruning",
                         help="the searches' sweep directories, one per pruner (default outputs/bench_optuna_pruning)")
-    parser.add_argument("--pruners", default="none,median,successive_halving", help="the searches to run (the first is the baseline): "
+    parser.add_argument("--pruners", default="none,median,successive_halving",
+                        help="the searches to run (the first is the baseline): "
                         "comma-separated hydra.sweeper.pruner values (none, median, hyperband, successive_halving)")
     parser.add_argument("--replay", nargs="*", metavar="PRUNER",
                         help="instead of searching: replay --out's no-pruning search under these pruners: "

@@ -2,8 +2,8 @@
 
     python experiments/fid_reference.py [--image-size 32] [--features digits] [--num-samples 1000]
 
-Uses exactly the FID of training runs (gdm.metrics.feature_metrics on the run's feature network): real features of the training
-split, the other side quantized to uint8 like saved PNGs. FID is biased upwards for small sample
+Uses exactly the FID of training runs (gdm.metrics.feature_metrics on the run's feature network): real features of
+the training split, the other side quantized to uint8 like saved PNGs. FID is biased upwards for small sample
 sets, so the floor is given for the held-out splits of 180 and 360 images, and for random
 subsets of the training split of the same size as the generated set.
 """

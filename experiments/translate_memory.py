@@ -1,7 +1,8 @@
 """How gdm.memory's estimate of a translation's memory (the peak of live tensor bytes, counted on two small
-probes and scaled to the pixels, as task=translate's check does) compares with what the process really takes: the growth
-of peak RSS over one forward pass at each size (its input included, as in the count), in a fresh child process per measurement (CPU, float32, no grad,
-the generators at their published sizes: ResNet 9 blocks ngf 64, U-Net 256 ngf 64).
+probes and scaled to the pixels, as task=translate's check does) compares with what the process really takes:
+the growth of peak RSS over one forward pass at each size (its input included, as in the count), in a fresh
+child process per measurement (CPU, float32, no grad, the generators at their published sizes: ResNet 9 blocks
+ngf 64, U-Net 256 ngf 64).
 
     .venv/bin/python experiments/translate_memory.py --sizes 1024 2048 4096
 """
@@ -24,7 +25,8 @@ NETS = {"resnet_9blocks": lambda: ResnetGenerator((3, 256, 256), ngf=64, n_block
 
 
 def rss_growth_mib(name: str, size: int) -> float:
-    """In this process: peak RSS growth of one forward pass at `size` px and its input, after a warm-up pass at 256 px."""
+    """In this process: peak RSS growth of one forward pass at `size` px and its input, after a warm-up pass at
+    256 px."""
     net = NETS[name]().eval()
     with torch.no_grad():
         net(torch.zeros(1, 3, 256, 256))

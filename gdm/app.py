@@ -95,7 +95,8 @@ def user_error(err: BaseException) -> Exception | None:
         if isinstance(err, MissingMandatoryValue):
             return GdmError(f"{err.full_key} has no value: set it on the command line, e.g. {err.full_key}=...")
         if isinstance(err, InterpolationKeyError):  # e.g. metrics=translation with a model that has no translation
-            return GdmError(f"{err.full_key} refers to a key this combination of options lacks ({err.msg.splitlines()[0]}): "
+            return GdmError(f"{err.full_key} refers to a key this combination of options lacks "
+                            f"({err.msg.splitlines()[0]}): "
                             "check the options picked on the command line (python run.py --help lists them).")
         err = err.__cause__ or (err.__context__ if isinstance(err, InstantiationException) else None)
     return None

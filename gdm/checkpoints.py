@@ -196,7 +196,8 @@ def check_fits(model: GenerativeModule, checkpoint: dict, path: str | Path) -> N
     if differ:
         raise GdmError(f"ckpt_path={path} does not fit this model ({differ[0]}: "
                        f"{theirs.get(differ[0], 'absent')} in the checkpoint, {mine.get(differ[0], 'absent')} here): "
-                       f"the model or data settings differ from the run that wrote it{settings_hint(model, checkpoint)}.")
+                       "the model or data settings differ from the run that wrote it"
+                       f"{settings_hint(model, checkpoint)}.")
 
 
 def settings_hint(model: GenerativeModule, checkpoint: dict) -> str:

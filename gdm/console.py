@@ -57,7 +57,8 @@ def config_summary(cfg: DictConfig) -> str:
         if hydra.overrides.task:
             lines.append("  overrides: " + " ".join(hydra.overrides.task))
     if cfg.get("task") == "eval":
-        lines.append(f"  model, data and metrics from the checkpoint: {cfg.model.get('_target_', '?').rsplit('.', 1)[-1]}")
+        lines.append("  model, data and metrics from the checkpoint: "
+                     f"{cfg.model.get('_target_', '?').rsplit('.', 1)[-1]}")
     return "\n".join(lines)
 
 

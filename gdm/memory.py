@@ -4,7 +4,8 @@ sentence before it starts, instead of the kernel's OOM killer ending the process
 `peak_tensor_bytes` runs a function once under a TorchDispatchMode that counts the bytes of every tensor storage
 the function's ops create while it is alive: the peak of live activation bytes, a lower bound on what the same
 ops need (the backend's scratch buffers and the allocator's slack come on top: experiments/translate_memory.md
-compares the count with a real pass's peak RSS). Activations of a fully convolutional network grow with the pixels, so counts on two small images (`scaled_peak_bytes`) give it at any size.
+compares the count with a real pass's peak RSS). Activations of a fully convolutional network grow with the
+pixels, so counts on two small images (`scaled_peak_bytes`) give it at any size.
 """
 
 from __future__ import annotations

@@ -145,7 +145,8 @@ def test_runs_write_checkpoints_atomically(tmp_path):
 
 @pytest.mark.slow
 def test_a_checkpoint_of_the_same_class_with_other_settings(tmp_path, gan_ckpt):
-    fails_cleanly(tmp_path, "model=cgan", f"ckpt_path={gan_ckpt}", message=f"ckpt_path={gan_ckpt} does not fit this model")
+    fails_cleanly(tmp_path, "model=cgan", f"ckpt_path={gan_ckpt}",
+                  message=f"ckpt_path={gan_ckpt} does not fit this model")
 
 
 def test_no_crash_checkpoint_before_training_starts_or_after_a_user_mistake(tmp_path):
@@ -187,6 +188,6 @@ def test_float16_true_training_is_refused_and_bf16_true_is_warned_about(tmp_path
         run(compose_config([*QUICK, "trainer.precision=16-true"], tmp_path / "fp16"))
     assert not (tmp_path / "fp16").exists()  # refused before the run directory is made
     with caplog.at_level("WARNING"):
-        run(compose_config([*QUICK, "trainer.precision=bf16-true", "metrics.fid.num_samples=40", "test_after_fit=false"],
-                           tmp_path / "bf16"))
+        run(compose_config([*QUICK, "trainer.precision=bf16-true", "metrics.fid.num_samples=40",
+                            "test_after_fit=false"], tmp_path / "bf16"))
     assert "trainer.precision=bf16-true keeps weights, Adam's moments" in caplog.text

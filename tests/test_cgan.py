@@ -82,8 +82,9 @@ def test_short_digits_run_reads_the_requested_classes(tmp_path):
     """15 epochs of the default cGAN at 16 px (a quarter of the default's pixels): measured class accuracy 0.718
     (0.850 at 32 px, twice the time), chance is 0.1. Every core: this module's one-thread setting would make it
     the slowest test of the suite."""
-    cfg = compose_config(["model=cgan", "data.image_size=16", "trainer.max_epochs=15", "trainer.check_val_every_n_epoch=15",
-                          "trainer.accelerator=cpu", "logger=none", "print_config=false"], tmp_path)
+    cfg = compose_config(["model=cgan", "data.image_size=16", "trainer.max_epochs=15",
+                          "trainer.check_val_every_n_epoch=15", "trainer.accelerator=cpu", "logger=none",
+                          "print_config=false"], tmp_path)
     threads = torch.get_num_threads()
     torch.set_num_threads(os.cpu_count() or 1)
     try:

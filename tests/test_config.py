@@ -49,7 +49,8 @@ def test_every_config_file_composes(group, option, tmp_path):
     if group == "data_model":
         assert job["data"]["_target_"] and job["model"]["_target_"]
     elif not group.startswith("hydra"):
-        choice = cfg.hydra.runtime.choices.get(group) or cfg.hydra.runtime.choices.get(f"{group}@{group.replace('/', '.')}")
+        choices = cfg.hydra.runtime.choices
+        choice = choices.get(group) or choices.get(f"{group}@{group.replace('/', '.')}")
         assert choice == option or group in ("experiment", "debug", "hparams_search"), choice
     if group.startswith("hydra/sweeper") or group == "hparams_search":
         sweeper = OmegaConf.to_container(cfg.hydra.sweeper, resolve=True)

@@ -137,7 +137,8 @@ def test_sample_refuses_a_translation_model(tmp_path):
 
 
 @pytest.mark.parametrize(("task", "overrides", "message"), [
-    ("sample", ["+sample.label=abc"], "sample.label='abc' must be an integer >= 0 or null (the class to draw; unset: every class)."),
+    ("sample", ["+sample.label=abc"],
+     "sample.label='abc' must be an integer >= 0 or null (the class to draw; unset: every class)."),
     ("sample", ["+sample.label=true"], "sample.label=true must be an integer >= 0"),
     ("sample", ["+sample.label=2.5"], "sample.label=2.5 must be an integer >= 0"),
     ("sample", ["+sample.label=-1"], "sample.label=-1 must be an integer >= 0"),

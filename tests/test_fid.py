@@ -197,8 +197,9 @@ def base_digit() -> torch.Tensor:
 
 def evaluation(dataset, model=None, rank=0, world_size=1, batch_size=250, cache=None, all_gather=None):
     return Evaluation(model=model or FakeModel(), data=FakeDataModule(RecordingDataset(dataset)),
-                      features=build_features("digits"), cache=cache or RealFeatureCache(None), device=torch.device("cpu"),
-                      rank=rank, world_size=world_size, all_gather=all_gather, batch_size=batch_size)
+                      features=build_features("digits"), cache=cache or RealFeatureCache(None),
+                      device=torch.device("cpu"), rank=rank, world_size=world_size, all_gather=all_gather,
+                      batch_size=batch_size)
 
 
 def run_metric(real, num_samples=200, seed=0, batch_size=250, **kwargs):

@@ -334,7 +334,8 @@ def test_lecam_can_be_switched_on_or_off_when_resuming():
     checkpoint = {"state_dict": without.state_dict()}
     check_fits(fresh, checkpoint, "without.ckpt")
     load_state(fresh, checkpoint, "without.ckpt")  # task=eval's way
-    assert fresh.lecam.weight.item() == 0 and torch.equal(fresh.generator.main[0].weight, without.generator.main[0].weight)
+    assert fresh.lecam.weight.item() == 0
+    assert torch.equal(fresh.generator.main[0].weight, without.generator.main[0].weight)
     # Other entries still have to match.
     del checkpoint["state_dict"]["generator.main.0.weight"]
     with pytest.raises(GdmError, match="generator.main.0.weight: absent in the checkpoint"):

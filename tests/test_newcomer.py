@@ -48,7 +48,8 @@ def test_digit_features_on_colour_images_are_warned_about(caplog):
         build_datamodule(colour)
     assert [r.message for r in caplog.records if "metrics.features=digits" in r.message]
     caplog.clear()
-    grey = OmegaConf.create({"data": {"_target_": "gdm.data.digits.DigitsDataModule"}, "metrics": {"features": "digits"}})
+    grey = OmegaConf.create({"data": {"_target_": "gdm.data.digits.DigitsDataModule"},
+                             "metrics": {"features": "digits"}})
     with caplog.at_level(logging.WARNING):
         build_datamodule(grey)
     assert not [r for r in caplog.records if "metrics.features=digits" in r.message]

@@ -38,7 +38,8 @@ GAN_SPACE = ["hparams_search=gan_optuna", "logger=none"]
 def test_search_space_reads_hydra_sweep_syntax():
     distributions, fixed = search_space([
         "model.lr=tag(log, interval(1e-4, 1e-2))", "model.beta=interval(0.5, 2)", "model.depth=int(interval(2, 6))",
-        "model.width=tag(log, int(interval(8, 256)))", "model.loss=choice(vanilla, hinge)", "data.batch_size=choice(32, 64)",
+        "model.width=tag(log, int(interval(8, 256)))", "model.loss=choice(vanilla, hinge)",
+        "data.batch_size=choice(32, 64)",
         "model.blocks=range(1, 10, 3)", "model.p=range(0.25, 1.0, 0.25)", "model.k=shuffle(range(1, 4))",
         "model.c=shuffle(choice(b, a))",
         "+trainer.limit_train_batches=2", "seed=3", "seed=4", "model.lr=tag(log, interval(1e-5, 1e-3))"])
@@ -186,12 +187,13 @@ def toy_training(cfg) -> float:
 def test_median_pruning_stops_trials_worse_than_the_median(hydra_sweep_runner, tmp_path):
     results, _ = run_toy_sweep(
         hydra_sweep_runner, tmp_path / "s", toy_training, "hydra/sweeper/sampler=grid",
-        "model.lr_g=choice(1e-4, 2.5e-4, 5e-4, 0.5e-4, 3.2e-4)", "model.loss=hinge", "data.batch_size=32", "model.lr_d=0.0002",
+        "model.lr_g=choice(1e-4, 2.5e-4, 5e-4, 0.5e-4, 3.2e-4)", "model.loss=hinge", "data.batch_size=32",
+        "model.lr_d=0.0002",
         "hydra.sweeper.pruner=median", "hydra.sweeper.pruners.median.n_startup_trials=2", "hydra.sweeper.n_trials=5",
         f"hydra.sweeper.storage={tmp_path / 'study.journal'}")
     study = load(str(tmp_path / "study.journal"))
-    # Replayed by hand (no value ties a median): after two finished trials, a trial whose first evaluation is worse than the median of
-    # the finished trials' first evaluations stops there; the others run all four evaluations.
+    # Replayed by hand (no value ties a median): after two finished trials, a trial whose first evaluation is worse
+    # than the median of the finished trials' first evaluations stops there; the others run all four evaluations.
     finished: list[float] = []
     for trial in study.trials:
         value = trial.params["model.lr_g"] * 1e4 + 30
@@ -212,7 +214,8 @@ def six_toy_trials_pruned_by(pruner: str, pruner_class: str, hydra_sweep_runner,
         hydra_sweep_runner, tmp_path / "s", toy_training, "hydra/sweeper/sampler=random",
         "model.loss=hinge", "data.batch_size=32", "model.lr_d=0.0002", f"hydra.sweeper.pruner={pruner}",
         "hydra.sweeper.n_trials=6", f"hydra.sweeper.storage={tmp_path / 'study.journal'}")
-    assert len(PRUNERS_SEEN) == 6 and set(PRUNERS_SEEN) == {pruner_class}  # each job judges its reports with the sweep's pruner
+    # Each job judges its reports with the sweep's pruner.
+    assert len(PRUNERS_SEEN) == 6 and set(PRUNERS_SEEN) == {pruner_class}
     assert sum(results["trials"].values()) == 6 and set(results["trials"]) <= {"complete", "pruned"}
     return results, load(str(tmp_path / "study.journal")).trials
 
@@ -234,7 +237,8 @@ def test_successive_halving_keeps_the_best_trial_and_prunes_at_rungs(hydra_sweep
     assert (second.state == TrialState.COMPLETE) == (second.params["model.lr_g"] < first.params["model.lr_g"])
     for trial in trials:
         if trial.state == TrialState.PRUNED:
-            assert trial.user_attrs["pruned_at_step"] in (10, 30) and trial.params["model.lr_g"] > best.params["model.lr_g"]
+            assert trial.user_attrs["pruned_at_step"] in (10, 30)
+            assert trial.params["model.lr_g"] > best.params["model.lr_g"]
     assert results["trials"]["pruned"] >= 1
 
 

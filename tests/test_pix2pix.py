@@ -139,7 +139,8 @@ def test_losses_match_a_direct_computation():
     d = model.d_loss(x, y, fake.detach())
     real_logits, fake_logits = model.net_d(torch.cat([x, y], 1)), model.net_d(torch.cat([x, fake], 1))
     bce = F.binary_cross_entropy_with_logits
-    expected_d = 0.5 * (bce(real_logits, torch.ones_like(real_logits)) + bce(fake_logits, torch.zeros_like(fake_logits)))
+    expected_d = 0.5 * (bce(real_logits, torch.ones_like(real_logits))
+                        + bce(fake_logits, torch.zeros_like(fake_logits)))
     torch.testing.assert_close(d.total, expected_d)
     assert d.logs["d_loss"] is d.total
     g = model.g_loss(x, y, fake)

@@ -1,6 +1,6 @@
-"""trainer.precision=bf16-true casts a model's weights and buffers (16-true is refused for training: test_bad_input); what gdm feeds a model outside
-Lightning's precision plugin (latents, example images, cluster assignment) must follow them, and what it
-returns (samples, translations) stays float32 for the metrics and the PNGs."""
+"""trainer.precision=bf16-true casts a model's weights and buffers (16-true is refused for training:
+test_bad_input); what gdm feeds a model outside Lightning's precision plugin (latents, example images, cluster
+assignment) must follow them, and what it returns (samples, translations) stays float32 for the metrics and the PNGs."""
 
 from __future__ import annotations
 

@@ -160,7 +160,8 @@ def test_trainer_gradient_clip_val_points_manual_optimization_to_model_grad_clip
     cfg = compose_config([f"model={model}", f"data={data}", "+trainer.gradient_clip_val=0.5"], tmp_path)
     built = build_model(cfg, build_datamodule(cfg), from_checkpoint=True)
     if refused:
-        with pytest.raises(GdmError, match=r"trainer.gradient_clip_val=0.5 clips only .* set model.grad_clip=0.5 instead"):
+        with pytest.raises(GdmError,
+                           match=r"trainer.gradient_clip_val=0.5 clips only .* set model.grad_clip=0.5 instead"):
             check_gradient_clipping(cfg, built)
     else:  # automatic optimization: Lightning clips
         check_gradient_clipping(cfg, built)

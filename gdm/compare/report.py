@@ -231,8 +231,9 @@ class Report:
                   "document.body.dataset.images=im.length;"
                   "document.body.dataset.loaded=im.filter(i=>i.complete&&i.naturalWidth>0).length;});</script>")
         style = ("<style>body{font-family:sans-serif;margin:2em;max-width:1300px}table{border-collapse:collapse;"
-                 "margin:.5em 0}td,th{border:1px solid #bbb;padding:3px 8px;text-align:left}tr.best td{font-weight:bold;"
-                 "background:#e8f5e9}tr.unfinished td{color:#a00}.grids{display:flex;gap:1.5em;flex-wrap:wrap}"
+                 "margin:.5em 0}td,th{border:1px solid #bbb;padding:3px 8px;text-align:left}"
+                 "tr.best td{font-weight:bold;background:#e8f5e9}tr.unfinished td{color:#a00}"
+                 ".grids{display:flex;gap:1.5em;flex-wrap:wrap}"
                  "img.plot{max-width:100%}img.grid{width:260px;image-rendering:pixelated}.protocol{color:#555;"
                  "font-size:90%}</style>")
         return ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>gdm comparison</title>" + style + script

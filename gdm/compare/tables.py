@@ -139,7 +139,8 @@ def table(metric: str, runs: list[Run], short: dict[str, str], confidence: float
         if a is None or b is None:  # unpaired: any distinct keys will do
             a, b = dict(enumerate(row_a.values)), {-1 - i: v for i, v in enumerate(row_b.values)}
         d = difference(a, b, confidence)
-        result.comparisons.append(Comparison(row_a.label, row_b.label, d, sentence(metric, row_a.label, row_b.label, d)))
+        result.comparisons.append(Comparison(row_a.label, row_b.label, d,
+                                             sentence(metric, row_a.label, row_b.label, d)))
     return result
 
 

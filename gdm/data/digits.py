@@ -73,8 +73,8 @@ class DigitsDataModule(SplitDataModule):
 
     @checked
     def __init__(self, image_size: ImageSide = 32, val_fraction: HeldOut = 0.1, test_fraction: HeldOut = 0.1,
-                 split_seed: SplitSeed = 0, batch_size: BatchSize = 64, num_workers: Workers = 0, pin_memory: Flag = False,
-                 fid_features: str = "digits"):
+                 split_seed: SplitSeed = 0, batch_size: BatchSize = 64, num_workers: Workers = 0,
+                 pin_memory: Flag = False, fid_features: str = "digits"):
         super().__init__(batch_size, num_workers, pin_memory, fid_features)
         check_held_out(val_fraction, test_fraction)
         self.image_size = image_size

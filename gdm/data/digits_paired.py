@@ -25,8 +25,8 @@ class DigitsPairedDataModule(PairedDataModule):
     @checked
     def __init__(self, image_size: ImageSide = 32, patch_crop: PatchCrop = 64,
                  patch_brightness: PatchBrightness = 0.4, val_fraction: HeldOut = 0.1, test_fraction: HeldOut = 0.1,
-                 split_seed: SplitSeed = 0, direction: Direction = "AtoB", batch_size: BatchSize = 1, num_workers: Workers = 0,
-                 pin_memory: Flag = False, fid_features: str = "digits_colour"):
+                 split_seed: SplitSeed = 0, direction: Direction = "AtoB", batch_size: BatchSize = 1,
+                 num_workers: Workers = 0, pin_memory: Flag = False, fid_features: str = "digits_colour"):
         super().__init__(direction, batch_size, num_workers, pin_memory, fid_features)
         check_held_out(val_fraction, test_fraction)
         self.image_size, self.patch_crop, self.patch_brightness = image_size, patch_crop, patch_brightness

@@ -177,7 +177,8 @@ def verify_images(files: Sequence[Path], root: str | Path | None = None, workers
             stat = os.stat(path)
         except OSError as err:  # a link to nothing, a file removed since the folder was listed
             target = f": a link to {os.readlink(path)}" if os.path.islink(path) else ""
-            problems[os.path.abspath(path)] = f"Cannot read image {path} ({err.strerror}{target}): remove or replace the file."
+            problems[os.path.abspath(path)] = (f"Cannot read image {path} ({err.strerror}{target}): "
+                                               "remove or replace the file.")
             continue
         stamps[os.path.abspath(path)] = [stat.st_size, stat.st_mtime_ns]
     todo = [Path(name) for name, stamp in stamps.items() if known.get(name) != stamp]

@@ -104,12 +104,14 @@ class TorchvisionDataModule(SplitDataModule):
         if augment and self.flip:
             steps.append(v2.RandomHorizontalFlip())
         channels = self.image_shape[0]
-        return v2.Compose([*steps, v2.ToDtype(torch.float32, scale=True), v2.Normalize([0.5] * channels, [0.5] * channels)])
+        return v2.Compose([*steps, v2.ToDtype(torch.float32, scale=True),
+                           v2.Normalize([0.5] * channels, [0.5] * channels)])
 
     def build_splits(self) -> dict[str, Dataset]:
         self.open()
         parts = split_indices(len(self.train_set), self.val_fraction, 0.0, self.split_seed)
-        plain, augmented = LabelledImages(self.train_set, self.transform(False)), LabelledImages(self.train_set, self.transform(True))
+        plain = LabelledImages(self.train_set, self.transform(False))
+        augmented = LabelledImages(self.train_set, self.transform(True))
         return {
             "train": Subset(plain, parts["train"].tolist()),
             "train_augmented": Subset(augmented, parts["train"].tolist()),

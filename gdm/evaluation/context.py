@@ -9,8 +9,8 @@ Metrics never touch the trainer: a metric is a plain object called with an `Eval
 
 Protocols: how a metric value was computed, so that two values are only compared when they were
 measured the same way. A protocol is a plain JSON-serialisable dict: the feature network and the SHA-256
-of its weights file, the input resize, the quantization, the numbers of generated and real images, the real split and its
-data, the sample seed, and the library versions. `protocol_id` names it by a short hash of everything
+of its weights file, the input resize, the quantization, the numbers of generated and real images, the real split
+and its data, the sample seed, and the library versions. `protocol_id` names it by a short hash of everything
 but the versions (a library upgrade is reported, not treated as another protocol); `differences` lists
 what two protocols disagree on. `SAMPLING_FIELDS` say how the model under test was asked to sample (a
 conditional model: with which labels), not how it is measured: `measurement_id` leaves them out, so an

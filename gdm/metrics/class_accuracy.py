@@ -84,6 +84,6 @@ class ClassAccuracy:
         path = weights_path("digits")
         protocol = with_id({"metric": "class_acc", "classifier": {"name": "digits", "weights_file": path.name,
                                                                   "weights_sha256": file_sha256(path)},
-                            "quantization": QUANTIZATION, "num_generated": n, "samples_per_class": self.samples_per_class,
-                            "sample_seed": self.seed})
+                            "quantization": QUANTIZATION, "num_generated": n,
+                            "samples_per_class": self.samples_per_class, "sample_seed": self.seed})
         return MetricResult({"val/class_acc": accuracy}, {"val/class_acc": protocol})

@@ -43,7 +43,8 @@ class VAE(AutoencoderModule):
                      "the KL weight in training; 1: the ELBO, other values Higgins et al. 2017's beta-VAE"))] = 1.0,
                  kl_warmup_steps: Annotated[NonNegativeInt, Field(description="batches of KL-weight ramp")] = 0,
                  lr: LearningRate = 1e-3,
-                 iwae_k: Annotated[Count, Field(description="importance samples per image, 5000 in Burda et al.")] = 100,
+                 iwae_k: Annotated[Count, Field(
+                     description="importance samples per image, 5000 in Burda et al.")] = 100,
                  iwae_chunk: Annotated[Count, Field(description="decoder batch of the IWAE estimate")] = 2048,
                  num_visuals: Annotated[Count, Field(description="samples in the logged grid")] = 64,
                  visual_seed: NonNegativeInt = 1234):

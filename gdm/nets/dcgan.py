@@ -116,7 +116,8 @@ class DCGANDiscriminator(nn.Module):
 
     @checked
     def __init__(self, image_shape: tuple[int, int, int], ndf: Width = 64, norm: Norm = "batch",
-                 spectral_norm: Annotated[Flag, Field(description="spectral normalisation of every layer, Miyato et al. 2018")] = False,
+                 spectral_norm: Annotated[Flag, Field(
+                     description="spectral normalisation of every layer, Miyato et al. 2018")] = False,
                  init_std: InitStd = 0.02, num_classes: Count | None = None):
         super().__init__()
         channels, height, width = image_shape

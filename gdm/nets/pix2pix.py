@@ -61,7 +61,8 @@ class UnetGenerator(nn.Module):
     @checked
     def __init__(self, image_shape: tuple[int, int, int],
                  num_downs: Annotated[int, Strict(), Field(ge=5, description=(
-                     "downsamplings to 1x1, at least 5 as ngf to 8 ngf takes four levels: 8 = unet_256, 7 = unet_128"))] = 8,
+                     "downsamplings to 1x1, at least 5 as ngf to 8 ngf takes four levels: "
+                     "8 = unet_256, 7 = unet_128"))] = 8,
                  ngf: Width = 64, norm: Norm = "batch", dropout: Dropout = 0.5, init_std: InitStd = 0.02):
         super().__init__()
         channels = image_shape[0]

@@ -78,8 +78,10 @@ KEY_WORDS = {"image": "single images", "label": "class labels", "image_a": "two 
              "label_a": "class labels in both domains", "label_b": "class labels in both domains"}
 DATA_WITH = {"image": "data=digits, mnist, cifar10 or image_folder",
              "label": "data=digits, mnist, cifar10, or image_folder with one sub-folder per class",
-             "image_a": "data=digits_colour, unpaired, monet, horse2zebra, ... (unpaired) or digits_paired, facades, ...",
-             "image_b": "data=digits_colour, unpaired, monet, horse2zebra, ... (unpaired) or digits_paired, facades, ...",
+             "image_a": "data=digits_colour, unpaired, monet, horse2zebra, ... (unpaired) "
+                        "or digits_paired, facades, ...",
+             "image_b": "data=digits_colour, unpaired, monet, horse2zebra, ... (unpaired) "
+                        "or digits_paired, facades, ...",
              "aligned": "data=digits_paired, paired, facades, maps, edges2shoes, ...",
              "label_a": "data=digits_colour", "label_b": "data=digits_colour"}
 
@@ -118,7 +120,8 @@ def check_training_precision(precision: object) -> None:
                        "or 16-mixed (float32 weights, half-precision compute), or bf16-true.")
     if str(precision) == "16-true":
         raise GdmError("trainer.precision=16-true trains with weights and Adam's moments in float16: the second "
-                       "moments underflow to 0 and the updates blow up (experiments/speed.md); use bf16-mixed or 16-mixed (float32 weights, half-precision compute), or bf16-true.")
+                       "moments underflow to 0 and the updates blow up (experiments/speed.md); use bf16-mixed or "
+                       "16-mixed (float32 weights, half-precision compute), or bf16-true.")
     if str(precision) == "bf16-true":
         log.warning("trainer.precision=bf16-true keeps weights, Adam's moments and the model's validation values in "
                     "bfloat16 (8 significant bits): an update under ~0.4% of its weight rounds away (norm scales "

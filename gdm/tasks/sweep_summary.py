@@ -67,7 +67,8 @@ def protocol_mismatch(sweep_dir: Path, rows: list[dict[str, Any]]) -> str | None
         return None
     what = sorted({d for r in others for d in differ[r["job"]]})
     return (f"jobs {', '.join(r['job'] for r in others)} measured {first['metric']} with another protocol than job "
-            f"{first['job']} (differing in {', '.join(what) or 'unknown fields'}): their best values are not comparable.")
+            f"{first['job']} (differing in {', '.join(what) or 'unknown fields'}): "
+            "their best values are not comparable.")
 
 
 class SweepSummary(Callback):

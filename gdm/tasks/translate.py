@@ -6,12 +6,12 @@
 Writes one image per input image under `translate.output`, with the same relative path and file name
 (and so the same format). Inputs are read as training reads them (`gdm.data.image_files.open_image`:
 upright by EXIF, 16-bit scaled to 8, transparency over the training data's background); every input is
-decoded before anything is written, and each output is written whole and then renamed. Resolution: by default each image is translated at its own size (the
-generator is fully convolutional; sides are reflection-padded to a multiple of the generator's
-`size_multiple`, 4 for the ResNet generator, 2**num_downs for a U-Net, and the result cropped back), so the
-output has the input's size. `translate.direction` defaults to the model's first direction (AtoB for a
-CycleGAN, the trained one for pix2pix). `translate.load_size=N` first resizes each image so its short
-side is N (e.g. the training `data.image_size`, the scale the generator learned), and the output has
+decoded before anything is written, and each output is written whole and then renamed. Resolution: by default
+each image is translated at its own size (the generator is fully convolutional; sides are reflection-padded to
+a multiple of the generator's `size_multiple`, 4 for the ResNet generator, 2**num_downs for a U-Net, and the
+result cropped back), so the output has the input's size. `translate.direction` defaults to the model's first
+direction (AtoB for a CycleGAN, the trained one for pix2pix). `translate.load_size=N` first resizes each image so its
+short side is N (e.g. the training `data.image_size`, the scale the generator learned), and the output has
 that size. An input whose translation cannot fit in the memory available (an uncropped 50-megapixel photo, a
 huge `load_size`) is refused before anything is written, naming the image and the memory it needs
 (`gdm.memory`: its activations measured on a small image and scaled to its pixels).
@@ -102,7 +102,8 @@ def translate(cfg: DictConfig) -> None:
         raise GdmError("task=translate needs ckpt_path=RUN/checkpoints/best.ckpt (a CycleGAN or pix2pix checkpoint).")
     for key in ("input", "output"):
         if not opts.get(key):
-            raise GdmError(f"translate.{key} is not set: task=translate needs translate.input=DIR translate.output=DIR.")
+            raise GdmError(f"translate.{key} is not set: "
+                           "task=translate needs translate.input=DIR translate.output=DIR.")
     load_size = read_options(translate_options, "translate", opts)["load_size"]
     if opts.direction is not None and opts.direction not in DIRECTIONS:
         raise GdmError(f"translate.direction={opts.direction} is not a direction; choose AtoB or BtoA.")
