@@ -4,6 +4,7 @@ and pruned trials (a toy objective in place of run.py's task), and the installed
 from __future__ import annotations
 
 import math
+import re
 import statistics
 from importlib.metadata import version
 from pathlib import Path
@@ -243,12 +244,14 @@ def test_successive_halving_keeps_the_best_trial_and_prunes_at_rungs(hydra_sweep
 
 
 def test_a_value_optuna_refuses_names_the_pruner_node_and_leaves_no_study(hydra_sweep_runner, tmp_path):
-    with pytest.raises(GdmError, match=r"hydra.sweeper.pruners.successive_halving \(optuna.pruners."
-                                       r"SuccessiveHalvingPruner\) was refused by Optuna: .*reduction_factor"):
+    with pytest.raises(SystemExit) as stop:  # one sentence in the log, exit status 2, the GdmError as its cause
         run_toy_sweep(hydra_sweep_runner, tmp_path / "s", toy_objective, "hydra.sweeper.pruner=successive_halving",
                       "hydra.sweeper.pruners.successive_halving.reduction_factor=1",
                       f"hydra.sweeper.storage={tmp_path / 'study.journal'}")
     assert not (tmp_path / "study.journal").exists()
+    assert stop.value.code == 2 and isinstance(stop.value.__cause__, GdmError)
+    assert re.search(r"hydra.sweeper.pruners.successive_halving \(optuna.pruners.SuccessiveHalvingPruner\) was "
+                     r"refused by Optuna: .*reduction_factor", str(stop.value.__cause__))
 
 
 def test_pruning_reports_on_the_batch_axis_and_only_prunes_while_fitting(tmp_path):
@@ -328,10 +331,11 @@ def test_the_study_records_what_it_optimizes_and_its_search_space(hydra_sweep_ru
 ])
 def test_a_continued_study_that_optuna_cannot_continue_is_refused_before_any_trial(
         hydra_sweep_runner, tmp_path, second, message):
-    with pytest.raises(GdmError) as refused:
+    with pytest.raises(SystemExit) as stop:  # one sentence in the log, exit status 2, the GdmError as its cause
         two_sweeps(hydra_sweep_runner, tmp_path, *second)
-    assert message in str(refused.value)
-    assert "start a new study with hydra.sweeper.study_name=gan_optuna_2" in str(refused.value)
+    assert stop.value.code == 2 and isinstance(stop.value.__cause__, GdmError)
+    assert message in str(stop.value.__cause__)
+    assert "start a new study with hydra.sweeper.study_name=gan_optuna_2" in str(stop.value.__cause__)
     study = load(f"sqlite:///{tmp_path / 'study.db'}")
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2  # nothing asked, nothing left running
     assert not (tmp_path / "b" / "2").exists()

@@ -79,6 +79,13 @@ def test_optuna_sweep_minimises_the_returned_metric_and_resumes_from_sqlite(tmp_
     study = optuna.load_study(study_name="gan_optuna", storage=storage)
     assert len(study.trials) == 4  # the second sweep continued the stored study
     assert [p.name for p in (tmp_path / "b").iterdir() if p.is_dir()] == ["3"]  # job directory = trial number
+    # A third sweep whose choices Optuna cannot continue: one sentence and exit status 2, as a run's mistakes
+    proc = run_py("-m", "hparams_search=gan_optuna", "hydra.sweeper.n_trials=1", "model.loss=choice(vanilla,hinge)",
+                  f"hydra.sweeper.storage={storage}", *TINY_ARGS, f"hydra.sweep.dir={tmp_path / 'c'}")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    out = proc.stdout + proc.stderr
+    assert "hydra.sweeper.study_name=gan_optuna cannot be continued by this sweep" in out and "Traceback" not in out
+    assert len(optuna.load_study(study_name="gan_optuna", storage=storage).trials) == 4  # nothing asked
 
 
 # Three evaluations per trial (one per epoch), so that a pruner has something to stop.

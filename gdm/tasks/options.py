@@ -201,6 +201,8 @@ def validation_sentence(err: ValidationError, path: str, node: DictConfig | None
     in_config = isinstance(node, DictConfig) and name in node
     if in_config and indices and not isinstance(node[name], ListConfig):  # typed as one string: show it whole
         value, indices = node[name], []
+    if indices and first["type"] == "missing":  # a list too short (betas=[0.5]): the list is what is wrong
+        value, indices = (node[name] if in_config else value), []
     key = typed_key(path, node, name) if in_config else key_of(path, name)
     key += "".join(f"[{i}]" for i in indices)
     annotation = annotation_of(function, name) if function is not None else None

@@ -48,6 +48,17 @@ class OptunaSweeper(Sweeper):
             hydra_context=hydra_context, task_function=task_function, config=config)
 
     def sweep(self, arguments: list[str]) -> list[JobReturn]:
+        """The search; a mistake in its settings (or a study it cannot continue) logs one sentence and exits with
+        status 2, as a run's mistakes do (Hydra would print a traceback), the GdmError kept as the cause."""
+        from gdm.errors import GdmError
+
+        try:
+            return self.search(arguments)
+        except GdmError as err:
+            log.error(str(err))
+            raise SystemExit(2) from err
+
+    def search(self, arguments: list[str]) -> list[JobReturn]:
         from gdm import optuna_search
         from gdm.errors import GdmError
 
