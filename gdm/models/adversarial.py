@@ -132,7 +132,8 @@ class AdversarialModule(GenerativeModule):
                         f"n_epochs_decay = {epochs}): the lr is 0 from epoch {epochs} on; raise n_epochs or "
                         "n_epochs_decay to train there.")
         else:
-            log.warning(f"training stops after {planned} epoch{'s' if planned != 1 else ''}, before the end of the learning-rate schedule "
+            unit = "epoch" if planned == 1 else "epochs"
+            log.warning(f"training stops after {planned} {unit}, before the end of the learning-rate schedule "
                         f"(n_epochs + n_epochs_decay = {epochs}): the lr will not decay to 0.")
 
     def on_train_epoch_start(self) -> None:
