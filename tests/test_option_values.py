@@ -77,6 +77,7 @@ CASES = [
     (["model.lr_d=0"], "model.lr_d=0 must be a number > 0"),
     (["model.betas=[0.5,1.5]"], "model.betas[1]=1.5 must be a number >= 0 and < 1"),
     (["model.betas=0.5"], "model.betas=0.5 must be a list of 2 values, each a number >= 0 and < 1"),
+    (["model.betas=[0.5]"], "model.betas=[0.5] must be a list of 2 values, each a number >= 0 and < 1"),
     (["model.ema_decay=1.5"], "model.ema_decay=1.5 must be a number >= 0 and < 1 or null"),
     (["model.ema_decay=-0.1"], "model.ema_decay=-0.1 must be a number >= 0 and < 1"),
     (["model.r1_gamma=-1"], "model.r1_gamma=-1 must be a number >= 0"),
