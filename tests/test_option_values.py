@@ -265,7 +265,7 @@ def test_the_formatter_adds_the_config_path_to_the_parameters_a_message_names():
                               "discriminator": {"_target_": "D", "norm": "batch", "n_layers": 3}})
     data = OmegaConf.create({"root": "/x", "image_size": 24})
     message = ("clusters=8, n_layers=3, norm=layer, image_size=24, root/trainA=/x/trainA, gdm.root=1, "
-               "a.clusters=2")
+               "a.clusters=2, /tmp/pytest-of-root/x.png, ~root/y, data_root=3")
     assert with_config_paths(message, "model", model, (("data", data),)) == (
         "model.clusters=8, model.discriminator.n_layers=3, norm=layer, data.image_size=24, "
-        "data.root/trainA=/x/trainA, gdm.root=1, a.clusters=2")
+        "data.root/trainA=/x/trainA, gdm.root=1, a.clusters=2, /tmp/pytest-of-root/x.png, ~root/y, data_root=3")

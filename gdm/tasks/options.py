@@ -235,8 +235,9 @@ def with_config_paths(message: str, path: str, node: DictConfig,
     names = sorted((re.escape(k) for k in where if not k.startswith("_")), key=len, reverse=True)
     if not names:
         return message
-    # `root=/x` and `root/trainA=/x/trainA` (a folder under an option)
-    pattern = re.compile(r"(?<![\w.\[/])(" + "|".join(names) + r")(?=[=/])")
+    # `root=/x` and `root/trainA=/x/trainA` (a folder under an option), never a word inside a path or a longer
+    # name (`/tmp/pytest-of-root/x`, `data_root=`)
+    pattern = re.compile(r"(?<![\w.\[/\-~:])(" + "|".join(names) + r")(?=[=/])")
     return pattern.sub(lambda m: key_of(where[m.group(1)], m.group(1)), message)
 
 
