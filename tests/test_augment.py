@@ -151,6 +151,7 @@ def test_ada_p_rises_by_the_papers_step_while_d_is_overconfident_and_stays_at_0_
     assert calm.p.item() == 0.0 and calm.rt.item() == 0.0
 
 
+@pytest.mark.slow
 def test_ada_p_rises_when_d_overfits_a_tiny_set_and_stays_at_0_on_a_trivial_one():
     """A real discriminator trained on 8 digits against noise soon tells them apart (r_t -> 1, p rises);
     against fakes that are the same digits it cannot (r_t < target, p stays 0)."""

@@ -182,6 +182,7 @@ def test_a_run_directory_with_checkpoints_is_not_overwritten_by_accident(tmp_pat
         user_error(caught.value))
 
 
+@pytest.mark.slow
 def test_float16_true_training_is_refused_and_bf16_true_is_warned_about(tmp_path, caplog):
     with pytest.raises(GdmError, match=r"^trainer.precision=16-true trains with weights and Adam's moments in "
                                        r"float16: .* use bf16-mixed or 16-mixed"):

@@ -57,6 +57,7 @@ def test_benchmarks_time_every_runner_and_set_it_beside_its_plain_loop(tmp_path)
     assert runs["reference"][0]["g_params"] == runs["opaque"][0]["g_params"] > 0
 
 
+@pytest.mark.slow
 def test_translate_memory_sets_the_estimate_beside_the_rss_growth():
     proc = subprocess.run([sys.executable, "translate_memory.py", "--sizes", "256"], cwd=EXPERIMENTS,
                           capture_output=True, text=True, timeout=600)

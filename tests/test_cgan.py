@@ -95,6 +95,7 @@ def test_short_digits_run_reads_the_requested_classes(tmp_path):
     assert final["val/class_acc"] > 0.5
 
 
+@pytest.mark.slow
 def test_sample_a_class_from_a_checkpoint(tmp_path):
     from gdm.checkpoints import load_model
 

@@ -123,6 +123,7 @@ def test_labels_and_clusters_exclude_each_other():
         make_clustered_gan(3, conditional=True, num_classes=10)
 
 
+@pytest.mark.slow
 def test_default_run_clusters_the_digits_and_its_checkpoint_keeps_them(tmp_path, monkeypatch):
     from gdm.app import run
     from gdm.checkpoints import load_model

@@ -126,6 +126,7 @@ def test_what_is_not_a_run_fails_in_one_sentence(tmp_path):
         run(compose_config(["task=compare", f"compare.runs=[{tmp_path}]", "compare.confidence=95"], tmp_path / "o"))
 
 
+@pytest.mark.slow
 def test_report_writes_markdown_html_and_plots_and_logs_to_wandb_offline(tmp_path):
     from gdm.compare.report import Report
     from gdm.compare.tables import flat_rows
@@ -215,6 +216,7 @@ def test_html_report_renders_in_headless_chromium(compared, tmp_path):
     assert shot.stat().st_size > 50_000
 
 
+@pytest.mark.slow
 def test_a_run_given_twice_and_a_repeated_seed_are_counted_once(tmp_path):
     from helpers import compose_config
 
@@ -241,6 +243,7 @@ def test_a_run_given_twice_and_a_repeated_seed_are_counted_once(tmp_path):
     assert "| model=gan | 1 | 30 (one seed) |" in (tmp_path / "one" / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_a_sweep_summary_counts_jobs_of_one_configuration_and_seed_once(tmp_path):
     from omegaconf import OmegaConf
 

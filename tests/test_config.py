@@ -36,6 +36,7 @@ def test_every_group_has_options():
 
 
 @pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
+@pytest.mark.slow
 def test_every_config_file_composes(group, option, tmp_path):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("config", overrides=[*overrides_for(group, option), f"paths.output_dir={tmp_path}"],

@@ -27,6 +27,7 @@ def data_root(target: str, folders: dict) -> list[str]:
 
 
 @pytest.mark.parametrize("name", DATA)
+@pytest.mark.slow
 def test_shipped_data_configs_instantiate(name, image_folder, unpaired_folder, paired_folder, tmp_path):
     folders = {"ImageFolderDataModule": image_folder, "UnpairedFolderDataModule": unpaired_folder,
                "PairedFolderDataModule": paired_folder}
@@ -37,6 +38,7 @@ def test_shipped_data_configs_instantiate(name, image_folder, unpaired_folder, p
 
 
 @pytest.mark.parametrize("name", MODELS)
+@pytest.mark.slow
 def test_shipped_model_configs_instantiate(name, tmp_path):
     cfg = compose_config([f"model={name}"], tmp_path)  # with the data its config picks (pix2pix: the digit pairs)
     datamodule = instantiate(cfg.data)

@@ -140,6 +140,7 @@ def test_embedded_pair_is_unpaired_and_coloured():
     assert set(item) == {"image_a", "label_a", "image_b", "label_b"}
 
 
+@pytest.mark.slow
 def test_label_classifier_reads_both_domains():
     net = load_digit_classifier("digits_colour")
     data = DigitsColourDataModule(image_size=32)
@@ -148,6 +149,7 @@ def test_label_classifier_reads_both_domains():
         assert accuracy(net, to_uint8(test.images), test.labels) > 0.95, domain
 
 
+@pytest.mark.slow
 def test_training_steps_update_nets_and_checkpoint_holds_pool_and_schedulers(tmp_path):
     cfg = compose_config([*CYCLEGAN_TINY, "trainer.max_epochs=2", "model.n_epochs=1", "model.n_epochs_decay=1"],
                          tmp_path)
@@ -167,6 +169,7 @@ def test_training_steps_update_nets_and_checkpoint_holds_pool_and_schedulers(tmp
     assert summary["final"]["val/cycle_l1_a"] == pytest.approx(expected, rel=1e-4)
 
 
+@pytest.mark.slow
 def test_bf16_mixed_precision_trains(tmp_path):
     """trainer.precision=bf16-mixed (meant for GPUs; autocast works on the CPU too): the pool takes bf16 fakes."""
     run(compose_config([*CYCLEGAN_TINY, "trainer.precision=bf16-mixed"], tmp_path))
@@ -175,6 +178,7 @@ def test_bf16_mixed_precision_trains(tmp_path):
     assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if torch.is_tensor(v))
 
 
+@pytest.mark.slow
 def test_translate_task_keeps_names_and_sizes(tmp_path):
     run(compose_config(CYCLEGAN_TINY, tmp_path / "run"))
     source = tmp_path / "in"
@@ -231,6 +235,7 @@ def test_translate_task_keeps_names_and_sizes(tmp_path):
     (["model=cyclegan", "metrics=fid"], "use metrics=translation"),
     (["model=cyclegan", "data.image_size=34"], "multiples of 4"),
 ])
+@pytest.mark.slow
 def test_cyclegan_mistakes_are_one_sentence(overrides, message, tmp_path):
     cfg = compose_config([*CYCLEGAN_TINY, *overrides], tmp_path)
     with pytest.raises(Exception) as caught:  # noqa: B017 - Hydra may wrap it in an InstantiationException
@@ -239,6 +244,7 @@ def test_cyclegan_mistakes_are_one_sentence(overrides, message, tmp_path):
     assert mistake is not None and message in str(mistake), caught.value
 
 
+@pytest.mark.slow
 def test_translate_with_a_gan_checkpoint_is_one_sentence(tmp_path):
     run(compose_config(["data.image_size=16", *TINY, "logger=none"], tmp_path / "gan"))
     (tmp_path / "in").mkdir()

@@ -36,6 +36,7 @@ def test_accuracy_on_held_out_test_split(test_split):
     assert accuracy(net, *test_split) >= 0.95
 
 
+@pytest.mark.slow
 def test_accuracy_at_16_pixels_and_in_rgb(test_split):
     # The classifier resizes any input to 32x32 and reduces colour to luminance.
     net = load_digit_classifier()

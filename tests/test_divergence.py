@@ -47,6 +47,7 @@ def nan_on_call(monkeypatch):
     return install
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(nan_on_call, tmp_path):
     nan_on_call(3)  # epoch 0 has batches 1-2 (then an evaluation writes last.ckpt at step 2); batch 3 diverges
     with pytest.raises(Exception) as caught:  # noqa: B017 - Lightning may wrap it
@@ -62,6 +63,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(nan_on_call, 
     assert json.loads((tmp_path / "summary.json").read_text())["status"].startswith("failed: Diverged")
 
 
+@pytest.mark.slow
 def test_nan_loss_with_skip_leaves_that_update_out(nan_on_call, tmp_path):
     nan_on_call(3)
     run(compose_config([*RUN, "callbacks.nonfinite_loss.action=skip"], tmp_path))
@@ -77,12 +79,14 @@ def test_nan_loss_with_skip_leaves_that_update_out(nan_on_call, tmp_path):
     ("check_every_n_steps=0", "callbacks.nonfinite_loss.check_every_n_steps=0 must be an integer >= 1 (batches "
                               "between read-backs of the losses)."),
 ])
+@pytest.mark.slow
 def test_a_bad_policy_is_one_sentence(override, message, tmp_path):
     with pytest.raises(Exception) as caught:  # noqa: B017
         run(compose_config([*RUN, f"callbacks.nonfinite_loss.{override}"], tmp_path))
     assert str(user_error(caught.value)) == message
 
 
+@pytest.mark.slow
 def test_the_policy_is_given_to_the_model_at_build_and_no_callback_holds_it(tmp_path):
     cfg = compose_config([*RUN, "callbacks.nonfinite_loss.action=skip",
                           "callbacks.nonfinite_loss.max_consecutive_skips=3"], tmp_path)
@@ -91,6 +95,7 @@ def test_the_policy_is_given_to_the_model_at_build_and_no_callback_holds_it(tmp_
     assert not any(isinstance(callback, NonFinitePolicy) for callback in build_callbacks(cfg))
 
 
+@pytest.mark.slow
 def test_skipping_stops_after_too_many_bad_updates_of_one_loss(nan_on_call, tmp_path):
     """D's updates stay finite while G's loss is NaN from batch 2 on: G's count is its own."""
     nan_on_call(2, which="g_loss", from_then_on=True)
@@ -102,6 +107,7 @@ def test_skipping_stops_after_too_many_bad_updates_of_one_loss(nan_on_call, tmp_
         user_error(caught.value))
 
 
+@pytest.mark.slow
 def test_stop_reads_the_losses_back_every_n_batches(nan_on_call, tmp_path):
     """No device sync per update: the NaN of batch 6 is read back at the end of batch 9 (every 5th batch), and
     the message still names the loss, its value and the step it happened at."""

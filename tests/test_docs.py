@@ -106,6 +106,7 @@ def test_the_pages_hold_commands():
 
 
 @pytest.mark.parametrize(("page", "cmd"), [(p, c) for p, c, fails in ALL if not fails])
+@pytest.mark.slow
 def test_command_composes(hydra_conf, tmp_path, page, cmd):
     overrides, multirun = overrides_of(cmd, tmp_path)
     plain, searched = composable(overrides)
@@ -141,6 +142,7 @@ def test_command_meant_to_fail_fails_in_one_sentence(tmp_path, page, cmd):
     assert not (tmp_path / "run" / "checkpoints").exists()  # refused before training
 
 
+@pytest.mark.slow
 def test_config_reference_is_current():
     run = subprocess.run([sys.executable, "docs/gen_config_reference.py", "--check"], cwd=ROOT,
                          capture_output=True, text=True, timeout=600)
@@ -185,6 +187,7 @@ class Constant(torch.nn.Module):
         return values.view(-1, 1, 1, 1).expand(-1, 1, 2, 2)
 
 
+@pytest.mark.slow
 def test_extending_worked_example_runs():
     text = (ROOT / "docs" / "extending.md").read_text()
     block = text.split("<!-- runs in tests/test_docs.py -->", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]

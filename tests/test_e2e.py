@@ -58,6 +58,7 @@ def check_run_dir(run_dir: Path, monitor: str, check_grid: bool = True) -> dict:
 
 
 @pytest.mark.parametrize(("model", "data"), MODEL_DATA)
+@pytest.mark.slow
 def test_every_model_with_every_data(model, data, tmp_path, image_folder, unpaired_folder, paired_folder):
     tiny = TINY_FOR.get(model, [f"model={model}", *TINY])
     folder = {"unpaired": unpaired_folder, "paired": paired_folder}.get(data, image_folder)
@@ -70,6 +71,7 @@ def test_every_model_with_every_data(model, data, tmp_path, image_folder, unpair
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
+@pytest.mark.slow
 def test_every_experiment(experiment, tmp_path):
     cfg = compose_config([f"experiment={experiment}", *TINY, "logger=none"], tmp_path)
     run(cfg)
@@ -78,6 +80,7 @@ def test_every_experiment(experiment, tmp_path):
 
 @pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("debug", DEBUGS)
+@pytest.mark.slow
 def test_every_debug_config_with_every_model(debug, model, tmp_path):
     small = ([o for o in TINY_FOR[model] if not o.startswith(("trainer.", "++trainer.", "print_config"))]
              if model in TINY_FOR else [f"model={model}", "data.image_size=16", "metrics.fid.num_samples=40"])
@@ -88,6 +91,7 @@ def test_every_debug_config_with_every_model(debug, model, tmp_path):
     assert (tmp_path / "summary.json").is_file()
 
 
+@pytest.mark.slow
 def test_checkpoint_holds_config_and_ema(tmp_path):
     cfg = compose_config(["data.image_size=16", "model.ema_decay=0.9", *TINY, "logger=none"], tmp_path)
     run(cfg)
@@ -97,6 +101,7 @@ def test_checkpoint_holds_config_and_ema(tmp_path):
     assert len(ckpt["optimizer_states"]) == 2
 
 
+@pytest.mark.slow
 def test_loggers(tmp_path):
     """W&B offline lands in the run dir with the sample grid as an image; TensorBoard writes events."""
     cfg = compose_config(["data.image_size=16", *TINY, "logger=wandb", "logger.wandb.mode=offline"], tmp_path / "w")
@@ -118,6 +123,7 @@ def test_model_and_data_mismatch_is_one_sentence(tmp_path):
     assert isinstance(mistake, GdmError) and "data.image_size=24 is not one: use e.g. 16, 32 or 64" in str(mistake)
 
 
+@pytest.mark.slow
 def test_same_seed_same_fid(tmp_path):
     results = [run(compose_config(["data.image_size=16", *TINY, "logger=none", "seed=7"], tmp_path / str(i)))
                for i in range(2)]
@@ -127,6 +133,7 @@ def test_same_seed_same_fid(tmp_path):
 # ---- run.py as a user types it --------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_help_lists_groups_and_options():
     out = run_py("--help").stdout
     for line in ("model: ae, cgan, cyclegan, gan, pix2pix, vae",
@@ -191,6 +198,7 @@ def test_gpu_trainer_without_gpu_is_one_sentence(tmp_path):
     assert "trainer.accelerator=gpu but this machine has no usable GPU: use trainer=cpu" in proc.stderr + proc.stdout
 
 
+@pytest.mark.slow
 def test_vae_run_reports_iwae_nll_below_its_elbo_bound(tmp_path):
     cfg = compose_config(["model=vae", "model.likelihood=gaussian", "model.iwae_k=20", "data.image_size=16",
                           *TINY, "logger=none"], tmp_path)
@@ -202,6 +210,7 @@ def test_vae_run_reports_iwae_nll_below_its_elbo_bound(tmp_path):
     assert test["test/bpd"] == pytest.approx(-test["test/elbo"] / (16 * 16 * math.log(2)), rel=1e-4)
 
 
+@pytest.mark.slow
 def test_vae_on_mnist_files(tmp_path):
     """`model=vae data=mnist` where the data is present (MNIST-format files written by the test)."""
     from helpers import fake_mnist
@@ -214,6 +223,7 @@ def test_vae_on_mnist_files(tmp_path):
     assert summary["test"]["test/nll_iwae"] > 0
 
 
+@pytest.mark.slow
 def test_run_stopped_by_max_steps_is_evaluated_at_its_last_step(tmp_path):
     cfg = compose_config(["data.image_size=16", "trainer.max_steps=10", "metrics.fid.num_samples=40",
                           "trainer.accelerator=cpu", "logger=none", "print_config=false"], tmp_path)
@@ -226,6 +236,7 @@ def test_run_stopped_by_max_steps_is_evaluated_at_its_last_step(tmp_path):
     assert (tmp_path / "checkpoints" / "best.ckpt").is_file() and (tmp_path / "samples" / "samples_last.png").is_file()
 
 
+@pytest.mark.slow
 def test_resume_keeps_the_best_of_its_own_run_directory_only(tmp_path):
     tiny = ["data.image_size=16", *TINY, "logger=none", "test_after_fit=false", "monitor_mode=max"]
     run(compose_config([*tiny, "trainer.max_epochs=2", "trainer.check_val_every_n_epoch=1"], tmp_path / "a"))
@@ -259,6 +270,7 @@ def test_more_mistakes_are_one_sentence(overrides, message, tmp_path):
     assert message in str(user_error(caught.value))
 
 
+@pytest.mark.slow
 def test_evaluation_does_not_change_training(tmp_path):
     """Same seed, different evaluation schedule and metrics: identical weights at the end."""
     common = ["data.image_size=16", "trainer.max_epochs=2", "++trainer.limit_train_batches=3",

@@ -39,6 +39,7 @@ def no_checkpoint(tmp_path) -> bool:
     return not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
 
 
+@pytest.mark.slow
 def test_a_typo_in_the_monitor_is_refused_before_the_first_batch(tmp_path, batches):
     message = refusal(["monitor=val/fid_digitz"], tmp_path)
     assert message == ("monitor=val/fid_digitz is not among this run's evaluation values (val/copies_digits, "
@@ -52,6 +53,7 @@ def test_a_typo_in_the_monitor_is_refused_before_the_first_batch(tmp_path, batch
     # a metric switched off in the metrics config
     (["metrics.fid.precision_recall_k=null", "monitor=val/recall_digits"], "val/recall_digits"),
 ])
+@pytest.mark.slow
 def test_a_monitor_the_metrics_will_not_log_is_refused_before_the_first_batch(overrides, monitor, tmp_path,
                                                                               batches):
     message = refusal(overrides, tmp_path)
@@ -59,6 +61,7 @@ def test_a_monitor_the_metrics_will_not_log_is_refused_before_the_first_batch(ov
     assert batches == [] and no_checkpoint(tmp_path)
 
 
+@pytest.mark.slow
 def test_a_missing_weights_file_is_refused_before_the_first_batch(tmp_path, batches):
     missing = tmp_path / "no_such_weights.pth"
     message = refusal(["metrics.features=inception", f"metrics.inception_weights={missing}"], tmp_path)
@@ -66,6 +69,7 @@ def test_a_missing_weights_file_is_refused_before_the_first_batch(tmp_path, batc
     assert batches == [] and no_checkpoint(tmp_path)
 
 
+@pytest.mark.slow
 def test_a_monitor_only_the_first_evaluation_can_refuse_keeps_last_ckpt(tmp_path, batches):
     """A model's own validation values (val/d_real) are known only once it has logged them: the run stops at
     the first evaluation, and the training up to it is in last.ckpt."""

@@ -63,6 +63,7 @@ def evaluate(overrides: list[str], out) -> tuple[float | None, dict]:
 
 # ---- 32.1: the checkpoint's trained settings --------------------------------------------------------------
 
+@pytest.mark.slow
 def test_naming_the_data_group_keeps_the_checkpoints_direction_and_size(pix2pix_run, tmp_path):
     root, ckpt = pix2pix_run
     value, report = evaluate([f"ckpt_path={ckpt}", *FOLDER, f"data.root={root}"], tmp_path)
@@ -72,6 +73,7 @@ def test_naming_the_data_group_keeps_the_checkpoints_direction_and_size(pix2pix_
     assert report["changed_from_checkpoint"] == [] and value == report["metrics"]["test/fid_digits_colour"]
 
 
+@pytest.mark.slow
 def test_a_typed_direction_that_contradicts_the_checkpoint_is_refused(pix2pix_run, tmp_path):
     root, ckpt = pix2pix_run
     with pytest.raises(GdmError, match=re.escape(
@@ -81,6 +83,7 @@ def test_a_typed_direction_that_contradicts_the_checkpoint_is_refused(pix2pix_ru
     assert not (tmp_path / "eval.json").exists()
 
 
+@pytest.mark.slow
 def test_a_translator_evaluated_at_another_size_says_so_and_records_it(pix2pix_run, tmp_path, caplog):
     root, ckpt = pix2pix_run
     with caplog.at_level(logging.WARNING, logger="gdm.tasks.evaluate"):
@@ -91,6 +94,7 @@ def test_a_translator_evaluated_at_another_size_says_so_and_records_it(pix2pix_r
     assert change in caplog.text
 
 
+@pytest.mark.slow
 def test_translate_refuses_a_typed_direction_against_the_checkpoint(pix2pix_run, tmp_path):
     root, ckpt = pix2pix_run
     cfg = compose_typed(["task=translate", f"ckpt_path={ckpt}", f"translate.input={root / 'test'}",
@@ -109,11 +113,13 @@ def test_translate_refuses_a_typed_direction_against_the_checkpoint(pix2pix_run,
                              "data.channels gives image_shape=[1, 32, 32], the checkpoint's is [1, 16, 16])"),
     (["model.generator.ngf=8"], "does not fit this model (generator."),  # a net's setting: the tensor named
 ])
+@pytest.mark.slow
 def test_eval_refuses_a_gans_trained_settings_named_otherwise(cgan_ckpt, tmp_path, overrides, message):
     with pytest.raises(GdmError, match=re.escape(message)):
         evaluate([f"ckpt_path={cgan_ckpt}", "eval.num_samples=40", *overrides], tmp_path)
 
 
+@pytest.mark.slow
 def test_eval_on_other_data_names_the_channels_and_classes_it_changes(cgan_ckpt, image_folder, tmp_path):
     with pytest.raises(GdmError, match=re.escape(
             "(data.image_size / data.channels gives image_shape=[3, 16, 16], the checkpoint's is [1, 16, 16]; the "
@@ -128,6 +134,7 @@ def test_eval_on_other_data_names_the_channels_and_classes_it_changes(cgan_ckpt,
     (["data.image_size=32"], "data.image_size=32 contradicts ckpt_path={}, whose model was trained with "
                              "data.image_size=16"),
 ])
+@pytest.mark.slow
 def test_sample_refuses_settings_it_would_ignore(cgan_ckpt, tmp_path, overrides, message):
     with pytest.raises(GdmError, match=re.escape(message.format(cgan_ckpt))):
         run(compose_typed(["task=sample", f"ckpt_path={cgan_ckpt}", *overrides], tmp_path))
@@ -136,6 +143,7 @@ def test_sample_refuses_settings_it_would_ignore(cgan_ckpt, tmp_path, overrides,
 
 # ---- 29.1: one route from eval.* to the metrics -----------------------------------------------------------
 
+@pytest.mark.slow
 def test_eval_split_reaches_pix2pixs_metrics_and_the_record_says_so(pix2pix_run, tmp_path):
     root, ckpt = pix2pix_run
     _, report = evaluate([f"ckpt_path={ckpt}", *FOLDER, f"data.root={root}", "eval.split=val"], tmp_path)
@@ -146,6 +154,7 @@ def test_eval_split_reaches_pix2pixs_metrics_and_the_record_says_so(pix2pix_run,
     assert l1["split"] == "val" and l1["ground_truth"] == "A/val"
 
 
+@pytest.mark.slow
 def test_an_eval_option_that_sets_no_metric_is_refused(pix2pix_run, tmp_path):
     root, ckpt = pix2pix_run
     with pytest.raises(GdmError, match=re.escape("eval.kid_subset_size=50 sets no metric of this checkpoint "
@@ -153,6 +162,7 @@ def test_an_eval_option_that_sets_no_metric_is_refused(pix2pix_run, tmp_path):
         evaluate([f"ckpt_path={ckpt}", *FOLDER, f"data.root={root}", "eval.kid_subset_size=50"], tmp_path)
 
 
+@pytest.mark.slow
 def test_a_typed_metric_setting_wins_over_the_eval_default(cgan_ckpt, tmp_path):
     _, report = evaluate([f"ckpt_path={cgan_ckpt}", "eval.num_samples=40", "eval.kid_subset_size=null",
                           "metrics.fid.real_split=val"], tmp_path)
@@ -164,6 +174,7 @@ def test_a_typed_metric_setting_wins_over_the_eval_default(cgan_ckpt, tmp_path):
 
 # ---- 32.8: the monitor follows the features ---------------------------------------------------------------
 
+@pytest.mark.slow
 def test_the_checkpoints_monitor_follows_the_features_unless_typed(cgan_ckpt, tmp_path):
     checkpoint = read_checkpoint(cgan_ckpt)
     checkpoint["gdm_config_source"]["monitor"] = "val/fid_digits"  # as a run that typed monitor= stores it
@@ -178,6 +189,7 @@ def test_the_checkpoints_monitor_follows_the_features_unless_typed(cgan_ckpt, tm
 
 # ---- 32.2: names by split, KID with its meaning, the seed drawn ------------------------------------------
 
+@pytest.mark.slow
 def test_eval_names_values_by_the_split_and_says_what_kid_is(cgan_ckpt, tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="gdm.tasks.evaluate"):
         value, report = evaluate([f"ckpt_path={cgan_ckpt}", "eval.num_samples=60", "eval.kid_subset_size=50",
@@ -197,6 +209,7 @@ def test_eval_names_values_by_the_split_and_says_what_kid_is(cgan_ckpt, tmp_path
     assert list(report["definitions"]) == ["test/kid_digits"]
 
 
+@pytest.mark.slow
 def test_sample_seeds_shift_every_metrics_seed(cgan_ckpt, tmp_path):
     _, report = evaluate([f"ckpt_path={cgan_ckpt}", "eval.num_samples=40", "eval.kid_subset_size=null",
                           "eval.sample_seeds=2"], tmp_path)
@@ -207,6 +220,7 @@ def test_sample_seeds_shift_every_metrics_seed(cgan_ckpt, tmp_path):
 
 # ---- 32.8: task=sample draws what task=eval measures ------------------------------------------------------
 
+@pytest.mark.slow
 def test_gdm_fid_equals_an_external_fid_of_task_samples_pngs(cgan_ckpt, tmp_path, caplog):
     n = 60
     _, report = evaluate([f"ckpt_path={cgan_ckpt}", f"eval.num_samples={n}", "eval.kid_subset_size=null"],
@@ -231,6 +245,7 @@ def test_gdm_fid_equals_an_external_fid_of_task_samples_pngs(cgan_ckpt, tmp_path
 
 # ---- 32.1: resume names what changed ----------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_resume_names_changed_data_settings(pix2pix_run, tmp_path):
     root, ckpt = pix2pix_run
     cfg = compose_config([*TINY_PIX2PIX, *FOLDER, f"data.root={root}", "data.num_workers=2"], tmp_path)
@@ -240,6 +255,7 @@ def test_resume_names_changed_data_settings(pix2pix_run, tmp_path):
 
 # ---- 32.2: a drawn seed is what every record of a run says ------------------------------------------------
 
+@pytest.mark.slow
 def test_a_drawn_seed_is_recorded_in_config_logger_and_checkpoint(tmp_path):
     run(compose_config(["data.image_size=16", *TINY, "logger=csv", "test_after_fit=false", "seed=null"], tmp_path))
     seed = OmegaConf.load(tmp_path / "config.yaml").seed

@@ -60,6 +60,7 @@ def test_eval_of_a_vae_reports_the_iwae_nll(tmp_path):
     assert metrics["test/nll_iwae"] > 0 and metrics["test/fid_digits"] > 0 and "val/elbo" in metrics
 
 
+@pytest.mark.slow
 def test_kid_shares_fid_features_and_eval_is_repeatable(cgan_ckpt, tmp_path):
     def evaluate(name: str, *overrides: str) -> dict:
         run(compose_config(["task=eval", f"ckpt_path={cgan_ckpt}", "eval.num_samples=60", *overrides], tmp_path / name))
@@ -71,6 +72,7 @@ def test_kid_shares_fid_features_and_eval_is_repeatable(cgan_ckpt, tmp_path):
     assert with_kid["test/kid_digits"] > 0
 
 
+@pytest.mark.slow
 def test_the_checkpoint_decides_model_and_data_unless_the_command_line_does(cgan_ckpt, tmp_path):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("config", overrides=["task=eval", "data.batch_size=7", f"paths.output_dir={tmp_path}"],
@@ -109,6 +111,7 @@ def test_sample_writes_n_pngs_and_a_grid_from_the_ema_generator(cgan_ckpt, tmp_p
     assert grid.shape == (1, 2 + 5 * 18, 2 + 5 * 18)  # 5 x 5 (the last row partly), 16 px + 2 px padding
 
 
+@pytest.mark.slow
 def test_sample_streams_many_samples_and_grids_the_first_whole_rows(cgan_ckpt, tmp_path):
     run(compose_config(["task=sample", f"ckpt_path={cgan_ckpt}", "+sample.n=300"], tmp_path))
     files = sorted((tmp_path / "samples").glob("*.png"))
@@ -129,6 +132,7 @@ def test_sample_names_sort_in_sample_order_past_99999():
     assert sample_file_name(3, 1) == "00003.png"
 
 
+@pytest.mark.slow
 def test_sample_refuses_a_translation_model(tmp_path):
     run(compose_config([*TINY_CYCLEGAN, "logger=none"], tmp_path / "cg"))
     cfg = compose_config(["task=sample", f"ckpt_path={tmp_path / 'cg/checkpoints/last.ckpt'}"], tmp_path / "s")
@@ -157,6 +161,7 @@ def test_sample_refuses_a_translation_model(tmp_path):
     ("eval", ["eval.num_samples=1"], "eval.num_samples=1 must be an integer >= 2 or null"),
     ("eval", ["eval.kid_subset_size=0.5"], "eval.kid_subset_size=0.5 must be an integer >= 2 or null"),
 ])
+@pytest.mark.slow
 def test_sample_and_eval_options_that_are_not_integers_are_named(cgan_ckpt, tmp_path, task, overrides, message):
     with pytest.raises(GdmError) as caught:
         run(compose_config([f"task={task}", f"ckpt_path={cgan_ckpt}", *overrides], tmp_path))
@@ -164,6 +169,7 @@ def test_sample_and_eval_options_that_are_not_integers_are_named(cgan_ckpt, tmp_
     assert not (tmp_path / "samples").exists() and not (tmp_path / "eval.json").exists()
 
 
+@pytest.mark.slow
 def test_sample_label_draws_that_class_only(cgan_ckpt, tmp_path):
     run(compose_config(["task=sample", f"ckpt_path={cgan_ckpt}", "+sample.n=5", "+sample.label=3"], tmp_path))
     files = sorted((tmp_path / "samples").glob("*.png"))

@@ -36,6 +36,7 @@ def record_wandb_logs(monkeypatch) -> list[dict]:
     return calls
 
 
+@pytest.mark.slow
 def test_one_step_axis_in_every_logger_file_and_grid(tmp_path, monkeypatch):
     """max_steps=20 optimizer steps = 10 batches: the evaluation is at step 10 in CSV, TensorBoard, W&B,
     summary.json, metrics.jsonl, the grid's file name and the best-checkpoint record."""
@@ -66,6 +67,7 @@ def test_one_step_axis_in_every_logger_file_and_grid(tmp_path, monkeypatch):
     assert fid_steps == grid_steps == [10]
 
 
+@pytest.mark.slow
 def test_every_value_comes_with_its_protocol(tmp_path):
     run(compose_config([*SHORT, "logger=none"], tmp_path))
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -81,6 +83,7 @@ def test_every_value_comes_with_its_protocol(tmp_path):
     assert summary["protocols"]["val/d_real"]["split"] == "val"
 
 
+@pytest.mark.slow
 def test_a_second_run_reads_the_real_features_from_the_cache(tmp_path):
     cache = tmp_path / "cache"
     run(compose_config([*SHORT, "logger=none", f"metrics.cache_dir={cache}"], tmp_path / "a"))
@@ -155,6 +158,7 @@ def test_protocol_ids_ignore_versions_and_name_differences():
                                  "versions.torchmetrics"]
 
 
+@pytest.mark.slow
 def test_a_sweep_says_which_jobs_used_another_protocol(tmp_path):
     from gdm.tasks.sweep_summary import job_rows, protocol_mismatch
 
@@ -172,6 +176,7 @@ def test_a_sweep_says_which_jobs_used_another_protocol(tmp_path):
     assert protocol_mismatch(tmp_path, rows[:2]) is None
 
 
+@pytest.mark.slow
 def test_a_resumed_run_counts_the_wall_time_of_every_session(tmp_path, monkeypatch):
     import time
 

@@ -208,6 +208,7 @@ def run_metric(real, num_samples=200, seed=0, batch_size=250, **kwargs):
     return metric(ev), ev
 
 
+@pytest.mark.slow
 def test_sample_quality_names_values_and_protocol(real_val):
     result, ev = run_metric(real_val)
     assert set(result.values) == {f"val/{m}_digits" for m in
@@ -224,6 +225,7 @@ def test_sample_quality_names_values_and_protocol(real_val):
     assert nrow == 5 and images.shape == (8 * 5, 1, 16, 16)
 
 
+@pytest.mark.slow
 def test_sample_quality_does_not_depend_on_batch_size(real_val):
     small, ev_small = run_metric(real_val, batch_size=7)
     big, ev_big = run_metric(real_val, batch_size=250)
@@ -231,6 +233,7 @@ def test_sample_quality_does_not_depend_on_batch_size(real_val):
     assert small.values["val/fid_digits"] == pytest.approx(big.values["val/fid_digits"], rel=1e-6)
 
 
+@pytest.mark.slow
 def test_sample_quality_depends_on_seed(real_val):
     a, _ = run_metric(real_val, seed=0)
     b, _ = run_metric(real_val, seed=1)
@@ -238,6 +241,7 @@ def test_sample_quality_depends_on_seed(real_val):
     assert a.values["val/fid_digits"] == pytest.approx(b.values["val/fid_digits"], rel=0.1)  # same distribution
 
 
+@pytest.mark.slow
 def test_fid_of_real_images_is_zero_and_they_are_all_copies(real_val):
     class RealModel(FakeModel):
         def generate(self, indices, seed=0, labels=None):
@@ -252,6 +256,7 @@ def test_fid_of_real_images_is_zero_and_they_are_all_copies(real_val):
     assert result.values["val/copies_digits"] == 1.0  # each is closer to a training image than its neighbours are
 
 
+@pytest.mark.slow
 def test_sample_quality_shards_across_ranks_and_gathers_in_index_order(real_val):
     """Two processes simulated in turn: each computes its share; the gather hands every process all rows."""
     n = 101
@@ -292,6 +297,7 @@ def test_real_features_are_read_once_and_then_come_from_the_cache(real_val, tmp_
     assert ev2.cache.hits == 1 and ev2.cache.misses == 0
 
 
+@pytest.mark.slow
 def test_logged_fid_equals_fid_of_saved_pngs(real_val, tmp_path):
     n = 150
     result, ev = run_metric(real_val, num_samples=n, batch_size=40)
@@ -314,6 +320,7 @@ def test_sample_quality_takes_null_for_the_metrics_it_can_leave_off():
     assert (metric.kid_subset_size, metric.precision_recall_k, metric.density_coverage_k) == (None, None, None)
 
 
+@pytest.mark.slow
 def test_sample_quality_leaves_the_global_rng_alone(real_val):
     """Evaluating must not change the training run: the global RNG stream is untouched."""
     torch.manual_seed(123)
@@ -354,6 +361,7 @@ def test_latent_noise_is_standard_normal_and_handles_empty():
 
 
 
+@pytest.mark.slow
 def test_evaluator_inside_a_trainer(tmp_path):
     torch.manual_seed(0)
     gan = GAN((1, 16, 16), functools.partial(DCGANGenerator, ngf=8), functools.partial(DCGANDiscriminator, ndf=8),

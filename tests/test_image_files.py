@@ -189,6 +189,7 @@ def test_hidden_folders_are_not_classes(tmp_path):
      "the sample metrics need at least 6 images on both sides (FID: 2, k-NN metrics: k + 1), and have "
      "metrics.fid.num_samples=40 generated"),
 ])
+@pytest.mark.slow
 def test_too_little_data_is_one_sentence_before_training(tmp_path, n, overrides, message):
     root = flat_folder(tmp_path / "few", n=n, size=16)
     cfg = compose_config(["data=image_folder", f"data.root={root}", "data.image_size=16", "data.num_workers=0",
@@ -199,6 +200,7 @@ def test_too_little_data_is_one_sentence_before_training(tmp_path, n, overrides,
     assert not (tmp_path / "run" / "checkpoints" / "best.ckpt").exists()
 
 
+@pytest.mark.slow
 def test_errors_name_the_options_as_typed(tmp_path):
     from helpers import run_py
 

@@ -26,6 +26,7 @@ def random_inception_weights(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_local_weights_file_gives_2048_features(random_inception_weights):
     features = build_features("inception", inception_weights=str(random_inception_weights))
     grey = torch.randint(0, 256, (2, 1, 16, 16), dtype=torch.uint8)

@@ -7,6 +7,7 @@ import runpy
 import sys
 from pathlib import Path
 
+import pytest
 from helpers import ROOT, TINY
 from omegaconf import OmegaConf
 
@@ -21,6 +22,7 @@ def launch(monkeypatch, launch_dir: Path, *args: str) -> None:
     assert Path.cwd() == launch_dir
 
 
+@pytest.mark.slow
 def test_relative_data_root_and_ckpt_path_are_read_from_the_launch_directory_with_chdir(
         monkeypatch, tmp_path, image_folder):
     assert image_folder == tmp_path / "images"

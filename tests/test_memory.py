@@ -35,6 +35,7 @@ def test_peak_counts_tensors_alive_at_once_and_not_views_or_in_place_results():
     assert peak_tensor_bytes(lambda: x.add_(1)) == 0
 
 
+@pytest.mark.slow
 def test_generator_activations_grow_with_the_pixels_and_two_probes_give_any_size():
     net = ResnetGenerator((3, 32, 32), ngf=8, n_blocks=2).eval()
     with torch.no_grad():
@@ -98,6 +99,7 @@ def translate_overrides(ckpt, source, out, *extra):
             "print_config=false", *extra]
 
 
+@pytest.mark.slow
 def test_a_load_size_that_cannot_fit_is_refused_before_anything_is_written(cyclegan_ckpt, tmp_path):
     source = tmp_path / "in"
     source.mkdir()
@@ -114,6 +116,7 @@ def test_a_load_size_that_cannot_fit_is_refused_before_anything_is_written(cycle
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_an_input_is_refused_or_warned_about_by_the_memory_it_needs(cyclegan_ckpt, tmp_path, monkeypatch, caplog):
     model = load_model(cyclegan_ckpt)
     source = tmp_path / "in"

@@ -16,6 +16,7 @@ def n_params(module: nn.Module) -> int:
 
 
 @pytest.mark.parametrize("image_shape", [(1, 16, 16), (1, 32, 32), (3, 64, 64)])
+@pytest.mark.slow
 def test_generator_and_discriminator_shapes(image_shape):
     torch.manual_seed(0)
     g = DCGANGenerator(image_shape, latent_dim=16, ngf=8)
@@ -122,6 +123,7 @@ def test_spectral_norm_parametrizes_every_conv():
     assert not any(hasattr(m, "parametrizations") for m in plain.modules())
 
 
+@pytest.mark.slow
 def test_spectral_norm_bounds_the_weight_norm():
     torch.manual_seed(0)
     d = DCGANDiscriminator((1, 16, 16), ndf=8, spectral_norm=True, norm="none")

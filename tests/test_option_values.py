@@ -164,6 +164,7 @@ def folder(tmp_path_factory):
 
 
 @pytest.mark.parametrize(("overrides", "message"), CASES, ids=[" ".join(c[0][-2:]) for c in CASES])
+@pytest.mark.slow
 def test_a_value_that_is_not_what_its_key_means_is_named(overrides, message, folder, tmp_path):
     translation = any(o in overrides for o in ("model=cyclegan", "model=pix2pix"))  # sized by their TINY_*
     if FOLDER in overrides:
@@ -177,6 +178,7 @@ def test_a_value_that_is_not_what_its_key_means_is_named(overrides, message, fol
     assert not (tmp_path / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_valid_values_at_their_edges_run(tmp_path):
     """Integers where floats belong (Adam's betas [0, 0.9]), zero where zero means off, seed=null (Lightning
     draws a seed; config.yaml records it), and settings of an augmentation not in use, which nothing checks

@@ -106,6 +106,7 @@ def load(storage: str, name: str = "gan_optuna") -> optuna.Study:
 
 
 @pytest.mark.parametrize("sampler", ["tpe", "random", "cmaes"])
+@pytest.mark.slow
 def test_same_seed_same_first_trials(hydra_sweep_runner, tmp_path, sampler):
     studies = []
     for run in ("a", "b", "c"):
@@ -119,6 +120,7 @@ def test_same_seed_same_first_trials(hydra_sweep_runner, tmp_path, sampler):
 
 
 @pytest.mark.parametrize("storage", ["sqlite", "journal"])
+@pytest.mark.slow
 def test_a_stored_study_resumes(hydra_sweep_runner, tmp_path, storage):
     url = f"sqlite:///{tmp_path / 'study.db'}" if storage == "sqlite" else str(tmp_path / "study.journal")
     first, _ = run_toy_sweep(hydra_sweep_runner, tmp_path / "a", toy_objective, "hydra.sweeper.n_trials=3",
@@ -136,6 +138,7 @@ def test_a_stored_study_resumes(hydra_sweep_runner, tmp_path, storage):
     assert study.trials[3].params != study.trials[0].params and study.trials[4].params != study.trials[1].params
 
 
+@pytest.mark.slow
 def test_a_failed_trial_is_recorded_failed_and_the_search_goes_on(hydra_sweep_runner, tmp_path):
     results, _ = run_toy_sweep(hydra_sweep_runner, tmp_path / "s", toy_objective, "hydra.sweeper.n_trials=6",
                                "+fail_vanilla=true", "hydra/sweeper/sampler=random",
@@ -146,6 +149,7 @@ def test_a_failed_trial_is_recorded_failed_and_the_search_goes_on(hydra_sweep_ru
     assert len(study.trials) == 6 and results["best_params"]["model.loss"] != "vanilla"
 
 
+@pytest.mark.slow
 def test_grid_sampler_stops_at_the_end_of_its_grid(hydra_sweep_runner, tmp_path):
     results, _ = run_toy_sweep(hydra_sweep_runner, tmp_path / "s", toy_objective, "hydra/sweeper/sampler=grid",
                                "model.lr_g=choice(1e-4, 3e-4)", "model.lr_d=0.0002",
@@ -185,6 +189,7 @@ def toy_training(cfg) -> float:
     return value
 
 
+@pytest.mark.slow
 def test_median_pruning_stops_trials_worse_than_the_median(hydra_sweep_runner, tmp_path):
     results, _ = run_toy_sweep(
         hydra_sweep_runner, tmp_path / "s", toy_training, "hydra/sweeper/sampler=grid",
@@ -221,10 +226,12 @@ def six_toy_trials_pruned_by(pruner: str, pruner_class: str, hydra_sweep_runner,
     return results, load(str(tmp_path / "study.journal")).trials
 
 
+@pytest.mark.slow
 def test_hyperband_reaches_the_jobs(hydra_sweep_runner, tmp_path):
     six_toy_trials_pruned_by("hyperband", "HyperbandPruner", hydra_sweep_runner, tmp_path)
 
 
+@pytest.mark.slow
 def test_successive_halving_keeps_the_best_trial_and_prunes_at_rungs(hydra_sweep_runner, tmp_path):
     results, trials = six_toy_trials_pruned_by("successive_halving", "SuccessiveHalvingPruner", hydra_sweep_runner,
                                                tmp_path)
@@ -308,6 +315,7 @@ def two_sweeps(hydra_sweep_runner, tmp_path, *second: str, objective=toy_objecti
                               f"hydra.sweeper.storage={url}", *second)
 
 
+@pytest.mark.slow
 def test_the_study_records_what_it_optimizes_and_its_search_space(hydra_sweep_runner, tmp_path):
     url = f"sqlite:///{tmp_path / 'study.db'}"
     run_toy_sweep(hydra_sweep_runner, tmp_path / "a", toy_objective, "hydra.sweeper.n_trials=1",
@@ -329,6 +337,7 @@ def test_the_study_records_what_it_optimizes_and_its_search_space(hydra_sweep_ru
     (["monitor=val/kid_digits"], "the study optimizes monitor=val/fid_digits and this sweep has "
                                  "monitor=val/kid_digits"),
 ])
+@pytest.mark.slow
 def test_a_continued_study_that_optuna_cannot_continue_is_refused_before_any_trial(
         hydra_sweep_runner, tmp_path, second, message):
     with pytest.raises(SystemExit) as stop:  # one sentence in the log, exit status 2, the GdmError as its cause
@@ -341,6 +350,7 @@ def test_a_continued_study_that_optuna_cannot_continue_is_refused_before_any_tri
     assert not (tmp_path / "b" / "2").exists()
 
 
+@pytest.mark.slow
 def test_changed_bounds_and_dropped_parameters_continue_and_say_so(hydra_sweep_runner, tmp_path, capsys):
     url, (results, job_dirs) = two_sweeps(hydra_sweep_runner, tmp_path, "model.lr_g=tag(log, interval(1e-4, 2e-4))",
                                           "data.batch_size=64")
@@ -384,6 +394,7 @@ def nan_for_hinge(cfg) -> float | None:
     return {"hinge": math.nan, "lsgan": None}.get(cfg.model.loss, 1.0)
 
 
+@pytest.mark.slow
 def test_every_failed_trial_has_its_reason(hydra_sweep_runner, tmp_path):
     run_toy_sweep(hydra_sweep_runner, tmp_path / "a", toy_objective, "hydra.sweeper.n_trials=6",
                   "+fail_vanilla=true", "hydra/sweeper/sampler=random", f"hydra.sweeper.storage={tmp_path / 'a.db'}")
@@ -411,6 +422,7 @@ def test_a_gdm_job_records_why_it_failed_in_its_trial(tmp_path, monkeypatch):
     assert describe(IntDistribution(2, 8, log=True)) == "tag(log, int(interval(2, 8)))"
 
 
+@pytest.mark.slow
 def test_a_relative_storage_is_the_launch_directory_s_when_jobs_change_directory(hydra_sweep_runner, tmp_path,
                                                                                  monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -131,6 +131,7 @@ def small_pix2pix(**kwargs) -> Pix2Pix:
                    partial(PatchDiscriminator, ndf=4, n_layers=2, norm="batch"), **kwargs)
 
 
+@pytest.mark.slow
 def test_losses_match_a_direct_computation():
     torch.manual_seed(0)
     model = small_pix2pix()
@@ -178,6 +179,7 @@ def test_paired_scores():
     torch.testing.assert_close(scores["psnr"], 10 * torch.log10(255**2 / diff.pow(2).flatten(1).mean(1)))
 
 
+@pytest.mark.slow
 def test_training_checkpoint_metrics_and_translate_task(tmp_path):
     """A tiny run on the embedded pair; the checkpoint translates folders at any size, in its direction."""
     run(compose_config([*PIX2PIX_TINY, "data.direction=BtoA", "data.test_fraction=0.05"], tmp_path / "run"))
@@ -219,6 +221,7 @@ def test_training_checkpoint_metrics_and_translate_task(tmp_path):
     (["metrics=fid"], "use metrics=translation"),
     (["data.image_size=48"], "multiples of 32"),
 ])
+@pytest.mark.slow
 def test_pix2pix_mistakes_are_one_sentence(overrides, message, tmp_path):
     cfg = compose_config([*PIX2PIX_TINY, *overrides], tmp_path)
     with pytest.raises(Exception) as caught:  # noqa: B017 - Hydra may wrap it in an InstantiationException

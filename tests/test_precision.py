@@ -43,6 +43,7 @@ def close(a: torch.Tensor, b: torch.Tensor) -> None:
     assert (a - b).abs().mean() < 0.05  # bfloat16 keeps 8 bits of mantissa: outputs in [-1, 1] agree to ~1e-2
 
 
+@pytest.mark.slow
 def test_bf16_weights_sample_translate_and_draw_grids_in_float32(models):
     model, half, datamodule = models
     if hasattr(model, "generate"):
@@ -60,6 +61,7 @@ def test_bf16_weights_sample_translate_and_draw_grids_in_float32(models):
         assert grid.dtype == torch.float32 and torch.isfinite(grid).all(), name
 
 
+@pytest.mark.slow
 def test_a_bf16_true_run_trains_scores_and_saves(tmp_path):
     run(compose_config(["data.image_size=16", *TINY, "logger=none", "trainer.precision=bf16-true"], tmp_path))
     summary = json.loads((tmp_path / "summary.json").read_text())

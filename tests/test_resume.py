@@ -61,6 +61,7 @@ def test_stop_and_resume_equals_one_uninterrupted_run(model, tmp_path):
         assert pools and all(full["state_dict"][k]["count"] == 2 for k in pools)
 
 
+@pytest.mark.slow
 def test_the_resume_line_gives_gdm_step(tmp_path, caplog):
     from gdm.resume import resume_from
 

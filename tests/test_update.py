@@ -61,6 +61,7 @@ def loader(keys, shape) -> DataLoader:
 
 @pytest.mark.parametrize("grad_clip", [None, 0.01])
 @pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.slow
 def test_lightning_and_a_plain_loop_train_the_same_weights(name, grad_clip):
     make, keys, shape = MODELS[name]
     make = functools.partial(make, grad_clip=grad_clip)
@@ -82,6 +83,7 @@ def test_lightning_and_a_plain_loop_train_the_same_weights(name, grad_clip):
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.slow
 def test_grad_clip_bounds_each_optimizers_gradient_norm(name):
     make, keys, shape = MODELS[name]
     norms = {}
@@ -150,6 +152,7 @@ def test_no_host_sync_inside_a_training_step_on_a_gpu(name, precision):
 
 
 @pytest.mark.parametrize("model, refused", [("gan", True), ("cyclegan", True), ("pix2pix", True), ("vae", False)])
+@pytest.mark.slow
 def test_trainer_gradient_clip_val_points_manual_optimization_to_model_grad_clip(tmp_path, model, refused):
     from helpers import compose_config
 

@@ -53,6 +53,7 @@ def test_analytic_kl_matches_monte_carlo():
     assert torch.allclose(gaussian_kl(torch.zeros(2, 3), torch.zeros(2, 3)), torch.zeros(2))
 
 
+@pytest.mark.slow
 def test_iwae_with_one_sample_is_the_elbo(val_images):
     vae = make_vae(likelihood="gaussian").eval()
     x = val_images[:8]
@@ -73,6 +74,7 @@ def test_iwae_with_one_sample_is_the_elbo(val_images):
     assert torch.allclose(draws.mean(0), elbo, rtol=2e-3)
 
 
+@pytest.mark.slow
 def test_iwae_tightens_with_k_and_beats_the_elbo(trained_vae, val_images):
     x = val_images[:64]
     targets = trained_vae.likelihood.targets(x)
