@@ -238,17 +238,6 @@ class AdversarialModule(GenerativeModule):
             for p in params:
                 p.requires_grad_(True)
 
-    @staticmethod
-    @contextmanager
-    def evaluating(net: nn.Module) -> Iterator[nn.Module]:
-        """`net` in eval mode inside (dropout off, batch norm's running statistics), its mode restored after."""
-        was_training = net.training
-        net.eval()
-        try:
-            yield net
-        finally:
-            net.train(was_training)
-
     # ---- what the discriminators see ---------------------------------------------------------
 
     def d_input(self, images: Tensor) -> Tensor:

@@ -24,7 +24,8 @@ last.ckpt (the last evaluation's, before the divergence) stays the newest checkp
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -32,6 +33,7 @@ import lightning as L
 import numpy as np
 import torch
 from pydantic import Field
+from torch import nn
 
 from gdm.errors import GdmError
 from gdm.option_types import Count, NonNegativeInt, checked
@@ -292,6 +294,17 @@ class GenerativeModule(NonFiniteGuard, L.LightningModule):
         """A float tensor made outside Lightning's precision plugin (latents, example images) on this model's
         device and in its weights' dtype: bfloat16 under the bf16-true precision, else float32."""
         return x.to(self.device, self.dtype)
+
+    @staticmethod
+    @contextmanager
+    def evaluating(net: nn.Module) -> Iterator[nn.Module]:
+        """`net` in eval mode inside (dropout off, batch norm's running statistics), its mode restored after."""
+        was_training = net.training
+        net.eval()
+        try:
+            yield net
+        finally:
+            net.train(was_training)
 
     def compile_nets(self, **options) -> None:
         """torch.compile each trained net in place (`nn.Module.compile`: the state dict keeps its keys, so

@@ -23,8 +23,18 @@ class EMA(AveragedModel):
         self._started = False  # whether this process has updated it (the count may come from a checkpoint)
 
     @torch.no_grad()
-    def update(self, net: nn.Module) -> None:
-        """One EMA step towards `net`'s current weights and buffers."""
+    def update(self, net: nn.Module, decay: float | None = None) -> None:
+        """One EMA step towards `net`'s current weights and buffers; `decay` for this step instead of the
+        constructor's (a schedule, as EDM's half-life with ramp-up)."""
+        if decay is not None and self._started:
+            for averaged, current in zip([*self.module.parameters(), *self.module.buffers()],
+                                         [*net.parameters(), *net.buffers()], strict=True):
+                if averaged.is_floating_point():
+                    averaged.lerp_(current.detach(), 1 - decay)
+                else:
+                    averaged.copy_(current)
+            self.n_averaged += 1
+            return
         if not self._started:
             self.update_parameters(net)
             self._started = True

@@ -1,0 +1,365 @@
+"""Diffusion (EDM, DDPM) and flow matching: the training targets, noise levels and loss weights against the papers'
+formulas, sampler steps against the reference implementations, per-index seeding, the likelihood against analytic
+Gaussians, and short trainings on a toy distribution whose samples must match its moments."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from functools import partial
+
+import pytest
+import torch
+from pydantic import ValidationError
+from torch import nn
+
+from gdm.errors import GdmError
+from gdm.models.diffusion import EDM, Diffusion
+from gdm.models.flow import Flow, ot_pairing
+from gdm.nets.time_mlp import TimeMLP
+from gdm.nets.unet import UNet
+
+
+class Recorder(nn.Module):
+    """A stand-in net: returns `fn(x, c_noise, labels)` and records its inputs."""
+
+    def __init__(self, fn, image_shape=None, num_classes=None):
+        super().__init__()
+        self.fn, self.calls = fn, []
+        self.w = nn.Parameter(torch.zeros(()))  # the optimizer and the EMA need a parameter
+
+    def forward(self, x, c_noise, labels=None):
+        self.calls.append((x.clone(), c_noise.clone(), labels))
+        return self.fn(x, c_noise, labels) + 0 * self.w
+
+
+def stub(fn):
+    return lambda image_shape, num_classes=None: Recorder(fn, image_shape, num_classes)
+
+
+def tiny_unet(**kw):
+    return partial(UNet, channels=8, channel_mult=(1, 2), num_res_blocks=1, patch_size=2, **kw)
+
+
+# ---- EDM -------------------------------------------------------------------------------------
+
+def test_edm_preconditioning_and_loss_weight_are_table_1():
+    edm = EDM()
+    sigma = torch.tensor([0.002, 0.5, 1.0, 80.0], dtype=torch.float64)
+    c_skip, c_out, c_in, c_noise = edm.preconditioning(sigma)
+    sd = 0.5
+    torch.testing.assert_close(c_skip, sd**2 / (sigma**2 + sd**2))
+    torch.testing.assert_close(c_out, sigma * sd / torch.sqrt(sigma**2 + sd**2))
+    torch.testing.assert_close(c_in, 1 / torch.sqrt(sigma**2 + sd**2))
+    torch.testing.assert_close(c_noise, torch.log(sigma) / 4)
+    torch.testing.assert_close(edm.loss_weight(sigma), (sigma**2 + sd**2) / (sigma * sd) ** 2)
+    assert float(edm.loss_weight(torch.tensor(0.5))) == pytest.approx(8.0)  # 0.5 / 0.0625
+
+
+def test_edm_training_sigmas_are_log_normal_with_the_papers_parameters():
+    edm = EDM()
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    sigma = edm.training_sigma(10_000, "cpu", g1)
+    torch.testing.assert_close(sigma, torch.exp(torch.randn(10_000, generator=g2) * 1.2 - 1.2))
+    assert float(sigma.log().mean()) == pytest.approx(-1.2, abs=0.05)
+    assert float(sigma.log().std()) == pytest.approx(1.2, abs=0.05)
+
+
+def reference_edm_sampler(denoise, latents, num_steps=18, sigma_min=0.002, sigma_max=80, rho=7):
+    """NVlabs/edm generate.py `edm_sampler`, deterministic (S_churn = 0), transcribed."""
+    step_indices = torch.arange(num_steps, dtype=torch.float64)
+    t_steps = (sigma_max ** (1 / rho) + step_indices / (num_steps - 1) * (
+        sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
+    t_steps = torch.cat([t_steps, torch.zeros_like(t_steps[:1])])
+    x_next = latents.to(torch.float64) * t_steps[0]
+    for i, (t_cur, t_next) in enumerate(itertools.pairwise(t_steps)):
+        x_cur = x_next
+        t_hat, x_hat = t_cur, x_cur
+        denoised = denoise(x_hat, t_hat).to(torch.float64)
+        d_cur = (x_hat - denoised) / t_hat
+        x_next = x_hat + (t_next - t_hat) * d_cur
+        if i < num_steps - 1:
+            denoised = denoise(x_next, t_next).to(torch.float64)
+            d_prime = (x_next - denoised) / t_next
+            x_next = x_hat + (t_next - t_hat) * (0.5 * d_cur + 0.5 * d_prime)
+    return x_next
+
+
+def gaussian_denoiser(mean: float, std: float):
+    """The exact denoiser E[x | x + n] of data N(mean, std^2) under noise N(0, sigma^2)."""
+    return lambda x, sigma: mean + std**2 / (std**2 + sigma**2) * (x - mean)
+
+
+@pytest.mark.parametrize("steps", [2, 5, 18])
+def test_edm_heun_sampler_equals_the_reference_and_the_exact_ode_solution(steps):
+    noise = torch.randn(16, 3, generator=torch.Generator().manual_seed(0))
+    denoise = gaussian_denoiser(0.0, 0.5)
+    ours = EDM().sample(denoise, noise, steps, heun=True)
+    # the reference's denoiser (EDMPrecond) casts its input to float32, as ours does
+    reference = reference_edm_sampler(lambda x, sigma: denoise(x.float(), sigma), noise, num_steps=steps)
+    torch.testing.assert_close(ours.double(), reference, rtol=1e-6, atol=1e-6)
+
+
+def test_edm_heun_sampler_converges_to_the_exact_ode_solution_at_second_order():
+    # the probability-flow ODE of N(0, s^2) data maps x(sigma_max) to x(sigma_max) s / sqrt(s^2 + sigma_max^2)
+    noise = torch.randn(16, 3, generator=torch.Generator().manual_seed(0))
+    exact = noise * 80 * 0.5 / math.sqrt(0.25 + 80**2)
+    error = {n: float(((EDM().sample(gaussian_denoiser(0.0, 0.5), noise, n, heun=True) - exact) / exact).abs().max())
+             for n in (18, 50, 200)}
+    assert error[18] < 0.06 and error[200] < 1e-3
+    assert error[50] / error[200] > 12  # 4x the steps: 16x less error for a second-order method
+
+
+def test_edm_noise_grid():
+    grid = EDM().sigmas(18)
+    assert grid[0] == pytest.approx(80.0) and grid[-2] == pytest.approx(0.002) and grid[-1] == 0
+    assert len(grid) == 19 and bool((grid[:-1].diff() < 0).all())
+    assert EDM().sigmas(1).tolist() == [80.0, 0.0]
+
+
+def test_diffusion_edm_loss_is_the_weighted_denoising_error_of_the_preconditioned_net():
+    net = stub(lambda x, c, labels: 0.3 * x)
+    model = Diffusion((1, 4, 4), net)
+    x = torch.rand(5, 1, 4, 4) * 2 - 1
+    loss = model.loss(x, None, torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(1)
+    noise = torch.randn(x.shape, generator=g)
+    sigma = torch.exp(torch.randn(5, generator=g) * 1.2 - 1.2)
+    s = sigma.view(-1, 1, 1, 1)
+    c_skip, c_out, c_in = 0.25 / (s**2 + 0.25), s * 0.5 / (s**2 + 0.25).sqrt(), 1 / (s**2 + 0.25).sqrt()
+    y = x + s * noise
+    denoised = c_skip * y + c_out * 0.3 * (c_in * y)
+    expected = (s.flatten() ** 2 + 0.25) / (s.flatten() * 0.5) ** 2 * ((denoised - x) ** 2).flatten(1).mean(1)
+    torch.testing.assert_close(loss, expected)
+    _, c_noise, _ = model.net.calls[-1]
+    torch.testing.assert_close(c_noise, sigma.log() / 4)
+
+
+def test_heun_nfe_is_two_steps_minus_one_and_is_counted():
+    model = Diffusion((2,), stub(lambda x, c, labels: torch.zeros_like(x)), steps=6)
+    model.generate(range(3))
+    assert model.nfe() == 11 and model.sampling_protocol()["nfe"] == 11 and model.function_evaluations == 11
+    model.set_sampling("euler", 4)
+    model.generate(range(3))
+    assert model.function_evaluations == 4 and model.sampling_protocol()["sampler"] == "euler"
+
+
+# ---- DDPM ------------------------------------------------------------------------------------
+
+def test_ddpm_schedule_and_epsilon_target():
+    model = Diffusion((1, 4, 4), stub(lambda x, c, labels: torch.zeros_like(x)), formulation="ddpm")
+    betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
+    torch.testing.assert_close(model.alphas_cumprod.double(), torch.cumprod(1 - betas, 0), rtol=1e-5, atol=1e-7)
+    x = torch.rand(4, 1, 4, 4) * 2 - 1
+    loss = model.loss(x, None, torch.Generator().manual_seed(2))
+    g = torch.Generator().manual_seed(2)
+    noise = torch.randn(x.shape, generator=g)
+    t = torch.randint(0, 1000, (4,), generator=g)
+    torch.testing.assert_close(loss, (noise**2).flatten(1).mean(1))  # a zero prediction: the target is eps
+    x_t, c_noise, _ = model.net.calls[-1]
+    abar = model.alphas_cumprod[t].view(-1, 1, 1, 1)
+    torch.testing.assert_close(x_t, abar.sqrt() * x + (1 - abar).sqrt() * noise)
+    torch.testing.assert_close(c_noise, t.float())
+    cosine = Diffusion((1, 4, 4), stub(lambda x, c, labels: x), formulation="ddpm", beta_schedule="cosine")
+    s = 0.008  # Nichol & Dhariwal 2021: abar(t) = f(t) / f(0), f(t) = cos((t / T + s) / (1 + s) pi / 2)^2
+    f = torch.cos((torch.arange(1, 1001, dtype=torch.float64) / 1000 + s) / (1 + s) * math.pi / 2) ** 2
+    f0 = math.cos(s / (1 + s) * math.pi / 2) ** 2
+    torch.testing.assert_close(cosine.alphas_cumprod.double()[:900], (f / f0)[:900], rtol=2e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("sampler", ["ancestral", "ddim"])
+def test_ddpm_samplers_match_diffusers_steps_and_do_not_depend_on_the_batch(sampler):
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    eps_fn = lambda x, c, labels: 0.5 * x + 0.01 * c.view(-1, 1, 1, 1)  # noqa: E731
+    model = Diffusion((1, 4, 4), stub(eps_fn), formulation="ddpm", sampler=sampler, steps=10)
+    whole = model.generate(range(6), seed=3)
+    torch.testing.assert_close(torch.cat([model.generate([0, 1, 2], seed=3), model.generate([3, 4, 5], seed=3)]),
+                               whole)
+    # the same loop with diffusers' scheduler, written out, and sample i's noise from its own generator
+    from gdm.models.base import latent_noise
+    from gdm.models.iterative import index_generators
+
+    cls = DDPMScheduler if sampler == "ancestral" else DDIMScheduler
+    scheduler = cls(num_train_timesteps=1000, beta_schedule="linear", timestep_spacing="trailing")
+    scheduler.set_timesteps(10)
+    x = latent_noise(range(6), 16, 3).view(6, 1, 4, 4)
+    generators = index_generators(range(6), 3, stream=2)
+    for t in scheduler.timesteps:
+        eps = eps_fn(x, torch.full((6,), float(t)), None)
+        x = scheduler.step(eps, int(t), x, generator=generators).prev_sample
+    torch.testing.assert_close(whole, x.clamp(-1, 1))
+    assert model.sampling_protocol()["nfe"] == 10
+
+
+# ---- flow matching ---------------------------------------------------------------------------
+
+def test_flow_loss_is_the_rectified_flow_velocity_error():
+    model = Flow((1, 4, 4), stub(lambda x, c, labels: torch.zeros_like(x)))
+    x = torch.rand(5, 1, 4, 4) * 2 - 1
+    loss = model.loss(x, None, torch.Generator().manual_seed(4))
+    g = torch.Generator().manual_seed(4)
+    x0 = torch.randn(x.shape, generator=g)
+    t = torch.rand(5, generator=g)
+    torch.testing.assert_close(loss, ((x - x0) ** 2).flatten(1).mean(1))
+    x_t, c_noise, _ = model.net.calls[-1]
+    torch.testing.assert_close(x_t, t.view(-1, 1, 1, 1) * x + (1 - t.view(-1, 1, 1, 1)) * x0)
+    torch.testing.assert_close(c_noise, 1000 * t)
+
+
+def test_logit_normal_times():
+    model = Flow((2,), stub(lambda x, c, labels: x), time_sampling="logit_normal", logit_mean=0.5, logit_std=0.8)
+    t = model.training_times(20_000, "cpu", torch.Generator().manual_seed(0))
+    logit = torch.log(t / (1 - t))
+    assert float(logit.mean()) == pytest.approx(0.5, abs=0.03) and float(logit.std()) == pytest.approx(0.8, abs=0.03)
+
+
+def test_ot_pairing_is_the_least_cost_permutation():
+    g = torch.Generator().manual_seed(5)
+    x0, x1 = torch.randn(6, 3, generator=g), torch.randn(6, 3, generator=g)
+    paired = ot_pairing(x0, x1)
+    cost = float(((paired - x1) ** 2).sum())
+    best = min(float(((x0[list(p)] - x1) ** 2).sum()) for p in itertools.permutations(range(6)))
+    assert cost == pytest.approx(best)
+    assert sorted(map(tuple, paired.tolist())) == sorted(map(tuple, x0.tolist()))  # a permutation of the noise
+
+
+@pytest.mark.parametrize(("sampler", "steps", "nfe"), [("euler", 5, 5), ("midpoint", 5, 10), ("heun", 4, 8)])
+def test_flow_fixed_step_solvers(sampler, steps, nfe):
+    # dx/dt = -x: each solver's one-step map, applied `steps` times, is its known update
+    model = Flow((3,), stub(lambda x, c, labels: -x), sampler=sampler, steps=steps)
+    noise = torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
+    h = 1 / steps
+    factor = {"euler": 1 - h, "midpoint": 1 - h + h**2 / 2, "heun": 1 - h + h**2 / 2}[sampler]
+    out = model.solve(model.net, noise, None, range(4), 0)
+    torch.testing.assert_close(out, noise * factor**steps, rtol=1e-5, atol=1e-6)
+    assert model.nfe() == nfe
+
+
+def test_flow_dopri5_is_accurate_and_its_nfe_measured():
+    model = Flow((3,), stub(lambda x, c, labels: -x), sampler="dopri5")
+    noise = torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
+    out = model.solve(model.net, noise, None, range(4), 0)
+    torch.testing.assert_close(out, noise * math.exp(-1), rtol=1e-3, atol=1e-4)
+    model.generate(range(4))
+    protocol = model.sampling_protocol()
+    assert protocol["nfe"] == model.function_evaluations > 6 and protocol["steps"] is None
+
+
+def test_samples_do_not_depend_on_the_batch_and_guidance_mixes_predictions():
+    model = Flow((1, 8, 8), tiny_unet(), num_classes=3, conditional=True, guidance=2.0, steps=2)
+    whole = model.generate(range(5), seed=1)
+    torch.testing.assert_close(torch.cat([model.generate([0, 1], seed=1), model.generate([2, 3, 4], seed=1)]), whole)
+    net = stub(lambda x, c, labels: labels.float().view(-1, 1, 1, 1) * torch.ones_like(x))
+    guided = Flow((1, 2, 2), net, num_classes=3, conditional=True, guidance=3.0)
+    out = guided.predict(guided.net, torch.zeros(2, 1, 2, 2), torch.tensor([0.5]), torch.tensor([1, 2]))
+    # u (the null label, 3) + 3 (c - u): 3 + 3 (1 - 3) = -3 and 3 + 3 (2 - 3) = 0
+    torch.testing.assert_close(out[:, 0, 0, 0], torch.tensor([-3.0, 0.0]))
+
+
+def test_label_dropout_uses_the_null_label():
+    model = Flow((2,), stub(lambda x, c, labels: x), num_classes=4, conditional=True, label_dropout=0.5)
+    torch.manual_seed(0)
+    labels = model.training_labels({"label": torch.zeros(4000, dtype=torch.long)})
+    assert set(labels.tolist()) == {0, 4} and float((labels == 4).float().mean()) == pytest.approx(0.5, abs=0.03)
+
+
+# ---- likelihood ------------------------------------------------------------------------------
+
+def gaussian_velocity(mean: torch.Tensor, std: float):
+    """The exact rectified-flow velocity E[x1 - x0 | x_t = x] for data N(mean, std^2 I) and noise N(0, I)."""
+    def fn(x, c_noise, labels):
+        t = (c_noise / 1000).view(-1, *[1] * (x.dim() - 1))
+        var = t**2 * std**2 + (1 - t) ** 2
+        return mean + (t * std**2 - (1 - t)) / var * (x - t * mean)
+    return fn
+
+
+def gaussian_log_prob(x, mean, std):
+    d = x[0].numel()
+    return -0.5 * ((x - mean) / std).pow(2).flatten(1).sum(1) - d * math.log(std * math.sqrt(2 * math.pi))
+
+
+@pytest.mark.parametrize("dims", [2, 100])  # exact divergence, Hutchinson's estimate
+def test_flow_likelihood_equals_the_analytic_gaussian(dims):
+    mean, std = torch.linspace(-1, 1, dims), 0.6
+    model = Flow((dims,), stub(gaussian_velocity(mean, std)))
+    g = torch.Generator().manual_seed(0)
+    x = mean + std * torch.randn(64, dims, generator=g)
+    ours = model.log_likelihood(x, generator=g)
+    expected = gaussian_log_prob(x, mean, std)
+    if dims == 2:
+        torch.testing.assert_close(ours, expected, rtol=1e-3, atol=1e-3)
+    else:  # unbiased per image, with spread: the mean over 64 images within 1% of the value per dimension
+        assert float(ours.mean()) == pytest.approx(float(expected.mean()), abs=0.01 * dims)
+
+
+def test_edm_probability_flow_likelihood_equals_the_analytic_gaussian():
+    model = Diffusion((2,), stub(lambda x, c, labels: x))
+    # centred data: the likelihood takes x(sigma_max) ~ N(0, sigma_max^2 I), which is off by 2 mean x / sigma_max^2
+    # per dimension (0.01 nats for a mean of 0.3) for data that is not
+    mean, std = torch.zeros(2), 0.4
+    exact = gaussian_denoiser(mean, std)
+    model.edm.denoise = lambda predict, x, sigma: exact(x, sigma)
+    x = mean + std * torch.randn(32, 2, generator=torch.Generator().manual_seed(1))
+    expected = gaussian_log_prob(x, mean, math.sqrt(std**2 + 0.002**2))
+    torch.testing.assert_close(model.log_likelihood(x), expected, rtol=2e-3, atol=2e-3)
+
+
+# ---- short trainings on a toy distribution ----------------------------------------------------
+
+def toy_data(n: int, generator: torch.Generator) -> torch.Tensor:
+    """A correlated 2-D Gaussian: mean (0.5, -0.3), covariance [[0.25, 0.1], [0.1, 0.09]]."""
+    chol = torch.linalg.cholesky(torch.tensor([[0.25, 0.1], [0.1, 0.09]]))
+    return torch.tensor([0.5, -0.3]) + torch.randn(n, 2, generator=generator) @ chol.T
+
+
+def train_toy(model, steps: int = 600) -> torch.Tensor:
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    opt = torch.optim.Adam(model.net.parameters(), lr=2e-3)
+    for _ in range(steps):
+        x = toy_data(256, g)
+        loss = model.loss(x, None).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        model.images_seen += 256
+        model.net_ema.update(model.net, decay=model.ema_decay(256))
+    return model.generate(range(4000), seed=0)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: Flow((2,), partial(TimeMLP, width=64, depth=2), sampler="heun", steps=16),
+    lambda: Flow((2,), partial(TimeMLP, width=64, depth=2), sampler="euler", steps=32, ot_pairing=True),
+    lambda: Diffusion((2,), partial(TimeMLP, width=64, depth=2), sigma_data=0.5, steps=18),
+], ids=["flow-heun", "ot-cfm-euler", "edm-heun"])
+def test_a_short_training_matches_the_toy_distributions_moments(make):
+    samples = train_toy(make())
+    torch.testing.assert_close(samples.mean(0), torch.tensor([0.5, -0.3]), atol=0.06, rtol=0)
+    torch.testing.assert_close(torch.cov(samples.T), torch.tensor([[0.25, 0.1], [0.1, 0.09]]), atol=0.04, rtol=0)
+
+
+# ---- options ---------------------------------------------------------------------------------
+
+def test_bad_options_say_which_and_why():
+    net = stub(lambda x, c, labels: x)
+    with pytest.raises(GdmError, match="sampler=ddim belongs to the other formulation"):
+        Diffusion((2,), net, sampler="ddim")
+    with pytest.raises(GdmError, match="guidance=2.0 .* unconditional"):
+        Flow((2,), net, guidance=2.0)
+    with pytest.raises(GdmError, match="conditional=true needs labelled data"):
+        Flow((2,), net, conditional=True)
+    with pytest.raises(ValidationError, match="steps"):
+        Flow((2,), net, steps=0)
+    with pytest.raises(ValidationError, match="sampler"):
+        Flow((2,), net, sampler="rk45")
+    model = Flow((2,), net)
+    with pytest.raises(GdmError, match="sampler=ancestral is not a sampler of Flow: choose one of euler"):
+        model.set_sampling("ancestral")
+    with pytest.raises(GdmError, match="steps=0 must be an integer >= 1"):
+        model.set_sampling(steps=0)
+    with pytest.raises(GdmError, match="steps=2000 is more than the 1000 training steps"):
+        Diffusion((2,), net, formulation="ddpm", steps=2000)
+    with pytest.raises(GdmError, match="multiples of 8"):
+        UNet((1, 12, 12), channel_mult=(1, 2, 2), patch_size=2)
