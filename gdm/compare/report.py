@@ -166,7 +166,8 @@ class Report:
         if not t.sampling:
             return []
         return [f"- the configurations' protocols differ in {', '.join(t.sampling)}: how each model is asked to "
-                "sample (e.g. a conditional model's labels), not how it is measured, so they share this table."]
+                "sample (e.g. a conditional model's labels, a sampler's steps), not how it is measured, so they share "
+                "this table."]
 
     def spread_lines(self, t: MetricTable) -> list[str]:
         lines = []
@@ -175,7 +176,7 @@ class Report:
             if not st:
                 continue
             other = [d for d in differences(t.protocol, s.protocols.get(t.metric, {}))
-                     if d not in (*SAMPLING_FIELDS, "sample_seed") and not d.startswith("versions.")]
+                     if d.split(".")[0] not in (*SAMPLING_FIELDS, "sample_seed", "versions")]
             caveat = f" (measured with another protocol than this table: {', '.join(other)})" if other else ""
             lines.append(f"- sampling spread of one checkpoint of {self.label(s.configuration)} ({s.checkpoint}): "
                          f"std {fmt(st['std'])} over {st['n']} sample seeds (mean {fmt(st['mean'])}), beside the "
