@@ -213,5 +213,122 @@ def test_task_eval_of_a_gan_with_eval_steps_stops_before_evaluating(tmp_path):
     report = json.loads((out / "eval.json").read_text())
     fid = report["protocols"]["test/fid_digits"]
     assert fid["sampling"] == {"sampler": "one forward pass", "nfe": 1}
-    assert report["metrics"][COST] == fid["sampling_cost"]["seconds_per_1000"] > 0
+    seconds = report["metrics"]["test/sample_seconds_per_1000"]  # named by the split, as every eval value
+    assert seconds == fid["sampling_cost"]["seconds_per_1000"] > 0
+    assert report["names_in_training"]["test/sample_seconds_per_1000"] == COST
     assert report["eval_options"]["steps"] is None and report["eval_options"]["sample_seeds"] == 1
+
+
+# ---- task=compare: the metrics against NFE and time ---------------------------------------------------------
+
+FID = "val/fid_digits"
+DEVICE = "cpu (x86_64), 2 threads"
+
+
+def fid_protocol(sampling: dict, seconds: float) -> dict:
+    p = {"metric": "fid", "features": {"name": "digits"}, "num_generated": 40, "real_split": "train",
+         "sample_seed": 0, "conditional_labels": None, "sampling": sampling}
+    return {**p, "id": protocol_id(p), "sampling_cost": {"seconds_per_1000": seconds, "device": DEVICE}}
+
+
+def cost_protocol(sampling: dict) -> dict:
+    p = {"metric": "sample_seconds_per_1000", "num_generated": 40, "sampling": sampling, "device": DEVICE}
+    return {**p, "id": protocol_id(p)}
+
+
+def make_run(path, family: str, seed: int, fid: float, sampling: dict, seconds: float):
+    """A finished run directory as training leaves it, of a model class `family` (gdm.models.<lower>.<family>)."""
+    (path / ".hydra").mkdir(parents=True)
+    (path / ".hydra" / "overrides.yaml").write_text(f"- model={family.lower()}\n- seed={seed}\n")
+    (path / "config.yaml").write_text(f"seed: {seed}\nmodel:\n  _target_: gdm.models.{family.lower()}.{family}\n")
+    protocols = {FID: fid_protocol(sampling, seconds), COST: cost_protocol(sampling)}
+    summary = {"status": "finished", "monitor": FID, "final": {FID: fid, COST: seconds, "step": 40},
+               "protocols": protocols}
+    (path / "summary.json").write_text(json.dumps(summary))
+    return path
+
+
+def make_budgets(path, run_dir, fids: dict[int, float]):
+    """A task=eval directory of `run_dir`'s checkpoint at budgets {steps: FID} (euler: NFE = steps, 10 s per step)."""
+    path.mkdir(parents=True)
+    first = min(fids)
+    sampling = {"sampler": "euler", "steps": first, "nfe": first}
+    report = {"checkpoint": str(run_dir / "checkpoints" / "last.ckpt"), "model": "Diffusion",
+              "metrics": {"train/fid_digits": fids[first]},
+              "protocols": {"train/fid_digits": fid_protocol(sampling, 10.0 * first)},
+              "names_in_training": {"train/fid_digits": FID, "train/sample_seconds_per_1000": COST},
+              "budgets": [{"steps": s, "sampler": "euler", "nfe": s, "seconds_per_1000": 10.0 * s,
+                           "metrics": {"train/fid_digits": f, "train/sample_seconds_per_1000": 10.0 * s}}
+                          for s, f in fids.items()]}
+    (path / "eval.json").write_text(json.dumps(report))
+    return path
+
+
+@pytest.fixture
+def mixed(tmp_path):
+    """GAN (2 seeds, NFE 1) and a diffusion model (2 seeds: final at 32 steps, evaluated at 1, 4 and 16)."""
+    one_pass = {"sampler": "one forward pass", "nfe": 1}
+    paths = [make_run(tmp_path / f"gan{s}", "GAN", s, fid, one_pass, 2.0) for s, fid in ((1, 30.0), (2, 32.0))]
+    for s, final, budgets in ((1, 18.0, {1: 120.0, 4: 40.0, 16: 20.0}), (2, 20.0, {1: 124.0, 4: 44.0, 16: 22.0})):
+        run_dir = make_run(tmp_path / f"diffusion{s}", "Diffusion", s, final,
+                           {"sampler": "euler", "steps": 32, "nfe": 32}, 320.0)
+        paths += [run_dir, make_budgets(tmp_path / f"eval{s}", run_dir, budgets)]
+    return paths
+
+
+def test_budgets_are_read_from_runs_and_eval_directories_and_averaged_over_seeds(mixed):
+    from gdm.compare import cost
+    from gdm.compare.runs import read_runs
+
+    runs, spreads = read_runs(mixed)
+    assert spreads == [] and [r.family for r in runs] == ["GAN", "GAN", "Diffusion", "Diffusion"]
+    budgets = cost.read_budgets(runs, mixed)
+    assert cost.families(budgets, runs) == ["GAN", "Diffusion"]
+    ((protocol, (gan, diffusion)),) = cost.lines(budgets, FID)  # one measurement protocol: one plot
+    assert protocol["sampling"]["nfe"] == 1 and (gan.configuration, gan.family) == ("model=gan", "GAN")
+    (point,) = gan.points  # a one-pass family: a single point
+    assert (point.nfe, point.seconds_per_1000, point.stats.n, point.stats.mean) == (1.0, 2.0, 2, 31.0)
+    assert [(p.steps, p.nfe, p.seconds_per_1000, p.stats.mean) for p in diffusion.points] == [
+        (1, 1.0, 10.0, 122.0), (4, 4.0, 40.0, 42.0), (16, 16.0, 160.0, 21.0), (32, 32.0, 320.0, 19.0)]
+    # 2 seeds: t(0.975, 1) = 12.706 times std / sqrt(2) = |a - b| / 2
+    assert diffusion.points[0].stats.half_width == pytest.approx(12.7062 * 4 / 2, rel=1e-4)
+
+
+def test_compare_puts_quality_against_compute_first_when_the_families_differ(mixed, tmp_path):
+    from helpers import compose_config
+
+    from gdm.app import run
+
+    out = tmp_path / "report"
+    run(compose_config(["task=compare", f"compare.runs=[{','.join(map(str, mixed))}]", "compare.wandb=disabled"],
+                       out))
+    md, page = (out / "report.md").read_text(), (out / "report.html").read_text()
+    assert md.index("## Quality against compute") < md.index("## Runs") < md.index(f"## {FID}")
+    assert f"timed on {DEVICE}" in md and "family: GAN, Diffusion" in md
+    assert "| model=gan | GAN |  | 1 | 2 | 2 | 31 ± 12.71 |" in md
+    assert "| model=diffusion | Diffusion | 4 | 4 | 40 | 2 | 42 ± 25.41 |" in md
+    assert "| model=diffusion | Diffusion | 32 | 32 | 320 | 2 | 19 ± 12.71 |" in md
+    assert "![val/fid_digits against compute](plots/cost_00_val_fid_digits.png)" in md
+    assert (out / "plots" / "cost_00_val_fid_digits.png").stat().st_size > 10_000
+    assert page.index("Quality against compute") < page.index("<h2>Runs</h2>")
+    assert page.count("class='plot cost'") == 1
+
+
+def test_one_family_at_one_budget_keeps_the_report_as_it_was(mixed, tmp_path):
+    from gdm.compare.cost import read_budgets
+    from gdm.compare.report import Report
+    from gdm.compare.runs import read_runs
+    from gdm.compare.tables import metric_tables
+
+    gans = mixed[:2]
+    runs, spreads = read_runs(gans)
+    tables, mismatches = metric_tables(runs)
+    md = Report(runs, tables, mismatches, spreads, budgets=read_budgets(runs, gans)).write(tmp_path / "a")
+    assert "Quality against compute" not in md["markdown"].read_text() and "cost0" not in md
+    # one family at several budgets: drawn after the tables
+    diffusion = mixed[2:]
+    runs, spreads = read_runs(diffusion)
+    tables, mismatches = metric_tables(runs)
+    text = Report(runs, tables, mismatches, spreads,
+                  budgets=read_budgets(runs, diffusion)).write(tmp_path / "b")["markdown"].read_text()
+    assert text.index(f"## {FID}") < text.index("## Quality against compute") < text.index("## Last sample grids")
