@@ -124,7 +124,7 @@ class SampleQuality:
         result = MetricResult()
         # A time is only comparable on the same device, processes and batch size: those name its protocol.
         result.values[COST] = seconds_per_1000
-        result.protocols[COST] = with_id({"metric": "sample_seconds_per_1000", "num_samples": self.num_samples,
+        result.protocols[COST] = with_id({"metric": "sample_seconds_per_1000", "num_generated": self.num_samples,
                                           "sampling": sampling, **{k: v for k, v in cost.items()
                                                                    if k != "seconds_per_1000"}})
 
