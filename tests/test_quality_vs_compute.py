@@ -6,6 +6,7 @@ metrics against NFE and time."""
 from __future__ import annotations
 
 import json
+import logging
 from functools import partial
 from itertools import count
 
@@ -29,7 +30,7 @@ from gdm.evaluation.real_features import RealFeatureCache
 from gdm.metrics.features import build_features
 from gdm.metrics.sample_quality import COST, SampleQuality
 from gdm.models.base import Samples, latent_noise
-from gdm.tasks.evaluate import budget_records, evaluate_budgets, sampling_budgets, set_sampling
+from gdm.tasks.evaluate import budget_line, budget_records, evaluate_budgets, sampling_budgets, set_sampling
 
 
 class Iterative(Samples, L.LightningModule):
@@ -173,6 +174,7 @@ def test_eval_steps_list_evaluates_once_per_budget_and_sample_seed():
     spread = records[2]["sample_seeds"]["test/fid_digits"]
     assert spread["values"] == [25.0, 26.0] and spread["mean"] == 25.5 and spread["sample_seeds"] == [0, 1]
     assert sampling_budgets(8) == [8] and sampling_budgets(None) == [None]
+    assert budget_line(records[2]) == "  steps 4: euler, NFE 4, 40 s per 1,000 samples; test/fid_digits 25"
 
 
 def make_gan():
@@ -196,7 +198,7 @@ def test_a_gan_refuses_eval_steps_in_one_sentence():
 
 
 @pytest.mark.slow
-def test_task_eval_of_a_gan_with_eval_steps_stops_before_evaluating(tmp_path):
+def test_task_eval_and_sample_of_a_gan_refuse_steps_before_drawing(tmp_path, caplog):
     from helpers import TINY, compose_config, compose_typed
 
     from gdm.app import run
@@ -217,6 +219,13 @@ def test_task_eval_of_a_gan_with_eval_steps_stops_before_evaluating(tmp_path):
     assert seconds == fid["sampling_cost"]["seconds_per_1000"] > 0
     assert report["names_in_training"]["test/sample_seconds_per_1000"] == COST
     assert report["eval_options"]["steps"] is None and report["eval_options"]["sample_seeds"] == 1
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    with pytest.raises(GdmError, match=r"^sample\.sampler=heun, sample\.steps=4: GAN draws each sample in one"):
+        run(compose_typed(["task=sample", f"ckpt_path={ckpt}", "sample.sampler=heun", "sample.steps=4"],
+                          tmp_path / "sample"))
+    with caplog.at_level(logging.INFO, logger="gdm.tasks.sample"):
+        run(compose_typed(["task=sample", f"ckpt_path={ckpt}", "+sample.n=4"], tmp_path / "sample"))
+    assert "sampling: one forward pass, NFE 1" in caplog.text
 
 
 # ---- task=compare: the metrics against NFE and time ---------------------------------------------------------
@@ -292,6 +301,10 @@ def test_budgets_are_read_from_runs_and_eval_directories_and_averaged_over_seeds
         (1, 1.0, 10.0, 122.0), (4, 4.0, 40.0, 42.0), (16, 16.0, 160.0, 21.0), (32, 32.0, 320.0, 19.0)]
     # 2 seeds: t(0.975, 1) = 12.706 times std / sqrt(2) = |a - b| / 2
     assert diffusion.points[0].stats.half_width == pytest.approx(12.7062 * 4 / 2, rel=1e-4)
+    # the run's own budget evaluated again (same seed, same steps) is one sample, not two
+    again = make_budgets(mixed[3].parent / "again", mixed[2], {32: 99.0})
+    ((_, (_, diffusion)),) = cost.lines(cost.read_budgets(runs, [*mixed, again]), FID)
+    assert [(p.steps, p.stats.n, p.stats.mean) for p in diffusion.points][-1] == (32, 2, 19.0)
 
 
 def test_compare_puts_quality_against_compute_first_when_the_families_differ(mixed, tmp_path):

@@ -138,7 +138,9 @@ def lines(budgets: list[Budget], metric: str,
         for name, members in configurations.items():
             at: dict[object, list[Budget]] = {}
             for b in members:
-                at.setdefault(b.steps if b.steps is not None else b.nfe, []).append(b)
+                same = at.setdefault(b.steps if b.steps is not None else b.nfe, [])
+                if b.seed is None or b.seed not in {o.seed for o in same}:  # one seed, one sample (run and eval)
+                    same.append(b)
             points = []
             for same in at.values():
                 seconds = [b.seconds_per_1000 for b in same if b.seconds_per_1000 is not None]

@@ -293,6 +293,14 @@ def is_kid(name: str, protocol: dict | None) -> bool:
     return bool(protocol) and protocol.get("metric") == "kid" and not name.endswith("_std")
 
 
+def budget_line(budget: dict) -> str:
+    """'  steps 8: heun, NFE 15, 1.2 s per 1,000 samples; test/fid_digits 31.4' for the log."""
+    seconds = budget["seconds_per_1000"]
+    cost = f", {seconds:.4g} s per 1,000 samples" if seconds is not None else ""
+    fids = ", ".join(f"{k} {v:.6g}" for k, v in budget["metrics"].items() if k.split("/", 1)[-1].startswith("fid"))
+    return f"  steps {budget['steps']}: {budget['sampler']}, NFE {budget['nfe']}{cost}; {fids}"
+
+
 @rank_zero_only
 def write_report(report: dict, path: Path, trained_split: str | None = None) -> None:
     definitions = {name: kid_definition(p) for name, p in report["protocols"].items() if is_kid(name, p)}
@@ -303,6 +311,8 @@ def write_report(report: dict, path: Path, trained_split: str | None = None) -> 
               f"{s['confidence']:.0%} Student-t)" for name, s in report.get("sample_seeds", {}).items()]
     if spread:
         log.info("over sample seeds:\n" + "\n".join(spread))
+    if report.get("budgets"):
+        log.info("per sampling budget (eval.steps):\n" + "\n".join(map(budget_line, report["budgets"])))
     width = max(map(len, report["metrics"]), default=0)
     lines = []
     for name, value in report["metrics"].items():
