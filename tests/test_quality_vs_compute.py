@@ -345,3 +345,20 @@ def test_one_family_at_one_budget_keeps_the_report_as_it_was(mixed, tmp_path):
     text = Report(runs, tables, mismatches, spreads,
                   budgets=read_budgets(runs, diffusion)).write(tmp_path / "b")["markdown"].read_text()
     assert text.index(f"## {FID}") < text.index("## Quality against compute") < text.index("## Last sample grids")
+
+
+def test_a_sweep_over_sampling_steps_measures_one_metric(tmp_path):
+    from gdm.compare.tables import metric_tables
+    from gdm.tasks.sweep_summary import protocol_mismatch
+
+    rows = []
+    for job, steps in enumerate((4, 16)):
+        sampling = {"sampler": "euler", "steps": steps, "nfe": steps}
+        run_dir = make_run(tmp_path / str(job), "Diffusion", 1 + job, 30.0 - job, sampling, 10.0 * steps)
+        rows.append({"job": str(job), "dir": str(run_dir), "metric": FID,
+                     "protocol": fid_protocol(sampling, 1.0)["id"]})
+    assert rows[0]["protocol"] != rows[1]["protocol"] and protocol_mismatch(tmp_path, rows) is None
+    from gdm.compare.runs import read_runs
+
+    tables, mismatches = metric_tables(read_runs([tmp_path / "0", tmp_path / "1"])[0])
+    assert mismatches == [] and tables[0].sampling == ["sampling"]

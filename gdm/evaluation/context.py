@@ -99,6 +99,11 @@ def measurement_id(protocol: dict) -> str:
     return protocol_id({k: v for k, v in protocol.items() if k not in SAMPLING_FIELDS})
 
 
+def how_sampled(field: str) -> bool:
+    """Whether a dotted field name of `differences` (`sampling.steps`) says how the model sampled."""
+    return field.split(".")[0] in SAMPLING_FIELDS
+
+
 def with_id(protocol: dict) -> dict:
     """The protocol with its library versions and its `id` filled in."""
     full = {**protocol, "versions": versions()}
