@@ -211,8 +211,9 @@ def run_metric(real, num_samples=200, seed=0, batch_size=250, **kwargs):
 @pytest.mark.slow
 def test_sample_quality_names_values_and_protocol(real_val):
     result, ev = run_metric(real_val)
-    assert set(result.values) == {f"val/{m}_digits" for m in
-                                  ("fid", "precision", "recall", "density", "coverage", "copies")}
+    assert set(result.values) == {*(f"val/{m}_digits" for m in
+                                    ("fid", "precision", "recall", "density", "coverage", "copies")),
+                                  "val/sample_seconds_per_1000"}
     assert result.values["val/fid_digits"] > 1.0  # noise-ish samples are far from real digits
     assert sorted(sum(ev.model.calls[:-1], [])) == list(range(200))  # (the last call draws the grid's samples)
     protocol = result.protocols["val/fid_digits"]

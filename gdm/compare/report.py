@@ -4,6 +4,10 @@ PNG data URIs, no network needed) and `plots/*.png`, from the tables of `gdm.com
 Each plot is one metric against training step, images seen and wall-clock seconds, one line per
 configuration (the mean over its seeds at each evaluation) with its Student-t band over seeds; seeds are
 aligned by evaluation number, and on the wall-clock axis each point sits at the seeds' mean wall time.
+
+Quality against compute (`gdm.compare.cost`): each sample metric against NFE and sampling time, at the top of
+the report when the runs differ in model family (the question a GAN beside a diffusion model asks first),
+after the tables when one family was evaluated at several budgets, absent otherwise.
 """
 
 from __future__ import annotations
@@ -15,10 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
+from gdm.compare import cost
 from gdm.compare.runs import Run, SamplingSpread
 from gdm.compare.stats import CONFIDENCE, interval
 from gdm.compare.tables import MetricTable, fmt, labels
-from gdm.evaluation.context import SAMPLING_FIELDS, describe, differences
+from gdm.evaluation.context import describe, differences, how_sampled
 
 BETTER = {"min": "Lower is better.", "max": "Higher is better.", None: "No direction is better."}
 AXES = (("step", "training step (batches)"), ("images_seen", "images seen"), ("wall_seconds", "wall-clock seconds"))
@@ -94,12 +99,16 @@ def mean_ci(row) -> str:
 
 class Report:
     def __init__(self, runs: list[Run], tables: list[MetricTable], mismatches: list[str],
-                 spreads: list[SamplingSpread], confidence: float = CONFIDENCE, repeats: list[str] = ()):
-        """`repeats`: sentences on the runs left out as not independent (gdm.compare.runs.independent_runs)."""
+                 spreads: list[SamplingSpread], confidence: float = CONFIDENCE, repeats: list[str] = (),
+                 budgets: list[cost.Budget] = ()):
+        """`repeats`: sentences on the runs left out as not independent (gdm.compare.runs.independent_runs);
+        `budgets`: the evaluations to draw against sampling compute (gdm.compare.cost.read_budgets)."""
         self.runs, self.tables, self.mismatches, self.spreads = runs, tables, mismatches, spreads
         self.repeats = list(repeats)
         self.confidence = confidence
         self.short, self.common = labels([r for r in runs if r.finished])
+        self.budgets = list(budgets)
+        self.families = cost.families(self.budgets, runs)
 
     def label(self, configuration: str | None) -> str:
         return self.short.get(configuration, configuration or "?")
@@ -113,12 +122,69 @@ class Report:
             made = plot(t, self.runs, out_dir / "plots" / f"{i:02d}_{slug(t.metric)}.png", self.confidence)
             if made:
                 self.plots[i] = made
+        self.cost = self.cost_plots(out_dir)
         self.grids = {self.label(c): next((r.grid for r in self.runs if r.finished and r.configuration == c
                                            and r.grid), None) for c in self.short}
         md, page = out_dir / "report.md", out_dir / "report.html"
         md.write_text(self.markdown(out_dir))
         page.write_text(self.html())
-        return {"markdown": md, "html": page, **{f"plot{i}": p for i, p in self.plots.items()}}
+        return {"markdown": md, "html": page, **{f"plot{i}": p for i, p in self.plots.items()},
+                **{f"cost{i}": drawn[3] for i, drawn in enumerate(self.cost)}}
+
+    def cost_plots(self, out_dir: Path) -> list[tuple[str, dict, list[cost.Line], Path]]:
+        """(metric, protocol, lines, PNG) of each sample metric against compute, FID first; none when the runs
+        are of one family and no configuration was evaluated at several budgets."""
+        found = [(metric, protocol, drawn) for metric in cost.metrics_drawn(self.budgets)
+                 for protocol, drawn in cost.lines(self.budgets, metric, self.confidence)]
+        several = any(len(line.points) > 1 for _, _, drawn in found for line in drawn)
+        if not (self.cost_first or several):
+            return []
+        timed_on = cost.devices(self.budgets)
+        return [(metric, protocol, drawn, cost.plot(metric, drawn, protocol, out_dir / "plots" /
+                                                    f"cost_{i:02d}_{slug(metric)}.png", self.confidence, timed_on))
+                for i, (metric, protocol, drawn) in enumerate(found)]
+
+    @property
+    def cost_first(self) -> bool:
+        """The runs differ in model family: quality against compute opens the report."""
+        return len(self.families) > 1
+
+    def cost_intro(self) -> str:
+        devices = cost.devices(self.budgets)
+        timed = (f"timed on {devices[0]}" if len(devices) == 1 else
+                 f"timed on several devices ({'; '.join(devices)}): the time axis compares machines as well as "
+                 "models" if devices else "no sampling time recorded")
+        return (f"Each sample metric against the sampling budget (NFE: the net's forward passes per sample) and "
+                f"against the sampling time (seconds per 1,000 samples of the model's generate calls alone, "
+                f"{timed}); one line per configuration (family: {', '.join(self.families) or 'unknown'}), a "
+                f"family drawn in one forward pass a single point at NFE 1; mean over training seeds with the "
+                f"{self.confidence:.0%} Student-t band where a configuration has several.")
+
+    def cost_markdown(self, out_dir: Path) -> list[str]:
+        if not self.cost:
+            return []
+        metric, protocol, drawn, _ = self.cost[0]
+        lines = ["## Quality against compute", "", self.cost_intro(), "",
+                 f"Protocol: {cost.measurement(protocol)}.", "", *cost.table_lines(metric, drawn), ""]
+        for metric, _, _, path in self.cost:
+            lines += [f"![{metric} against compute]({path.relative_to(out_dir)})", ""]
+        return lines
+
+    def cost_html(self) -> list[str]:
+        if not self.cost:
+            return []
+        e = html.escape
+        metric, protocol, drawn, _ = self.cost[0]
+        rows = cost.table_lines(metric, drawn)
+        head = "".join(f"<th>{e(c.strip())}</th>" for c in rows[0].strip("|").split("|"))
+        body = "".join("<tr>" + "".join(f"<td>{e(c.strip())}</td>" for c in row.strip("|").split("|")) + "</tr>"
+                       for row in rows[2:])
+        parts = ["<h2 id='quality-against-compute'>Quality against compute</h2>", f"<p>{e(self.cost_intro())}</p>",
+                 f"<p class='protocol'>Protocol: {e(cost.measurement(protocol))}.</p>",
+                 f"<table class='cost' data-metric='{e(metric)}'><tr>{head}</tr>{body}</table>"]
+        parts += [f"<img class='plot cost' alt='{e(m)} against compute' src='{data_uri(path)}'>"
+                  for m, _, _, path in self.cost]
+        return parts
 
     # ---- markdown ------------------------------------------------------------------------------------
 
@@ -127,6 +193,8 @@ class Report:
         lines = ["# Comparison", "",
                  f"Values of each run's final evaluation (and `best <metric>`: its best value); mean over training "
                  f"seeds ± the half-width of the {c} Student-t confidence interval; std with ddof = 1.", ""]
+        if self.cost_first:
+            lines += self.cost_markdown(out_dir)
         lines += self.runs_markdown()
         if self.mismatches:
             lines += ["## Protocol mismatches", "", *[f"- {m}" for m in self.mismatches], ""]
@@ -143,6 +211,8 @@ class Report:
             if i in self.plots:
                 lines += ["", f"![{t.metric}]({self.plots[i].relative_to(out_dir)})"]
             lines.append("")
+        if not self.cost_first:
+            lines += self.cost_markdown(out_dir)
         lines += ["## Last sample grids", ""]
         for name, grid in self.grids.items():
             lines.append(f"- {name}: {grid if grid else 'no grid saved'}")
@@ -166,7 +236,8 @@ class Report:
         if not t.sampling:
             return []
         return [f"- the configurations' protocols differ in {', '.join(t.sampling)}: how each model is asked to "
-                "sample (e.g. a conditional model's labels), not how it is measured, so they share this table."]
+                "sample (e.g. a conditional model's labels, a sampler's steps), not how it is measured, so they share "
+                "this table."]
 
     def spread_lines(self, t: MetricTable) -> list[str]:
         lines = []
@@ -175,7 +246,7 @@ class Report:
             if not st:
                 continue
             other = [d for d in differences(t.protocol, s.protocols.get(t.metric, {}))
-                     if d not in (*SAMPLING_FIELDS, "sample_seed") and not d.startswith("versions.")]
+                     if not how_sampled(d) and d.split(".")[0] not in ("sample_seed", "versions")]
             caveat = f" (measured with another protocol than this table: {', '.join(other)})" if other else ""
             lines.append(f"- sampling spread of one checkpoint of {self.label(s.configuration)} ({s.checkpoint}): "
                          f"std {fmt(st['std'])} over {st['n']} sample seeds (mean {fmt(st['mean'])}), beside the "
@@ -190,6 +261,8 @@ class Report:
         parts = [f"<h1>Comparison</h1><p>Values of each run's final evaluation (and <code>best &lt;metric&gt;</code>:"
                  f" its best value); mean over training seeds ± the half-width of the {c} Student-t confidence "
                  "interval; std with ddof = 1.</p>"]
+        if self.cost_first:
+            parts += self.cost_html()
         if self.common:
             parts.append(f"<p>Overrides common to all finished runs: <code>{e(self.common)}</code></p>")
         parts.append("<h2>Runs</h2><table id='runs'><tr><th>configuration</th><th>seed</th><th>status</th>"
@@ -221,6 +294,8 @@ class Report:
                          + "".join(f"<li>{e(s[2:])}</li>" for s in self.spread_lines(t)) + "</ul>")
             if i in self.plots:
                 parts.append(f"<img class='plot' alt='{e(t.metric)}' src='{data_uri(self.plots[i])}'>")
+        if not self.cost_first:
+            parts += self.cost_html()
         parts.append("<h2>Last sample grids</h2><div class='grids'>")
         for name, grid in self.grids.items():
             body = f"<img class='grid' alt='{e(name)}' src='{data_uri(grid)}'>" if grid else "<p>no grid saved</p>"

@@ -32,6 +32,7 @@ class Run:
     protocols: dict[str, dict] = field(default_factory=dict)  # metric -> protocol (at least its "id")
     history: list[dict] = field(default_factory=list)
     grid: Path | None = None
+    family: str | None = None  # the model's class (config.yaml's model._target_), e.g. GAN
 
     @property
     def finished(self) -> bool:
@@ -57,11 +58,13 @@ def read_run(run_dir: Path) -> Run:
     overrides_file = run_dir / ".hydra" / "overrides.yaml"
     overrides = list(OmegaConf.load(overrides_file)) if overrides_file.is_file() else []
     config_file = run_dir / "config.yaml"
-    seed = OmegaConf.load(config_file).get("seed") if config_file.is_file() else None
+    config = OmegaConf.load(config_file) if config_file.is_file() else OmegaConf.create()
+    seed = config.get("seed")
     if seed is None:
         seed = next((int(o.split("=", 1)[1]) for o in overrides if override_key(o) == "seed"), None)
     summary_file = run_dir / "summary.json"
-    run = Run(run_dir, configuration(overrides), seed, "failed (no summary.json: see its log)")
+    run = Run(run_dir, configuration(overrides), seed, "failed (no summary.json: see its log)",
+              family=model_family(config))
     if not summary_file.is_file():
         return run
     summary = json.loads(summary_file.read_text())
@@ -83,6 +86,23 @@ def read_run(run_dir: Path) -> Run:
     grid = run_dir / "samples" / GRID
     run.grid = grid if grid.is_file() else None
     return run
+
+
+def model_family(config) -> str | None:
+    """The model's class name in a run's config (`model._target_`), None when it has none."""
+    target = OmegaConf.select(config, "model._target_", default=None)
+    return str(target).rsplit(".", 1)[-1] if target else None
+
+
+def training_run(eval_report: dict) -> tuple[str | None, int | None]:
+    """The configuration and seed of the run whose checkpoint a task=eval report scored (None where that run's
+    directory is not on this machine)."""
+    run_dir = Path(eval_report.get("checkpoint", "")).parent.parent
+    overrides_file = run_dir / ".hydra" / "overrides.yaml"
+    if not overrides_file.is_file():
+        return None, None
+    run = read_run(run_dir)
+    return run.configuration, run.seed
 
 
 def read_spread(eval_dir: Path) -> SamplingSpread:
@@ -131,17 +151,22 @@ def independent_runs(runs: list[Run]) -> tuple[list[Run], list[str]]:
 def read_runs(paths: list[str | Path]) -> tuple[list[Run], list[SamplingSpread]]:
     """Every run under `paths` (run or sweep directories) and every sampling spread (eval directories);
     a path that is none of these fails in one sentence."""
-    runs, spreads = [], []
+    runs, spreads, budgets = [], [], 0
     for given in paths:
         path = Path(given).expanduser()
         if not path.is_dir():
             raise GdmError(f"compare.runs: {given} is not a directory: pass run or sweep directories.")
         eval_file = path / "eval.json"
         if eval_file.is_file():
-            if "sample_seeds" not in json.loads(eval_file.read_text()):
-                raise GdmError(f"compare.runs: {given} is a task=eval directory of one sample seed: evaluate with "
-                               "eval.sample_seeds=N (N >= 2) to compare its sampling spread.")
-            spreads.append(read_spread(path))
+            report = json.loads(eval_file.read_text())
+            sampled = "budgets" in report or any(p and "sampling" in p for p in report.get("protocols", {}).values())
+            if "sample_seeds" not in report and not sampled:
+                raise GdmError(f"compare.runs: {given} is a task=eval directory of one sample seed that records no "
+                               "sampling budget: evaluate with eval.sample_seeds=N (N >= 2) to compare its sampling "
+                               "spread, or with this gdm to draw it against compute.")
+            if "sample_seeds" in report:
+                spreads.append(read_spread(path))
+            budgets += sampled  # read by gdm.compare.cost
         elif is_run_dir(path):
             runs.append(read_run(path))
         elif path.is_dir() and job_dirs(path):
@@ -150,7 +175,7 @@ def read_runs(paths: list[str | Path]) -> tuple[list[Run], list[SamplingSpread]]
             raise GdmError(f"compare.runs: {given} is neither a run directory (with .hydra/ or summary.json) nor "
                            "a sweep directory (with job sub-directories): pass run or sweep directories.")
     spreads = list({spread.dir.resolve(): spread for spread in reversed(spreads)}.values())[::-1]
-    if not any(run.finished for run in runs):
+    if not any(run.finished for run in runs) and not budgets:
         listed = ", ".join(f"{r.dir} ({r.status})" for r in runs) or "none found"
         raise GdmError(f"compare.runs holds no finished run to compare ({listed}).")
     return runs, spreads

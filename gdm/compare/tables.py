@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from gdm.compare.runs import Run
 from gdm.compare.stats import CONFIDENCE, Difference, Interval, difference, interval
-from gdm.evaluation.context import SAMPLING_FIELDS, differences, measurement_id
+from gdm.evaluation.context import differences, how_sampled, measurement_id
 
 # Words in a metric's name that say which way is better; other values (a discriminator's mean output, ...)
 # get no "best" and no "better".
@@ -132,8 +132,8 @@ def table(metric: str, runs: list[Run], short: dict[str, str], confidence: float
         rows.append(Row(name, short[name], members, [r.seed for r in members], values, interval(values, confidence),
                         best))
     result = MetricTable(metric, runs[0].protocols[metric], rows)
-    result.sampling = sorted({d for r in runs for d in differences(result.protocol, r.protocols[metric])
-                              if d in SAMPLING_FIELDS})
+    result.sampling = sorted({d.split(".")[0] for r in runs for d in differences(result.protocol, r.protocols[metric])
+                              if how_sampled(d)})
     for row_a, row_b in itertools.combinations(rows, 2):
         a, b = row_a.by_seed(), row_b.by_seed()
         if a is None or b is None:  # unpaired: any distinct keys will do

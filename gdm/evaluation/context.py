@@ -10,11 +10,15 @@ Metrics never touch the trainer: a metric is a plain object called with an `Eval
 Protocols: how a metric value was computed, so that two values are only compared when they were
 measured the same way. A protocol is a plain JSON-serialisable dict: the feature network and the SHA-256
 of its weights file, the input resize, the quantization, the numbers of generated and real images, the real split
-and its data, the sample seed, and the library versions. `protocol_id` names it by a short hash of everything
-but the versions (a library upgrade is reported, not treated as another protocol); `differences` lists
-what two protocols disagree on. `SAMPLING_FIELDS` say how the model under test was asked to sample (a
-conditional model: with which labels), not how it is measured: `measurement_id` leaves them out, so an
-unconditional and a conditional model scored the same way can be compared (`gdm.compare`, sweeps).
+and its data, the sample seed, how the model drew its samples (`sampling`: the sampler, its steps, the NFE),
+and the library versions. `protocol_id` names it by a short hash of everything but the versions (a library
+upgrade is reported, not treated as another protocol) and the measured fields (`MEASURED`: the sampling cost,
+in seconds per 1,000 samples on the device that ran; an adaptive solver's NFE, a float mean it measured): a
+figure of this machine, not a setting. `differences` lists what two protocols disagree on. `SAMPLING_FIELDS`
+say how the model under test was asked to sample (a conditional model: with which labels; an iterative model:
+with which sampler and steps), not how it is measured: `measurement_id` leaves them out, so a GAN, a
+conditional GAN and a diffusion model at any budget scored the same way can be compared (`gdm.compare`,
+sweeps).
 
 Sharding: split an evaluation across DDP processes by index, and put the pieces back in index order.
 
@@ -28,6 +32,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import platform
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
@@ -46,7 +52,8 @@ log = logging.getLogger(__name__)
 # Every image that is scored, saved or logged goes through gdm.images.to_uint8 first.
 QUANTIZATION = "uint8: round((x + 1) * 127.5), as the saved PNGs"
 VERSIONED = ("gdm", "torch", "torchmetrics", "torch-fidelity", "timm")
-SAMPLING_FIELDS = ("conditional_labels",)
+SAMPLING_FIELDS = ("conditional_labels", "sampling")
+MEASURED = ("sampling_cost",)  # measured on the machine that ran: recorded, never part of the id
 
 
 @cache
@@ -77,14 +84,24 @@ def file_sha256(path: str | Path) -> str:
 
 
 def protocol_id(protocol: dict) -> str:
-    """A short name for a protocol: 12 hex digits of the SHA-256 of all its fields but the versions."""
-    fields = {k: v for k, v in protocol.items() if k not in ("versions", "id")}
+    """A short name for a protocol: 12 hex digits of the SHA-256 of all its fields but the versions and the
+    measured ones (`MEASURED`; a float `sampling.nfe`, the mean an adaptive solver measured: its tolerances are
+    the setting, and a new evaluation must not count as another protocol)."""
+    fields = {k: v for k, v in protocol.items() if k not in ("versions", "id", *MEASURED)}
+    sampling = fields.get("sampling")
+    if isinstance(sampling, dict) and isinstance(sampling.get("nfe"), float):
+        fields["sampling"] = {k: v for k, v in sampling.items() if k != "nfe"}
     return hashlib.sha256(canonical(fields).encode()).hexdigest()[:12]
 
 
 def measurement_id(protocol: dict) -> str:
     """The protocol's id without the fields that describe the model's sampling (`SAMPLING_FIELDS`)."""
     return protocol_id({k: v for k, v in protocol.items() if k not in SAMPLING_FIELDS})
+
+
+def how_sampled(field: str) -> bool:
+    """Whether a dotted field name of `differences` (`sampling.steps`) says how the model sampled."""
+    return field.split(".")[0] in SAMPLING_FIELDS
 
 
 def with_id(protocol: dict) -> dict:
@@ -95,8 +112,9 @@ def with_id(protocol: dict) -> dict:
 
 
 def differences(a: dict, b: dict, prefix: str = "") -> list[str]:
-    """Dotted names of the fields in which two protocols differ (versions included, `id` left out)."""
-    keys = sorted((set(a) | set(b)) - {"id"})
+    """Dotted names of the fields in which two protocols differ (versions included; `id` and the measured
+    fields left out)."""
+    keys = sorted((set(a) | set(b)) - {"id", *MEASURED})
     found = []
     for key in keys:
         left, right = a.get(key), b.get(key)
@@ -107,8 +125,18 @@ def differences(a: dict, b: dict, prefix: str = "") -> list[str]:
     return found
 
 
+def sampling_words(sampling: dict) -> str:
+    """A model's `sampling_protocol()` for a reader: 'heun, 18 steps, NFE 35' (NFE: the net's forward passes
+    per sample; an adaptive solver's measured mean to 4 digits)."""
+    steps = f", {sampling['steps']} steps" if sampling.get("steps") is not None else ""
+    nfe = sampling.get("nfe")
+    return f"{sampling.get('sampler')}{steps}, NFE {nfe:.4g}" if isinstance(nfe, float) else \
+        f"{sampling.get('sampler')}{steps}, NFE {nfe}"
+
+
 def describe(protocol: dict) -> str:
-    """One line for a reader: features (weights hash), resize, direction, sample counts, split, seed."""
+    """One line for a reader: features (weights hash), resize, direction, sample counts, split, seed, sampler
+    and NFE, device."""
     features = protocol.get("features") or {}
     parts = []
     if features:
@@ -117,9 +145,11 @@ def describe(protocol: dict) -> str:
         resize = features.get("resize") or {}
         if resize:
             parts.append(f"resize {resize.get('size')} {resize.get('method')} antialias={resize.get('antialias')}")
-    for key in ("direction", "num_generated", "num_real", "real_split", "split", "sample_seed", "k"):
+    for key in ("direction", "num_generated", "num_real", "real_split", "split", "sample_seed", "k", "device"):
         if key in protocol:
             parts.append(f"{key} {protocol[key]}")
+    if protocol.get("sampling"):
+        parts.append(f"sampler {sampling_words(protocol['sampling'])}")
     return ", ".join(parts) + f" [protocol {protocol.get('id', protocol_id(protocol))}]"
 
 
@@ -150,6 +180,36 @@ def gather_rows(rows: torch.Tensor, n: int, rank: int, world_size: int,
         count = len(range(r, n, world_size))
         out[r::world_size] = gathered[r, :count].to(out.device)
     return out
+
+
+def device_name(device: torch.device) -> str:
+    """The device samples were timed on: the GPU's name, else the CPU and its torch threads."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type != "cpu":
+        return device.type
+    return f"cpu ({platform.processor() or platform.machine()}), {torch.get_num_threads()} threads"
+
+
+class SamplingClock:
+    """Seconds spent inside a model's `generate` calls alone (features and metrics excluded), timed with the
+    device synchronized before each clock read (CUDA runs kernels asynchronously: the clock would stop before
+    the work does)."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.seconds = device, 0.0
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # note: a CPU-GPU sync point, twice per timed call
+
+    def __call__(self, generate: Callable[..., torch.Tensor], *args, **kwargs) -> torch.Tensor:
+        self._sync()
+        start = time.perf_counter()
+        images = generate(*args, **kwargs)
+        self._sync()
+        self.seconds += time.perf_counter() - start
+        return images
 
 
 @dataclass
@@ -199,6 +259,12 @@ class Evaluation:
     def gather(self, rows: torch.Tensor, n: int) -> torch.Tensor:
         """Every process's rows of an n-item computation, as one tensor in index order."""
         return gather_rows(rows, n, self.rank, self.world_size, self.all_gather)
+
+    def slowest(self, seconds: float) -> float:
+        """The largest of every process's `seconds`: the wall time of work they share out, on every process."""
+        if self.world_size == 1:
+            return seconds
+        return float(self.all_gather(torch.tensor(seconds, dtype=torch.float64, device=self.device)).max())
 
     @torch.no_grad()
     def featurize(self, images: torch.Tensor) -> torch.Tensor:

@@ -4,7 +4,8 @@ Each evaluation generates `samples_per_class` images of every class (seeded, fix
 class i // samples_per_class) and classifies them with the shipped digits network (`classifier: digits`,
 the network FID's digits features come from); `auto` uses it on digit data (data whose FID features are
 the digits network, 10 classes) and otherwise leaves the metric off. Each DDP process classifies its
-share of the samples by index; the hits are gathered, so the value does not depend on the processes.
+share of the samples by index; the hits are gathered, so the value does not depend on the processes. The
+protocol records how the samples were drawn (the model's `sampling_protocol()`, read after generating).
 """
 
 from __future__ import annotations
@@ -85,5 +86,6 @@ class ClassAccuracy:
         protocol = with_id({"metric": "class_acc", "classifier": {"name": "digits", "weights_file": path.name,
                                                                   "weights_sha256": file_sha256(path)},
                             "quantization": QUANTIZATION, "num_generated": n,
-                            "samples_per_class": self.samples_per_class, "sample_seed": self.seed})
+                            "samples_per_class": self.samples_per_class, "sample_seed": self.seed,
+                            "sampling": ev.model.sampling_protocol()})
         return MetricResult({"val/class_acc": accuracy}, {"val/class_acc": protocol})

@@ -13,8 +13,13 @@ image of `real_split` (cached across runs):
   training neighbour (likely copies; `gdm.metrics.feature_metrics`), and a grid `nearest_<f>` whose rows are
   a sample and its `nearest_k` nearest training images in the feature space, for `nearest_samples` samples.
 A conditional model's samples draw class-balanced labels (the training split's class frequencies).
-Values do not depend on batch size or on the number of DDP processes (samples are per-index seeded and
-features gathered in index order). Each value comes with its protocol (`gdm.evaluation.context`).
+Each protocol records how the samples were drawn (`sampling`: the model's sampler, steps and NFE, read after
+generating so that an adaptive solver's measured NFE is right) and what drawing them cost (`sampling_cost`:
+seconds per 1,000 samples of the `generate` calls alone, on the named device; under DDP the slowest process,
+the wall time). The cost is measured, so it is kept out of the protocol id, and logged as
+`val/sample_seconds_per_1000` beside the metrics. The metric values do not depend on batch size or on the
+number of DDP processes (samples are per-index seeded and features gathered in index order). Each value comes
+with its protocol (`gdm.evaluation.context`).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import torch
 from pydantic import Field, Strict
 
 from gdm.errors import GdmError
-from gdm.evaluation.context import QUANTIZATION, Evaluation, MetricResult, with_id
+from gdm.evaluation.context import QUANTIZATION, Evaluation, MetricResult, SamplingClock, device_name, with_id
 from gdm.metrics.feature_metrics import (
     copy_fraction,
     density_coverage,
@@ -42,6 +47,7 @@ NumSamples = Annotated[int, Strict(), Field(ge=2, description=(
     "generated images; FID needs 2 at least, as the covariance of one image is undefined; 1000 or more for a "
     "stable value, 50k in the published FIDs"))]
 SubsetSize = Annotated[int, Strict(), Field(ge=2)]
+COST = "val/sample_seconds_per_1000"
 
 
 def sampled_labels(model) -> str | None:
@@ -52,7 +58,8 @@ def sampled_labels(model) -> str | None:
 
 
 class SampleQuality:
-    families = ("fid", "kid", "precision", "recall", "density", "coverage", "copies")  # val/<family>_...
+    families = ("fid", "kid", "precision", "recall", "density", "coverage", "copies",  # val/<family>_...
+                "sample_seconds_per_1000")
 
     @checked
     def __init__(self, num_samples: NumSamples = 1000, real_split: Split = "train",
@@ -92,23 +99,34 @@ class SampleQuality:
                    *(["precision", "recall"] if self.precision_recall_k else []),
                    *(["density", "coverage"] if self.density_coverage_k else []),
                    *(["copies"] if self.copies else [])]
-        return [f"val/{m}_{features}" if m != "kid_std" else f"val/kid_{features}_std" for m in metrics]
+        return [*(f"val/{m}_{features}" if m != "kid_std" else f"val/kid_{features}_std" for m in metrics), COST]
 
     @torch.no_grad()
-    def generated_features(self, ev: Evaluation) -> torch.Tensor:
-        mine = [ev.featurize(ev.model.generate(indices, seed=self.seed))
+    def generated_features(self, ev: Evaluation) -> tuple[torch.Tensor, float]:
+        """The features of samples 0..num_samples-1 (every process's, in index order) and the seconds per 1,000
+        samples their `generate` calls took (the slowest process's share)."""
+        clock = SamplingClock(ev.device)
+        mine = [ev.featurize(clock(ev.model.generate, indices, seed=self.seed))
                 for indices in ev.shard(self.num_samples).split(ev.batch_size)]
         rows = torch.cat(mine) if mine else torch.empty(0, ev.features.num_features, device=ev.device)
-        return ev.gather(rows, self.num_samples)
+        return ev.gather(rows, self.num_samples), 1000 * ev.slowest(clock.seconds) / self.num_samples
 
     def __call__(self, ev: Evaluation) -> MetricResult:
         name = ev.feature_protocol["name"]
         real = ev.real_features(self.real_split)
-        fake = self.generated_features(ev)
+        fake, seconds_per_1000 = self.generated_features(ev)
+        sampling = ev.model.sampling_protocol()  # after generating: an adaptive solver's NFE is measured
+        cost = {"seconds_per_1000": seconds_per_1000, "device": device_name(ev.device),
+                "processes": ev.world_size, "batch_size": ev.batch_size}
         base = {"features": ev.feature_protocol, "quantization": QUANTIZATION, "num_generated": self.num_samples,
                 "num_real": real.shape[0], "real_split": self.real_split, "sample_seed": self.seed,
-                "conditional_labels": sampled_labels(ev.model)}
+                "conditional_labels": sampled_labels(ev.model), "sampling": sampling, "sampling_cost": cost}
         result = MetricResult()
+        # A time is only comparable on the same device, processes and batch size: those name its protocol.
+        result.values[COST] = seconds_per_1000
+        result.protocols[COST] = with_id({"metric": "sample_seconds_per_1000", "num_generated": self.num_samples,
+                                          "sampling": sampling, **{k: v for k, v in cost.items()
+                                                                   if k != "seconds_per_1000"}})
 
         def add(metric: str, value: float, **extra) -> None:
             result.values[f"val/{metric}_{name}"] = value

@@ -2,9 +2,11 @@
 
     python run.py task=compare compare.runs=[SWEEP_DIR,RUN_DIR,...]
 
-Writes `report.md`, a self-contained `report.html` and `plots/*.png` into the output directory, prints the
-tables, and logs the table and plots to a W&B run of their own (`compare.wandb`: auto = online when it can
-be, else offline; disabled = none).
+Writes `report.md`, a self-contained `report.html` and `plots/*.png` into the output directory (with quality
+against sampling compute from the runs' final evaluations and from task=eval directories of several
+`eval.steps` budgets: at the top when the runs differ in model family), prints the tables, and logs the table
+and plots to a W&B run of their own (`compare.wandb`: auto = online when it can be, else offline; disabled =
+none).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from gdm.compare.cost import read_budgets
 from gdm.compare.report import Report
 from gdm.compare.runs import independent_runs, read_runs
 from gdm.compare.tables import flat_rows, metric_tables
@@ -33,12 +36,13 @@ def compare(cfg: DictConfig) -> float | None:
     runs, repeats = independent_runs(runs)  # before any statistic: intervals and paired differences alike
     tables, mismatches = metric_tables(runs, opts.confidence)
     out_dir = Path(cfg.paths.output_dir)
-    report = Report(runs, tables, mismatches, spreads, opts.confidence, repeats)
+    budgets = read_budgets(runs, list(opts.runs))  # NFE and sampling time of each run and eval budget
+    report = Report(runs, tables, mismatches, spreads, opts.confidence, repeats, budgets)
     written = report.write(out_dir)
     log.info("\n" + report.markdown(out_dir).split("## Last sample grids")[0])
     for warning in (*repeats, *mismatches):
         log.warning(warning)
-    plots = {Path(p).stem: p for key, p in written.items() if key.startswith("plot")}
+    plots = {Path(p).stem: p for key, p in written.items() if key.startswith(("plot", "cost"))}
     project = OmegaConf.select(cfg, "logger.wandb.project", default="gdm")
     where = log_comparison(flat_rows(tables), plots, name=f"compare {out_dir.name}", save_dir=out_dir,
                            mode=opts.wandb, project=project)

@@ -280,15 +280,25 @@ def check_run_options(cfg: DictConfig) -> None:
 
 
 # The options of the checkpoint tasks, read from their config nodes (sample, eval, translate).
+Sampler = Annotated[str | None, Field(description=(
+    "the sampler of a diffusion or flow model (e.g. heun, euler); null: the checkpoint's own"))]
+Steps = Annotated[Count | None, Field(description="sampling steps of a diffusion or flow model; null: the "
+                                                  "checkpoint's own")]
+
+
 @checked
 def sample_options(n: Annotated[Count, Field(description="the number of images to draw")] = 64,
                    seed: Annotated[NonNegativeInt, Field(description="the seed of the sample sequence")] = 0,
                    label: Annotated[NonNegativeInt | None, Field(
-                       description="the class to draw; unset: every class")] = None) -> None:
+                       description="the class to draw; unset: every class")] = None,
+                   sampler: Sampler = None, steps: Steps = None) -> None:
     """task=sample's options."""
 
 
 SampleCount = Annotated[int, Strict(), Field(ge=2)]
+Budgets = Annotated[Count | Annotated[list[Count], Field(min_length=1)] | None, Field(description=(
+    "sampling steps of a diffusion or flow model, or a list of them to evaluate once each; null: the "
+    "checkpoint's own"))]
 
 
 @checked
@@ -297,7 +307,7 @@ def eval_options(num_samples: Annotated[SampleCount | None, Field(
                  kid_subset_size: Annotated[SampleCount | None, Field(
                      description="KID's subset size; null: no KID")] = None,
                  sample_seeds: Annotated[Count, Field(description="sample seeds to evaluate with")] = 1,
-                 ) -> None:
+                 sampler: Sampler = None, steps: Budgets = None) -> None:
     """task=eval's options."""
 
 

@@ -11,7 +11,8 @@ frequencies, each sample's label seeded by its index), so an external FID of the
 FID measures with the same seed (`metrics.fid.seed`); `labels.csv` lists each file's label and the log says
 which distribution was drawn (`+sample.label=3`: one class only). A GAN trained with an EMA generator samples
 from the EMA copy. Model settings typed on the command line that differ from the checkpoint's are refused: the
-model is the checkpoint's, as trained.
+model is the checkpoint's, as trained; `sample.sampler` / `sample.steps` draw with another sampler or number of
+steps (a diffusion or flow model; null: the checkpoint's own), and the log names the sampler and NFE that ran.
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ from omegaconf import DictConfig
 
 from gdm.checkpoints import check_typed_settings, load_model, read_checkpoint
 from gdm.errors import GdmError
+from gdm.evaluation.context import sampling_words
 from gdm.images import grid_uint8, save_png, to_uint8
 from gdm.metrics.sample_quality import sampled_labels
 from gdm.models.base import Samples
-from gdm.tasks.options import read_options, sample_options
+from gdm.tasks.options import options_of, read_options, sample_options
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +45,15 @@ def sample(cfg: DictConfig) -> None:
     if not cfg.get("ckpt_path"):
         raise GdmError("task=sample needs ckpt_path=RUN/checkpoints/best.ckpt.")
     opts = cfg.get("sample") or {}
-    n, seed, label = read_options(sample_options, "sample", opts).values()
+    n, seed, label, sampler, steps = read_options(sample_options, "sample", opts).values()
     check_typed_settings(cfg, read_checkpoint(cfg.ckpt_path), cfg.ckpt_path, "sample")
     model = load_model(cfg.ckpt_path)
     if not isinstance(model, Samples):
         raise GdmError(f"ckpt_path={cfg.ckpt_path} holds a {type(model).__name__}, which translates images rather "
                        "than drawing them: use task=translate.")
+    if sampler is not None or steps is not None:
+        with options_of("sample", opts):
+            model.set_sampling(sampler=sampler, steps=steps)
     model = model.to("cuda" if torch.cuda.is_available() else "cpu")
     conditional = model.conditional
     classes = len(model.class_probs) if conditional else 0
@@ -81,4 +86,5 @@ def sample(cfg: DictConfig) -> None:
             f"; labels drawn from the {sampled_labels(model)}, seeded per sample index as task=eval does")
         drawn += f" ({(out / 'labels.csv').resolve()})"
     log.info(f"{n} samples of {type(model).__name__}{ema} in {(out / 'samples').resolve()}{drawn}; grid: "
-             f"{(out / 'grid.png').resolve()}")
+             f"{(out / 'grid.png').resolve()}; sampling: {sampling_words(model.sampling_protocol())}")
+

@@ -1,0 +1,364 @@
+"""Quality against compute: every sample metric records how its samples were drawn (sampler, steps, NFE) and
+what drawing them cost (seconds per 1,000 samples, the device), the cost stays out of the protocol id, task=eval
+evaluates a checkpoint once per sampling budget, a one-pass model refuses a budget, and task=compare draws the
+metrics against NFE and time."""
+
+from __future__ import annotations
+
+import json
+import logging
+from functools import partial
+from itertools import count
+
+import lightning as L
+import pytest
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from gdm.data.digits import DigitsDataModule
+from gdm.errors import GdmError
+from gdm.evaluation.context import (
+    Evaluation,
+    SamplingClock,
+    describe,
+    measurement_id,
+    protocol_id,
+    with_id,
+)
+from gdm.evaluation.real_features import RealFeatureCache
+from gdm.metrics.features import build_features
+from gdm.metrics.sample_quality import COST, SampleQuality
+from gdm.models.base import Samples, latent_noise
+from gdm.tasks.evaluate import budget_line, budget_records, evaluate_budgets, sampling_budgets, set_sampling
+
+
+class Iterative(Samples, L.LightningModule):
+    """A fake iterative sampler: `steps` passes of a tiny net over each sample's seeded noise."""
+
+    def __init__(self, steps: int = 4):
+        super().__init__()
+        self.steps, self.passes = steps, 0
+        self.net = nn.Linear(256, 256)
+        with torch.no_grad():
+            self.net.weight.copy_(torch.eye(256) * 0.9)
+            self.net.bias.zero_()
+
+    def generate(self, indices, seed=0, labels=None):
+        x = latent_noise(indices, 256, seed)
+        for _ in range(self.steps):
+            x = torch.tanh(self.net(x))
+            self.passes += len(x)
+        return x.view(-1, 1, 16, 16)
+
+    def set_sampling(self, sampler=None, steps=None):
+        if sampler not in (None, "euler"):
+            raise GdmError(f"sampler={sampler} is not a sampler of Iterative: use euler.")
+        if steps is not None:
+            self.steps = steps
+
+    def sampling_protocol(self):
+        return {"sampler": "euler", "steps": self.steps, "nfe": self.steps}
+
+
+class Splits:
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def split(self, name):
+        return self.dataset
+
+
+@pytest.fixture(scope="module")
+def real():
+    return DigitsDataModule(image_size=16).split("val")
+
+
+def evaluation(real, model, **kwargs) -> Evaluation:
+    return Evaluation(model=model, data=Splits(real), features=build_features("digits"),
+                      cache=RealFeatureCache(None), device=torch.device("cpu"), **kwargs)
+
+
+LEAN = {"num_samples": 20, "real_split": "val", "precision_recall_k": None, "density_coverage_k": None,
+        "copies": False, "nearest_samples": 0}
+
+
+# ---- the protocol records the sampling and its cost -------------------------------------------------------
+
+def test_protocol_records_sampler_steps_nfe_and_the_cost_of_the_generate_calls_alone(real, monkeypatch):
+    ticks = count()
+    monkeypatch.setattr("gdm.evaluation.context.time.perf_counter", lambda: float(next(ticks)))
+    model = Iterative(steps=3)
+    result = SampleQuality(**LEAN)(evaluation(real, model, batch_size=8))
+    fid = result.protocols["val/fid_digits"]
+    assert fid["sampling"] == {"sampler": "euler", "steps": 3, "nfe": 3} and model.passes == 20 * 3
+    # each generate call reads the clock twice (1 s apart here): 3 batches of 8 = 3 s for 20 samples
+    assert fid["sampling_cost"]["seconds_per_1000"] == pytest.approx(150.0)
+    assert result.values[COST] == pytest.approx(150.0)
+    assert fid["sampling_cost"]["device"].startswith("cpu") and "threads" in fid["sampling_cost"]["device"]
+    assert result.protocols[COST]["device"] == fid["sampling_cost"]["device"]
+    assert "sampler euler, 3 steps, NFE 3" in describe(fid)
+
+
+def test_cost_is_kept_out_of_the_protocol_id_and_the_sampling_out_of_the_measurement_id():
+    base = {"metric": "fid", "num_generated": 20, "sampling": {"sampler": "euler", "steps": 3, "nfe": 3},
+            "sampling_cost": {"seconds_per_1000": 1.5, "device": "cpu"}}
+    other_machine = {**base, "sampling_cost": {"seconds_per_1000": 9.0, "device": "NVIDIA H100"}}
+    assert with_id(base)["id"] == with_id(other_machine)["id"]
+    more_steps = {**base, "sampling": {"sampler": "euler", "steps": 8, "nfe": 8}}
+    assert protocol_id(base) != protocol_id(more_steps)  # another measurement of the model...
+    assert measurement_id(base) == measurement_id(more_steps)  # ...with the same metric
+    assert measurement_id(base) != measurement_id({**base, "num_generated": 40})
+    # an adaptive solver's NFE is a float it measured: two evaluations keep one id
+    adaptive = {**base, "sampling": {"sampler": "dopri5", "nfe": 86.25}}
+    assert protocol_id(adaptive) == protocol_id({**base, "sampling": {"sampler": "dopri5", "nfe": 92.5}})
+    assert protocol_id(adaptive) != protocol_id({**base, "sampling": {"sampler": "euler", "nfe": 86.25}})
+
+
+def test_under_ddp_the_cost_is_the_slowest_process():
+    model = Iterative()
+    gathered = []
+
+    def all_gather(t):
+        gathered.append(t)
+        return torch.stack([t, t * 3])  # rank 1 took three times as long
+
+    ev = Evaluation(model=model, data=None, features=nn.Identity(), cache=RealFeatureCache(None),
+                    device=torch.device("cpu"), rank=0, world_size=2, all_gather=all_gather)
+    assert ev.slowest(2.0) == 6.0 and len(gathered) == 1
+
+
+def test_the_clock_times_the_call_it_wraps(monkeypatch):
+    ticks = iter([10.0, 12.5, 20.0, 21.0])
+    monkeypatch.setattr("gdm.evaluation.context.time.perf_counter", lambda: next(ticks))
+    clock = SamplingClock(torch.device("cpu"))
+    out = clock(lambda x: x * 2, torch.ones(2))
+    clock(lambda: None)
+    assert out.tolist() == [2.0, 2.0] and clock.seconds == 3.5
+
+
+# ---- task=eval: budgets -----------------------------------------------------------------------------------
+
+class FakeEvaluator:
+    """What an Evaluator keeps after one evaluation: final values and their protocols."""
+
+    def __init__(self, model: Iterative, seed_offset: int):
+        sampling = model.sampling_protocol()
+        fid = 100.0 / model.steps + seed_offset
+        self.final = {"val/fid_digits": fid, COST: 10.0 * model.steps, "step": 7}
+        self.protocols = {"val/fid_digits": {"metric": "fid", "num_generated": 20, "real_split": "test",
+                                             "sampling": sampling, "sample_seed": seed_offset},
+                          COST: {"metric": "sample_seconds_per_1000", "sampling": sampling}}
+
+
+def test_eval_steps_list_evaluates_once_per_budget_and_sample_seed():
+    model = Iterative(steps=16)
+    opts = OmegaConf.create({"steps": [1, 2, 4], "sampler": None})
+    offset = {"seed": 0}
+    calls = []
+
+    def evaluate_once(first):
+        calls.append((model.steps, offset["seed"], first))
+        return FakeEvaluator(model, offset["seed"])
+
+    def shift(by):
+        offset["seed"] += by
+
+    per_budget = evaluate_budgets(model, None, sampling_budgets([1, 2, 4]), 2, evaluate_once, shift, opts)
+    assert calls == [(1, 0, True), (1, 1, False), (2, 0, False), (2, 1, False), (4, 0, False), (4, 1, False)]
+    assert offset["seed"] == 0  # back to the first sample seed
+    records = budget_records(per_budget, [1, 2, 4], {"val/fid_digits": "test/fid_digits"})
+    assert [(r["steps"], r["sampler"], r["nfe"], r["seconds_per_1000"]) for r in records] == [
+        (1, "euler", 1, 10.0), (2, "euler", 2, 20.0), (4, "euler", 4, 40.0)]
+    assert records[1]["metrics"] == {"test/fid_digits": 50.0, COST: 20.0}  # the first sample seed's
+    spread = records[2]["sample_seeds"]["test/fid_digits"]
+    assert spread["values"] == [25.0, 26.0] and spread["mean"] == 25.5 and spread["sample_seeds"] == [0, 1]
+    assert sampling_budgets(8) == [8] and sampling_budgets(None) == [None]
+    assert budget_line(records[2]) == "  steps 4: euler, NFE 4, 40 s per 1,000 samples; test/fid_digits 25"
+
+
+def make_gan():
+    from gdm.models.gan import GAN
+    from gdm.nets.dcgan import DCGANDiscriminator, DCGANGenerator
+
+    return GAN((1, 16, 16), generator=partial(DCGANGenerator, ngf=8),
+               discriminator=partial(DCGANDiscriminator, ndf=8), latent_dim=8)
+
+
+def test_a_gan_refuses_eval_steps_in_one_sentence():
+    opts = OmegaConf.create({"steps": [1, 2], "sampler": None})
+    with pytest.raises(GdmError) as err:
+        set_sampling(make_gan(), None, sampling_budgets([1, 2])[0], opts)
+    assert str(err.value) == ("eval.steps=1: GAN draws each sample in one forward pass, with no sampler or steps to "
+                              "choose; drop the option (it applies to model=diffusion and model=flow).")
+    set_sampling(make_gan(), None, None, opts)  # nothing asked: nothing refused
+    model = Iterative()
+    with pytest.raises(GdmError, match=r"^eval\.sampler=heun is not a sampler of Iterative: use euler\.$"):
+        set_sampling(model, "heun", 2, OmegaConf.create({"steps": 2, "sampler": "heun"}))
+
+
+@pytest.mark.slow
+def test_task_eval_and_sample_of_a_gan_refuse_steps_before_drawing(tmp_path, caplog):
+    from helpers import TINY, compose_config, compose_typed
+
+    from gdm.app import run
+
+    run_dir = tmp_path / "gan"
+    run(compose_config(["data.image_size=16", *TINY, "logger=none", "test_after_fit=false"], run_dir))
+    out = tmp_path / "eval"
+    with pytest.raises(GdmError, match=r"^eval\.steps=2: GAN draws each sample in one forward pass"):
+        run(compose_typed(["task=eval", "print_config=false", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
+                           "eval.steps=[2,4]"], out))
+    assert not (out / "eval.json").exists()
+    run(compose_typed(["task=eval", "print_config=false", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
+                       "eval.num_samples=40"], out))
+    report = json.loads((out / "eval.json").read_text())
+    fid = report["protocols"]["test/fid_digits"]
+    assert fid["sampling"] == {"sampler": "one forward pass", "nfe": 1}
+    seconds = report["metrics"]["test/sample_seconds_per_1000"]  # named by the split, as every eval value
+    assert seconds == fid["sampling_cost"]["seconds_per_1000"] > 0
+    assert report["names_in_training"]["test/sample_seconds_per_1000"] == COST
+    assert report["eval_options"]["steps"] is None and report["eval_options"]["sample_seeds"] == 1
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    with pytest.raises(GdmError, match=r"^sample\.sampler=heun, sample\.steps=4: GAN draws each sample in one"):
+        run(compose_typed(["task=sample", f"ckpt_path={ckpt}", "sample.sampler=heun", "sample.steps=4"],
+                          tmp_path / "sample"))
+    with caplog.at_level(logging.INFO, logger="gdm.tasks.sample"):
+        run(compose_typed(["task=sample", f"ckpt_path={ckpt}", "+sample.n=4"], tmp_path / "sample"))
+    assert "sampling: one forward pass, NFE 1" in caplog.text
+
+
+# ---- task=compare: the metrics against NFE and time ---------------------------------------------------------
+
+FID = "val/fid_digits"
+DEVICE = "cpu (x86_64), 2 threads"
+
+
+def fid_protocol(sampling: dict, seconds: float) -> dict:
+    p = {"metric": "fid", "features": {"name": "digits"}, "num_generated": 40, "real_split": "train",
+         "sample_seed": 0, "conditional_labels": None, "sampling": sampling}
+    return {**p, "id": protocol_id(p), "sampling_cost": {"seconds_per_1000": seconds, "device": DEVICE}}
+
+
+def cost_protocol(sampling: dict) -> dict:
+    p = {"metric": "sample_seconds_per_1000", "num_generated": 40, "sampling": sampling, "device": DEVICE}
+    return {**p, "id": protocol_id(p)}
+
+
+def make_run(path, family: str, seed: int, fid: float, sampling: dict, seconds: float):
+    """A finished run directory as training leaves it, of a model class `family` (gdm.models.<lower>.<family>)."""
+    (path / ".hydra").mkdir(parents=True)
+    (path / ".hydra" / "overrides.yaml").write_text(f"- model={family.lower()}\n- seed={seed}\n")
+    (path / "config.yaml").write_text(f"seed: {seed}\nmodel:\n  _target_: gdm.models.{family.lower()}.{family}\n")
+    protocols = {FID: fid_protocol(sampling, seconds), COST: cost_protocol(sampling)}
+    summary = {"status": "finished", "monitor": FID, "final": {FID: fid, COST: seconds, "step": 40},
+               "protocols": protocols}
+    (path / "summary.json").write_text(json.dumps(summary))
+    return path
+
+
+def make_budgets(path, run_dir, fids: dict[int, float]):
+    """A task=eval directory of `run_dir`'s checkpoint at budgets {steps: FID} (euler: NFE = steps, 10 s per step)."""
+    path.mkdir(parents=True)
+    first = min(fids)
+    sampling = {"sampler": "euler", "steps": first, "nfe": first}
+    report = {"checkpoint": str(run_dir / "checkpoints" / "last.ckpt"), "model": "Diffusion",
+              "metrics": {"train/fid_digits": fids[first]},
+              "protocols": {"train/fid_digits": fid_protocol(sampling, 10.0 * first)},
+              "names_in_training": {"train/fid_digits": FID, "train/sample_seconds_per_1000": COST},
+              "budgets": [{"steps": s, "sampler": "euler", "nfe": s, "seconds_per_1000": 10.0 * s,
+                           "metrics": {"train/fid_digits": f, "train/sample_seconds_per_1000": 10.0 * s}}
+                          for s, f in fids.items()]}
+    (path / "eval.json").write_text(json.dumps(report))
+    return path
+
+
+@pytest.fixture
+def mixed(tmp_path):
+    """GAN (2 seeds, NFE 1) and a diffusion model (2 seeds: final at 32 steps, evaluated at 1, 4 and 16)."""
+    one_pass = {"sampler": "one forward pass", "nfe": 1}
+    paths = [make_run(tmp_path / f"gan{s}", "GAN", s, fid, one_pass, 2.0) for s, fid in ((1, 30.0), (2, 32.0))]
+    for s, final, budgets in ((1, 18.0, {1: 120.0, 4: 40.0, 16: 20.0}), (2, 20.0, {1: 124.0, 4: 44.0, 16: 22.0})):
+        run_dir = make_run(tmp_path / f"diffusion{s}", "Diffusion", s, final,
+                           {"sampler": "euler", "steps": 32, "nfe": 32}, 320.0)
+        paths += [run_dir, make_budgets(tmp_path / f"eval{s}", run_dir, budgets)]
+    return paths
+
+
+def test_budgets_are_read_from_runs_and_eval_directories_and_averaged_over_seeds(mixed):
+    from gdm.compare import cost
+    from gdm.compare.runs import read_runs
+
+    runs, spreads = read_runs(mixed)
+    assert spreads == [] and [r.family for r in runs] == ["GAN", "GAN", "Diffusion", "Diffusion"]
+    budgets = cost.read_budgets(runs, mixed)
+    assert cost.families(budgets, runs) == ["GAN", "Diffusion"]
+    ((protocol, (gan, diffusion)),) = cost.lines(budgets, FID)  # one measurement protocol: one plot
+    assert protocol["sampling"]["nfe"] == 1 and (gan.configuration, gan.family) == ("model=gan", "GAN")
+    (point,) = gan.points  # a one-pass family: a single point
+    assert (point.nfe, point.seconds_per_1000, point.stats.n, point.stats.mean) == (1.0, 2.0, 2, 31.0)
+    assert [(p.steps, p.nfe, p.seconds_per_1000, p.stats.mean) for p in diffusion.points] == [
+        (1, 1.0, 10.0, 122.0), (4, 4.0, 40.0, 42.0), (16, 16.0, 160.0, 21.0), (32, 32.0, 320.0, 19.0)]
+    # 2 seeds: t(0.975, 1) = 12.706 times std / sqrt(2) = |a - b| / 2
+    assert diffusion.points[0].stats.half_width == pytest.approx(12.7062 * 4 / 2, rel=1e-4)
+    # the run's own budget evaluated again (same seed, same steps) is one sample, not two
+    again = make_budgets(mixed[3].parent / "again", mixed[2], {32: 99.0})
+    ((_, (_, diffusion)),) = cost.lines(cost.read_budgets(runs, [*mixed, again]), FID)
+    assert [(p.steps, p.stats.n, p.stats.mean) for p in diffusion.points][-1] == (32, 2, 19.0)
+
+
+def test_compare_puts_quality_against_compute_first_when_the_families_differ(mixed, tmp_path):
+    from helpers import compose_config
+
+    from gdm.app import run
+
+    out = tmp_path / "report"
+    run(compose_config(["task=compare", f"compare.runs=[{','.join(map(str, mixed))}]", "compare.wandb=disabled"],
+                       out))
+    md, page = (out / "report.md").read_text(), (out / "report.html").read_text()
+    assert md.index("## Quality against compute") < md.index("## Runs") < md.index(f"## {FID}")
+    assert f"timed on {DEVICE}" in md and "family: GAN, Diffusion" in md
+    assert "| model=gan | GAN |  | 1 | 2 | 2 | 31 ± 12.71 |" in md
+    assert "| model=diffusion | Diffusion | 4 | 4 | 40 | 2 | 42 ± 25.41 |" in md
+    assert "| model=diffusion | Diffusion | 32 | 32 | 320 | 2 | 19 ± 12.71 |" in md
+    assert "![val/fid_digits against compute](plots/cost_00_val_fid_digits.png)" in md
+    assert (out / "plots" / "cost_00_val_fid_digits.png").stat().st_size > 10_000
+    assert page.index("Quality against compute") < page.index("<h2>Runs</h2>")
+    assert page.count("class='plot cost'") == 1
+
+
+def test_one_family_at_one_budget_keeps_the_report_as_it_was(mixed, tmp_path):
+    from gdm.compare.cost import read_budgets
+    from gdm.compare.report import Report
+    from gdm.compare.runs import read_runs
+    from gdm.compare.tables import metric_tables
+
+    gans = mixed[:2]
+    runs, spreads = read_runs(gans)
+    tables, mismatches = metric_tables(runs)
+    md = Report(runs, tables, mismatches, spreads, budgets=read_budgets(runs, gans)).write(tmp_path / "a")
+    assert "Quality against compute" not in md["markdown"].read_text() and "cost0" not in md
+    # one family at several budgets: drawn after the tables
+    diffusion = mixed[2:]
+    runs, spreads = read_runs(diffusion)
+    tables, mismatches = metric_tables(runs)
+    text = Report(runs, tables, mismatches, spreads,
+                  budgets=read_budgets(runs, diffusion)).write(tmp_path / "b")["markdown"].read_text()
+    assert text.index(f"## {FID}") < text.index("## Quality against compute") < text.index("## Last sample grids")
+
+
+def test_a_sweep_over_sampling_steps_measures_one_metric(tmp_path):
+    from gdm.compare.tables import metric_tables
+    from gdm.tasks.sweep_summary import protocol_mismatch
+
+    rows = []
+    for job, steps in enumerate((4, 16)):
+        sampling = {"sampler": "euler", "steps": steps, "nfe": steps}
+        run_dir = make_run(tmp_path / str(job), "Diffusion", 1 + job, 30.0 - job, sampling, 10.0 * steps)
+        rows.append({"job": str(job), "dir": str(run_dir), "metric": FID,
+                     "protocol": fid_protocol(sampling, 1.0)["id"]})
+    assert rows[0]["protocol"] != rows[1]["protocol"] and protocol_mismatch(tmp_path, rows) is None
+    from gdm.compare.runs import read_runs
+
+    tables, mismatches = metric_tables(read_runs([tmp_path / "0", tmp_path / "1"])[0])
+    assert mismatches == [] and tables[0].sampling == ["sampling"]
