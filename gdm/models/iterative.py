@@ -295,7 +295,8 @@ class IterativeModel(GenerativeModule, Samples):
         with self.ema_weights() as net:
             x = self.solve(net, noise, labels, indices, seed)
         self._last_nfe = self.function_evaluations
-        return self.decode_samples(x).float().clamp(-1, 1)
+        out = self.decode_samples(x).float()
+        return out.clamp(-1, 1) if out.dim() == 4 else out  # images end in [-1, 1]; vectors (a toy) are left as drawn
 
     def decode_samples(self, x: Tensor) -> Tensor:
         """Samples in the model's space -> images in [-1, 1] (a latent model decodes them)."""
