@@ -329,6 +329,7 @@ def train_toy(model, steps: int = 600) -> torch.Tensor:
     return model.generate(range(4000), seed=0)
 
 
+@pytest.mark.slow  # trains (about 20 s on 2 cores)
 @pytest.mark.parametrize("make", [
     lambda: Flow((2,), partial(TimeMLP, width=64, depth=2), sampler="heun", steps=16),
     lambda: Flow((2,), partial(TimeMLP, width=64, depth=2), sampler="euler", steps=32, ot_pairing=True),
