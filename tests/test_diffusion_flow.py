@@ -257,6 +257,15 @@ def test_samples_do_not_depend_on_the_batch_and_guidance_mixes_predictions():
     torch.testing.assert_close(out[:, 0, 0, 0], torch.tensor([-3.0, 0.0]))
 
 
+def test_ema_follows_edms_half_life_with_ramp_up():
+    model = Flow((2,), stub(lambda x, c, labels: x), ema_halflife_kimg=0.5, ema_rampup_ratio=0.05)
+    model.count_images(1000)  # ramp-up: half-life min(500, 0.05 x 1000 = 50) images
+    assert model.ema_decay(64) == pytest.approx(0.5 ** (64 / 50))
+    model.count_images(99_000)  # 100k seen: min(500, 5000) = 500
+    assert model.ema_decay(64) == pytest.approx(0.5 ** (64 / 500))
+    assert float(model.images_seen) == 100_000
+
+
 def test_label_dropout_uses_the_null_label():
     model = Flow((2,), stub(lambda x, c, labels: x), num_classes=4, conditional=True, label_dropout=0.5)
     torch.manual_seed(0)
@@ -324,7 +333,7 @@ def train_toy(model, steps: int = 600) -> torch.Tensor:
         opt.zero_grad()
         loss.backward()
         opt.step()
-        model.images_seen += 256
+        model.count_images(256)
         model.net_ema.update(model.net, decay=model.ema_decay(256))
     return model.generate(range(4000), seed=0)
 

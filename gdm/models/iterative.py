@@ -128,17 +128,29 @@ class IterativeModel(GenerativeModule, Samples):
     def training_step(self, batch: dict, batch_idx: int) -> Tensor | None:
         x = batch["image"]
         loss = self.loss(x, self.training_labels(batch)).mean()
-        self.images_seen += x.shape[0] * self.trainer.world_size if self.attached_trainer() else x.shape[0]
+        self.count_images(x.shape[0] * (self.trainer.world_size if self.attached_trainer() else 1))
         self.log("train/loss", loss.detach())
         return loss if self.loss_ok("loss", loss) else None  # None: Lightning skips the update
+
+    def count_images(self, n: int) -> None:
+        """`n` more training images seen (all processes): the EMA's ramp-up reads the count."""
+        self.images_seen += n
+        if self.__dict__.get("_images_seen") is not None:
+            self._images_seen += n  # the host's copy: no device read per update
 
     def ema_decay(self, batch_size: int) -> float:
         """EDM's EMA decay for one update of `batch_size` images: 0.5 ** (batch / half-life in images), with the
         half-life ramped up to at most `ema_rampup_ratio` x the images seen (training/training_loop.py)."""
         halflife = self.ema_halflife_kimg * 1000
         if self.ema_rampup_ratio is not None:
-            halflife = min(halflife, float(self.images_seen) * self.ema_rampup_ratio)
+            if self.__dict__.get("_images_seen") is None:  # read from the device once (a resumed run's count)
+                self._images_seen = float(self.images_seen)
+            halflife = min(halflife, self._images_seen * self.ema_rampup_ratio)
         return 0.5 ** (batch_size / max(halflife, 1e-8))
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
+        self._images_seen = None  # read again from the loaded buffer
 
     def on_train_batch_end(self, outputs, batch: dict, batch_idx: int) -> None:
         super().on_train_batch_end(outputs, batch, batch_idx)
@@ -271,7 +283,7 @@ class IterativeModel(GenerativeModule, Samples):
     def sampling_protocol(self) -> dict:
         nfe = self.nfe()
         protocol = {"sampler": self.sampler_name, "steps": self.steps,
-                    "nfe": nfe if nfe is not None else self._last_nfe, "ema": "EDM half-life"}
+                    "nfe": nfe if nfe is not None else self._last_nfe, "weights": "EMA"}
         if self.conditional:
             protocol["guidance"] = self.guidance
         return protocol

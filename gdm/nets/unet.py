@@ -107,7 +107,7 @@ class UNet(nn.Module):
         if h % step or w % step:
             raise GdmError(f"the U-Net folds patch_size={patch_size} pixels and halves the resolution "
                            f"{levels - 1} times, so the image sides must be multiples of {step}, and the data's "
-                           f"are {h} x {w}: change patch_size or channel_mult, or data.image_size.")
+                           f"are {h} x {w}: change patch_size or channel_mult, or the image size of the data.")
         self.patch_size, self.num_classes = patch_size, num_classes
         emb_dim = 4 * channels
         self.embed_channels = channels
