@@ -24,6 +24,10 @@ MODELS = {
     "pix2pix": [*(o for o in TINY_PIX2PIX if o not in TINY_TRAINER), "trainer.accelerator=cpu",
                 "++trainer.limit_val_batches=1", "print_config=false", "model.n_epochs=1", "model.n_epochs_decay=2",
                 "data.test_fraction=0.02"],  # each evaluation (paper inference, one image at a time): 36 test pairs
+    # the EMA's ramp-up reads the images seen, restored from the checkpoint; dropout draws from the RNG
+    **{family: [f"model={family}", "data.image_size=16", "model.net.channels=8", "model.net.channel_mult=[1,2]",
+                "model.net.num_res_blocks=1", "model.steps=2", "metrics.fid.num_samples=40"]
+       for family in ("flow", "diffusion")},
 }
 
 
@@ -54,6 +58,8 @@ def test_stop_and_resume_equals_one_uninterrupted_run(model, tmp_path):
     if model == "gan":
         assert any(k.startswith("generator_ema.") for k in full["state_dict"])
         assert full["state_dict"]["augment._extra_state"] == {"batches": 9}  # ADA's p and sums restored too
+    elif model in ("flow", "diffusion"):  # EMA with EDM's ramp-up: the average continued, the count restored
+        assert full["state_dict"]["images_seen"] == 9 * 64
     elif model == "pix2pix":  # the lr decayed in epochs 1 and 2: the schedulers were restored, not restarted
         assert full["lr_schedulers"][0]["last_epoch"] == 2
     else:  # the image pools (module extra state) are full and equal

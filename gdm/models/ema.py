@@ -25,27 +25,27 @@ class EMA(AveragedModel):
     @torch.no_grad()
     def update(self, net: nn.Module, decay: float | None = None) -> None:
         """One EMA step towards `net`'s current weights and buffers; `decay` for this step instead of the
-        constructor's (a schedule, as EDM's half-life with ramp-up)."""
-        if decay is not None and self._started:
-            for averaged, current in zip([*self.module.parameters(), *self.module.buffers()],
-                                         [*net.parameters(), *net.buffers()], strict=True):
+        constructor's (a schedule, as EDM's half-life with ramp-up). The first step of a new average copies the
+        net; the first step after a resume (the count > 0, from the checkpoint) averages as every other."""
+        if not self._started:
+            self._started = True
+            if int(self.n_averaged) == 0:  # one host read per process
+                self.update_parameters(net)
+                return
+        pairs = zip([*self.module.parameters(), *self.module.buffers()], [*net.parameters(), *net.buffers()],
+                    strict=True)
+        if decay is not None:
+            for averaged, current in pairs:
                 if averaged.is_floating_point():
                     averaged.lerp_(current.detach(), 1 - decay)
                 else:
                     averaged.copy_(current)
-            self.n_averaged += 1
-            return
-        if not self._started:
-            self.update_parameters(net)
-            self._started = True
-            return
-        by_dtype: dict[torch.dtype, tuple[list[Tensor], list[Tensor]]] = {}
-        pairs = zip([*self.module.parameters(), *self.module.buffers()], [*net.parameters(), *net.buffers()],
-                    strict=True)
-        for averaged, current in pairs:  # the EMA's lerp takes one dtype per call, as update_parameters groups
-            group = by_dtype.setdefault(averaged.dtype, ([], []))
-            group[0].append(averaged.detach())
-            group[1].append(current.detach())
-        for averaged, current in by_dtype.values():
-            self.multi_avg_fn(averaged, current, self.n_averaged)
+        else:
+            by_dtype: dict[torch.dtype, tuple[list[Tensor], list[Tensor]]] = {}
+            for averaged, current in pairs:  # the EMA's lerp takes one dtype per call, as update_parameters groups
+                group = by_dtype.setdefault(averaged.dtype, ([], []))
+                group[0].append(averaged.detach())
+                group[1].append(current.detach())
+            for averaged, current in by_dtype.values():
+                self.multi_avg_fn(averaged, current, self.n_averaged)
         self.n_averaged += 1
