@@ -148,6 +148,19 @@ CASES = [
      "metrics.fid.kid_subset_size=true must be an integer >= 2 or null"),
     (["metrics.fid.density_coverage_k=five"],
      "metrics.fid.density_coverage_k='five' must be an integer >= 1 or null"),
+    # diffusion and flow (gdm.models.diffusion / flow / iterative, gdm.nets.unet)
+    (["model=flow", "model.steps=0"], "model.steps=0 must be an integer >= 1"),
+    (["model=flow", "model.sampler=rk45"], "model.sampler='rk45' must be one of euler, midpoint, heun, dopri5"),
+    (["model=flow", "model.guidance=2"],
+     "model.guidance=2.0 mixes conditional and unconditional predictions, and this model is unconditional: set "
+     "model.guidance=1, or model.conditional=true with labelled data."),
+    (["model=diffusion", "model.sampler=ddim"], "model.sampler=ddim belongs to the other formulation"),
+    (["model=diffusion", "model.formulation=ddpm", "model.steps=2000"],
+     "model.steps=2000 is more than the 1000 training steps"),
+    (["model=diffusion", "model.label_dropout=1.0"], "model.label_dropout=1.0 must be"),
+    (["model=diffusion", "model.net.patch_size=3"],
+     "the image sides must be multiples of 12, and the data's are 16 x 16"),
+    (["model=flow", "model.conditional=true", FOLDER], "model.conditional=true needs labelled data"),
     (["metrics.fid.real_split=val", "metrics.fid.num_samples=3"],
      "need at least 6 images on both sides (FID: 2, k-NN metrics: k + 1), and have "
      "metrics.fid.num_samples=3"),
@@ -168,7 +181,8 @@ def folder(tmp_path_factory):
 def test_a_value_that_is_not_what_its_key_means_is_named(overrides, message, folder, tmp_path):
     translation = any(o in overrides for o in ("model=cyclegan", "model=pix2pix"))  # sized by their TINY_*
     if FOLDER in overrides:
-        overrides = ["data=image_folder", f"data.root={folder}", "data.num_workers=0", "model.clusters=null",
+        clusters = [] if {"model=flow", "model=diffusion"} & set(overrides) else ["model.clusters=null"]
+        overrides = ["data=image_folder", f"data.root={folder}", "data.num_workers=0", *clusters,
                      *(o for o in overrides if o != FOLDER)]
     with pytest.raises(Exception) as caught:  # noqa: B017 - Hydra may wrap it in an InstantiationException
         run(compose_config([*(["logger=none"] if translation else QUICK), *overrides], tmp_path))
