@@ -8,6 +8,9 @@ from omegaconf import DictConfig
 # conf/hydra/launcher/submitit_slurm.yaml refines the submitit plugin's config of the same name, which Hydra 1.3
 # (pinned) validates against the plugin's schema, warning that this matching is deprecated.
 warnings.filterwarnings("ignore", message=r"(?s).*is validated against ConfigStore schema with the same name")
+# A latent diffusion / flow model's autoencoder is frozen in eval mode by design (gdm.models.latent), which
+# Lightning reports at the start of every fit.
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

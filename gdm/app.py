@@ -40,8 +40,8 @@ TASKS = {"train": train, "eval": evaluate, "sample": sample, "translate": transl
 
 # Keys that hold a user's path or a list of them; `paths.data_dir` first, so the data configs'
 # `root: ${paths.data_dir}/<name>` follows it and keeps its interpolation.
-USER_PATHS = ("paths.data_dir", "data.root", "ckpt_path", "translate.input", "translate.output", "compare.runs",
-              "metrics.inception_weights", "metrics.dinov2_weights", "metrics.cache_dir")
+USER_PATHS = ("paths.data_dir", "data.root", "ckpt_path", "model.autoencoder", "translate.input", "translate.output",
+              "compare.runs", "metrics.inception_weights", "metrics.dinov2_weights", "metrics.cache_dir")
 
 
 def launch_dir() -> Path:

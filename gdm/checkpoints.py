@@ -14,12 +14,14 @@ from pathlib import Path
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from gdm.callbacks.checkpointing import CONFIG, CONFIG_SOURCE, STEP
 from gdm.errors import GdmError, typed
+from gdm.models.autoencoder import AutoencoderModule
 from gdm.models.base import GenerativeModule
+from gdm.models.latent import LatentSpace
 
 log = logging.getLogger(__name__)
 
@@ -38,15 +40,15 @@ SETTING_KEYS = {"image_shape": "data.image_size / data.channels", "num_classes":
                 "direction": "data.direction"}
 
 
-def read_checkpoint(path: str | Path) -> dict:
-    """A gdm checkpoint's contents, or one sentence saying why `path` is not one."""
+def read_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict:
+    """A gdm checkpoint's contents, or one sentence saying why `path` (the value of config `key`) is not one."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise GdmError(f"ckpt_path={path} is not a file: point it at a .ckpt in a run's checkpoints/ folder.")
+        raise GdmError(f"{key}={path} is not a file: point it at a .ckpt in a run's checkpoints/ folder.")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated, not a torch file, or pickled objects we do not load
-        raise GdmError(f"ckpt_path={path} cannot be read as a checkpoint ({type(err).__name__}: "
+        raise GdmError(f"{key}={path} cannot be read as a checkpoint ({type(err).__name__}: "
                        f"{str(err).splitlines()[0][:200]}): pick another one, e.g. the run's best.ckpt.") from None
     if CONFIG not in checkpoint:
         raise GdmError(f"{path} has no gdm config inside: it was not written by a gdm run.")
@@ -259,6 +261,33 @@ def load_state(model: GenerativeModule, checkpoint: dict, path: str | Path) -> G
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> GenerativeModule:
     checkpoint = read_checkpoint(path)
     hparams = checkpoint["hyper_parameters"]
+    image_shape = tuple(hparams["image_shape"])
     make_model = instantiate(checkpoint[CONFIG]["model"], _partial_=True, _convert_="all")
-    model = make_model(image_shape=tuple(hparams["image_shape"]), num_classes=hparams.get("num_classes"))
+    latent = ({"latent": load_autoencoder(hparams["autoencoder"], image_shape)} if hparams.get("autoencoder")
+              else {})  # its weights then come from this checkpoint, where the frozen copy travels
+    model = make_model(image_shape=image_shape, num_classes=hparams.get("num_classes"), **latent)
     return load_state(model, checkpoint, path).to(map_location).eval()
+
+
+def load_autoencoder(path: str | Path, image_shape: tuple[int, ...], key: str = "model.autoencoder") -> LatentSpace:
+    """The latent space of the gdm AE or VAE checkpoint at `path` (the value of config `key`), for data of
+    `image_shape` (C, H, W); its scale is 1 until fitted. Raises GdmError when the file is missing, is not an AE
+    or VAE checkpoint, or was trained on images of another shape."""
+    if not Path(path).expanduser().is_file():
+        raise GdmError(f"{key}={path} is not a file: a latent model needs its autoencoder's checkpoint (the "
+                       "architecture; the weights travel in the latent model's checkpoint), e.g. a model=vae run's "
+                       "checkpoints/best.ckpt; point the key at where that file is now (on a checkpoint: task=eval "
+                       f"ckpt_path=... ++{key}=PATH).")
+    checkpoint = read_checkpoint(path, key)
+    family = get_class(checkpoint[CONFIG]["model"]["_target_"])
+    if not issubclass(family, AutoencoderModule):
+        raise GdmError(f"{key}={path} is a {family.__name__} checkpoint, and a latent model needs an AE or VAE's: "
+                       "train one with python run.py model=vae (or model=ae) on this data.")
+    trained = tuple(checkpoint["hyper_parameters"]["image_shape"])
+    if trained != tuple(image_shape):
+        raise GdmError(f"{key}={path} was trained on {' x '.join(map(str, trained))} images (channels x height x "
+                       f"width), and this data's are {' x '.join(map(str, image_shape))}: set the data's image size "
+                       "and channels to the autoencoder's, or train an autoencoder on this data.")
+    autoencoder = load_state(instantiate(checkpoint[CONFIG]["model"], _partial_=True, _convert_="all")(
+        image_shape=trained, num_classes=checkpoint["hyper_parameters"].get("num_classes")), checkpoint, path)
+    return LatentSpace(autoencoder, str(path))

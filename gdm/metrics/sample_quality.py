@@ -20,6 +20,12 @@ the wall time). The cost is measured, so it is kept out of the protocol id, and 
 `val/sample_seconds_per_1000` beside the metrics. The metric values do not depend on batch size or on the
 number of DDP processes (samples are per-index seeded and features gathered in index order). Each value comes
 with its protocol (`gdm.evaluation.context`).
+
+A latent diffusion or flow model (one with a `latent` autoencoder) also gets, beside its FID, the two baselines of
+its autoencoder: `val/fid_<f>_reconstructions`, the FID of the autoencoder's reconstructions of the real split
+(the ceiling a latent model cannot beat: a perfect latent model decodes to these), and `val/fid_<f>_autoencoder`,
+the FID of the autoencoder's own samples (a VAE's prior samples, an AE's from its fitted Gaussian), drawn with
+the same sample indices and seed.
 """
 
 from __future__ import annotations
@@ -99,14 +105,19 @@ class SampleQuality:
                    *(["precision", "recall"] if self.precision_recall_k else []),
                    *(["density", "coverage"] if self.density_coverage_k else []),
                    *(["copies"] if self.copies else [])]
-        return [*(f"val/{m}_{features}" if m != "kid_std" else f"val/kid_{features}_std" for m in metrics), COST]
+        baselines = ([f"val/fid_{features}_reconstructions", f"val/fid_{features}_autoencoder"]
+                     if getattr(model, "latent", None) is not None else [])
+        return [*(f"val/{m}_{features}" if m != "kid_std" else f"val/kid_{features}_std" for m in metrics), COST,
+                *baselines]
 
     @torch.no_grad()
-    def generated_features(self, ev: Evaluation) -> tuple[torch.Tensor, float]:
+    def generated_features(self, ev: Evaluation, generate=None) -> tuple[torch.Tensor, float]:
         """The features of samples 0..num_samples-1 (every process's, in index order) and the seconds per 1,000
-        samples their `generate` calls took (the slowest process's share)."""
+        samples their `generate` calls took (the slowest process's share). `generate`: another sampler than the
+        model's (a latent model's autoencoder)."""
         clock = SamplingClock(ev.device)
-        mine = [ev.featurize(clock(ev.model.generate, indices, seed=self.seed))
+        generate = generate or ev.model.generate
+        mine = [ev.featurize(clock(generate, indices, seed=self.seed))
                 for indices in ev.shard(self.num_samples).split(ev.batch_size)]
         rows = torch.cat(mine) if mine else torch.empty(0, ev.features.num_features, device=ev.device)
         return ev.gather(rows, self.num_samples), 1000 * ev.slowest(clock.seconds) / self.num_samples
@@ -133,6 +144,17 @@ class SampleQuality:
             result.protocols[f"val/{metric}_{name}"] = with_id({"metric": metric, **base, **extra})
 
         add("fid", frechet_distance(real, fake))
+        latent = getattr(ev.model, "latent", None)
+        if latent is not None:  # the autoencoder's two baselines
+            recon = self.reconstruction_features(ev, latent)
+            own, _ = self.generated_features(ev, latent.autoencoder.generate)
+            for suffix, features, drawn in (("reconstructions", recon, "the autoencoder's reconstructions of the "
+                                             "real split"), ("autoencoder", own, "the autoencoder's own samples")):
+                result.values[f"val/fid_{name}_{suffix}"] = frechet_distance(real, features)
+                common = {k: v for k, v in base.items() if k not in ("sampling", "sampling_cost")}  # not the model's
+                result.protocols[f"val/fid_{name}_{suffix}"] = with_id({
+                    "metric": "fid", **common, "num_generated": features.shape[0], "conditional_labels": None,
+                    "baseline": {"images": drawn, "latent": latent.protocol()}})
         if self.kid_subset_size:
             mean, std = kernel_distance(real, fake, self.kid_subset_size, self.kid_subsets, self.seed)
             size = min(self.kid_subset_size, real.shape[0], fake.shape[0])
@@ -154,6 +176,16 @@ class SampleQuality:
             if self.nearest_samples:
                 result.grids[f"nearest_{name}"] = self.nearest_grid(ev, fake, train)
         return result
+
+    @torch.no_grad()
+    def reconstruction_features(self, ev: Evaluation, latent) -> torch.Tensor:
+        """Features of the latent space's reconstructions of every image of `real_split` (all processes, in
+        index order)."""
+        dataset = ev.split(self.real_split)
+        mine = [ev.featurize(latent.reconstruct(torch.stack([dataset[int(i)]["image"] for i in indices]).to(ev.device)))
+                for indices in ev.shard(len(dataset)).split(ev.batch_size)]
+        rows = torch.cat(mine) if mine else torch.empty(0, ev.features.num_features, device=ev.device)
+        return ev.gather(rows, len(dataset))
 
     def nearest_grid(self, ev: Evaluation, fake: torch.Tensor, train: torch.Tensor) -> tuple[torch.Tensor, int]:
         """Rows: sample i | its `nearest_k` nearest training images (nearest first)."""

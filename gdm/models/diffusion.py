@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Annotated, Literal
 
@@ -23,6 +24,7 @@ from torch import Tensor, nn
 
 from gdm.errors import GdmError
 from gdm.models.iterative import (
+    Autoencoder,
     Guidance,
     HalfLife,
     IterativeModel,
@@ -35,10 +37,13 @@ from gdm.models.iterative import (
     mean_flat,
     mse,
 )
+from gdm.models.latent import LatentSpace
 from gdm.option_types import AdamBetas, Flag, GradClip, LearningRate, NonNegativeInt, Visuals, checked
 
 Positive = Annotated[float, Field(gt=0, strict=True, allow_inf_nan=False)]
 Real = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+
+log = logging.getLogger(__name__)
 
 SAMPLERS = {"edm": ("heun", "euler"), "ddpm": ("ancestral", "ddim")}
 
@@ -136,6 +141,9 @@ class Diffusion(IterativeModel):
         ema_rampup_ratio: RampUp = 0.05,
         num_visuals: Visuals = 64,
         visual_seed: NonNegativeInt = 1234,
+        autoencoder: Autoencoder = None,
+        latent_net: NetFactory | None = None,
+        latent: LatentSpace | None = None,
     ):
         # before the base's constructor, which checks the sampler and steps against them
         self.formulation, self.train_timesteps, self.beta_schedule = formulation, train_timesteps, beta_schedule
@@ -147,9 +155,13 @@ class Diffusion(IterativeModel):
                            f"samples with {' or '.join(self.samplers)}: pick one of those, or the formulation.")
         super().__init__(image_shape, net, num_classes, conditional, label_dropout, guidance, sampler,
                          steps or default_steps.get(sampler, 18), lr, betas, lr_warmup_steps, grad_clip,
-                         ema_halflife_kimg, ema_rampup_ratio, num_visuals, visual_seed)
-        self.save_hyperparameters(ignore=["net"])
+                         ema_halflife_kimg, ema_rampup_ratio, num_visuals, visual_seed, autoencoder=autoencoder,
+                         latent_net=latent_net, latent=latent)
+        self.save_hyperparameters(ignore=["net", "latent_net", "latent"])
         self.edm = EDM(sigma_data, p_mean, p_std, sigma_min, sigma_max, rho)
+        if latent is not None and formulation == "edm" and sigma_data != 1.0:
+            log.warning(f"sigma_data={sigma_data} is the std EDM's preconditioning assumes, and a latent model's codes "
+                        "are scaled to std 1: set sigma_data=1.0.")
         if formulation == "ddpm":
             self.register_buffer("alphas_cumprod", self.ddpm_scheduler("ancestral").alphas_cumprod.float(),
                                  persistent=False)

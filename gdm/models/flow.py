@@ -24,6 +24,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
 from gdm.models.iterative import (
+    Autoencoder,
     Guidance,
     HalfLife,
     IterativeModel,
@@ -34,6 +35,7 @@ from gdm.models.iterative import (
     Steps,
     mse,
 )
+from gdm.models.latent import LatentSpace
 from gdm.option_types import AdamBetas, Flag, GradClip, LearningRate, NonNegativeInt, Visuals, checked
 
 Tolerance = Annotated[float, Field(gt=0, strict=True, allow_inf_nan=False)]
@@ -94,11 +96,15 @@ class Flow(IterativeModel):
         ema_rampup_ratio: RampUp = 0.05,
         num_visuals: Visuals = 64,
         visual_seed: NonNegativeInt = 1234,
+        autoencoder: Autoencoder = None,
+        latent_net: NetFactory | None = None,
+        latent: LatentSpace | None = None,
     ):
         super().__init__(image_shape, net, num_classes, conditional, label_dropout, guidance, sampler, steps, lr,
                          betas, lr_warmup_steps, grad_clip, ema_halflife_kimg, ema_rampup_ratio, num_visuals,
-                         visual_seed)
-        self.save_hyperparameters(ignore=["net"])
+                         visual_seed, autoencoder=autoencoder,
+                         latent_net=latent_net, latent=latent)
+        self.save_hyperparameters(ignore=["net", "latent_net", "latent"])
         self.atol, self.rtol = atol, rtol
         self.time_sampling, self.logit_mean, self.logit_std = time_sampling, logit_mean, logit_std
         self.ot_pairing = ot_pairing

@@ -14,7 +14,9 @@ A family (`gdm.models.diffusion`, `gdm.models.flow`) gives its training loss (`l
 - per-index seeded sampling: sample i's initial noise (and a stochastic sampler's noise at every step) comes from
   generators seeded by (seed, i), so a metric does not depend on batch size or on the number of processes;
 - the sampler and its steps as options (`samplers`), recorded with the number of function evaluations (NFE) in
-  every sample metric's protocol (`sampling_protocol`) and changeable on a checkpoint (`set_sampling`).
+  every sample metric's protocol (`sampling_protocol`) and changeable on a checkpoint (`set_sampling`);
+- a latent variant (`latent`, a `gdm.models.latent.LatentSpace`): the model trains on the scaled codes of a frozen
+  gdm AE or VAE, with `latent_net` (a vector net) in place of `net`, and decodes its samples to images.
 """
 
 from __future__ import annotations
@@ -34,9 +36,12 @@ from gdm.errors import GdmError
 from gdm.likelihoods import pixel_levels
 from gdm.models.base import GenerativeModule, Samples, latent_labels, latent_noise
 from gdm.models.ema import EMA
+from gdm.models.latent import LatentSpace
 from gdm.option_types import AdamBetas, Count, Flag, GradClip, LearningRate, NonNegativeInt, Visuals
 
 NetFactory = Callable[..., nn.Module]
+Autoencoder = Annotated[str | None, Field(description=(
+    "a gdm AE or VAE checkpoint: train in its latent space (latent diffusion / flow); null: in pixel space"))]
 Steps = Annotated[Count, Field(description="sampler steps")]
 LabelDropout = Annotated[float, Field(ge=0, lt=1, strict=True, allow_inf_nan=False, description=(
     "probability of training a sample with the null label (classifier-free guidance; 0.1 in Ho & Salimans 2022)"))]
@@ -85,8 +90,15 @@ class IterativeModel(GenerativeModule, Samples):
     def __init__(self, image_shape: tuple[int, int, int], net: NetFactory, num_classes: int | None,
                  conditional: Flag, label_dropout: LabelDropout, guidance: Guidance, sampler: str, steps: Steps,
                  lr: LearningRate, betas: AdamBetas, lr_warmup_steps: NonNegativeInt, grad_clip: GradClip,
-                 ema_halflife_kimg: HalfLife, ema_rampup_ratio: RampUp, num_visuals: Visuals, visual_seed: int):
+                 ema_halflife_kimg: HalfLife, ema_rampup_ratio: RampUp, num_visuals: Visuals, visual_seed: int,
+                 autoencoder: Autoencoder = None, latent_net: NetFactory | None = None,
+                 latent: LatentSpace | None = None):
         super().__init__()
+        if autoencoder is not None and latent is None:
+            raise GdmError(f"autoencoder={autoencoder} names a checkpoint that only a run or gdm.checkpoints."
+                           "load_model reads: build the model with one of them (they pass `latent`).")
+        if latent is not None and latent_net is None:
+            raise GdmError("a latent model needs latent_net, the net over its codes (e.g. gdm.nets.time_mlp.TimeMLP).")
         if conditional and not num_classes:
             raise GdmError("conditional=true needs labelled data, and this data has no labels: use data=digits, "
                            "mnist, cifar10, or an image folder with one sub-folder per class.")
@@ -95,8 +107,10 @@ class IterativeModel(GenerativeModule, Samples):
                            "is unconditional: set guidance=1, or conditional=true with labelled data.")
         self.conditional = conditional
         self.requires = frozenset({"image", "label"} if conditional else {"image"})
-        self.shape = tuple(image_shape)
-        self.net = net(image_shape=self.shape, num_classes=num_classes if conditional else None)
+        self.latent = latent  # a submodule: the frozen autoencoder and the codes' scale travel in checkpoints
+        self.shape = latent.shape if latent is not None else tuple(image_shape)
+        self.net = (latent_net if latent is not None else net)(image_shape=self.shape,
+                                                               num_classes=num_classes if conditional else None)
         self.net_ema = EMA(self.net, 0.0)  # decay given per update (the EDM half-life)
         self.num_classes = num_classes if conditional else None
         self.label_dropout, self.guidance = label_dropout, guidance
@@ -125,8 +139,12 @@ class IterativeModel(GenerativeModule, Samples):
         drop = torch.rand(labels.shape, device=labels.device) < self.label_dropout
         return torch.where(drop, torch.full_like(labels, self.num_classes), labels)
 
+    def to_space(self, images: Tensor) -> Tensor:
+        """Images (N, C, H, W) in [-1, 1] -> points of the space the model trains in (a latent model's codes)."""
+        return self.latent.encode(images) if self.latent is not None else images
+
     def training_step(self, batch: dict, batch_idx: int) -> Tensor | None:
-        x = batch["image"]
+        x = self.to_space(batch["image"])
         loss = self.loss(x, self.training_labels(batch)).mean()
         self.count_images(x.shape[0] * (self.trainer.world_size if self.attached_trainer() else 1))
         self.log("train/loss", loss.detach())
@@ -162,7 +180,7 @@ class IterativeModel(GenerativeModule, Samples):
         generator = torch.Generator(device=self.device).manual_seed(batch_idx)
         labels = batch["label"] if self.conditional else None
         with self.ema_weights():
-            loss = self.loss(batch["image"], labels, generator).mean()
+            loss = self.loss(self.to_space(batch["image"]), labels, generator).mean()
         self.log("val/loss", loss, batch_size=batch["image"].shape[0], sync_dist=True)
 
     def configure_optimizers(self):
@@ -222,7 +240,9 @@ class IterativeModel(GenerativeModule, Samples):
         return log_prior + delta
 
     def has_likelihood(self) -> bool:
-        return self.probability_flow(self.net, None) is not None
+        """Whether test_step reports the images' likelihood: not for DDPM, nor for a latent model (its density is
+        over codes, not pixels)."""
+        return self.latent is None and self.probability_flow(self.net, None) is not None
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         """test/nll (nats per image) and test/nll_bpd (bits per dimension) of the 8-bit test images, uniformly
@@ -286,6 +306,8 @@ class IterativeModel(GenerativeModule, Samples):
                     "nfe": nfe if nfe is not None else self._last_nfe, "weights": "EMA"}
         if self.conditional:
             protocol["guidance"] = self.guidance
+        if self.latent is not None:
+            protocol["latent"] = self.latent.protocol()
         return protocol
 
     def set_class_frequencies(self, counts: Tensor) -> None:
@@ -312,7 +334,7 @@ class IterativeModel(GenerativeModule, Samples):
 
     def decode_samples(self, x: Tensor) -> Tensor:
         """Samples in the model's space -> images in [-1, 1] (a latent model decodes them)."""
-        return x
+        return self.latent.decode(x) if self.latent is not None else x
 
     def visuals(self, examples: dict[str, Tensor]) -> dict[str, tuple[Tensor, int]]:
         n, seed = self.num_visuals, self.visual_seed

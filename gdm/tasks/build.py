@@ -10,15 +10,18 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
 
 from gdm.callbacks.checkpointing import AtomicCheckpointIO, CheckpointContents
 from gdm.callbacks.optuna_pruning import OptunaPruning
+from gdm.checkpoints import load_autoencoder
 from gdm.data.base import SplitDataModule
 from gdm.errors import GdmError
 from gdm.evaluation.evaluator import Evaluator
 from gdm.metrics.features import build_features
 from gdm.models.base import GenerativeModule, NonFinitePolicy
 from gdm.models.clusters import cluster_inputs
+from gdm.models.latent import LatentSpace
 from gdm.optuna_search import TRIAL_ENV
 from gdm.tasks.options import check_run_options, options_of, run_options
 
@@ -48,8 +51,11 @@ def build_model(cfg: DictConfig, datamodule: SplitDataModule, from_checkpoint: b
     check_provides(cfg, get_class(cfg.model._target_).requires, datamodule)
     with options_of("model", cfg.model, ("data", cfg.data)):
         make_model = instantiate(cfg.model, _partial_=True, _convert_="all")
-        model = make_model(image_shape=tuple(int(n) for n in datamodule.image_shape),
-                           num_classes=datamodule.num_classes)
+        image_shape = tuple(int(n) for n in datamodule.image_shape)
+        latent = {}
+        if cfg.model.get("autoencoder"):  # a latent diffusion / flow model: the frozen AE or VAE first
+            latent["latent"] = build_latent_space(cfg.model.autoencoder, image_shape, datamodule, from_checkpoint)
+        model = make_model(image_shape=image_shape, num_classes=datamodule.num_classes, **latent)
         check_provides(cfg, model.requires, datamodule)
         if not from_checkpoint:
             if getattr(model, "clusters", None) is not None:  # self-conditioning: k-means on the training images
@@ -60,6 +66,19 @@ def build_model(cfg: DictConfig, datamodule: SplitDataModule, from_checkpoint: b
     if cfg.get("compile", False):
         model.compile_nets()
     return model
+
+
+def build_latent_space(path: str, image_shape: tuple[int, ...], datamodule: SplitDataModule,
+                       from_checkpoint: bool) -> LatentSpace:
+    """The autoencoder checkpoint's latent space; before training, its scale fitted to the training split's codes
+    (a checkpoint's state dict holds it for eval and resume)."""
+    latent = load_autoencoder(path, image_shape)
+    if not from_checkpoint:
+        images = (batch["image"] for batch in DataLoader(datamodule.split("train"), batch_size=256))
+        scale = latent.fit_scale(images)
+        log.info(f"latent space of {path}: {latent.shape[0]} dimensions, codes scaled by {scale:.4g} to unit "
+                 "variance over the training split")
+    return latent
 
 
 def build_nonfinite_policy(cfg: DictConfig) -> NonFinitePolicy:
