@@ -27,6 +27,9 @@ TINY_TRAINER = [
     "print_config=false",
 ]
 TINY = [*TINY_TRAINER, "metrics.fid.num_samples=40"]
+# model=diffusion / flow with a small U-Net and a 2-step sampler (the config's net and 16-18 steps cost seconds per
+# evaluation on a CPU).
+TINY_ITERATIVE = ["data.image_size=16", "model.net.channels=16", "model.net.num_res_blocks=1", "model.steps=2"]
 # model=cyclegan (its metrics are the translation metrics, on the test images) with small nets.
 TINY_CYCLEGAN = ["model=cyclegan", "data.image_size=32", "model.generator.ngf=8", "model.discriminator.ndf=8",
                  *TINY_TRAINER]

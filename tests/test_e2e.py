@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import CONF, TINY, TINY_CYCLEGAN, TINY_PIX2PIX, compose_config, run_py
+from helpers import CONF, TINY, TINY_CYCLEGAN, TINY_ITERATIVE, TINY_PIX2PIX, compose_config, run_py
 
 from gdm.app import run, user_error
 from gdm.data.digits import DigitsDataModule
@@ -24,7 +24,8 @@ DEBUGS = sorted(p.stem for p in (CONF / "debug").glob("*.yaml"))
 # Each model with the data it supports: unpaired two-domain data for CycleGAN, paired for pix2pix, images otherwise.
 SUPPORTED = {"cyclegan": ("digits_colour", "unpaired"), "pix2pix": ("digits_paired", "paired")}
 MODEL_DATA = [(m, d) for m in MODELS for d in SUPPORTED.get(m, ("digits", "image_folder"))]
-TINY_FOR = {"cyclegan": TINY_CYCLEGAN, "pix2pix": TINY_PIX2PIX}
+TINY_FOR = {"cyclegan": TINY_CYCLEGAN, "pix2pix": TINY_PIX2PIX,
+            **{m: [f"model={m}", *TINY_ITERATIVE, *TINY] for m in ("diffusion", "flow")}}
 # pix2pix's evaluation translates each test pair on its own (paper inference): 90 of the embedded pairs, not 180.
 PAIRED_EVAL = {"digits_paired": ["data.test_fraction=0.05"]}
 
@@ -136,7 +137,7 @@ def test_same_seed_same_fid(tmp_path):
 @pytest.mark.slow
 def test_help_lists_groups_and_options():
     out = run_py("--help").stdout
-    for line in ("model: ae, cgan, cyclegan, gan, pix2pix, vae",
+    for line in ("model: ae, cgan, cyclegan, diffusion, flow, gan, pix2pix, vae",
                  "data: apple2orange, cifar10, digits, digits_colour, digits_paired, edges2handbags, edges2shoes",
                  "logger: csv, none, tensorboard, wandb"):
         assert line in out

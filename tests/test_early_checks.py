@@ -44,7 +44,7 @@ def test_a_typo_in_the_monitor_is_refused_before_the_first_batch(tmp_path, batch
     message = refusal(["monitor=val/fid_digitz"], tmp_path)
     assert message == ("monitor=val/fid_digitz is not among this run's evaluation values (val/copies_digits, "
                        "val/coverage_digits, val/density_digits, val/fid_digits, val/precision_digits, "
-                       "val/recall_digits): set monitor= to one of them.")
+                       "val/recall_digits, val/sample_seconds_per_1000): set monitor= to one of them.")
     assert batches == [] and no_checkpoint(tmp_path)
 
 
@@ -78,7 +78,7 @@ def test_a_monitor_only_the_first_evaluation_can_refuse_keeps_last_ckpt(tmp_path
     logged = set(message.split(" values (", 1)[1].split("): ", 1)[0].split(", "))
     # what the metrics said they would log before the run (the first test's list), and the model's own value
     assert logged == {"val/copies_digits", "val/coverage_digits", "val/density_digits", "val/fid_digits",
-                      "val/precision_digits", "val/recall_digits", "val/d_real"}
+                      "val/precision_digits", "val/recall_digits", "val/sample_seconds_per_1000", "val/d_real"}
     assert batches == [0, 1]
     last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert last["gdm_step"] == 2 and last["global_step"] == 4  # both batches, D and G updates

@@ -270,15 +270,20 @@ def test_sample_quality_shards_across_ranks_and_gathers_in_index_order(real_val)
             return torch.stack([shares.get(r, padded) for r in (0, 1)])
         return gather
 
+    def simulated(rank):
+        ev = evaluation(real_val, rank=rank, world_size=2, batch_size=16, all_gather=fake_all_gather(rank))
+        ev.slowest = lambda seconds: seconds  # the clock's gather is not the features' (tests/test_ddp.py runs both)
+        return ev
+
     metric = SampleQuality(num_samples=n, real_split="val")
-    evs = [evaluation(real_val, rank=r, world_size=2, batch_size=16, all_gather=fake_all_gather(r)) for r in (0, 1)]
+    evs = [simulated(r) for r in (0, 1)]
     evs[0].gather = lambda rows, total: rows  # rank 0 first only records its share
     for ev in evs:
         metric.generated_features(ev)
-    evs = [evaluation(real_val, rank=r, world_size=2, batch_size=16, all_gather=fake_all_gather(r)) for r in (0, 1)]
-    gathered = metric.generated_features(evs[0])
+    evs = [simulated(r) for r in (0, 1)]
+    gathered, _ = metric.generated_features(evs[0])
     assert evs[0].model.calls == [list(range(0, n, 2))[i:i + 16] for i in range(0, 51, 16)]
-    full = metric.generated_features(evaluation(real_val, batch_size=16))
+    full, _ = metric.generated_features(evaluation(real_val, batch_size=16))
     assert torch.allclose(gathered, full, atol=1e-5)
     assert frechet_distance(evaluation(real_val).real_features("val"), gathered) == pytest.approx(
         single.values["val/fid_digits"], rel=1e-5)
