@@ -10,7 +10,8 @@ and reports one JSON line tagged RESULT_TAG; `--in-process` runs them all in thi
 processes differ run to run, the variants then share that luck). A variant is a runner with options:
 `gdm-channels_last-compile` is gdm's Trainer with model.channels_last and torch.compile'd nets; its baseline is
 `plain-loop-channels_last-compile`, the same model and options in a loop that calls the same `update` (the target
-is >= 0.95x).
+is >= 0.95x). Option `-bf16` runs that variant under bf16-mixed whatever --precision says, so one table can hold
+both precisions (`gdm-channels_last,gdm-channels_last-bf16`).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from torch.utils.data import DataLoader, Dataset
 
 RESULT_TAG = "BENCH_RESULT "
 RUNNERS = ("reference", "gdm", "plain-loop", "floor", "opaque")
-OPTIONS = ("channels_last", "compile")
+OPTIONS = ("channels_last", "compile", "bf16")
 
 
 def default_threads() -> int:
@@ -284,7 +285,12 @@ def measure(args: argparse.Namespace, run: Callable[[str, set[str], torch.device
         torch.cuda.set_device(device)
         torch.cuda.reset_peak_memory_stats(device)
     runner, options = parse_variant(args.only)
-    marks, extra = run(runner, options, device)
+    precision = args.precision  # the runners read args (--in-process: the next variant's too)
+    args.precision = ran_precision = "bf16-mixed" if "bf16" in options else precision
+    try:
+        marks, extra = run(runner, options, device)
+    finally:
+        args.precision = precision
     timed = len(marks) - 1
     if timed != args.steps:
         raise SystemExit(f"{args.only}: timed {timed} steps, expected {args.steps}")
@@ -295,7 +301,7 @@ def measure(args: argparse.Namespace, run: Callable[[str, set[str], torch.device
         "median_step_s": statistics.median(b - a for a, b in zip(marks, marks[1:])),  # robust to a busy neighbour
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # KiB on Linux
         "peak_gpu_mib": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
-        "threads": torch.get_num_threads(), **extra,
+        "threads": torch.get_num_threads(), "precision": ran_precision, **extra,
     }
 
 
@@ -320,8 +326,9 @@ def main(args: argparse.Namespace, run: Callable, images_per_step: int, header: 
           f"| {args.device}: {hw} | cores {default_threads()} | torch threads {args.threads}")
     for line in header:
         print(line)
-    print(f"warmup {args.warmup} + timed {args.steps} steps | precision: gdm / plain-loop {args.precision}, reference "
-          f"fp32{f' | {args.repeats} interleaved repeats' if args.repeats > 1 else ''}", flush=True)
+    bf16 = " (-bf16 variants: bf16-mixed)" if any("bf16" in parse_variant(v)[1] for v in variants) else ""
+    print(f"warmup {args.warmup} + timed {args.steps} steps | precision: gdm / plain-loop {args.precision}{bf16}, "
+          f"reference fp32{f' | {args.repeats} interleaved repeats' if args.repeats > 1 else ''}", flush=True)
 
     argv = [sys.executable, os.path.abspath(sys.argv[0]), *sys.argv[1:]]
     runs: dict[str, list[dict]] = {v: [] for v in variants}

@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# The GPU check of issue 16, prepared to run in under 8 minutes on one GPU (a few more with 2+ GPUs):
+# The GPU check of issue 16, prepared to run in about 15 minutes on one GPU (a few more with 2+ GPUs):
 #  1. CycleGAN 256 px (9 blocks, batch 1) and DCGAN 64 px (batch 64): steps/s and peak GPU memory for fp32,
 #     bf16-mixed, channels_last and torch.compile; gdm (Lightning) vs a plain loop of the same update; fp32 vs
 #     the reference code.
-#  2. The sync-debug check: no host-device synchronisation inside a training step (tests/test_update.py).
-#  3. With 2+ GPUs: the same checkpoint evaluated by `trainer=ddp` (2 processes) and by 1 GPU gives the same FID.
+#  2. Flow matching and EDM diffusion (conf/model/flow.yaml, diffusion.yaml: U-Net 64 channels, patch 2) at 32 px
+#     and 64 px, batch 64: training steps/s (training_step + Adam + EMA under Lightning) and peak GPU memory for
+#     fp32, channels_last, torch.compile and bf16-mixed, and sampling images/s at the config's NFE (flow: heun 16
+#     steps, NFE 32; EDM: heun 18 steps, NFE 35). (~7 min, estimated: 5 processes per table, one compiling)
+#  3. The sync-debug check: no host-device synchronisation inside a training step (tests/test_update.py).
+#  4. With 2+ GPUs: the same checkpoint evaluated by `trainer=ddp` (2 processes) and by 1 GPU gives the same FID.
 #
 #   experiments/gpu_check.sh              # on a GPU machine, from the repository root or anywhere
 #   experiments/gpu_check.sh --cpu-smoke  # the same commands, tiny, on the CPU: checks that the script runs
@@ -21,6 +25,7 @@ if [[ ${1:-} == --cpu-smoke ]]; then
     DEVICE=cpu
     CYCLEGAN=(--image-size 32 --ngf 4 --ndf 4 --n-blocks 1 --steps 3 --warmup 1 --threads 1)
     DCGAN=(--image-size 64 --batch-size 4 --ngf 8 --ndf 8 --steps 3 --warmup 1 --threads 1)
+    ITERATIVE=(--batch-size 4 --channels 8 --steps 2 --warmup 1 --threads 1 --sample-n 2)
     COMPILE=""  # inductor on the CPU takes minutes
     PYTEST_K="not gpu"
 else
@@ -28,6 +33,7 @@ else
     "$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA GPU'; print(torch.cuda.get_device_name())"
     CYCLEGAN=(--image-size 256 --steps 50 --warmup 10 --cudnn-benchmark)
     DCGAN=(--steps 100 --warmup 20 --cudnn-benchmark)
+    ITERATIVE=(--steps 60 --warmup 15 --cudnn-benchmark)  # batch 64, 64 sampled images
     COMPILE=",gdm-channels_last-compile"  # each compile costs ~1 min cold
     PYTEST_K="gpu"
 fi
@@ -48,6 +54,13 @@ bench cyclegan256_fp32 bench_cyclegan_throughput.py "${CYCLEGAN[@]}" --variants 
 bench cyclegan256_bf16 bench_cyclegan_throughput.py "${CYCLEGAN[@]}" --variants "$BF16" --precision bf16-mixed
 bench dcgan64_fp32 bench_gan_throughput.py "${DCGAN[@]}" --variants "$FP32$COMPILE"
 bench dcgan64_bf16 bench_gan_throughput.py "${DCGAN[@]}" --variants "$BF16" --precision bf16-mixed
+
+# fp32 (-compile on the GPU) and bf16-mixed (-bf16) in one table each
+ITER="gdm,gdm-channels_last$COMPILE,gdm-bf16,gdm-channels_last-bf16"
+bench flow32 bench_iterative_step.py --model flow --image-size 32 "${ITERATIVE[@]}" --variants "$ITER"
+bench diffusion32 bench_iterative_step.py --model diffusion --image-size 32 "${ITERATIVE[@]}" --variants "$ITER"
+bench flow64 bench_iterative_step.py --model flow --image-size 64 "${ITERATIVE[@]}" --variants "$ITER"
+bench diffusion64 bench_iterative_step.py --model diffusion --image-size 64 "${ITERATIVE[@]}" --variants "$ITER"
 
 section "no host sync inside a training step (torch.cuda.set_sync_debug_mode('error'))"
 timeout 180 "$PY" -m pytest tests/test_update.py -q -rs -k "$PYTEST_K" || echo "!! sync-debug check failed (exit $?)"
