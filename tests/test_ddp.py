@@ -13,6 +13,10 @@ SMALL = ["trainer.max_epochs=1", "+trainer.limit_train_batches=2", "+trainer.lim
 MODELS = {
     "gan": ["model=gan", "data.image_size=16", "metrics.fid.num_samples=40"],
     "cyclegan": ["model=cyclegan", "model.generator.ngf=8", "model.discriminator.ndf=8"],
+    # a stochastic sampler: every step's noise seeded per sample index, so the share of each process is irrelevant
+    "ddpm": ["model=diffusion", "model.formulation=ddpm", "model.sampler=ancestral", "model.steps=3",
+             "data.image_size=16", "model.net.channels=16", "model.net.num_res_blocks=1",
+             "metrics.fid.num_samples=40", "test_after_fit=false"],
 }
 # Metrics of the evaluated model; the D's score on a validation batch is left out (each process sees its
 # own share of the batches).
