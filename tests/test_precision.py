@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from helpers import TINY, TINY_CYCLEGAN, TINY_PIX2PIX, compose_config
+from helpers import TINY, TINY_CYCLEGAN, TINY_ITERATIVE, TINY_PIX2PIX, compose_config
 
 from gdm.app import run
 from gdm.checkpoints import load_model
@@ -22,6 +22,8 @@ CONFIGS = {
     "ae": ["model=ae", "data.image_size=16"],
     "cyclegan": TINY_CYCLEGAN,
     "pix2pix": TINY_PIX2PIX,
+    "flow (conditional)": ["model=flow", *TINY_ITERATIVE, "model.conditional=true", "model.guidance=2.0"],
+    "diffusion": ["model=diffusion", *TINY_ITERATIVE],
 }
 
 
@@ -62,12 +64,14 @@ def test_bf16_weights_sample_translate_and_draw_grids_in_float32(models):
 
 
 @pytest.mark.slow
-def test_a_bf16_true_run_trains_scores_and_saves(tmp_path):
-    run(compose_config(["data.image_size=16", *TINY, "logger=none", "trainer.precision=bf16-true"], tmp_path))
+@pytest.mark.parametrize(("model", "weight"), [("gan", "generator.main.0.weight"), ("diffusion", "net.stem.weight")])
+def test_a_bf16_true_run_trains_scores_and_saves(model, weight, tmp_path):
+    small = [f"model={model}", *TINY_ITERATIVE] if model == "diffusion" else []  # EDM: its loss and NLL too
+    run(compose_config(["data.image_size=16", *small, *TINY, "logger=none", "trainer.precision=bf16-true"], tmp_path))
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["status"] == "finished"
     assert 0 < summary["final"]["val/fid_digits"] < float("inf")
     state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
-    assert state["generator.main.0.weight"].dtype == torch.bfloat16
+    assert state[weight].dtype == torch.bfloat16
     samples = load_model(tmp_path / "checkpoints" / "last.ckpt").generate(range(4))  # task=sample: float32 again
     assert samples.dtype == torch.float32 and samples.shape == (4, 1, 16, 16) and torch.isfinite(samples).all()

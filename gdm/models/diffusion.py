@@ -189,12 +189,12 @@ class Diffusion(IterativeModel):
         if self.formulation == "edm":
             sigma = self.edm.training_sigma(n, x.device, generator)
             sigma_b = sigma.view(-1, *[1] * (x.dim() - 1))
-            denoised = self.edm.denoise(lambda y, c: self.net(y, c, labels), x + sigma_b * noise, sigma)
+            denoised = self.edm.denoise(lambda y, c: self.run_net(self.net, y, c, labels), x + sigma_b * noise, sigma)
             return self.edm.loss_weight(sigma) * mean_flat((denoised.float() - x.float()) ** 2)
         t = torch.randint(0, self.train_timesteps, (n,), device=x.device, generator=generator)
         abar = self.alphas_cumprod[t].view(-1, *[1] * (x.dim() - 1))
         x_t = abar.sqrt() * x + (1 - abar).sqrt() * noise
-        return mse(self.net(x_t, t.to(x.dtype), labels), noise)
+        return mse(self.run_net(self.net, x_t, t.float(), labels), noise)
 
     # ---- sampling -------------------------------------------------------------------------
 

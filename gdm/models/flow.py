@@ -125,7 +125,7 @@ class Flow(IterativeModel):
         t = self.training_times(x.shape[0], x.device, generator)
         tb = t.view(-1, *[1] * (x.dim() - 1)).to(x.dtype)
         x_t = tb * x + (1 - tb) * x0
-        return mse(self.net(x_t, 1000 * t.to(x.dtype), labels), x - x0)
+        return mse(self.run_net(self.net, x_t, 1000 * t.float(), labels), x - x0)
 
     # ---- sampling -------------------------------------------------------------------------
 

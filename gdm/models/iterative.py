@@ -265,15 +265,22 @@ class IterativeModel(GenerativeModule, Samples):
         """Context in which the EMA copy of the net is in eval mode (dropout off); yields it."""
         return self.evaluating(self.net_ema.module)
 
+    def run_net(self, net: nn.Module, x: Tensor, c_noise: Tensor, labels: Tensor | None) -> Tensor:
+        """net(x, c_noise, labels) in the weights' dtype (bfloat16 under bf16-true, while the samplers' and the
+        losses' arithmetic stays in float32), returned in `x`'s dtype; `c_noise` (N,) or a scalar."""
+        x_in = self.to_model(x)
+        return net(x_in, c_noise.reshape(-1).expand(x.shape[0]).to(x_in.dtype), labels).to(x.dtype)
+
     def predict(self, net: nn.Module, x: Tensor, c_noise: Tensor, labels: Tensor | None) -> Tensor:
         """The net's output at `x`, guided: u + guidance * (c - u) for a conditional model with guidance != 1 (one
         batch of both), counted as one function evaluation per sample."""
         self.function_evaluations += 1
-        c_noise = c_noise.reshape(-1).expand(x.shape[0]).to(x.dtype)
         if labels is None or self.guidance == 1.0:
-            return net(x, c_noise, labels)
+            return self.run_net(net, x, c_noise, labels)
         null = torch.full_like(labels, self.num_classes)
-        cond, uncond = net(torch.cat([x, x]), torch.cat([c_noise, c_noise]), torch.cat([labels, null])).chunk(2)
+        c_noise = c_noise.reshape(-1).expand(x.shape[0])
+        cond, uncond = self.run_net(net, torch.cat([x, x]), torch.cat([c_noise, c_noise]),
+                                    torch.cat([labels, null])).chunk(2)
         return uncond + self.guidance * (cond - uncond)
 
     def solve(self, net: nn.Module, noise: Tensor, labels: Tensor | None, indices: Sequence[int],
