@@ -205,3 +205,22 @@ def test_a_resumed_run_counts_the_wall_time_of_every_session(tmp_path, monkeypat
     assert first["final"]["wall_seconds"] < second["wall_seconds"] < first["final"]["wall_seconds"] + second_session
     history = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert history == [2, 4]
+
+
+@pytest.mark.slow
+def test_testing_the_best_checkpoint_after_the_fit_keeps_the_runs_own_records(tmp_path):
+    # restoring the best checkpoint for the test step must not put its wall time on top of the run's, nor roll back
+    # the step or the evaluation count
+    import time
+
+    started = time.time()
+    run(compose_config(["model=vae", "model.iwae_k=2", "data.image_size=16", "metrics.fid.num_samples=40",
+                        "trainer.accelerator=cpu", "print_config=false", "logger=none", "trainer.max_epochs=2",
+                        "++trainer.limit_train_batches=2", "++trainer.limit_val_batches=1",
+                        "++trainer.limit_test_batches=1", "trainer.check_val_every_n_epoch=1"], tmp_path))
+    elapsed = time.time() - started
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    history = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert summary["test"]  # the test step ran, on the best checkpoint
+    assert summary["step"] == 4 and summary["evaluations"] == 2
+    assert history[-1]["wall_seconds"] <= summary["wall_seconds"] < elapsed

@@ -146,6 +146,10 @@ class Evaluator(L.Callback):
                 "evaluations": self.evaluations, "batches": self.batches}
 
     def load_state_dict(self, state: dict) -> None:
+        if self.status != "running":
+            # trainer.test(ckpt_path=best) after the fit restores callbacks too: the best checkpoint's wall time,
+            # step and evaluation count are the past of this run, not a session to add to it.
+            return
         self.best, self.restored_from = state.get("best"), state.get("run_dir")
         self.wall_before, self.evaluations = state.get("wall_seconds", 0.0), state.get("evaluations", 0)
         self.batches = state.get("batches", 0)
