@@ -35,6 +35,8 @@ TRAINED_DATA = ("direction", "image_size", "channels")
 # separately): a run on a checkpoint refuses other values (the classes only for a conditional model). Others
 # (pix2pix's inference mode, the VAE's iwae_k) are evaluation choices: used, logged and recorded.
 TRAINED_HPARAMS = ("image_shape", "num_classes", "direction")
+# Model keys that say where a file is now, not what the weights compute: a run on a checkpoint may change them.
+LOCATIONS = ("model.autoencoder",)
 # The config key a user types to set a model setting that the task derives from the data.
 SETTING_KEYS = {"image_shape": "data.image_size / data.channels", "num_classes": "the data's classes (data=)",
                 "direction": "data.direction"}
@@ -176,7 +178,7 @@ def check_typed_settings(cfg: DictConfig, checkpoint: dict, path: str | Path, ta
     for key, deleted in command_line_keys():
         group, _, name = key.partition(".")
         trained_setting = group == "model" or (group == "data" and name in TRAINED_DATA)
-        if deleted or not name or not trained_setting:
+        if deleted or not name or not trained_setting or key in LOCATIONS:
             continue
         wanted, saved = OmegaConf.select(cfg, key), OmegaConf.select(trained, key)
         if saved != wanted:
@@ -258,13 +260,17 @@ def load_state(model: GenerativeModule, checkpoint: dict, path: str | Path) -> G
     return model
 
 
-def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> GenerativeModule:
+def load_model(path: str | Path, map_location: str | torch.device = "cpu",
+               autoencoder: str | Path | None = None) -> GenerativeModule:
+    """The trained model of checkpoint `path`, in eval mode. A latent diffusion / flow model reads its autoencoder's
+    architecture from the checkpoint it was trained with, or from `autoencoder` where that file is now (the
+    weights come from `path`, where the frozen copy travels)."""
     checkpoint = read_checkpoint(path)
     hparams = checkpoint["hyper_parameters"]
     image_shape = tuple(hparams["image_shape"])
     make_model = instantiate(checkpoint[CONFIG]["model"], _partial_=True, _convert_="all")
-    latent = ({"latent": load_autoencoder(hparams["autoencoder"], image_shape)} if hparams.get("autoencoder")
-              else {})  # its weights then come from this checkpoint, where the frozen copy travels
+    trained_with = hparams.get("autoencoder")
+    latent = {"latent": load_autoencoder(autoencoder or trained_with, image_shape)} if trained_with else {}
     model = make_model(image_shape=image_shape, num_classes=hparams.get("num_classes"), **latent)
     return load_state(model, checkpoint, path).to(map_location).eval()
 
@@ -276,8 +282,8 @@ def load_autoencoder(path: str | Path, image_shape: tuple[int, ...], key: str = 
     if not Path(path).expanduser().is_file():
         raise GdmError(f"{key}={path} is not a file: a latent model needs its autoencoder's checkpoint (the "
                        "architecture; the weights travel in the latent model's checkpoint), e.g. a model=vae run's "
-                       "checkpoints/best.ckpt; point the key at where that file is now (on a checkpoint: task=eval "
-                       f"ckpt_path=... ++{key}=PATH).")
+                       "checkpoints/best.ckpt; point the key at where that file is now (on a checkpoint: task=eval or "
+                       f"task=sample ckpt_path=... ++{key}=PATH; in Python: load_model(..., autoencoder=PATH)).")
     checkpoint = read_checkpoint(path, key)
     family = get_class(checkpoint[CONFIG]["model"]["_target_"])
     if not issubclass(family, AutoencoderModule):

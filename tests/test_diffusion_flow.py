@@ -244,6 +244,17 @@ def test_flow_dopri5_is_accurate_and_its_nfe_measured():
     model.generate(range(4))
     protocol = model.sampling_protocol()
     assert protocol["nfe"] == model.function_evaluations > 6 and protocol["steps"] is None
+    # over an evaluation's batches: the mean per sample (dopri5 picks one step size per batch)
+    model = Flow((3,), stub(lambda x, c, labels: -x * (1 + 20 * x.abs().amax())), sampler="dopri5")
+    model.begin_measurement()
+    counts = []
+    for batch in (range(0, 4), range(4, 10)):
+        model.generate(batch)
+        counts.append(model.function_evaluations)
+    assert counts[0] != counts[1]  # a stiffer batch takes more steps
+    assert model.sampling_protocol()["nfe"] == pytest.approx((4 * counts[0] + 6 * counts[1]) / 10)
+    model.begin_measurement()
+    assert model.sampling_protocol()["nfe"] is None
 
 
 def test_samples_do_not_depend_on_the_batch_and_guidance_mixes_predictions():
@@ -352,12 +363,30 @@ def test_a_short_training_matches_the_toy_distributions_moments(make):
 
 # ---- options ---------------------------------------------------------------------------------
 
+def test_another_sampler_without_steps_takes_its_own_default_steps():
+    net = stub(lambda x, c, labels: x)
+    ddpm = Diffusion((2,), net, formulation="ddpm")
+    assert (ddpm.sampler_name, ddpm.steps) == ("ancestral", 1000)
+    ddpm.set_sampling("ddim")
+    assert ddpm.steps == 50  # DDIM's default, not the ancestral sampler's 1000
+    ddpm.set_sampling("ancestral", steps=20)
+    assert ddpm.steps == 20
+    small = Diffusion((2,), net, formulation="ddpm", sampler="ddim", train_timesteps=10)
+    assert small.steps == 10  # at most the training steps
+    flow = Flow((2,), net, sampler="heun", steps=4)
+    flow.set_sampling("euler")
+    assert flow.steps == 4  # a flow solver's steps mean the same for every solver
+
+
 def test_bad_options_say_which_and_why():
     net = stub(lambda x, c, labels: x)
     with pytest.raises(GdmError, match="sampler=ddim belongs to the other formulation"):
         Diffusion((2,), net, sampler="ddim")
     with pytest.raises(GdmError, match="guidance=2.0 .* unconditional"):
         Flow((2,), net, guidance=2.0)
+    with pytest.raises(GdmError, match="guidance=2.0 mixes in the prediction for the null label, which "
+                                       "label_dropout=0 never trains"):
+        Flow((2,), net, num_classes=3, conditional=True, label_dropout=0.0, guidance=2.0)
     with pytest.raises(GdmError, match="conditional=true needs labelled data"):
         Flow((2,), net, conditional=True)
     with pytest.raises(ValidationError, match="steps"):
@@ -373,3 +402,15 @@ def test_bad_options_say_which_and_why():
         Diffusion((2,), net, formulation="ddpm", steps=2000)
     with pytest.raises(GdmError, match="multiples of 8"):
         UNet((1, 12, 12), channel_mult=(1, 2, 2), patch_size=2)
+
+
+def test_val_loss_protocols_name_the_model_that_defines_the_loss():
+    from types import SimpleNamespace
+
+    from gdm.evaluation.evaluator import Evaluator
+
+    net = stub(lambda x, c, labels: x)
+    data = SimpleNamespace(split=lambda name: range(10))
+    ids = {Evaluator.validation_protocol(None, "val/loss", SimpleNamespace(datamodule=data, lightning_module=m))["id"]
+           for m in (Flow((2,), net), Diffusion((2,), net), Diffusion((2,), net, formulation="ddpm"))}
+    assert len(ids) == 3  # three different losses are never one column of task=compare

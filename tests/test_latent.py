@@ -83,6 +83,12 @@ def test_a_latent_checkpoint_needs_its_autoencoder_file_or_a_new_path(vae_ckpt, 
     assert proc.returncode == 0, proc.stderr[-2000:]
     metrics = json.loads((tmp_path / "e2/eval.json").read_text())["metrics"]
     assert "test/fid_digits_reconstructions" in metrics
+    proc = run_py("task=sample", f"ckpt_path={ckpt}", "+sample.n=3", f"++model.autoencoder={vae_ckpt}",
+                  f"hydra.run.dir={tmp_path / 's'}")  # task=sample the same way
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(list((tmp_path / "s").rglob("*.png"))) >= 3
+    model = load_model(ckpt, autoencoder=vae_ckpt)  # and in Python
+    assert model.generate(range(2)).shape == (2, 1, 16, 16)
 
 
 @pytest.mark.slow

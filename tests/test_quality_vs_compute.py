@@ -228,6 +228,46 @@ def test_task_eval_and_sample_of_a_gan_refuse_steps_before_drawing(tmp_path, cap
     assert "sampling: one forward pass, NFE 1" in caplog.text
 
 
+@pytest.mark.slow
+def test_an_adaptive_solver_refuses_a_list_of_steps_and_records_its_mean_nfe(tmp_path):
+    from helpers import TINY, TINY_ITERATIVE, compose_config, compose_typed
+
+    from gdm.app import run
+
+    run_dir = tmp_path / "flow"
+    run(compose_config(["model=flow", *TINY_ITERATIVE, *TINY, "logger=none", "test_after_fit=false"], run_dir))
+    ckpt = f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"
+    with pytest.raises(GdmError, match=r"^eval\.steps=\[1, 2\] asks for one evaluation per number of steps, and "
+                                       r"sampler dopri5 chooses its own steps"):
+        run(compose_typed(["task=eval", "print_config=false", ckpt, "eval.sampler=dopri5", "eval.steps=[1,2]"],
+                          tmp_path / "refused"))
+    run(compose_typed(["task=eval", "print_config=false", ckpt, "eval.sampler=dopri5", "eval.num_samples=40",
+                       "metrics.batch_size=16"], tmp_path / "eval"))
+    report = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert report["protocols"]["test/fid_digits"]["sampling"]["nfe"] > 6  # measured, the mean per sample
+
+
+@pytest.mark.slow
+def test_guidance_is_an_evaluation_and_sampling_option_on_a_checkpoint(tmp_path):
+    from helpers import TINY, TINY_ITERATIVE, compose_config, compose_typed
+
+    from gdm.app import run
+
+    run_dir = tmp_path / "flow"
+    run(compose_config(["model=flow", "model.conditional=true", *TINY_ITERATIVE, *TINY, "logger=none",
+                        "test_after_fit=false"], run_dir))
+    ckpt = f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"
+    run(compose_typed(["task=eval", "print_config=false", ckpt, "eval.guidance=2.5", "eval.num_samples=40",
+                       "eval.steps=[1,2]"], tmp_path / "eval"))
+    report = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert report["protocols"]["test/fid_digits"]["sampling"]["guidance"] == 2.5
+    assert [b["steps"] for b in report["budgets"]] == [1, 2]  # every budget at that guidance
+    run(compose_typed(["task=sample", ckpt, "+sample.n=4", "sample.guidance=3"], tmp_path / "sample"))
+    assert len(list((tmp_path / "sample" / "samples").glob("*.png"))) == 4
+    with pytest.raises(GdmError, match=r"^sample\.guidance=-1.0 must be >= 0|^sample\.guidance=-1"):
+        run(compose_typed(["task=sample", ckpt, "sample.guidance=-1"], tmp_path / "bad"))
+
+
 # ---- task=compare: the metrics against NFE and time ---------------------------------------------------------
 
 FID = "val/fid_digits"
@@ -318,9 +358,9 @@ def test_compare_puts_quality_against_compute_first_when_the_families_differ(mix
     md, page = (out / "report.md").read_text(), (out / "report.html").read_text()
     assert md.index("## Quality against compute") < md.index("## Runs") < md.index(f"## {FID}")
     assert f"timed on {DEVICE}" in md and "family: GAN, Diffusion" in md
-    assert "| model=gan | GAN |  | 1 | 2 | 2 | 31 ± 12.71 |" in md
-    assert "| model=diffusion | Diffusion | 4 | 4 | 40 | 2 | 42 ± 25.41 |" in md
-    assert "| model=diffusion | Diffusion | 32 | 32 | 320 | 2 | 19 ± 12.71 |" in md
+    assert "| model=gan | GAN | one forward pass |  | 1 | 2 | 2 | 31 ± 12.71 |" in md
+    assert "| model=diffusion | Diffusion | euler | 4 | 4 | 40 | 2 | 42 ± 25.41 |" in md
+    assert "| model=diffusion | Diffusion | euler | 32 | 32 | 320 | 2 | 19 ± 12.71 |" in md
     assert "![val/fid_digits against compute](plots/cost_00_val_fid_digits.png)" in md
     assert (out / "plots" / "cost_00_val_fid_digits.png").stat().st_size > 10_000
     assert page.index("Quality against compute") < page.index("<h2>Runs</h2>")

@@ -57,6 +57,7 @@ class Line:
     configuration: str
     family: str | None
     points: list[Point]
+    sampler: str | None = None
 
 
 def sample_metric(name: str, protocol: dict | None) -> bool:
@@ -127,15 +128,16 @@ def lines(budgets: list[Budget], metric: str,
     """Per measurement protocol of `metric` (one of its protocols, and the lines): one line per configuration,
     a point per budget (steps, or NFE when a model has no steps) in increasing NFE."""
     short, _ = labels([Run(b.source, b.configuration or "?", b.seed, "finished") for b in budgets])
-    by_protocol: dict[str, dict[str, list[Budget]]] = {}
+    by_protocol: dict[str, dict[tuple[str, str | None], list[Budget]]] = {}
     for b in budgets:
-        if metric in b.values:
+        if metric in b.values:  # a line per configuration and sampler (task=eval may sample with another)
             group = by_protocol.setdefault(measurement_id(b.protocols[metric]), {})
-            group.setdefault(b.configuration or "?", []).append(b)
+            sampler = (b.protocols[metric].get("sampling") or {}).get("sampler")
+            group.setdefault((b.configuration or "?", sampler), []).append(b)
     drawn = []
     for configurations in by_protocol.values():
         found = []
-        for name, members in configurations.items():
+        for (name, sampler), members in configurations.items():
             at: dict[object, list[Budget]] = {}
             for b in members:
                 same = at.setdefault(b.steps if b.steps is not None else b.nfe, [])
@@ -148,7 +150,7 @@ def lines(budgets: list[Budget], metric: str,
                                     float(np.mean(seconds)) if seconds else None,
                                     interval([b.values[metric] for b in same], confidence)))
             family = next((b.family for b in members if b.family), None)
-            found.append(Line(short.get(name, name), family, sorted(points, key=lambda p: p.nfe)))
+            found.append(Line(short.get(name, name), family, sorted(points, key=lambda p: p.nfe), sampler))
         first = next(iter(configurations.values()))[0]
         drawn.append((first.protocols[metric], found))
     return drawn
@@ -174,6 +176,7 @@ def plot(metric: str, drawn: list[Line], protocol: dict, path: Path, confidence:
 
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     for line in drawn:
@@ -187,39 +190,41 @@ def plot(metric: str, drawn: list[Line], protocol: dict, path: Path, confidence:
             low = np.array([p.stats.mean if math.isnan(p.stats.low) else p.stats.low for p in points])
             high = np.array([p.stats.mean if math.isnan(p.stats.high) else p.stats.high for p in points])
             seeds = max(p.stats.n for p in points)
-            label = f"{line.configuration} ({line.family or '?'}, n={seeds})"
+            how = ", ".join(w for w in (line.family or "?", line.sampler) if w)
+            label = f"{line.configuration} ({how}, n={seeds})"
             drawn_line, = ax.plot(x, mean, marker="o", markersize=4, color=colour, label=label)
             colour = drawn_line.get_color()
             if len(x) > 1:
                 ax.fill_between(x, low, high, color=colour, alpha=0.2)
             else:  # one budget (a one-pass family): a point with its interval
                 ax.errorbar(x, mean, yerr=[mean - low, high - mean], color=colour, capsize=4)
-    seconds = "seconds per 1,000 samples" + (f" ({'; '.join(timed_on)})" if timed_on else "")
+    seconds = "seconds per 1,000 samples" + (f"\n({'; '.join(timed_on)})" if timed_on else "")
     for ax, label in zip(axes, ("NFE (net forward passes per sample)", seconds)):
         ax.set_xscale("log")
-        ax.set_xlabel(label)
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # minor labels collide on short ranges
+        ax.set_xlabel(label, fontsize=8)
         ax.grid(True, which="both", alpha=0.3)
     axes[0].set_ylabel(metric)
-    axes[0].legend(fontsize=7)
+    axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
     fig.suptitle(f"{metric} against sampling compute: mean over training seeds, {confidence:.0%} Student-t band\n"
                  f"{measurement(protocol)}", fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=90, bbox_inches="tight")  # the legend outside the axes, nothing clipped
     plt.close(fig)
     return path
 
 
 def table_lines(metric: str, drawn: list[Line]) -> list[str]:
     """The plotted points as a markdown table (the figures behind the plot)."""
-    rows = [f"| configuration | family | steps | NFE | s / 1,000 samples | n seeds | {metric} mean ± CI |",
-            "|---|---|---|---|---|---|---|"]
+    rows = [f"| configuration | family | sampler | steps | NFE | s / 1,000 samples | n seeds | {metric} mean ± CI |",
+            "|---|---|---|---|---|---|---|---|"]
     for line in drawn:
         for p in line.points:
             s = p.stats
             value = f"{fmt(s.mean)} ± {fmt(s.half_width)}" if not math.isnan(s.half_width) else fmt(s.mean)
             steps = "" if p.steps is None else str(p.steps)
-            rows.append(f"| {line.configuration} | {line.family or '?'} | {steps} | {fmt(p.nfe)} | "
-                        f"{fmt(p.seconds_per_1000 if p.seconds_per_1000 is not None else math.nan)} | {s.n} | "
-                        f"{value} |")
+            seconds = fmt(p.seconds_per_1000 if p.seconds_per_1000 is not None else math.nan)
+            rows.append(f"| {line.configuration} | {line.family or '?'} | {line.sampler or ''} | {steps} | "
+                        f"{fmt(p.nfe)} | {seconds} | {s.n} | {value} |")
     return rows

@@ -267,10 +267,13 @@ class Evaluator(L.Callback):
             trainer.save_checkpoint(checkpoints / "best.ckpt", weights_only=False)
 
     def validation_protocol(self, name: str, trainer: L.Trainer) -> dict:
-        """The protocol of a value the model's validation_step logged: its mean over the validation split."""
+        """The protocol of a value the model's validation_step logged: its mean over the validation split, named
+        by the model that defines it (EDM's, the flow's and DDPM's val/loss are three different quantities)."""
         split = trainer.datamodule.split("val")
+        model = trainer.lightning_module
+        defined_by = type(model).__name__ + getattr(model, "formulation_words", lambda: "")()
         return with_id({"metric": name.split("/", 1)[1], "kind": "mean over the validation batches",
-                        "split": "val", "num_real": len(split)})
+                        "defined_by": defined_by, "split": "val", "num_real": len(split)})
 
     def update_best(self, values: dict, protocols: dict, record: dict) -> bool:
         if self.monitor not in values:

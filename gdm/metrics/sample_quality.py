@@ -116,6 +116,8 @@ class SampleQuality:
         samples their `generate` calls took (the slowest process's share). `generate`: another sampler than the
         model's (a latent model's autoencoder)."""
         clock = SamplingClock(ev.device)
+        if generate is None:
+            ev.model.begin_measurement()  # the protocol's measured NFE: this evaluation's samples alone
         generate = generate or ev.model.generate
         mine = [ev.featurize(clock(generate, indices, seed=self.seed))
                 for indices in ev.shard(self.num_samples).split(ev.batch_size)]

@@ -50,17 +50,23 @@ class Samples(ABC):
 
     def sampling_protocol(self) -> dict:
         """How this model draws samples, recorded in every sample metric's protocol: the sampler, its steps and
-        the number of function evaluations (NFE: forward passes of the net per sample; measured over the last
-        `generate` for an adaptive solver). One forward pass for a GAN or a VAE's decoder."""
+        the number of function evaluations (NFE: forward passes of the net per sample; for an adaptive solver the
+        mean per sample measured since `begin_measurement`). One forward pass for a GAN or a VAE's decoder."""
         return {"sampler": "one forward pass", "nfe": 1}
 
-    def set_sampling(self, sampler: str | None = None, steps: int | None = None) -> None:
-        """Sample with another sampler or number of steps (task=eval / sample on a checkpoint). A model drawn in
-        one forward pass has neither: GdmError for any value."""
-        given = ", ".join(f"{k}={v}" for k, v in (("sampler", sampler), ("steps", steps)) if v is not None)
+    def set_sampling(self, sampler: str | None = None, steps: int | None = None,
+                     guidance: float | None = None) -> None:
+        """Sample with another sampler, number of steps or guidance scale (task=eval / sample on a checkpoint). A
+        model drawn in one forward pass has none: GdmError for any value."""
+        given = ", ".join(f"{k}={v}" for k, v in (("sampler", sampler), ("steps", steps), ("guidance", guidance))
+                          if v is not None)
         if given:
             raise GdmError(f"{given}: {type(self).__name__} draws each sample in one forward pass, with no sampler "
                            "or steps to choose; drop the option (it applies to model=diffusion and model=flow).")
+
+    def begin_measurement(self) -> None:  # noqa: B027 (optional hook)
+        """Called before an evaluation's `generate` calls: what `sampling_protocol` measures (an adaptive solver's
+        NFE) counts from here."""
 
     def prepare_sampling(self, train_batches: Iterable[dict]) -> None:  # noqa: B027 (optional hook)
         """Called before each evaluation's sampling with this process's share of the training split (a model

@@ -148,13 +148,12 @@ class Diffusion(IterativeModel):
         # before the base's constructor, which checks the sampler and steps against them
         self.formulation, self.train_timesteps, self.beta_schedule = formulation, train_timesteps, beta_schedule
         self.samplers = SAMPLERS[formulation]
-        default_steps = {"heun": 18, "euler": 18, "ancestral": train_timesteps, "ddim": 50}
         sampler = sampler or self.samplers[0]
         if sampler in SAMPLERS["edm" if formulation == "ddpm" else "ddpm"]:
             raise GdmError(f"sampler={sampler} belongs to the other formulation, and formulation={formulation} "
                            f"samples with {' or '.join(self.samplers)}: pick one of those, or the formulation.")
         super().__init__(image_shape, net, num_classes, conditional, label_dropout, guidance, sampler,
-                         steps or default_steps.get(sampler, 18), lr, betas, lr_warmup_steps, grad_clip,
+                         steps or self.default_steps(sampler), lr, betas, lr_warmup_steps, grad_clip,
                          ema_halflife_kimg, ema_rampup_ratio, num_visuals, visual_seed, autoencoder=autoencoder,
                          latent_net=latent_net, latent=latent)
         self.save_hyperparameters(ignore=["net", "latent_net", "latent"])
@@ -165,6 +164,11 @@ class Diffusion(IterativeModel):
         if formulation == "ddpm":
             self.register_buffer("alphas_cumprod", self.ddpm_scheduler("ancestral").alphas_cumprod.float(),
                                  persistent=False)
+
+    def default_steps(self, sampler: str) -> int:
+        """EDM's 18 steps (its CIFAR-10 setting), DDPM's ancestral sampler its training steps, DDIM 50 (Song et al.
+        2021; at most the training steps)."""
+        return {"ancestral": self.train_timesteps, "ddim": min(50, self.train_timesteps)}.get(sampler, 18)
 
     def formulation_words(self) -> str:
         return f" with formulation={self.formulation}"

@@ -102,9 +102,7 @@ class IterativeModel(GenerativeModule, Samples):
         if conditional and not num_classes:
             raise GdmError("conditional=true needs labelled data, and this data has no labels: use data=digits, "
                            "mnist, cifar10, or an image folder with one sub-folder per class.")
-        if guidance != 1.0 and not conditional:
-            raise GdmError(f"guidance={guidance} mixes conditional and unconditional predictions, and this model "
-                           "is unconditional: set guidance=1, or conditional=true with labelled data.")
+        self.check_guidance(guidance, conditional, label_dropout)
         self.conditional = conditional
         self.requires = frozenset({"image", "label"} if conditional else {"image"})
         self.latent = latent  # a submodule: the frozen autoencoder and the codes' scale travel in checkpoints
@@ -122,7 +120,7 @@ class IterativeModel(GenerativeModule, Samples):
         self.sampler_name, self.steps = "", 1
         self.set_sampling(sampler, steps)
         self.function_evaluations = 0  # of the net, counted over the last `generate` (adaptive solvers)
-        self._last_nfe: float | None = None
+        self._measured = [0.0, 0]  # adaptive solvers: evaluations x samples, and samples, since begin_measurement
 
     # ---- training -------------------------------------------------------------------------
 
@@ -293,24 +291,57 @@ class IterativeModel(GenerativeModule, Samples):
         """Function evaluations per sample of the configured sampler; None for an adaptive solver."""
         raise NotImplementedError
 
-    def set_sampling(self, sampler: str | None = None, steps: int | None = None) -> None:
-        """Sample with `sampler` (one of `samplers`) and `steps` from now on; None keeps the current one. Raises
-        GdmError naming the value otherwise."""
+    @staticmethod
+    def check_guidance(guidance: float, conditional: bool, label_dropout: float) -> None:
+        """GdmError when a guidance scale other than 1 has no trained unconditional prediction to mix in."""
+        if guidance < 0:
+            raise GdmError(f"guidance={guidance} must be >= 0 (1: the conditional model alone).")
+        if guidance != 1.0 and not conditional:
+            raise GdmError(f"guidance={guidance} mixes conditional and unconditional predictions, and this model "
+                           "is unconditional: set guidance=1, or conditional=true with labelled data.")
+        if guidance != 1.0 and label_dropout == 0:
+            raise GdmError(f"guidance={guidance} mixes in the prediction for the null label, which label_dropout=0 "
+                           "never trains: set label_dropout above 0 (0.1 in Ho & Salimans 2022), or guidance=1.")
+
+    def default_steps(self, sampler: str) -> int | None:
+        """The steps `sampler` takes when none are given; None: the current ones (a family whose samplers' steps
+        mean the same)."""
+        return None
+
+    def set_sampling(self, sampler: str | None = None, steps: int | None = None,
+                     guidance: float | None = None) -> None:
+        """Sample with `sampler` (one of `samplers`), `steps` and classifier-free `guidance` from now on; None keeps
+        the current one (another sampler without steps: that sampler's `default_steps`). Raises GdmError naming
+        the value otherwise."""
+        if guidance is not None:
+            self.check_guidance(float(guidance), self.conditional, self.label_dropout)
+            self.guidance = float(guidance)
         if sampler is not None and sampler not in self.samplers:
             raise GdmError(f"sampler={sampler} is not a sampler of {type(self).__name__}"
                            f"{self.formulation_words()}: choose one of {', '.join(self.samplers)}.")
         if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
             raise GdmError(f"steps={steps} must be an integer >= 1 (sampler steps).")
+        if sampler is not None and sampler != self.sampler_name and steps is None:
+            steps = self.default_steps(sampler)
         self.sampler_name = sampler or self.sampler_name
         self.steps = steps or self.steps
 
     def formulation_words(self) -> str:
         return ""
 
+    def begin_measurement(self) -> None:
+        self._measured = [0.0, 0]
+
+    def measured_nfe(self) -> float | None:
+        """An adaptive solver's mean function evaluations per sample since `begin_measurement` (it picks one step
+        size per batch, so batches differ); None before any sample."""
+        total, samples = self._measured
+        return total / samples if samples else None
+
     def sampling_protocol(self) -> dict:
         nfe = self.nfe()
         protocol = {"sampler": self.sampler_name, "steps": self.steps,
-                    "nfe": nfe if nfe is not None else self._last_nfe, "weights": "EMA"}
+                    "nfe": nfe if nfe is not None else self.measured_nfe(), "weights": "EMA"}
         if self.conditional:
             protocol["guidance"] = self.guidance
         if self.latent is not None:
@@ -321,6 +352,11 @@ class IterativeModel(GenerativeModule, Samples):
         """Images per class in the training split: the labels of class-balanced samples follow them."""
         self.class_probs.copy_(counts.float() / counts.sum())
 
+    def sample_labels(self, indices: Sequence[int] | Tensor, seed: int = 0) -> Tensor | None:
+        """The labels of samples `indices` as `generate` and the evaluation draw them: class-balanced, seeded per
+        index (None when unconditional)."""
+        return latent_labels(indices, self.class_probs, seed).to(self.device) if self.conditional else None
+
     @torch.no_grad()
     def generate(self, indices: Sequence[int] | Tensor, seed: int = 0, labels: Tensor | None = None) -> Tensor:
         """Samples `indices` of the seeded sequence from the EMA net: (N, C, H, W) in [-1, 1]. A conditional model
@@ -328,14 +364,15 @@ class IterativeModel(GenerativeModule, Samples):
         indices = indices.tolist() if isinstance(indices, Tensor) else list(indices)
         noise = self.to_model(latent_noise(indices, math.prod(self.shape), seed).view(-1, *self.shape))
         if self.conditional:
-            labels = latent_labels(indices, self.class_probs, seed) if labels is None else labels
+            labels = self.sample_labels(indices, seed) if labels is None else labels
             labels = torch.as_tensor(labels, device=self.device).long()
         else:
             labels = None
         self.function_evaluations = 0
         with self.ema_weights() as net:
             x = self.solve(net, noise, labels, indices, seed)
-        self._last_nfe = self.function_evaluations
+        self._measured[0] += self.function_evaluations * len(indices)
+        self._measured[1] += len(indices)
         out = self.decode_samples(x).float()
         return out.clamp(-1, 1) if out.dim() == 4 else out  # images end in [-1, 1]; vectors (a toy) are left as drawn
 

@@ -165,8 +165,14 @@ def evaluate(cfg: DictConfig) -> float | None:
         log.warning(f"evaluating with settings other than the checkpoint's ({'; '.join(changed)}): recorded "
                     "in eval.json and in each value's protocol.")
     model = load_state(model, checkpoint, cfg.ckpt_path)
+    if options["guidance"] is not None:  # kept by every budget's set_sampling below
+        set_guidance(model, options["guidance"], "eval", opts)
     for steps in budgets:  # every budget is checked before the first evaluation
         set_sampling(model, options["sampler"], steps, opts)
+    if len(budgets) > 1 and isinstance(model, Samples) and getattr(model, "nfe", lambda: 1)() is None:
+        raise GdmError(f"eval.steps={typed_value(opts.get('steps'))} asks for one evaluation per number of steps, "
+                       f"and sampler {model.sampling_protocol()['sampler']} chooses its own steps (its NFE is "
+                       "measured): evaluate it once, without eval.steps, or give a fixed-step sampler.")
     trainer = None
 
     def evaluate_once(first: bool) -> Evaluator:
@@ -217,6 +223,16 @@ def evaluate(cfg: DictConfig) -> float | None:
 def sampling_budgets(steps: int | list[int] | None) -> list[int | None]:
     """The steps of each evaluation: `eval.steps` as a list (null: the checkpoint's own, once)."""
     return list(steps) if isinstance(steps, list) else [steps]
+
+
+def set_guidance(model, guidance: float, group: str, opts: DictConfig) -> None:
+    """A conditional diffusion or flow model's guidance scale from `<group>.guidance`; one sentence naming the key
+    for a model that has none to set."""
+    if not isinstance(model, Samples):
+        raise GdmError(f"{group}.guidance={guidance} sets how a model draws samples, and {type(model).__name__} "
+                       "translates images instead: drop it.")
+    with options_of(group, opts):
+        model.set_sampling(guidance=guidance)
 
 
 def set_sampling(model, sampler: str | None, steps: int | None, opts: DictConfig) -> None:

@@ -284,6 +284,8 @@ Sampler = Annotated[str | None, Field(description=(
     "the sampler of a diffusion or flow model (e.g. heun, euler); null: the checkpoint's own"))]
 Steps = Annotated[Count | None, Field(description="sampling steps of a diffusion or flow model; null: the "
                                                   "checkpoint's own")]
+GuidanceScale = Annotated[float | None, Field(ge=0, allow_inf_nan=False, description=(
+    "classifier-free guidance of a conditional diffusion or flow model; null: the checkpoint's own"))]
 
 
 @checked
@@ -291,7 +293,7 @@ def sample_options(n: Annotated[Count, Field(description="the number of images t
                    seed: Annotated[NonNegativeInt, Field(description="the seed of the sample sequence")] = 0,
                    label: Annotated[NonNegativeInt | None, Field(
                        description="the class to draw; unset: every class")] = None,
-                   sampler: Sampler = None, steps: Steps = None) -> None:
+                   sampler: Sampler = None, steps: Steps = None, guidance: GuidanceScale = None) -> None:
     """task=sample's options."""
 
 
@@ -307,7 +309,7 @@ def eval_options(num_samples: Annotated[SampleCount | None, Field(
                  kid_subset_size: Annotated[SampleCount | None, Field(
                      description="KID's subset size; null: no KID")] = None,
                  sample_seeds: Annotated[Count, Field(description="sample seeds to evaluate with")] = 1,
-                 sampler: Sampler = None, steps: Budgets = None) -> None:
+                 sampler: Sampler = None, steps: Budgets = None, guidance: GuidanceScale = None) -> None:
     """task=eval's options."""
 
 

@@ -21,7 +21,7 @@ import logging
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from gdm.checkpoints import check_typed_settings, load_model, read_checkpoint
 from gdm.errors import GdmError
@@ -45,15 +45,15 @@ def sample(cfg: DictConfig) -> None:
     if not cfg.get("ckpt_path"):
         raise GdmError("task=sample needs ckpt_path=RUN/checkpoints/best.ckpt.")
     opts = cfg.get("sample") or {}
-    n, seed, label, sampler, steps = read_options(sample_options, "sample", opts).values()
+    n, seed, label, sampler, steps, guidance = read_options(sample_options, "sample", opts).values()
     check_typed_settings(cfg, read_checkpoint(cfg.ckpt_path), cfg.ckpt_path, "sample")
-    model = load_model(cfg.ckpt_path)
+    model = load_model(cfg.ckpt_path, autoencoder=OmegaConf.select(cfg, "model.autoencoder"))
     if not isinstance(model, Samples):
         raise GdmError(f"ckpt_path={cfg.ckpt_path} holds a {type(model).__name__}, which translates images rather "
                        "than drawing them: use task=translate.")
-    if sampler is not None or steps is not None:
+    if sampler is not None or steps is not None or guidance is not None:
         with options_of("sample", opts):
-            model.set_sampling(sampler=sampler, steps=steps)
+            model.set_sampling(sampler=sampler, steps=steps, guidance=guidance)
     model = model.to("cuda" if torch.cuda.is_available() else "cpu")
     conditional = model.conditional
     classes = len(model.class_probs) if conditional else 0
