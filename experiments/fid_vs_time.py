@@ -5,7 +5,8 @@ the min-max band), from each run's metrics.jsonl (every evaluation's value and t
         GAN=outputs/gan_s42,outputs/gan_s1,outputs/gan_s2 FLOW=... DIFFUSION=...
 
 Prints, per family, the evaluations' (seconds, FID) averaged over runs and the first time it reaches each
-threshold given with --thresholds (default 60 and 30).
+threshold given with --thresholds (default 60 and 30). `--seconds first` takes each evaluation's time from the
+family's first run (the one timed on an idle machine) and the FID mean and band from all.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ def main() -> None:
     parser.add_argument("--metric", default="val/fid_digits")
     parser.add_argument("--thresholds", default="60,30")
     parser.add_argument("--out", default="fid_vs_time.png")
+    parser.add_argument("--seconds", choices=("mean", "first"), default="mean",
+                        help="the x of each evaluation: the runs' mean wall seconds, or the first run's (when only "
+                             "the first ran on an idle machine; the others then give the FID band alone)")
     args = parser.parse_args()
     thresholds = [float(t) for t in args.thresholds.split(",")]
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -39,7 +43,8 @@ def main() -> None:
         label, _, dirs = family.partition("=")
         curves = [curve(Path(d), args.metric) for d in dirs.split(",")]
         n = min(len(c) for c in curves)
-        seconds = np.array([[p[0] for p in c[:n]] for c in curves]).mean(0)
+        clock = np.array([[p[0] for p in c[:n]] for c in curves])
+        seconds = clock[0] if args.seconds == "first" else clock.mean(0)
         fid = np.array([[p[1] for p in c[:n]] for c in curves])
         mean = fid.mean(0)
         ax.plot(seconds, mean, marker="o", label=f"{label} ({len(curves)} runs)")

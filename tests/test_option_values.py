@@ -159,7 +159,7 @@ CASES = [
      "model.steps=2000 is more than the 1000 training steps"),
     (["model=diffusion", "model.label_dropout=1.0"], "model.label_dropout=1.0 must be"),
     (["model=diffusion", "model.net.patch_size=3"],
-     "the image sides must be multiples of 12, and the data's are 16 x 16"),
+     "halves the resolution once, so the image sides must be multiples of 6, and the data's are 16 x 16"),
     (["model=flow", "model.conditional=true", FOLDER], "model.conditional=true needs labelled data"),
     (["metrics.fid.real_split=val", "metrics.fid.num_samples=3"],
      "need at least 6 images on both sides (FID: 2, k-NN metrics: k + 1), and have "

@@ -134,6 +134,10 @@ class Evaluator(L.Callback):
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.test = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+        split = trainer.datamodule.split("test")
+        for name in self.test:  # how each was measured, as every evaluation value's protocol says
+            self.protocols[name] = with_id({"metric": name.split("/", 1)[1], "split": "test", "num_real": len(split),
+                                            **pl_module.test_protocol()})
         self.write(trainer)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,

@@ -321,6 +321,11 @@ class GenerativeModule(NonFiniteGuard, L.LightningModule):
             if any(True for _ in net.parameters()) and not isinstance(net, AveragedModel):
                 net.compile(**options)
 
+    def test_protocol(self) -> dict:
+        """How the model's test step measures its values (an estimator, its settings): recorded in the protocol
+        of each `test/...` value."""
+        return {}
+
     def visuals(self, examples: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, int]]:
         """Named image sets in [-1, 1] to save and log as grids, each with its number of columns.
         `examples`: the first real images of the evaluation data ("val"; a translator's domains "A", "B")."""

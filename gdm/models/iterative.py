@@ -242,6 +242,13 @@ class IterativeModel(GenerativeModule, Samples):
         over codes, not pixels)."""
         return self.latent is None and self.probability_flow(self.net, None) is not None
 
+    def test_protocol(self) -> dict:
+        exact = math.prod(self.shape) <= EXACT_DIVERGENCE_DIMS
+        return {"estimator": "instantaneous change of variables (probability-flow ODE)", "solver": "dopri5",
+                "atol": NLL_TOLERANCE, "rtol": NLL_TOLERANCE, "weights": "EMA",
+                "divergence": "exact" if exact else "Hutchinson, one Gaussian probe per image",
+                "dequantization": "uniform: y = (k + u) / 256, u ~ U[0, 1)"}
+
     def test_step(self, batch: dict, batch_idx: int) -> None:
         """test/nll (nats per image) and test/nll_bpd (bits per dimension) of the 8-bit test images, uniformly
         dequantized as the VAE's Gaussian likelihood does (y = (k + u) / 256): -log P(k) <= -E_u log p(y) +

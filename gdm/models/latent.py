@@ -30,7 +30,7 @@ class LatentSpace(nn.Module):
         self.train(False)
 
     def train(self, mode: bool = True) -> LatentSpace:
-        """Always eval: Lightning's `model.train()` must not switch the frozen autoencoder to training mode."""
+        """Always eval: Lightning switching the whole module to training must not switch the frozen autoencoder."""
         return super().train(False)
 
     @torch.no_grad()

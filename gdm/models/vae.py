@@ -111,6 +111,10 @@ class VAE(AutoencoderModule):
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._log_elbo("val", *self.elbo_terms(batch["image"]))
 
+    def test_protocol(self) -> dict:
+        return {"estimator": f"ELBO and IWAE bound (Burda et al. 2016), k={self.iwae_k}",
+                "likelihood": type(self.likelihood).__name__.lower()}
+
     def test_step(self, batch: dict, batch_idx: int) -> None:
         images = batch["image"]
         targets = self.likelihood.targets(images)  # one dequantization for both bounds

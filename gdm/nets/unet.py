@@ -105,8 +105,9 @@ class UNet(nn.Module):
         levels = len(channel_mult)
         step = patch_size * 2 ** (levels - 1)
         if h % step or w % step:
+            halvings = {1: "once", 2: "twice"}.get(levels - 1, f"{levels - 1} times")
             raise GdmError(f"the U-Net folds patch_size={patch_size} pixels and halves the resolution "
-                           f"{levels - 1} times, so the image sides must be multiples of {step}, and the data's "
+                           f"{halvings}, so the image sides must be multiples of {step}, and the data's "
                            f"are {h} x {w}: change patch_size or channel_mult, or the image size of the data.")
         self.patch_size, self.num_classes = patch_size, num_classes
         emb_dim = 4 * channels

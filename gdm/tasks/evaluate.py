@@ -190,9 +190,11 @@ def evaluate(cfg: DictConfig) -> float | None:
     evaluator = per_seed[0]
     set_sampling(model, options["sampler"], budgets[0], opts)  # the test metrics sample as "metrics" did
     test = trainer.test(model, datamodule=datamodule, verbose=False)[0] if is_overridden("test_step", model) else {}
+    tested = next(cb for cb in trainer.callbacks if isinstance(cb, Evaluator)).protocols if test else {}
+    measured = {**evaluator.protocols, **{k: p for k, p in tested.items() if k in test}}  # the test step's too
     protocols = {name: with_id({**p, "changed_from_checkpoint": changed}) if changed else p
-                 for name, p in evaluator.protocols.items()}
-    names = {name: split_name(name, protocols.get(name), opts.split) for name in evaluator.final}
+                 for name, p in measured.items()}
+    names = {name: split_name(name, protocols.get(name), opts.split) for name in {**evaluator.final, **test}}
     values = {**evaluator.final, **test}
     report = {
         "checkpoint": str(Path(cfg.ckpt_path).expanduser().resolve()),
