@@ -75,7 +75,7 @@ class PlainUpdate:
             if self.grad_clip:
                 torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.grad_clip)
             optimizer.step()
-        self.net_ema.update(self.net, decay=self.ema_decay(batch["image"].shape[0]))
+        self.net_ema.update(self.net, batch["image"].shape[0])
         return {"train/loss": loss.detach() if loss is not None else torch.zeros(())}
 
 

@@ -45,7 +45,6 @@ SplitSeed = Annotated[int, Strict(), Field(ge=0, description="seed of the fixed 
 LearningRate = Annotated[float, Strict(), Field(gt=0, allow_inf_nan=False, description="a learning rate")]
 LossWeight = Annotated[float, Strict(), Field(ge=0, allow_inf_nan=False, description="a loss weight; 0: off")]
 Probability = Annotated[float, Strict(), Field(gt=0, lt=1, allow_inf_nan=False)]
-Decay = Annotated[float, Strict(), Field(ge=0, lt=1, allow_inf_nan=False)]
 AdamBeta = Annotated[float, Strict(), Field(ge=0, lt=1, allow_inf_nan=False)]
 AdamBetas = Annotated[tuple[AdamBeta, AdamBeta], Field(
     description="Adam's two coefficients (beta1, beta2); DCGAN's [0.5, 0.999]")]

@@ -270,11 +270,11 @@ def test_samples_do_not_depend_on_the_batch_and_guidance_mixes_predictions():
 
 def test_ema_follows_edms_half_life_with_ramp_up():
     model = Flow((2,), stub(lambda x, c, labels: x), ema_halflife_kimg=0.5, ema_rampup_ratio=0.05)
-    model.count_images(1000)  # ramp-up: half-life min(500, 0.05 x 1000 = 50) images
-    assert model.ema_decay(64) == pytest.approx(0.5 ** (64 / 50))
-    model.count_images(99_000)  # 100k seen: min(500, 5000) = 500
-    assert model.ema_decay(64) == pytest.approx(0.5 ** (64 / 500))
-    assert float(model.images_seen) == 100_000
+    model.net_ema.update(model.net, 936)
+    assert model.net_ema.decay(64) == pytest.approx(0.5 ** (64 / 50))  # 1,000 seen: min(500, 0.05 x 1000 = 50)
+    model.net_ema.update(model.net, 98_936)
+    assert model.net_ema.decay(64) == pytest.approx(0.5 ** (64 / 500))  # 100k seen: min(500, 5000) = 500
+    assert float(model.net_ema.images_seen) == 99_872
 
 
 def test_label_dropout_uses_the_null_label():
@@ -344,8 +344,7 @@ def train_toy(model, steps: int = 600) -> torch.Tensor:
         opt.zero_grad()
         loss.backward()
         opt.step()
-        model.count_images(256)
-        model.net_ema.update(model.net, decay=model.ema_decay(256))
+        model.net_ema.update(model.net, 256)
     return model.generate(range(4000), seed=0)
 
 

@@ -94,10 +94,10 @@ def test_every_debug_config_with_every_model(debug, model, tmp_path):
 
 @pytest.mark.slow
 def test_checkpoint_holds_config_and_ema(tmp_path):
-    cfg = compose_config(["data.image_size=16", "model.ema_decay=0.9", *TINY, "logger=none"], tmp_path)
+    cfg = compose_config(["data.image_size=16", "model.ema_halflife_kimg=1.0", *TINY, "logger=none"], tmp_path)
     run(cfg)
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    assert ckpt["gdm_config"]["model"]["ema_decay"] == 0.9
+    assert ckpt["gdm_config"]["model"]["ema_halflife_kimg"] == 1.0
     assert any(k.startswith("generator_ema.") for k in ckpt["state_dict"])
     assert len(ckpt["optimizer_states"]) == 2
 

@@ -106,7 +106,7 @@ def test_sampler_without_ema_is_the_generator():
 
 
 def test_sampler_with_ema_is_the_ema_copy():
-    gan = make_gan(ema_decay=0.5)
+    gan = make_gan(ema_halflife_kimg=1.0)
     assert gan.sampler is gan.generator_ema.module
     assert gan.sampler is not gan.generator
     assert any(k.startswith("generator_ema.") for k in gan.state_dict())  # checkpoints keep it
@@ -119,19 +119,26 @@ def test_sampler_with_ema_is_the_ema_copy():
 
 
 def test_ema_update_rule():
-    gan = make_gan(ema_decay=0.75)
+    """StyleGAN2-ADA's G_ema: decay 0.5 ** (images / half-life), the half-life ramped up to 5% of the images seen;
+    n_critic batches' images per G update."""
+    gan = make_gan(ema_halflife_kimg=0.1, ema_rampup_ratio=0.05, n_critic=2)
     ema = gan.generator_ema.module
     w_g = gan.generator.main[0].weight
     w_e = ema.main[0].weight
     torch.testing.assert_close(w_e, w_g)
     with torch.no_grad():
         w_g.fill_(1.0)
-    gan.generator_ema.update_parameters(gan.generator)  # the first update copies
+    gan.after_g_step(64)  # the first update copies
     torch.testing.assert_close(w_e, torch.ones_like(w_e))
+    assert float(gan.generator_ema.images_seen) == 128
     with torch.no_grad():
         w_g.fill_(3.0)
-    gan.generator_ema.update_parameters(gan.generator)  # 0.75 * 1 + 0.25 * 3
-    torch.testing.assert_close(w_e, torch.full_like(w_e, 1.5))
+    gan.after_g_step(64)  # 256 images seen: half-life min(100, 0.05 x 256 = 12.8), so the decay is 0.5 ** (128 / 12.8)
+    d = 0.5 ** 10
+    torch.testing.assert_close(w_e, torch.full_like(w_e, d * 1.0 + (1 - d) * 3.0))
+    for _ in range(60):  # 7,936 images: half-life 100 images (0.05 x 7,936 > 100)
+        gan.after_g_step(64)
+    assert gan.generator_ema.decay(128) == pytest.approx(0.5 ** (128 / 100))
 
 
 def test_channels_last_gives_the_same_samples():
@@ -290,7 +297,7 @@ def test_training_steps(digits16, loss, d_norm, extra):
 
 
 def test_n_critic_two_steps_d_every_batch_and_g_every_other(digits16):
-    gan = make_gan(n_critic=2, ema_decay=0.9)
+    gan = make_gan(n_critic=2, ema_halflife_kimg=1.0)
     g_before, d_before = snapshot(gan.generator), snapshot(gan.discriminator)
     trainer = fit(gan, digits16, batches=4)
     assert trainer.global_step == 6  # 4 D steps + 2 G steps

@@ -78,8 +78,10 @@ CASES = [
     (["model.betas=[0.5,1.5]"], "model.betas[1]=1.5 must be a number >= 0 and < 1"),
     (["model.betas=0.5"], "model.betas=0.5 must be a list of 2 values, each a number >= 0 and < 1"),
     (["model.betas=[0.5]"], "model.betas=[0.5] must be a list of 2 values, each a number >= 0 and < 1"),
-    (["model.ema_decay=1.5"], "model.ema_decay=1.5 must be a number >= 0 and < 1 or null"),
-    (["model.ema_decay=-0.1"], "model.ema_decay=-0.1 must be a number >= 0 and < 1"),
+    (["model.ema_halflife_kimg=0"], "model.ema_halflife_kimg=0 must be a number > 0 or null (half-life of G's EMA"),
+    (["model.ema_halflife_kimg=-1"], "model.ema_halflife_kimg=-1 must be a number > 0"),
+    (["model.ema_rampup_ratio=0"], "model.ema_rampup_ratio=0 must be a number > 0"),
+    (["model=flow", "model.ema_halflife_kimg=null"], "model.ema_halflife_kimg=null must be a number > 0 (the EMA's half-life"),
     (["model.r1_gamma=-1"], "model.r1_gamma=-1 must be a number >= 0"),
     (["model.n_critic=0"],
      "model.n_critic=0 must be an integer >= 1 (discriminator updates per generator update"),
@@ -197,7 +199,7 @@ def test_valid_values_at_their_edges_run(tmp_path):
     """Integers where floats belong (Adam's betas [0, 0.9]), zero where zero means off, seed=null (Lightning
     draws a seed; config.yaml records it), and settings of an augmentation not in use, which nothing checks
     (ADA's target with DiffAugment)."""
-    run(compose_config([*QUICK, "model.betas=[0,0.9]", "model.r1_gamma=0", "model.ema_decay=0", "seed=null",
+    run(compose_config([*QUICK, "model.betas=[0,0.9]", "model.r1_gamma=0", "model.ema_halflife_kimg=1", "seed=null",
                         "++trainer.limit_train_batches=1.0", "data.test_fraction=0",
                         "model.augment=diffaugment",
                         "model.ada_target=5", "model.ada_interval=0.5"], tmp_path))

@@ -17,7 +17,7 @@ EXACT = ["++trainer.limit_train_batches=3", "trainer.check_val_every_n_epoch=1",
 TESTS = ROOT / "tests"
 MODELS = {
     # ADA's p moves every 2 batches (an interval spans the stop after epoch 0's 3 batches).
-    "gan": ["model=gan", "data.image_size=16", "model.ema_decay=0.9", "metrics.fid.num_samples=40",
+    "gan": ["model=gan", "data.image_size=16", "model.ema_halflife_kimg=1.0", "metrics.fid.num_samples=40",
             "model.augment=ada", "model.ada_interval=2", "model.ada_kimg=0.5"],
     "cyclegan": [*(o for o in TINY_CYCLEGAN if o not in TINY_TRAINER), "model.pool_size=2", "trainer.accelerator=cpu",
                  "++trainer.limit_val_batches=1", "print_config=false"],
@@ -59,7 +59,7 @@ def test_stop_and_resume_equals_one_uninterrupted_run(model, tmp_path):
         assert any(k.startswith("generator_ema.") for k in full["state_dict"])
         assert full["state_dict"]["augment._extra_state"] == {"batches": 9}  # ADA's p and sums restored too
     elif model in ("flow", "diffusion"):  # EMA with EDM's ramp-up: the average continued, the count restored
-        assert full["state_dict"]["images_seen"] == 9 * 64
+        assert full["state_dict"]["net_ema.images_seen"] == 9 * 64
     elif model == "pix2pix":  # the lr decayed in epochs 1 and 2: the schedulers were restored, not restarted
         assert full["lr_schedulers"][0]["last_epoch"] == 2
     else:  # the image pools (module extra state) are full and equal

@@ -24,7 +24,7 @@ SHAPE = (3, 16, 16)
 
 def gan(**options) -> GAN:
     return GAN(SHAPE, functools.partial(DCGANGenerator, ngf=4), functools.partial(DCGANDiscriminator, ndf=4),
-               ema_decay=0.9, channels_last=True, **options)
+               ema_halflife_kimg=1.0, channels_last=True, **options)
 
 
 def cyclegan(**options) -> CycleGAN:

@@ -73,7 +73,7 @@ class AdversarialModule(GenerativeModule):
     - `fakes(batch, batch_idx) -> dict`: the real images and the generators' outputs for one batch (one G forward,
       shared by both phases);
     - `d_loss(**fakes) -> Losses` and `g_loss(**fakes) -> Losses`: the paper's losses;
-    - optionally `g_turn(batch_idx)` (a GAN's n_critic) and `after_g_step()` (an EMA of G).
+    - optionally `g_turn(batch_idx)` (a GAN's n_critic) and `after_g_step(batch_images)` (an EMA of G).
     """
 
     generators: tuple[str, ...] = ()  # attribute names of the nets opt_g trains, in parameter order
@@ -166,7 +166,7 @@ class AdversarialModule(GenerativeModule):
             if phase == "d":
                 logs.update(self._d_phase(fakes, opt_d))
             elif self.g_turn(batch_idx):
-                logs.update(self._g_phase(fakes, opt_g))
+                logs.update(self._g_phase(fakes, opt_g, next(iter(batch.values())).shape[0]))
         return {f"train/{k}": v.detach() for k, v in logs.items()}
 
     def _d_phase(self, fakes: dict, opt_d) -> dict[str, Tensor]:
@@ -180,14 +180,14 @@ class AdversarialModule(GenerativeModule):
             self.step_optimizer(opt_d, losses.total)
         return logs
 
-    def _g_phase(self, fakes: dict, opt_g) -> dict[str, Tensor]:
+    def _g_phase(self, fakes: dict, opt_g, batch_size: int) -> dict[str, Tensor]:
         with self.frozen(*(getattr(self, name) for name in self.discriminators)):
             losses = self.g_loss(**fakes)
             stepped = self.loss_ok("g_loss", losses.total)
             if stepped:
                 self.step_optimizer(opt_g, losses.total)
         if stepped:
-            self.after_g_step()
+            self.after_g_step(batch_size * (self.trainer.world_size if self.attached_trainer() else 1))
         return losses.logs
 
     def fakes(self, batch: dict, batch_idx: int) -> dict:
@@ -203,8 +203,9 @@ class AdversarialModule(GenerativeModule):
         """Whether this batch updates the generators too (every batch unless a family says otherwise)."""
         return True
 
-    def after_g_step(self) -> None:
-        """Called after each generator step that was taken (e.g. an EMA update)."""
+    def after_g_step(self, batch_images: int) -> None:
+        """Called after each generator step that was taken (e.g. an EMA update), with the batch's images in all
+        processes."""
 
     def step_optimizer(self, optimizer, loss: Tensor) -> None:
         """zero_grad, backward of `loss`, gradient clipping (`grad_clip`), step. Under a Trainer Lightning's way

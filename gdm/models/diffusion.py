@@ -23,15 +23,14 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from gdm.errors import GdmError
+from gdm.models.ema import HalfLife, RampUp
 from gdm.models.iterative import (
     Autoencoder,
     Guidance,
-    HalfLife,
     IterativeModel,
     LabelDropout,
     NetFactory,
     ProbabilityFlow,
-    RampUp,
     Steps,
     index_generators,
     mean_flat,

@@ -23,15 +23,14 @@ from pydantic import Field
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
+from gdm.models.ema import HalfLife, RampUp
 from gdm.models.iterative import (
     Autoencoder,
     Guidance,
-    HalfLife,
     IterativeModel,
     LabelDropout,
     NetFactory,
     ProbabilityFlow,
-    RampUp,
     Steps,
     mse,
 )

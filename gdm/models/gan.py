@@ -26,12 +26,11 @@ from gdm.losses import LeCam, get_loss, gradient_penalty, r1_penalty
 from gdm.models.adversarial import AdversarialModule, Losses, build_augment
 from gdm.models.base import Samples, latent_labels, latent_noise
 from gdm.models.clusters import PixelClusters
-from gdm.models.ema import EMA
+from gdm.models.ema import EMA, HalfLife, RampUp
 from gdm.option_types import (
     AdamBetas,
     ChannelsLast,
     Count,
-    Decay,
     Flag,
     GradClip,
     LearningRate,
@@ -71,7 +70,9 @@ class GAN(AdversarialModule, Samples):
         lecam_weight: Annotated[LossWeight, Field(
             description="LeCam regularization weight; 0: off, 0.3 in Tseng et al. 2021")] = 0.0,
         lecam_decay: object = 0.99,
-        ema_decay: Annotated[Decay | None, Field(description="decay of G's EMA; null: no EMA")] = None,
+        ema_halflife_kimg: Annotated[HalfLife | None, Field(
+            description="half-life of G's EMA in thousands of images (batch x 10 / 32 in StyleGAN2-ADA); null: no EMA")] = None,
+        ema_rampup_ratio: RampUp = 0.05,
         channels_last: ChannelsLast = False,
         num_visuals: Visuals = 64,
         visual_seed: NonNegativeInt = 1234,
@@ -99,7 +100,7 @@ class GAN(AdversarialModule, Samples):
         self.lecam_weight = lecam_weight
         self.lecam = LeCam(lecam_decay) if lecam_weight > 0 else None  # its moving averages: in the state dict
         # The EMA copy of G lives in the state dict, so checkpoints keep it.
-        self.generator_ema = EMA(self.generator, ema_decay) if ema_decay else None
+        self.generator_ema = EMA(self.generator, ema_halflife_kimg, ema_rampup_ratio) if ema_halflife_kimg else None
         # What D sees of real and generated images during training (gdm.augment), None = the images.
         self.augment = build_augment(augment, augment_policy, ada_target, ada_interval, ada_kimg)
         self.set_memory_format(channels_last)
@@ -187,9 +188,9 @@ class GAN(AdversarialModule, Samples):
         g_loss = self.adversarial.g_loss(self.discriminator(self.d_input(fake), labels))
         return Losses(g_loss, {"g_loss": g_loss})
 
-    def after_g_step(self) -> None:
-        if self.generator_ema is not None:
-            self.generator_ema.update(self.generator)
+    def after_g_step(self, batch_images: int) -> None:
+        if self.generator_ema is not None:  # G sees n_critic batches' worth of images per update
+            self.generator_ema.update(self.generator, batch_images * self.n_critic)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         # The sample-quality metrics (FID) run in the Evaluator at the end of validation; here the

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from gdm.errors import GdmError
 from gdm.likelihoods import pixel_levels
 from gdm.models.base import GenerativeModule, Samples, latent_labels, latent_noise
-from gdm.models.ema import EMA
+from gdm.models.ema import EMA, HalfLife, RampUp
 from gdm.models.latent import LatentSpace
 from gdm.option_types import AdamBetas, Count, Flag, GradClip, LearningRate, NonNegativeInt, Visuals
 
@@ -47,10 +47,6 @@ LabelDropout = Annotated[float, Field(ge=0, lt=1, strict=True, allow_inf_nan=Fal
     "probability of training a sample with the null label (classifier-free guidance; 0.1 in Ho & Salimans 2022)"))]
 Guidance = Annotated[float, Field(ge=0, strict=True, allow_inf_nan=False, description=(
     "classifier-free guidance scale at sampling: u + guidance * (c - u); 1: the conditional model alone"))]
-HalfLife = Annotated[float, Field(gt=0, strict=True, allow_inf_nan=False, description=(
-    "the EMA's half-life in thousands of training images; 500 in EDM"))]
-RampUp = Annotated[float | None, Field(gt=0, strict=True, allow_inf_nan=False, description=(
-    "the half-life is at most this share of the images seen so far; 0.05 in EDM; null: no ramp-up"))]
 
 
 def index_generators(indices: Sequence[int], seed: int, stream: int) -> list[torch.Generator]:
@@ -109,14 +105,12 @@ class IterativeModel(GenerativeModule, Samples):
         self.shape = latent.shape if latent is not None else tuple(image_shape)
         self.net = (latent_net if latent is not None else net)(image_shape=self.shape,
                                                                num_classes=num_classes if conditional else None)
-        self.net_ema = EMA(self.net, 0.0)  # decay given per update (the EDM half-life)
+        self.net_ema = EMA(self.net, ema_halflife_kimg, ema_rampup_ratio)
         self.num_classes = num_classes if conditional else None
         self.label_dropout, self.guidance = label_dropout, guidance
         self.lr, self.betas, self.lr_warmup_steps, self.grad_clip = lr, tuple(betas), lr_warmup_steps, grad_clip
-        self.ema_halflife_kimg, self.ema_rampup_ratio = ema_halflife_kimg, ema_rampup_ratio
         self.num_visuals, self.visual_seed = num_visuals, visual_seed
         self.register_buffer("class_probs", torch.full((num_classes or 1,), 1.0 / (num_classes or 1)))
-        self.register_buffer("images_seen", torch.zeros((), dtype=torch.float64))  # the EMA's ramp-up; resumed
         self.sampler_name, self.steps = "", 1
         self.set_sampling(sampler, steps)
         self.function_evaluations = 0  # of the net, counted over the last `generate` (adaptive solvers)
@@ -144,34 +138,19 @@ class IterativeModel(GenerativeModule, Samples):
     def training_step(self, batch: dict, batch_idx: int) -> Tensor | None:
         x = self.to_space(batch["image"])
         loss = self.loss(x, self.training_labels(batch)).mean()
-        self.count_images(x.shape[0] * (self.trainer.world_size if self.attached_trainer() else 1))
         self.log("train/loss", loss.detach())
         return loss if self.loss_ok("loss", loss) else None  # None: Lightning skips the update
 
-    def count_images(self, n: int) -> None:
-        """`n` more training images seen (all processes): the EMA's ramp-up reads the count."""
-        self.images_seen += n
-        if self.__dict__.get("_images_seen") is not None:
-            self._images_seen += n  # the host's copy: no device read per update
-
-    def ema_decay(self, batch_size: int) -> float:
-        """EDM's EMA decay for one update of `batch_size` images: 0.5 ** (batch / half-life in images), with the
-        half-life ramped up to at most `ema_rampup_ratio` x the images seen (training/training_loop.py)."""
-        halflife = self.ema_halflife_kimg * 1000
-        if self.ema_rampup_ratio is not None:
-            if self.__dict__.get("_images_seen") is None:  # read from the device once (a resumed run's count)
-                self._images_seen = float(self.images_seen)
-            halflife = min(halflife, self._images_seen * self.ema_rampup_ratio)
-        return 0.5 ** (batch_size / max(halflife, 1e-8))
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        super().on_load_checkpoint(checkpoint)
-        self._images_seen = None  # read again from the loaded buffer
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:
+        # Checkpoints written before the EMA kept its own count of images seen held it in the model.
+        if prefix + "images_seen" in state_dict:
+            state_dict.setdefault(prefix + "net_ema.images_seen", state_dict.pop(prefix + "images_seen"))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def on_train_batch_end(self, outputs, batch: dict, batch_idx: int) -> None:
         super().on_train_batch_end(outputs, batch, batch_idx)
         world = self.trainer.world_size if self.attached_trainer() else 1
-        self.net_ema.update(self.net, decay=self.ema_decay(batch["image"].shape[0] * world))
+        self.net_ema.update(self.net, batch["image"].shape[0] * world)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         # The same noise at every evaluation (seeded by the batch), so val/loss moves only with the weights.
