@@ -25,7 +25,7 @@ SMALL = ["data.image_size=16", *TINY, "logger=none", "test_after_fit=false"]
 @pytest.fixture(scope="module")
 def cgan_ckpt(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("cgan")
-    run(compose_config(["model=cgan", "model.ema_halflife_kimg=1.0", *SMALL], run_dir))
+    run(compose_config(["model=cgan", "model.ema_halflife_kimg=1.0", "model.ema_rampup_ratio=null", *SMALL], run_dir))
     return run_dir / "checkpoints" / "last.ckpt"
 
 
