@@ -12,7 +12,7 @@ import subprocess
 import pytest
 from scipy import stats
 
-from gdm.compare.runs import read_runs
+from gdm.compare.runs import independent_runs, read_runs
 from gdm.compare.stats import difference, interval
 from gdm.compare.tables import metric_tables
 from gdm.errors import GdmError
@@ -30,11 +30,12 @@ def protocol(**changes) -> dict:
 
 
 def make_run(path, overrides: list[str], seed: int, fid: float | None, status: str = "finished",
-             fid_protocol: dict | None = None):
-    """A run directory as training leaves it: overrides, config, summary.json and metrics.jsonl."""
+             fid_protocol: dict | None = None, config: str = ""):
+    """A run directory as training leaves it: overrides, config (`config`: more of config.yaml), summary.json and
+    metrics.jsonl."""
     (path / ".hydra").mkdir(parents=True)
     (path / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in [*overrides, f"seed={seed}"]))
-    (path / "config.yaml").write_text(f"seed: {seed}\n")
+    (path / "config.yaml").write_text(f"seed: {seed}\n{config}")
     if fid is None:
         return path
     p = fid_protocol or protocol()
@@ -241,6 +242,35 @@ def test_a_run_given_twice_and_a_repeated_seed_are_counted_once(tmp_path):
 
     run(compose_config(["task=compare", f"compare.runs=[{a},{a}]", "compare.wandb=disabled"], tmp_path / "one"))
     assert "| model=gan | 1 | 30 (one seed) |" in (tmp_path / "one" / "report.md").read_text()
+
+
+def test_runs_of_the_same_overrides_that_ran_different_settings_are_different_configurations(tmp_path):
+    """A default changed between two runs of `python run.py seed=1`: their config.yaml differ, so they are two
+    configurations named by what they ran, not one seed repeated; paths inside a run's own directory and another
+    task's options do not count as settings."""
+    def config(ramp, run):
+        return (f"model:\n  lr_g: 0.0004\n  ema_rampup_ratio: {ramp}\ntrainer:\n  default_root_dir: {run}\n"
+                f"eval:\n  split: {run.name}\n")
+
+    old = make_run(tmp_path / "old", [], 1, 30.0, config=config(0.05, tmp_path / "old"))
+    new = make_run(tmp_path / "new", [], 1, 20.0, config=config(0.1, tmp_path / "new"))
+    again = make_run(tmp_path / "again", [], 1, 21.0, config=config(0.1, tmp_path / "again"))
+    runs, _ = read_runs([old, new, again])
+    kept, notes = independent_runs(runs)
+    assert [r.configuration for r in runs] == ["model.ema_rampup_ratio=0.05"] + ["model.ema_rampup_ratio=0.1"] * 2
+    assert [r.dir for r in kept] == [old, new]  # `again` repeats `new`: the same settings and seed
+    assert notes[0] == ("runs given as `(defaults)` ran different settings (model.ema_rampup_ratio; e.g. a default "
+                        "changed between them): they are compared as separate configurations, each named with its "
+                        "values.")
+    assert notes[1].startswith(f"{again} repeats {new} (the same configuration and seed 1)")
+    # a key one run lacks (an option added later) tells them apart too, and a configuration keeps its overrides
+    a = make_run(tmp_path / "a", ["model=gan"], 2, 30.0, config="model:\n  ema_decay: null\n")
+    b = make_run(tmp_path / "b", ["model=gan"], 2, 20.0, config="model:\n  ema_halflife_kimg: 20.0\n")
+    runs, _ = read_runs([a, b])
+    independent_runs(runs)
+    assert [r.configuration for r in runs] == [
+        "model=gan model.ema_decay=null model.ema_halflife_kimg=(unset)",
+        "model=gan model.ema_decay=(unset) model.ema_halflife_kimg=20.0"]
 
 
 @pytest.mark.slow

@@ -3,7 +3,9 @@ job sub-directories), and task=eval directories with several sample seeds (the s
 
 A run's configuration is its command-line overrides (`.hydra/overrides.yaml`) except the seed and the keys
 that do not change what is trained or measured (`gdm.multirun.configuration`), so the seeds of one
-configuration group together across sweeps. Its values are those of its final evaluation (`summary.json`
+configuration group together across sweeps; where runs with the same overrides ran different settings (their
+`config.yaml` differ, e.g. a default changed between them), the settings that differ join their configuration.
+Its values are those of its final evaluation (`summary.json`
 "final") plus the best value of its monitored metric ("best <metric>"), each with its protocol; its history
 is `metrics.jsonl`.
 """
@@ -17,7 +19,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from gdm.errors import GdmError
-from gdm.multirun import configuration, override_key
+from gdm.multirun import NOT_CONFIGURATION, configuration, override_key
 
 GRID = "samples_last.png"
 
@@ -33,6 +35,7 @@ class Run:
     history: list[dict] = field(default_factory=list)
     grid: Path | None = None
     family: str | None = None  # the model's class (config.yaml's model._target_), e.g. GAN
+    settings: dict[str, object] = field(default_factory=dict)  # what it ran: config.yaml flattened (`settings`)
 
     @property
     def finished(self) -> bool:
@@ -64,7 +67,7 @@ def read_run(run_dir: Path) -> Run:
         seed = next((int(o.split("=", 1)[1]) for o in overrides if override_key(o) == "seed"), None)
     summary_file = run_dir / "summary.json"
     run = Run(run_dir, configuration(overrides), seed, "failed (no summary.json: see its log)",
-              family=model_family(config))
+              family=model_family(config), settings=settings(config, run_dir))
     if not summary_file.is_file():
         return run
     summary = json.loads(summary_file.read_text())
@@ -86,6 +89,58 @@ def read_run(run_dir: Path) -> Run:
     grid = run_dir / "samples" / GRID
     run.grid = grid if grid.is_file() else None
     return run
+
+
+# Sections of config.yaml that another task reads, beside gdm.multirun.NOT_CONFIGURATION: not what was trained.
+OTHER_TASKS = ("task", "eval", "sample", "translate", "compare")
+UNSET = "(unset)"
+
+
+def settings(config, run_dir: Path) -> dict[str, object]:
+    """A run's resolved config flattened to {"model.lr_g": 0.0004, ...}: the keys that define what it trained
+    and measured, without the values that name its own directory (checkpoint and logger paths)."""
+    flat: dict[str, object] = {}
+
+    def walk(node: object, key: str) -> None:
+        if isinstance(node, dict) and node:
+            for name, value in node.items():
+                walk(value, f"{key}.{name}" if key else str(name))
+        elif not (isinstance(node, str) and node.startswith(str(run_dir.resolve()))):
+            flat[key] = node
+
+    container = OmegaConf.to_container(config, resolve=False) if len(config) else {}
+    walk({k: v for k, v in container.items() if k not in NOT_CONFIGURATION + OTHER_TASKS}, "")
+    return flat
+
+
+def distinguish_settings(runs: list[Run]) -> list[str]:
+    """Runs of one configuration (the same overrides) that ran different settings (a default or a config file
+    changed between them) are different configurations: each run's configuration gains the settings that tell
+    them apart, in override form. One sentence per configuration so split."""
+    notes = []
+    by_configuration: dict[str, list[Run]] = {}
+    for run in runs:
+        by_configuration.setdefault(run.configuration, []).append(run)
+    for label, group in by_configuration.items():
+        keys = sorted({k for run in group for k in run.settings}
+                      - {k for k in group[0].settings if all(r.settings.get(k, UNSET) == group[0].settings[k]
+                                                             for r in group)})
+        if not keys:
+            continue
+        for run in group:
+            shown = " ".join(f"{k}={format_value(run.settings.get(k, UNSET))}" for k in keys)
+            run.configuration = shown if label == "(defaults)" else f"{label} {shown}"
+        notes.append(f"runs given as `{label}` ran different settings ({', '.join(keys)}; e.g. a default changed "
+                     "between them): they are compared as separate configurations, each named with its values.")
+    return notes
+
+
+def format_value(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, list):
+        return "[" + ",".join(format_value(v) for v in value) + "]"
+    return str(value)
 
 
 def model_family(config) -> str | None:
@@ -127,8 +182,10 @@ def independent_runs(runs: list[Run]) -> tuple[list[Run], list[str]]:
     """The runs that are independent samples, in their order, and one sentence per run left out: a directory
     met twice (given twice, or given as a run and inside a given sweep) is one run, and the finished runs of one
     configuration with one training seed repeat one computation (up to nondeterministic kernels), so only the
-    first counts."""
-    kept, notes = [], []
+    first counts. Runs of one set of overrides that ran different settings are told apart first
+    (`distinguish_settings`)."""
+    notes = distinguish_settings(runs)
+    kept = []
     by_dir: dict[Path, Run] = {}
     by_seed: dict[tuple[str, int], Run] = {}
     for run in runs:

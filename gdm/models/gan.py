@@ -71,7 +71,8 @@ class GAN(AdversarialModule, Samples):
             description="LeCam regularization weight; 0: off, 0.3 in Tseng et al. 2021")] = 0.0,
         lecam_decay: object = 0.99,
         ema_halflife_kimg: Annotated[HalfLife | None, Field(
-            description="half-life of G's EMA in thousands of images (batch x 10 / 32 in StyleGAN2-ADA); null: no EMA")] = None,
+            description=("half-life of G's EMA in thousands of images (batch x 10 / 32 in StyleGAN2-ADA); "
+                         "null: no EMA"))] = None,
         ema_rampup_ratio: RampUp = 0.05,
         channels_last: ChannelsLast = False,
         num_visuals: Visuals = 64,
