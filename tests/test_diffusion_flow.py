@@ -314,6 +314,18 @@ def test_flow_likelihood_equals_the_analytic_gaussian(dims):
         assert float(ours.mean()) == pytest.approx(float(expected.mean()), abs=0.01 * dims)
 
 
+def test_the_likelihood_solves_at_the_given_tolerance_and_records_it():
+    mean, std = torch.linspace(-1, 1, 2), 0.6
+    x = mean + std * torch.randn(16, 2, generator=torch.Generator().manual_seed(0))
+    expected = gaussian_log_prob(x, mean, std)
+    errors = {}
+    for tol in (1e-2, 1e-6):
+        model = Flow((2,), stub(gaussian_velocity(mean, std)), nll_tolerance=tol)
+        assert (model.test_protocol()["atol"], model.test_protocol()["rtol"]) == (tol, tol)
+        errors[tol] = float((model.log_likelihood(x) - expected).abs().max())
+    assert errors[1e-6] < 1e-4 and errors[1e-6] < errors[1e-2]  # the tolerance reaches the solver
+
+
 def test_edm_probability_flow_likelihood_equals_the_analytic_gaussian():
     model = Diffusion((2,), stub(lambda x, c, labels: x))
     # centred data: the likelihood takes x(sigma_max) ~ N(0, sigma_max^2 I), which is off by 2 mean x / sigma_max^2

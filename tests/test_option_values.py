@@ -81,6 +81,7 @@ CASES = [
     (["model.ema_halflife_kimg=0"], "model.ema_halflife_kimg=0 must be a number > 0 or null (half-life of G's EMA"),
     (["model.ema_halflife_kimg=-1"], "model.ema_halflife_kimg=-1 must be a number > 0"),
     (["model.ema_rampup_ratio=0"], "model.ema_rampup_ratio=0 must be a number > 0"),
+    (["model=flow", "model.nll_tolerance=0"], "model.nll_tolerance=0 must be a number > 0 (dopri5's atol and rtol"),
     (["model=flow", "model.ema_halflife_kimg=null"],
      "model.ema_halflife_kimg=null must be a number > 0 (the EMA's half-life"),
     (["model.r1_gamma=-1"], "model.r1_gamma=-1 must be a number >= 0"),

@@ -30,6 +30,7 @@ from gdm.models.iterative import (
     IterativeModel,
     LabelDropout,
     NetFactory,
+    NLLTolerance,
     ProbabilityFlow,
     Steps,
     mse,
@@ -93,6 +94,7 @@ class Flow(IterativeModel):
         grad_clip: GradClip = None,
         ema_halflife_kimg: HalfLife = 500.0,
         ema_rampup_ratio: RampUp = 0.05,
+        nll_tolerance: NLLTolerance = 1e-5,
         num_visuals: Visuals = 64,
         visual_seed: NonNegativeInt = 1234,
         autoencoder: Autoencoder = None,
@@ -102,7 +104,7 @@ class Flow(IterativeModel):
         super().__init__(image_shape, net, num_classes, conditional, label_dropout, guidance, sampler, steps, lr,
                          betas, lr_warmup_steps, grad_clip, ema_halflife_kimg, ema_rampup_ratio, num_visuals,
                          visual_seed, autoencoder=autoencoder,
-                         latent_net=latent_net, latent=latent)
+                         latent_net=latent_net, latent=latent, nll_tolerance=nll_tolerance)
         self.save_hyperparameters(ignore=["net", "latent_net", "latent"])
         self.atol, self.rtol = atol, rtol
         self.time_sampling, self.logit_mean, self.logit_std = time_sampling, logit_mean, logit_std

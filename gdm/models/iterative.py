@@ -49,6 +49,10 @@ Guidance = Annotated[float, Field(ge=0, strict=True, allow_inf_nan=False, descri
     "classifier-free guidance scale at sampling: u + guidance * (c - u); 1: the conditional model alone"))]
 
 
+NLLTolerance = Annotated[float, Field(gt=0, strict=True, allow_inf_nan=False, description=(
+    "dopri5's atol and rtol for test/nll_bpd; 1e-5 in FFJORD (Grathwohl et al. 2019)"))]
+
+
 def index_generators(indices: Sequence[int], seed: int, stream: int) -> list[torch.Generator]:
     """One CPU generator per sample index, seeded by (seed, index, stream): the noise a stochastic sampler draws
     for sample i at every step, whatever the batch it is in (`stream` keeps it apart from the initial noise)."""
@@ -73,7 +77,6 @@ class ProbabilityFlow:
 
 
 # Tolerances of the likelihood's adaptive solve: 1e-5 as in FFJORD and Song et al. 2021 (score SDEs).
-NLL_TOLERANCE = 1e-5
 EXACT_DIVERGENCE_DIMS = 64  # up to this many dimensions the divergence is exact, above it Hutchinson's estimate
 
 
@@ -88,7 +91,7 @@ class IterativeModel(GenerativeModule, Samples):
                  lr: LearningRate, betas: AdamBetas, lr_warmup_steps: NonNegativeInt, grad_clip: GradClip,
                  ema_halflife_kimg: HalfLife, ema_rampup_ratio: RampUp, num_visuals: Visuals, visual_seed: int,
                  autoencoder: Autoencoder = None, latent_net: NetFactory | None = None,
-                 latent: LatentSpace | None = None):
+                 latent: LatentSpace | None = None, nll_tolerance: NLLTolerance = 1e-5):
         super().__init__()
         if autoencoder is not None and latent is None:
             raise GdmError(f"autoencoder={autoencoder} names a checkpoint that only a run or gdm.checkpoints."
@@ -110,6 +113,7 @@ class IterativeModel(GenerativeModule, Samples):
         self.label_dropout, self.guidance = label_dropout, guidance
         self.lr, self.betas, self.lr_warmup_steps, self.grad_clip = lr, tuple(betas), lr_warmup_steps, grad_clip
         self.num_visuals, self.visual_seed = num_visuals, visual_seed
+        self.nll_tolerance = nll_tolerance
         self.register_buffer("class_probs", torch.full((num_classes or 1,), 1.0 / (num_classes or 1)))
         self.sampler_name, self.steps = "", 1
         self.set_sampling(sampler, steps)
@@ -182,7 +186,7 @@ class IterativeModel(GenerativeModule, Samples):
                        generator: torch.Generator | None = None) -> Tensor:
         """log p(x) in nats per sample (N,) of points `x` (N, *shape) in the model's space, by the instantaneous
         change of variables (Chen et al. 2018): integrating dx/dt = v and d(delta)/dt = div v from t_data to t_noise
-        with dopri5 (tolerances NLL_TOLERANCE), log p(x) = log N(x(t_noise); 0, noise_std^2 I) + delta. The
+        with dopri5 (atol = rtol = `nll_tolerance`), log p(x) = log N(x(t_noise); 0, noise_std^2 I) + delta. The
         divergence is exact up to EXACT_DIVERGENCE_DIMS dimensions, else Hutchinson's estimate with one Gaussian
         probe per sample held over the solve (FFJORD). Uses the EMA net."""
         from torchdiffeq import odeint  # imported when a likelihood is computed
@@ -209,8 +213,8 @@ class IterativeModel(GenerativeModule, Samples):
 
             t = torch.tensor([flow.t_data, flow.t_noise], device=x.device, dtype=torch.float32)
             state = (x.float(), torch.zeros(x.shape[0], device=x.device))
-            z, delta = (s[-1] for s in odeint(dynamics, state, t, method="dopri5", atol=NLL_TOLERANCE,
-                                               rtol=NLL_TOLERANCE))
+            z, delta = (s[-1] for s in odeint(dynamics, state, t, method="dopri5", atol=self.nll_tolerance,
+                                               rtol=self.nll_tolerance))
         d = math.prod(self.shape)
         log_prior = -0.5 * (z / flow.noise_std).pow(2).flatten(1).sum(1) - d * math.log(
             flow.noise_std * math.sqrt(2 * math.pi))
@@ -224,7 +228,7 @@ class IterativeModel(GenerativeModule, Samples):
     def test_protocol(self) -> dict:
         exact = math.prod(self.shape) <= EXACT_DIVERGENCE_DIMS
         return {"estimator": "instantaneous change of variables (probability-flow ODE)", "solver": "dopri5",
-                "atol": NLL_TOLERANCE, "rtol": NLL_TOLERANCE, "weights": "EMA",
+                "atol": self.nll_tolerance, "rtol": self.nll_tolerance, "weights": "EMA",
                 "divergence": "exact" if exact else "Hutchinson, one Gaussian probe per image",
                 "dequantization": "uniform: y = (k + u) / 256, u ~ U[0, 1)"}
 
