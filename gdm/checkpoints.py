@@ -18,6 +18,7 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from gdm.callbacks.checkpointing import CONFIG, CONFIG_SOURCE, STEP
+from gdm.config_upgrades import upgrade_config
 from gdm.errors import GdmError, typed
 from gdm.models.autoencoder import AutoencoderModule
 from gdm.models.base import GenerativeModule
@@ -54,6 +55,11 @@ def read_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict:
                        f"{str(err).splitlines()[0][:200]}): pick another one, e.g. the run's best.ckpt.") from None
     if CONFIG not in checkpoint:
         raise GdmError(f"{path} has no gdm config inside: it was not written by a gdm run.")
+    upgrade_config(checkpoint[CONFIG])
+    batch = (checkpoint[CONFIG].get("data") or {}).get("batch_size")
+    for settings in (checkpoint.get(CONFIG_SOURCE, {}).get("model"), checkpoint.get("hyper_parameters")):
+        if settings is not None:  # the settings the run was given, and those the model was built with
+            upgrade_config(settings, batch_size=batch)
     return checkpoint
 
 
@@ -191,6 +197,7 @@ def check_fits(model: GenerativeModule, checkpoint: dict, path: str | Path) -> N
     """Resuming: the checkpoint's weights must have this model's names and shapes (same class, other settings
     such as `model=cgan` vs `model=gan` or another image size would fail deep inside Lightning)."""
     optional = model.optional_state  # entries a resumed run may add or drop (match_optional_state)
+    model.upgrade_state(checkpoint["state_dict"])
 
     def shapes(state: dict) -> dict:
         return {k: tuple(v.shape) for k, v in state.items() if hasattr(v, "shape") and not k.startswith(optional)}
@@ -250,6 +257,7 @@ def changed_precision(cfg: DictConfig, checkpoint: dict) -> str | None:
 
 
 def load_state(model: GenerativeModule, checkpoint: dict, path: str | Path) -> GenerativeModule:
+    model.upgrade_state(checkpoint["state_dict"])
     model.match_optional_state(checkpoint["state_dict"])
     try:
         model.load_state_dict(checkpoint["state_dict"])

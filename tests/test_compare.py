@@ -263,14 +263,23 @@ def test_runs_of_the_same_overrides_that_ran_different_settings_are_different_co
                         "changed between them): they are compared as separate configurations, each named with its "
                         "values.")
     assert notes[1].startswith(f"{again} repeats {new} (the same configuration and seed 1)")
-    # a key one run lacks (an option added later) tells them apart too, and a configuration keeps its overrides
-    a = make_run(tmp_path / "a", ["model=gan"], 2, 30.0, config="model:\n  ema_decay: null\n")
-    b = make_run(tmp_path / "b", ["model=gan"], 2, 20.0, config="model:\n  ema_halflife_kimg: 20.0\n")
+    # an option renamed since is read in today's names (gdm.config_upgrades): older gdm's EMA-less GAN against
+    # today's EMA; a key one run lacks (an option added since), paths and speed settings tell nothing
+    a = make_run(tmp_path / "a", ["model=gan"], 2, 30.0,
+                 config="model:\n  ema_decay: null\ndata:\n  num_workers: 0\n  root: /x\n")
+    b = make_run(tmp_path / "b", ["model=gan"], 2, 20.0,
+                 config="model:\n  ema_halflife_kimg: 20.0\n  nll_tolerance: 1.0e-5\ndata:\n  num_workers: 4\n"
+                        "  root: /y\ntrainer:\n  default_root_dir: /elsewhere\n")
     runs, _ = read_runs([a, b])
     independent_runs(runs)
-    assert [r.configuration for r in runs] == [
-        "model=gan model.ema_decay=null model.ema_halflife_kimg=(unset)",
-        "model=gan model.ema_decay=(unset) model.ema_halflife_kimg=20.0"]
+    assert [r.configuration for r in runs] == ["model=gan model.ema_halflife_kimg=null",
+                                               "model=gan model.ema_halflife_kimg=20.0"]
+    c = make_run(tmp_path / "c", ["model=gan"], 3, 20.0, config="data:\n  num_workers: 2\n  root: /z\n")
+    runs, _ = read_runs([b, c])
+    assert independent_runs(runs)[1] == [] and {r.configuration for r in runs} == {"model=gan"}
+    d = make_run(tmp_path / "d", ["model=gan"], 4, 20.0)
+    (d / "config.yaml").write_text("- not a mapping\n")  # read as no settings, not a crash
+    assert read_runs([tmp_path / "d"])[0][0].settings == {}
 
 
 @pytest.mark.slow

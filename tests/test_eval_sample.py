@@ -191,3 +191,39 @@ def test_translate_load_size_that_is_not_a_size_is_named(tmp_path, value, messag
                           f"translate.output={tmp_path / 'out'}", f"translate.load_size={value}"], tmp_path / "run")
     with pytest.raises(GdmError, match=re.escape(message)):
         run(cfg)
+
+
+@pytest.mark.slow
+def test_a_checkpoint_of_older_gdm_with_ema_decay_samples_and_resumes(cgan_ckpt, tmp_path):
+    """A checkpoint written before the GAN's `model.ema_decay` became a half-life (gdm.config_upgrades): read as the
+    same average (decay d per batch of B: half-life B ln 2 / -ln d images, no ramp-up), it loads with its weights,
+    samples, and resumes once the model is given the settings the refusal names."""
+    import copy
+    import math
+
+    new = torch.load(cgan_ckpt, weights_only=True)
+    old = copy.deepcopy(new)
+    for settings in (old["gdm_config"]["model"], old["gdm_config_source"]["model"], old["hyper_parameters"]):
+        settings.pop("ema_halflife_kimg"), settings.pop("ema_rampup_ratio")
+        settings["ema_decay"] = 0.9
+    del old["state_dict"]["generator_ema.images_seen"]  # older EMAs kept no count of images
+    path = tmp_path / "old.ckpt"
+    torch.save(old, path)
+
+    model = load_model(path)
+    batch = new["gdm_config"]["data"]["batch_size"]
+    assert model.generator_ema.halflife_kimg == pytest.approx(batch * math.log(2) / -math.log(0.9) / 1000, rel=1e-5)
+    assert model.generator_ema.rampup_ratio is None
+    labels = model.sample_labels(range(4), seed=0)
+    assert torch.equal(model.generate(range(4), labels=labels), load_model(cgan_ckpt).generate(range(4), labels=labels))
+    run(compose_config(["task=sample", f"ckpt_path={path}", "+sample.n=4"], tmp_path / "sample"))
+    assert len(list((tmp_path / "sample" / "samples").glob("*.png"))) == 4
+
+    resume = ["model=cgan", *SMALL, "trainer.max_epochs=2", f"ckpt_path={path}"]
+    with pytest.raises(GdmError, match="it was written with model.ema_halflife_kimg="):
+        run(compose_config(resume, tmp_path / "resumed"))  # model=cgan's own default has no EMA
+    halflife = batch * math.log(2) / -math.log(0.9) / 1000
+    run(compose_config([*resume, f"model.ema_halflife_kimg={round(halflife, 6)}", "model.ema_rampup_ratio=null"],
+                       tmp_path / "resumed2"))
+    resumed = torch.load(tmp_path / "resumed2" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert float(resumed["state_dict"]["generator_ema.images_seen"]) > 0

@@ -228,7 +228,7 @@ class Report:
             lines += ["", f"{len(unfinished)} run(s) did not finish and are left out of every statistic: "
                       + ", ".join(f"{r.dir} ({r.status})" for r in unfinished) + "."]
         if self.repeats:
-            lines += ["", "Runs counted once:", "", *[f"- {note}" for note in self.repeats]]
+            lines += ["", "Runs told apart or counted once:", "", *[f"- {note}" for note in self.repeats]]
         return [*lines, ""]
 
     @staticmethod
@@ -273,7 +273,7 @@ class Report:
                          f"<td>{e(str(r.dir))}</td></tr>")
         parts.append("</table>")
         if self.repeats:
-            parts.append("<p>Runs counted once:</p><ul>" + "".join(f"<li class='repeat'>{e(note)}</li>"
+            parts.append("<p>Runs told apart or counted once:</p><ul>" + "".join(f"<li class='repeat'>{e(note)}</li>"
                                                                    for note in self.repeats) + "</ul>")
         if self.mismatches:
             parts.append("<h2>Protocol mismatches</h2><ul>" + "".join(f"<li class='mismatch'>{e(m)}</li>"

@@ -16,10 +16,11 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
+from gdm.config_upgrades import upgrade_config
 from gdm.errors import GdmError
-from gdm.multirun import NOT_CONFIGURATION, configuration, override_key
+from gdm.multirun import configuration, override_key
 
 GRID = "samples_last.png"
 
@@ -61,7 +62,8 @@ def read_run(run_dir: Path) -> Run:
     overrides_file = run_dir / ".hydra" / "overrides.yaml"
     overrides = list(OmegaConf.load(overrides_file)) if overrides_file.is_file() else []
     config_file = run_dir / "config.yaml"
-    config = OmegaConf.load(config_file) if config_file.is_file() else OmegaConf.create()
+    config = OmegaConf.load(config_file) if config_file.is_file() else None
+    config = config if isinstance(config, DictConfig) else OmegaConf.create()  # none, or not a mapping
     seed = config.get("seed")
     if seed is None:
         seed = next((int(o.split("=", 1)[1]) for o in overrides if override_key(o) == "seed"), None)
@@ -91,44 +93,50 @@ def read_run(run_dir: Path) -> Run:
     return run
 
 
-# Sections of config.yaml that another task reads, beside gdm.multirun.NOT_CONFIGURATION: not what was trained.
-OTHER_TASKS = ("task", "eval", "sample", "translate", "compare")
-UNSET = "(unset)"
+# The parts of a run's config.yaml that define what it trained and measured, and within them the keys that do not
+# (where files are, how fast batches and features are computed, how much is logged).
+SETTINGS = ("model", "data", "metrics", "trainer", "monitor", "monitor_mode")
+NOT_SETTINGS = ("data.root", "data.num_workers", "data.pin_memory", "data.download", "data.verify",
+                "metrics.cache_dir", "metrics.batch_size", "metrics.inception_weights", "metrics.dinov2_weights",
+                "trainer.default_root_dir", "trainer.accelerator", "trainer.deterministic", "trainer.log_every_n_steps",
+                "trainer.enable_progress_bar", "trainer.enable_model_summary")
 
 
 def settings(config, run_dir: Path) -> dict[str, object]:
-    """A run's resolved config flattened to {"model.lr_g": 0.0004, ...}: the keys that define what it trained
-    and measured, without the values that name its own directory (checkpoint and logger paths)."""
+    """A run's resolved config flattened to {"model.lr_g": 0.0004, ...}: the keys that define what it trained and
+    measured (`SETTINGS` but `NOT_SETTINGS`), options renamed since read in today's names (gdm.config_upgrades)."""
     flat: dict[str, object] = {}
 
     def walk(node: object, key: str) -> None:
+        if key in NOT_SETTINGS:
+            return
         if isinstance(node, dict) and node:
             for name, value in node.items():
                 walk(value, f"{key}.{name}" if key else str(name))
-        elif not (isinstance(node, str) and node.startswith(str(run_dir.resolve()))):
+        elif key:
             flat[key] = node
 
-    container = OmegaConf.to_container(config, resolve=False) if len(config) else {}
-    walk({k: v for k, v in container.items() if k not in NOT_CONFIGURATION + OTHER_TASKS}, "")
+    container = OmegaConf.to_container(config, resolve=False) if isinstance(config, DictConfig) else {}
+    walk({k: v for k, v in upgrade_config(container).items() if k in SETTINGS}, "")
     return flat
 
 
 def distinguish_settings(runs: list[Run]) -> list[str]:
     """Runs of one configuration (the same overrides) that ran different settings (a default or a config file
     changed between them) are different configurations: each run's configuration gains the settings that tell
-    them apart, in override form. One sentence per configuration so split."""
+    them apart, in override form. A key some runs lack (an option added since) tells nothing. One sentence per
+    configuration so split."""
     notes = []
     by_configuration: dict[str, list[Run]] = {}
     for run in runs:
         by_configuration.setdefault(run.configuration, []).append(run)
     for label, group in by_configuration.items():
-        keys = sorted({k for run in group for k in run.settings}
-                      - {k for k in group[0].settings if all(r.settings.get(k, UNSET) == group[0].settings[k]
-                                                             for r in group)})
+        shared = set.intersection(*(set(run.settings) for run in group))
+        keys = sorted(k for k in shared if any(run.settings[k] != group[0].settings[k] for run in group))
         if not keys:
             continue
         for run in group:
-            shown = " ".join(f"{k}={format_value(run.settings.get(k, UNSET))}" for k in keys)
+            shown = " ".join(f"{k}={format_value(run.settings[k])}" for k in keys)
             run.configuration = shown if label == "(defaults)" else f"{label} {shown}"
         notes.append(f"runs given as `{label}` ran different settings ({', '.join(keys)}; e.g. a default changed "
                      "between them): they are compared as separate configurations, each named with its values.")

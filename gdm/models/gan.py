@@ -106,6 +106,13 @@ class GAN(AdversarialModule, Samples):
         self.augment = build_augment(augment, augment_policy, ada_target, ada_interval, ada_kimg)
         self.set_memory_format(channels_last)
 
+    def upgrade_state(self, state_dict: dict) -> None:
+        # G's EMA in checkpoints of older gdm (a fixed decay) kept no count of images: its count of updates stands in,
+        # which is all an EMA without a ramp-up (what their ema_decay reads as, gdm.config_upgrades) needs.
+        updates = state_dict.get("generator_ema.n_averaged")
+        if updates is not None and "generator_ema.images_seen" not in state_dict:
+            state_dict["generator_ema.images_seen"] = updates.to(torch.float64)
+
     def set_conditioning(self, conditional: bool, clusters: object, num_classes: int | None,
                          image_shape: tuple[int, int, int]) -> int | None:
         """Labels from the data (`conditional`), from k-means clusters of the training images (`clusters`), or

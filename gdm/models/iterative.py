@@ -145,11 +145,10 @@ class IterativeModel(GenerativeModule, Samples):
         self.log("train/loss", loss.detach())
         return loss if self.loss_ok("loss", loss) else None  # None: Lightning skips the update
 
-    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:
+    def upgrade_state(self, state_dict: dict) -> None:
         # Checkpoints written before the EMA kept its own count of images seen held it in the model.
-        if prefix + "images_seen" in state_dict:
-            state_dict.setdefault(prefix + "net_ema.images_seen", state_dict.pop(prefix + "images_seen"))
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if "images_seen" in state_dict:
+            state_dict.setdefault("net_ema.images_seen", state_dict.pop("images_seen"))
 
     def on_train_batch_end(self, outputs, batch: dict, batch_idx: int) -> None:
         super().on_train_batch_end(outputs, batch, batch_idx)
