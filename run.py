@@ -1,5 +1,6 @@
 """gdm entry point: `python run.py [group=option ...] [key=value ...]`; `--help` lists the options."""
 
+import sys
 import warnings
 
 import hydra
@@ -21,4 +22,9 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    from gdm.config_upgrades import renamed_option  # light: no torch
+
+    if (renamed := renamed_option(sys.argv[1:])) is not None:  # before Hydra answers "not in struct"
+        print(renamed, file=sys.stderr)
+        sys.exit(2)
     main()

@@ -55,6 +55,14 @@ def test_unknown_group_option_lists_the_valid_ones(tmp_path):
     assert "Available options in 'model'" in out and all(f"\t{m}\n" in out for m in ("gan", "vae", "cyclegan"))
 
 
+@pytest.mark.parametrize("override", ["model.ema_decay=0.99", "+model.ema_decay=0.99"])
+def test_a_renamed_option_says_what_to_type_instead(tmp_path, override):
+    out = fails_cleanly(tmp_path, override, message=(
+        "model.ema_decay=0.99 is an option of older gdm: set model.ema_halflife_kimg=H model.ema_rampup_ratio=null, "
+        "the same average for H = B ln 2 / -ln d / 1000"))
+    assert "not in struct" not in out
+
+
 @pytest.mark.slow
 def test_a_model_that_needs_labels_on_unlabelled_images(tmp_path):
     folder = flat_folder(tmp_path / "flat")
