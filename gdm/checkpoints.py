@@ -18,7 +18,7 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from gdm.callbacks.checkpointing import CONFIG, CONFIG_SOURCE, STEP
-from gdm.config_upgrades import upgrade_config
+from gdm.config_upgrades import upgrade_config, upgrade_model_settings
 from gdm.errors import GdmError, typed
 from gdm.models.autoencoder import AutoencoderModule
 from gdm.models.base import GenerativeModule
@@ -59,7 +59,7 @@ def read_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict:
     batch = (checkpoint[CONFIG].get("data") or {}).get("batch_size")
     for settings in (checkpoint.get(CONFIG_SOURCE, {}).get("model"), checkpoint.get("hyper_parameters")):
         if settings is not None:  # the settings the run was given, and those the model was built with
-            upgrade_config(settings, batch_size=batch)
+            upgrade_model_settings(settings, batch)
     return checkpoint
 
 

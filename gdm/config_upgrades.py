@@ -29,17 +29,23 @@ def renamed_option(overrides: list[str]) -> str | None:
     return None
 
 
-def upgrade_config(config: MutableMapping, batch_size: object = None) -> MutableMapping:
-    """`config` (a run's composed config, as a dict or DictConfig; or a model's settings alone, given the
-    `batch_size` it trained with) in today's keys, changed in place and returned; a log line per key renamed."""
-    model = config if batch_size is not None else config.get("model")
-    if isinstance(model, MutableMapping) and "ema_decay" in model and "ema_halflife_kimg" not in model:
-        decay = model.pop("ema_decay")
-        batch = batch_size if batch_size is not None else (config.get("data") or {}).get("batch_size")
-        batch = batch if isinstance(batch, int) else 64
-        halflife = round(batch * math.log(2) / -math.log(decay) / 1000, 6) if decay else None
-        model["ema_halflife_kimg"], model["ema_rampup_ratio"] = halflife, None
-        if batch_size is None:  # the run's config: said once, not again for the settings beside it
-            log.info(f"model.ema_decay={decay} (an option of older gdm) read as model.ema_halflife_kimg={halflife} "
-                     "model.ema_rampup_ratio=null, the same average.")
+def upgrade_config(config: MutableMapping) -> MutableMapping:
+    """A run's composed config (a dict or DictConfig) in today's keys, changed in place and returned; a log line per
+    option renamed."""
+    model, data = config.get("model"), config.get("data") or {}
+    if isinstance(model, MutableMapping) and upgrade_model_settings(model, data.get("batch_size")):
+        log.info(f"model.ema_decay (an option of older gdm) read as model.ema_halflife_kimg="
+                 f"{model['ema_halflife_kimg']} model.ema_rampup_ratio=null, the same average.")
     return config
+
+
+def upgrade_model_settings(model: MutableMapping, batch_size: object) -> bool:
+    """A model's settings (its config, or a checkpoint's hyper-parameters) in today's keys, changed in place, for a
+    run at `batch_size` images per batch; whether anything changed."""
+    if "ema_decay" not in model or "ema_halflife_kimg" in model:
+        return False
+    decay = model.pop("ema_decay")
+    batch = batch_size if isinstance(batch_size, int) else 64
+    model["ema_halflife_kimg"] = round(batch * math.log(2) / -math.log(decay) / 1000, 6) if decay else None
+    model["ema_rampup_ratio"] = None
+    return True

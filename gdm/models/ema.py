@@ -10,7 +10,7 @@ from typing import Annotated
 
 import torch
 from pydantic import Field
-from torch import nn
+from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 
 HalfLife = Annotated[float, Field(gt=0, strict=True, allow_inf_nan=False, description=(
@@ -63,12 +63,17 @@ class EMA(AveragedModel):
         decay = self.decay(batch_images)
         if self._seen == 0:
             decay = 0.0  # a new average starts as a copy
+        by_dtype: dict[torch.dtype, tuple[list[Tensor], list[Tensor]]] = {}
         for averaged, current in zip([*self.module.parameters(), *self.module.buffers()],
                                      [*net.parameters(), *net.buffers()], strict=True):
-            if averaged.is_floating_point():
-                averaged.lerp_(current.detach(), 1 - decay)
+            if averaged.is_floating_point():  # one fused lerp per dtype, as AveragedModel's EMA does
+                group = by_dtype.setdefault(averaged.dtype, ([], []))
+                group[0].append(averaged)
+                group[1].append(current.detach())
             else:
                 averaged.copy_(current)  # e.g. batch norm's num_batches_tracked
+        for averaged, current in by_dtype.values():
+            torch._foreach_lerp_(averaged, current, 1 - decay)
         self._seen += batch_images
         self.images_seen += batch_images
         self.n_averaged += 1

@@ -47,8 +47,6 @@ LabelDropout = Annotated[float, Field(ge=0, lt=1, strict=True, allow_inf_nan=Fal
     "probability of training a sample with the null label (classifier-free guidance; 0.1 in Ho & Salimans 2022)"))]
 Guidance = Annotated[float, Field(ge=0, strict=True, allow_inf_nan=False, description=(
     "classifier-free guidance scale at sampling: u + guidance * (c - u); 1: the conditional model alone"))]
-
-
 NLLTolerance = Annotated[float, Field(gt=0, strict=True, allow_inf_nan=False, description=(
     "dopri5's atol and rtol for test/nll_bpd; 1e-5 in FFJORD (Grathwohl et al. 2019)"))]
 
@@ -76,7 +74,6 @@ class ProbabilityFlow:
     noise_std: float
 
 
-# Tolerances of the likelihood's adaptive solve: 1e-5 as in FFJORD and Song et al. 2021 (score SDEs).
 EXACT_DIVERGENCE_DIMS = 64  # up to this many dimensions the divergence is exact, above it Hutchinson's estimate
 
 
