@@ -202,11 +202,14 @@ def test_gpu_trainer_without_gpu_is_one_sentence(tmp_path):
 @pytest.mark.slow
 def test_vae_run_reports_iwae_nll_below_its_elbo_bound(tmp_path):
     cfg = compose_config(["model=vae", "model.likelihood=gaussian", "model.iwae_k=20", "data.image_size=16",
-                          *TINY, "logger=none"], tmp_path)
+                          *TINY, "++trainer.limit_test_batches=2", "logger=none"], tmp_path)
     run(cfg)
     summary = json.loads((tmp_path / "summary.json").read_text())
     test = summary["test"]
     assert summary["monitor"] == "val/elbo" and summary["mode"] == "max"
+    # the protocols count the images the loops ran on: 2 test batches of 64, 1 validation batch (of 180 each)
+    assert summary["protocols"]["test/nll_iwae"]["num_real"] == 128
+    assert summary["protocols"]["val/elbo"]["num_real"] == 64
     assert test["test/nll_iwae"] <= -test["test/elbo"]
     assert test["test/bpd"] == pytest.approx(-test["test/elbo"] / (16 * 16 * math.log(2)), rel=1e-4)
 

@@ -242,9 +242,28 @@ def test_an_adaptive_solver_refuses_a_list_of_steps_and_records_its_mean_nfe(tmp
         run(compose_typed(["task=eval", "print_config=false", ckpt, "eval.sampler=dopri5", "eval.steps=[1,2]"],
                           tmp_path / "refused"))
     run(compose_typed(["task=eval", "print_config=false", ckpt, "eval.sampler=dopri5", "eval.num_samples=40",
-                       "metrics.batch_size=16"], tmp_path / "eval"))
+                       "metrics.batch_size=16", "eval.nll_tolerance=0.001"], tmp_path / "eval"))
     report = json.loads((tmp_path / "eval" / "eval.json").read_text())
     assert report["protocols"]["test/fid_digits"]["sampling"]["nfe"] > 6  # measured, the mean per sample
+    nll = report["protocols"]["test/nll_bpd"]  # solved to the tolerance asked for, as its protocol says
+    assert (nll["atol"], nll["rtol"]) == (0.001, 0.001) and report["metrics"]["test/nll_bpd"] > 0
+
+
+def test_eval_nll_tolerance_is_refused_for_a_model_without_a_likelihood():
+    from gdm.models.diffusion import Diffusion
+    from gdm.nets.unet import UNet
+    from gdm.tasks.evaluate import set_nll_tolerance
+
+    ddpm = Diffusion((1, 8, 8), partial(UNet, channels=8, channel_mult=[1], patch_size=1), formulation="ddpm",
+                     train_timesteps=10)
+    with pytest.raises(GdmError) as err:
+        set_nll_tolerance(ddpm, 0.001)
+    assert str(err.value) == ("eval.nll_tolerance=0.001 sets the solver of test/nll_bpd, and this checkpoint's "
+                              "Diffusion with formulation=ddpm reports none (only a pixel-space flow or EDM model "
+                              "does): drop it.")
+    edm = Diffusion((1, 8, 8), partial(UNet, channels=8, channel_mult=[1], patch_size=1))
+    set_nll_tolerance(edm, 0.001)
+    assert edm.nll_tolerance == 0.001 and edm.test_protocol()["atol"] == 0.001
 
 
 @pytest.mark.slow

@@ -75,6 +75,7 @@ class Evaluator(L.Callback):
         self.after_fit = False  # in the end-of-run evaluation (`finish`)
         self.save_at_epoch_end: bool | None = None  # an epoch-end validation's checkpoints, best or not, to write
         self.last_batch_of_epoch = False  # the latest training batch ended its epoch
+        self.loop_images = 0  # images the current validation / test loop has run on (this process)
         self.best: dict | None = None
         self.final: dict = {}
         self.protocols: dict[str, dict] = {}
@@ -134,11 +135,31 @@ class Evaluator(L.Callback):
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.test = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
-        split = trainer.datamodule.split("test")
+        num_real = self.loop_images_seen(trainer, pl_module)
         for name in self.test:  # how each was measured, as every evaluation value's protocol says
-            self.protocols[name] = with_id({"metric": name.split("/", 1)[1], "split": "test", "num_real": len(split),
+            self.protocols[name] = with_id({"metric": name.split("/", 1)[1], "split": "test", "num_real": num_real,
                                             **pl_module.test_protocol()})
         self.write(trainer)
+
+    # The images a validation / test loop ran on (limit_val_batches / limit_test_batches may stop it early), for
+    # the protocol of the values the model's own steps logged.
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.loop_images = 0
+
+    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.loop_images = 0
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx: int = 0
+                                ) -> None:
+        self.loop_images += batch_length(batch)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.loop_images += batch_length(batch)
+
+    def loop_images_seen(self, trainer: L.Trainer, pl_module: L.LightningModule) -> int:
+        """The images of the last validation / test loop, summed over processes (a collective: every rank calls)."""
+        count = torch.tensor(float(self.loop_images), device=pl_module.device)
+        return int(trainer.strategy.reduce(count, reduce_op="sum"))
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,
                            batch_idx: int) -> None:
@@ -236,7 +257,9 @@ class Evaluator(L.Callback):
         self.evaluations += 1
         values = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
         values.update(result.values)
-        protocols = {name: result.protocols.get(name) or self.validation_protocol(name, trainer) for name in values}
+        num_real = self.loop_images_seen(trainer, pl_module)
+        protocols = {name: result.protocols.get(name) or self.validation_protocol(name, trainer, num_real)
+                     for name in values}
         epoch = trainer.current_epoch - 1 if self.after_fit else trainer.current_epoch
         record = {"step": step, "epoch": epoch, "global_step": trainer.global_step,
                   "images_seen": step * trainer.world_size * getattr(trainer.datamodule, "batch_size", 0),
@@ -270,14 +293,14 @@ class Evaluator(L.Callback):
         if best:
             trainer.save_checkpoint(checkpoints / "best.ckpt", weights_only=False)
 
-    def validation_protocol(self, name: str, trainer: L.Trainer) -> dict:
-        """The protocol of a value the model's validation_step logged: its mean over the validation split, named
-        by the model that defines it (EDM's, the flow's and DDPM's val/loss are three different quantities)."""
-        split = trainer.datamodule.split("val")
+    def validation_protocol(self, name: str, trainer: L.Trainer, num_real: int) -> dict:
+        """The protocol of a value the model's validation_step logged: its mean over the `num_real` validation
+        images the loop ran on, named by the model that defines it (EDM's, the flow's and DDPM's val/loss are three
+        different quantities)."""
         model = trainer.lightning_module
         defined_by = type(model).__name__ + getattr(model, "formulation_words", lambda: "")()
         return with_id({"metric": name.split("/", 1)[1], "kind": "mean over the validation batches",
-                        "defined_by": defined_by, "split": "val", "num_real": len(split)})
+                        "defined_by": defined_by, "split": "val", "num_real": num_real})
 
     def update_best(self, values: dict, protocols: dict, record: dict) -> bool:
         if self.monitor not in values:
@@ -326,3 +349,10 @@ class Evaluator(L.Callback):
             if name in self.protocols:
                 lines.append(f"  {name:<{width}}  {value:<12.6g}  {describe(self.protocols[name])}")
         return "\n".join(lines)
+
+
+def batch_length(batch) -> int:
+    """The number of examples in a batch: the length of its first tensor (a dict of tensors, or a tensor)."""
+    if isinstance(batch, torch.Tensor):
+        return batch.shape[0]
+    return next(v.shape[0] for v in batch.values() if isinstance(v, torch.Tensor))

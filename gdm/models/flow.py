@@ -30,13 +30,21 @@ from gdm.models.iterative import (
     IterativeModel,
     LabelDropout,
     NetFactory,
-    NLLTolerance,
     ProbabilityFlow,
     Steps,
     mse,
 )
 from gdm.models.latent import LatentSpace
-from gdm.option_types import AdamBetas, Flag, GradClip, LearningRate, NonNegativeInt, Visuals, checked
+from gdm.option_types import (
+    AdamBetas,
+    Flag,
+    GradClip,
+    LearningRate,
+    NLLTolerance,
+    NonNegativeInt,
+    Visuals,
+    checked,
+)
 
 Tolerance = Annotated[float, Field(gt=0, strict=True, allow_inf_nan=False)]
 Real = Annotated[float, Field(strict=True, allow_inf_nan=False)]

@@ -37,7 +37,7 @@ from gdm.likelihoods import pixel_levels
 from gdm.models.base import GenerativeModule, Samples, latent_labels, latent_noise
 from gdm.models.ema import EMA, HalfLife, RampUp
 from gdm.models.latent import LatentSpace
-from gdm.option_types import AdamBetas, Count, Flag, GradClip, LearningRate, NonNegativeInt, Visuals
+from gdm.option_types import AdamBetas, Count, Flag, GradClip, LearningRate, NLLTolerance, NonNegativeInt, Visuals
 
 NetFactory = Callable[..., nn.Module]
 Autoencoder = Annotated[str | None, Field(description=(
@@ -47,8 +47,6 @@ LabelDropout = Annotated[float, Field(ge=0, lt=1, strict=True, allow_inf_nan=Fal
     "probability of training a sample with the null label (classifier-free guidance; 0.1 in Ho & Salimans 2022)"))]
 Guidance = Annotated[float, Field(ge=0, strict=True, allow_inf_nan=False, description=(
     "classifier-free guidance scale at sampling: u + guidance * (c - u); 1: the conditional model alone"))]
-NLLTolerance = Annotated[float, Field(gt=0, strict=True, allow_inf_nan=False, description=(
-    "dopri5's atol and rtol for test/nll_bpd; 1e-5 in FFJORD (Grathwohl et al. 2019)"))]
 
 
 def index_generators(indices: Sequence[int], seed: int, stream: int) -> list[torch.Generator]:

@@ -33,7 +33,8 @@ drawn in one forward pass, is refused in one sentence before anything is evaluat
 evaluates the checkpoint once per budget (each with every sample seed) and adds "budgets" to eval.json: per
 budget its steps, sampler, NFE, seconds per 1,000 samples (`val/sample_seconds_per_1000`) and metrics (and
 their spread over sample seeds); "metrics" holds the first budget's, as with sample seeds. "eval_options" lists
-every eval option as it ran.
+every eval option as it ran. `eval.nll_tolerance=T` solves a flow's or EDM model's test likelihood
+(`test/nll_bpd`) to another tolerance than the checkpoint's `model.nll_tolerance` (recorded in its protocol).
 """
 
 from __future__ import annotations
@@ -167,6 +168,8 @@ def evaluate(cfg: DictConfig) -> float | None:
     model = load_state(model, checkpoint, cfg.ckpt_path)
     if options["guidance"] is not None:  # kept by every budget's set_sampling below
         set_guidance(model, options["guidance"], "eval", opts)
+    if options["nll_tolerance"] is not None:
+        set_nll_tolerance(model, options["nll_tolerance"])
     for steps in budgets:  # every budget is checked before the first evaluation
         set_sampling(model, options["sampler"], steps, opts)
     if len(budgets) > 1 and isinstance(model, Samples) and getattr(model, "nfe", lambda: 1)() is None:
@@ -235,6 +238,16 @@ def set_guidance(model, guidance: float, group: str, opts: DictConfig) -> None:
                        "translates images instead: drop it.")
     with options_of(group, opts):
         model.set_sampling(guidance=guidance)
+
+
+def set_nll_tolerance(model, tolerance: float) -> None:
+    """The tolerance of the test likelihood's solver (`eval.nll_tolerance`), recorded in its protocol; one sentence
+    for a model that reports no test/nll_bpd."""
+    if not getattr(model, "has_likelihood", lambda: False)():
+        raise GdmError(f"eval.nll_tolerance={tolerance} sets the solver of test/nll_bpd, and this checkpoint's "
+                       f"{type(model).__name__}{getattr(model, 'formulation_words', lambda: '')()} reports none "
+                       "(only a pixel-space flow or EDM model does): drop it.")
+    model.nll_tolerance = tolerance
 
 
 def set_sampling(model, sampler: str | None, steps: int | None, opts: DictConfig) -> None:

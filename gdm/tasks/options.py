@@ -25,7 +25,7 @@ from pydantic import Field, Strict, ValidationError
 from pydantic.fields import FieldInfo
 
 from gdm.errors import GdmError, shown
-from gdm.option_types import Count, Flag, NonNegativeInt, Seed, checked
+from gdm.option_types import Count, Flag, NLLTolerance, NonNegativeInt, Seed, checked
 
 BOUNDS = ((at.Ge, "ge", ">="), (at.Gt, "gt", ">"), (at.Le, "le", "<="), (at.Lt, "lt", "<"))
 INTERPOLATION = re.compile(r"^\$\{([\w.]+)\}$")
@@ -309,7 +309,9 @@ def eval_options(num_samples: Annotated[SampleCount | None, Field(
                  kid_subset_size: Annotated[SampleCount | None, Field(
                      description="KID's subset size; null: no KID")] = None,
                  sample_seeds: Annotated[Count, Field(description="sample seeds to evaluate with")] = 1,
-                 sampler: Sampler = None, steps: Budgets = None, guidance: GuidanceScale = None) -> None:
+                 sampler: Sampler = None, steps: Budgets = None, guidance: GuidanceScale = None,
+                 nll_tolerance: Annotated[NLLTolerance | None, Field(description=(
+                     "the likelihood's dopri5 tolerance; null: the checkpoint's own"))] = None) -> None:
     """task=eval's options."""
 
 
