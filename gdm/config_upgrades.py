@@ -3,6 +3,8 @@ resume, `load_model`) and a run's config.yaml (`task=compare`) read as what they
 
 - The GAN's `model.ema_decay` d (per batch of B images; null or 0: no EMA) became `model.ema_halflife_kimg` /
   `model.ema_rampup_ratio`: the same average is a half-life of B ln 2 / -ln d images without a ramp-up.
+- A diffusion model's net saw EDM's c_noise = ln(sigma) / 4 as it is before `model.c_noise_scale` (today 1000 by
+  default): a model without the key (`p_mean` names a diffusion model) is read with c_noise_scale = 1.
 """
 
 from __future__ import annotations
@@ -31,21 +33,26 @@ def renamed_option(overrides: list[str]) -> str | None:
 
 def upgrade_config(config: MutableMapping) -> MutableMapping:
     """A run's composed config (a dict or DictConfig) in today's keys, changed in place and returned; a log line per
-    option renamed."""
+    option read in today's terms."""
     model, data = config.get("model"), config.get("data") or {}
-    if isinstance(model, MutableMapping) and upgrade_model_settings(model, data.get("batch_size")):
-        log.info(f"model.ema_decay (an option of older gdm) read as model.ema_halflife_kimg="
-                 f"{model['ema_halflife_kimg']} model.ema_rampup_ratio=null, the same average.")
+    if isinstance(model, MutableMapping):
+        for change in upgrade_model_settings(model, data.get("batch_size")):
+            log.info(f"model.{change} (a config of older gdm), what it ran.")
     return config
 
 
-def upgrade_model_settings(model: MutableMapping, batch_size: object) -> bool:
+def upgrade_model_settings(model: MutableMapping, batch_size: object) -> list[str]:
     """A model's settings (its config, or a checkpoint's hyper-parameters) in today's keys, changed in place, for a
-    run at `batch_size` images per batch; whether anything changed."""
-    if "ema_decay" not in model or "ema_halflife_kimg" in model:
-        return False
-    decay = model.pop("ema_decay")
-    batch = batch_size if isinstance(batch_size, int) else 64
-    model["ema_halflife_kimg"] = round(batch * math.log(2) / -math.log(decay) / 1000, 6) if decay else None
-    model["ema_rampup_ratio"] = None
-    return True
+    run at `batch_size` images per batch; what changed, in words ("ema_decay read as ...")."""
+    changes = []
+    if "ema_decay" in model and "ema_halflife_kimg" not in model:
+        decay = model.pop("ema_decay")
+        batch = batch_size if isinstance(batch_size, int) else 64
+        model["ema_halflife_kimg"] = round(batch * math.log(2) / -math.log(decay) / 1000, 6) if decay else None
+        model["ema_rampup_ratio"] = None
+        changes.append(f"ema_decay read as model.ema_halflife_kimg={model['ema_halflife_kimg']} "
+                       "model.ema_rampup_ratio=null, the same average")
+    if "p_mean" in model and "c_noise_scale" not in model:
+        model["c_noise_scale"] = 1.0
+        changes.append("c_noise_scale absent: read as 1, EDM's own c_noise")
+    return changes

@@ -132,7 +132,42 @@ def test_diffusion_edm_loss_is_the_weighted_denoising_error_of_the_preconditione
     expected = (s.flatten() ** 2 + 0.25) / (s.flatten() * 0.5) ** 2 * ((denoised - x) ** 2).flatten(1).mean(1)
     torch.testing.assert_close(loss, expected)
     _, c_noise, _ = model.net.calls[-1]
-    torch.testing.assert_close(c_noise, sigma.log() / 4)
+    torch.testing.assert_close(c_noise, 1000 * sigma.log() / 4)  # the default c_noise_scale: DDPM's step scale
+    own = Diffusion((1, 4, 4), net, c_noise_scale=1.0)
+    own.loss(x, None, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(own.net.calls[-1][1], sigma.log() / 4)  # EDM's own
+
+
+def test_settings_of_older_gdm_read_as_what_ran():
+    from gdm.config_upgrades import upgrade_model_settings
+
+    edm = {"formulation": "edm", "p_mean": -1.2}  # a diffusion model from before c_noise_scale
+    assert upgrade_model_settings(edm, 64) == ["c_noise_scale absent: read as 1, EDM's own c_noise"]
+    assert edm["c_noise_scale"] == 1.0
+    today = {"p_mean": -1.2, "c_noise_scale": 1000.0}
+    assert upgrade_model_settings(today, 64) == [] and today["c_noise_scale"] == 1000.0
+    flow = {"time_sampling": "uniform"}
+    assert upgrade_model_settings(flow, 64) == [] and flow == {"time_sampling": "uniform"}
+    gan = {"ema_decay": 0.999}
+    assert upgrade_model_settings(gan, 64)[0].startswith("ema_decay read as model.ema_halflife_kimg=44.3")
+    assert gan == {"ema_halflife_kimg": 44.339235, "ema_rampup_ratio": None}
+
+
+@pytest.mark.slow
+def test_a_diffusion_checkpoint_of_older_gdm_keeps_edms_c_noise(tmp_path):
+    from helpers import TINY, TINY_ITERATIVE, compose_config
+
+    from gdm.app import run
+    from gdm.checkpoints import load_model
+
+    run(compose_config(["model=diffusion", *TINY_ITERATIVE, *TINY, "logger=none", "test_after_fit=false"],
+                       tmp_path / "run"))
+    new = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    for settings in (new["gdm_config"]["model"], new["gdm_config_source"]["model"], new["hyper_parameters"]):
+        settings.pop("c_noise_scale")
+    torch.save(new, tmp_path / "old.ckpt")
+    assert load_model(tmp_path / "run" / "checkpoints" / "last.ckpt").edm.c_noise_scale == 1000.0
+    assert load_model(tmp_path / "old.ckpt").edm.c_noise_scale == 1.0
 
 
 def test_heun_nfe_is_two_steps_minus_one_and_is_counted():
@@ -421,7 +456,6 @@ def test_val_loss_protocols_name_the_model_that_defines_the_loss():
     from gdm.evaluation.evaluator import Evaluator
 
     net = stub(lambda x, c, labels: x)
-    data = SimpleNamespace(split=lambda name: range(10))
-    ids = {Evaluator.validation_protocol(None, "val/loss", SimpleNamespace(datamodule=data, lightning_module=m))["id"]
+    ids = {Evaluator.validation_protocol(None, "val/loss", SimpleNamespace(lightning_module=m), 10)["id"]
            for m in (Flow((2,), net), Diffusion((2,), net), Diffusion((2,), net, formulation="ddpm"))}
     assert len(ids) == 3  # three different losses are never one column of task=compare

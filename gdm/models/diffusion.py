@@ -1,10 +1,13 @@
 """Diffusion models in two formulations, chosen by `formulation`:
 
 - `edm` (Karras et al. 2022, "Elucidating the Design Space of Diffusion-Based Generative Models"; NVlabs/edm): the
-  denoiser D(x; sigma) = c_skip x + c_out F(c_in x, c_noise) with sigma_data = 0.5, noise levels
-  ln sigma ~ N(P_mean = -1.2, P_std = 1.2), the loss weight (sigma^2 + sigma_data^2) / (sigma sigma_data)^2, and
-  the deterministic Heun sampler on the rho = 7 grid from sigma_max = 80 to sigma_min = 0.002 (then 0):
-  NFE = 2 steps - 1 (18 steps, NFE 35, in the paper); `euler` takes the first-order steps only (NFE = steps).
+  denoiser D(x; sigma) = c_skip x + c_out F(c_in x, c_noise) with sigma_data = 0.5, c_noise = ln(sigma) / 4 times
+  `c_noise_scale` (1000 by default: the net's sinusoidal embedding, DDPM's, resolves inputs on the 0-999 scale of
+  DDPM's steps, as the flow's 1000 t; EDM's own ln(sigma) / 4 spans about +-2 there, where only its fastest
+  frequencies vary), noise levels ln sigma ~ N(P_mean = -1.2, P_std = 1.2), the loss weight
+  (sigma^2 + sigma_data^2) / (sigma sigma_data)^2, and the deterministic Heun sampler on the rho = 7 grid from
+  sigma_max = 80 to sigma_min = 0.002 (then 0): NFE = 2 steps - 1 (18 steps, NFE 35, in the paper); `euler` takes
+  the first-order steps only (NFE = steps).
 - `ddpm` (Ho et al. 2020): epsilon prediction on 1,000 discrete steps of a linear (beta 1e-4 to 0.02) or cosine
   (Nichol & Dhariwal 2021) schedule, uniform training steps and the plain MSE; sampled by diffusers' schedulers:
   `ancestral` (DDPMScheduler, Ho et al.'s sampler, sigma_t^2 = beta-tilde_t, x0 clipped to [-1, 1]) or `ddim`
@@ -30,7 +33,6 @@ from gdm.models.iterative import (
     IterativeModel,
     LabelDropout,
     NetFactory,
-    NLLTolerance,
     ProbabilityFlow,
     Steps,
     index_generators,
@@ -38,7 +40,16 @@ from gdm.models.iterative import (
     mse,
 )
 from gdm.models.latent import LatentSpace
-from gdm.option_types import AdamBetas, Flag, GradClip, LearningRate, NonNegativeInt, Visuals, checked
+from gdm.option_types import (
+    AdamBetas,
+    Flag,
+    GradClip,
+    LearningRate,
+    NLLTolerance,
+    NonNegativeInt,
+    Visuals,
+    checked,
+)
 
 Positive = Annotated[float, Field(gt=0, strict=True, allow_inf_nan=False)]
 Real = Annotated[float, Field(strict=True, allow_inf_nan=False)]
@@ -52,17 +63,19 @@ class EDM:
     """The EDM formulation's preconditioning, loss and noise grid (Karras et al. 2022, Table 1)."""
 
     def __init__(self, sigma_data: float = 0.5, p_mean: float = -1.2, p_std: float = 1.2, sigma_min: float = 0.002,
-                 sigma_max: float = 80.0, rho: float = 7.0):
+                 sigma_max: float = 80.0, rho: float = 7.0, c_noise_scale: float = 1.0):
         self.sigma_data, self.p_mean, self.p_std = sigma_data, p_mean, p_std
         self.sigma_min, self.sigma_max, self.rho = sigma_min, sigma_max, rho
+        self.c_noise_scale = c_noise_scale
 
     def preconditioning(self, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """c_skip, c_out, c_in, c_noise of noise levels `sigma` (N,) (each (N,))."""
+        """c_skip, c_out, c_in, c_noise of noise levels `sigma` (N,) (each (N,)); c_noise = ln(sigma) / 4 times
+        `c_noise_scale` (1: Table 1's)."""
         sd2 = self.sigma_data**2
         c_skip = sd2 / (sigma**2 + sd2)
         c_out = sigma * self.sigma_data / (sigma**2 + sd2).sqrt()
         c_in = 1 / (sd2 + sigma**2).sqrt()
-        return c_skip, c_out, c_in, sigma.log() / 4
+        return c_skip, c_out, c_in, self.c_noise_scale * sigma.log() / 4
 
     def denoise(self, predict, x: Tensor, sigma: Tensor) -> Tensor:
         """D(x; sigma) = c_skip x + c_out F(c_in x, c_noise); `predict(x, c_noise)` is the (guided) net F."""
@@ -127,6 +140,9 @@ class Diffusion(IterativeModel):
         sigma_min: Annotated[Positive, Field(description="EDM sampler's lowest sigma, 0.002 in EDM")] = 0.002,
         sigma_max: Annotated[Positive, Field(description="EDM sampler's highest sigma, 80 in EDM")] = 80.0,
         rho: Annotated[Positive, Field(description="EDM sampler's grid exponent, 7 in EDM")] = 7.0,
+        c_noise_scale: Annotated[Positive, Field(description=(
+            "the net sees EDM's c_noise = ln(sigma) / 4 times this; 1 in EDM, 1000 here: the scale of DDPM's steps "
+            "that the U-Net's sinusoidal embedding resolves"))] = 1000.0,
         beta_schedule: Annotated[Literal["linear", "cosine"], Field(
             description="DDPM's betas: linear 1e-4..0.02 (Ho et al.) | cosine (Nichol & Dhariwal 2021)")] = "linear",
         train_timesteps: Annotated[Steps, Field(description="DDPM's diffusion steps, 1000 in Ho et al.")] = 1000,
@@ -158,7 +174,7 @@ class Diffusion(IterativeModel):
                          ema_halflife_kimg, ema_rampup_ratio, num_visuals, visual_seed, autoencoder=autoencoder,
                          latent_net=latent_net, latent=latent, nll_tolerance=nll_tolerance)
         self.save_hyperparameters(ignore=["net", "latent_net", "latent"])
-        self.edm = EDM(sigma_data, p_mean, p_std, sigma_min, sigma_max, rho)
+        self.edm = EDM(sigma_data, p_mean, p_std, sigma_min, sigma_max, rho, c_noise_scale)
         if latent is not None and formulation == "edm" and sigma_data != 1.0:
             log.warning(f"sigma_data={sigma_data} is the std EDM's preconditioning assumes, and a latent model's codes "
                         "are scaled to std 1: set sigma_data=1.0.")
