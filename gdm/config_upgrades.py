@@ -3,7 +3,7 @@ resume, `load_model`) and a run's config.yaml (`task=compare`) read as what they
 
 - The GAN's `model.ema_decay` d (per batch of B images; null or 0: no EMA) became `model.ema_halflife_kimg` /
   `model.ema_rampup_ratio`: the same average is a half-life of B ln 2 / -ln d images without a ramp-up.
-- A diffusion model's net saw EDM's c_noise = ln(sigma) / 4 as it is before `model.c_noise_scale` (today 1000 by
+- A diffusion model's net saw EDM's c_noise = ln(sigma) / 4 as it is before `model.c_noise_scale` (today 250 by
   default): a model without the key (`p_mean` names a diffusion model) is read with c_noise_scale = 1.
 """
 

@@ -132,7 +132,7 @@ def test_diffusion_edm_loss_is_the_weighted_denoising_error_of_the_preconditione
     expected = (s.flatten() ** 2 + 0.25) / (s.flatten() * 0.5) ** 2 * ((denoised - x) ** 2).flatten(1).mean(1)
     torch.testing.assert_close(loss, expected)
     _, c_noise, _ = model.net.calls[-1]
-    torch.testing.assert_close(c_noise, 1000 * sigma.log() / 4)  # the default c_noise_scale: DDPM's step scale
+    torch.testing.assert_close(c_noise, 250 * sigma.log() / 4)  # the default c_noise_scale: DDPM's step scale
     own = Diffusion((1, 4, 4), net, c_noise_scale=1.0)
     own.loss(x, None, torch.Generator().manual_seed(1))
     torch.testing.assert_close(own.net.calls[-1][1], sigma.log() / 4)  # EDM's own
@@ -144,8 +144,8 @@ def test_settings_of_older_gdm_read_as_what_ran():
     edm = {"formulation": "edm", "p_mean": -1.2}  # a diffusion model from before c_noise_scale
     assert upgrade_model_settings(edm, 64) == ["c_noise_scale absent: read as 1, EDM's own c_noise"]
     assert edm["c_noise_scale"] == 1.0
-    today = {"p_mean": -1.2, "c_noise_scale": 1000.0}
-    assert upgrade_model_settings(today, 64) == [] and today["c_noise_scale"] == 1000.0
+    today = {"p_mean": -1.2, "c_noise_scale": 250.0}
+    assert upgrade_model_settings(today, 64) == [] and today["c_noise_scale"] == 250.0
     flow = {"time_sampling": "uniform"}
     assert upgrade_model_settings(flow, 64) == [] and flow == {"time_sampling": "uniform"}
     gan = {"ema_decay": 0.999}
@@ -166,7 +166,7 @@ def test_a_diffusion_checkpoint_of_older_gdm_keeps_edms_c_noise(tmp_path):
     for settings in (new["gdm_config"]["model"], new["gdm_config_source"]["model"], new["hyper_parameters"]):
         settings.pop("c_noise_scale")
     torch.save(new, tmp_path / "old.ckpt")
-    assert load_model(tmp_path / "run" / "checkpoints" / "last.ckpt").edm.c_noise_scale == 1000.0
+    assert load_model(tmp_path / "run" / "checkpoints" / "last.ckpt").edm.c_noise_scale == 250.0
     assert load_model(tmp_path / "old.ckpt").edm.c_noise_scale == 1.0
 
 
@@ -371,6 +371,9 @@ def test_edm_probability_flow_likelihood_equals_the_analytic_gaussian():
     x = mean + std * torch.randn(32, 2, generator=torch.Generator().manual_seed(1))
     expected = gaussian_log_prob(x, mean, math.sqrt(std**2 + 0.002**2))
     torch.testing.assert_close(model.log_likelihood(x), expected, rtol=2e-3, atol=2e-3)
+    # solved in ln sigma (the same density), as the protocol says; the flow in its own t
+    assert model.test_protocol()["ode_time"] == "ln sigma"
+    assert Flow((2,), stub(lambda x, c, labels: x)).test_protocol()["ode_time"] == "t"
 
 
 # ---- short trainings on a toy distribution ----------------------------------------------------

@@ -2,12 +2,12 @@
 
 - `edm` (Karras et al. 2022, "Elucidating the Design Space of Diffusion-Based Generative Models"; NVlabs/edm): the
   denoiser D(x; sigma) = c_skip x + c_out F(c_in x, c_noise) with sigma_data = 0.5, c_noise = ln(sigma) / 4 times
-  `c_noise_scale` (1000 by default: the net's sinusoidal embedding, DDPM's, resolves inputs on the 0-999 scale of
-  DDPM's steps, as the flow's 1000 t; EDM's own ln(sigma) / 4 spans about +-2 there, where only its fastest
-  frequencies vary), noise levels ln sigma ~ N(P_mean = -1.2, P_std = 1.2), the loss weight
-  (sigma^2 + sigma_data^2) / (sigma sigma_data)^2, and the deterministic Heun sampler on the rho = 7 grid from
-  sigma_max = 80 to sigma_min = 0.002 (then 0): NFE = 2 steps - 1 (18 steps, NFE 35, in the paper); `euler` takes
-  the first-order steps only (NFE = steps).
+  `c_noise_scale` (250 by default: the net's sinusoidal embedding, DDPM's, resolves inputs on the scale of DDPM's
+  0-999 steps, as the flow's 1000 t, and 250 ln(sigma) / 4 spans about 660 over the sampler's sigma in [0.002, 80];
+  EDM's own ln(sigma) / 4 spans 2.7, where only the embedding's fastest frequencies vary), noise levels
+  ln sigma ~ N(P_mean = -1.2, P_std = 1.2), the loss weight (sigma^2 + sigma_data^2) / (sigma sigma_data)^2, and
+  the deterministic Heun sampler on the rho = 7 grid from sigma_max = 80 to sigma_min = 0.002 (then 0):
+  NFE = 2 steps - 1 (18 steps, NFE 35, in the paper); `euler` takes the first-order steps only (NFE = steps).
 - `ddpm` (Ho et al. 2020): epsilon prediction on 1,000 discrete steps of a linear (beta 1e-4 to 0.02) or cosine
   (Nichol & Dhariwal 2021) schedule, uniform training steps and the plain MSE; sampled by diffusers' schedulers:
   `ancestral` (DDPMScheduler, Ho et al.'s sampler, sigma_t^2 = beta-tilde_t, x0 clipped to [-1, 1]) or `ddim`
@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from typing import Annotated, Literal
 
@@ -141,8 +142,8 @@ class Diffusion(IterativeModel):
         sigma_max: Annotated[Positive, Field(description="EDM sampler's highest sigma, 80 in EDM")] = 80.0,
         rho: Annotated[Positive, Field(description="EDM sampler's grid exponent, 7 in EDM")] = 7.0,
         c_noise_scale: Annotated[Positive, Field(description=(
-            "the net sees EDM's c_noise = ln(sigma) / 4 times this; 1 in EDM, 1000 here: the scale of DDPM's steps "
-            "that the U-Net's sinusoidal embedding resolves"))] = 1000.0,
+            "the net sees EDM's c_noise = ln(sigma) / 4 times this; 1 in EDM, 250 here: on the scale of DDPM's "
+            "steps, which the U-Net's sinusoidal embedding resolves"))] = 250.0,
         beta_schedule: Annotated[Literal["linear", "cosine"], Field(
             description="DDPM's betas: linear 1e-4..0.02 (Ho et al.) | cosine (Nichol & Dhariwal 2021)")] = "linear",
         train_timesteps: Annotated[Steps, Field(description="DDPM's diffusion steps, 1000 in Ho et al.")] = 1000,
@@ -246,16 +247,19 @@ class Diffusion(IterativeModel):
         return x
 
     def probability_flow(self, net: nn.Module, labels: Tensor | None) -> ProbabilityFlow | None:
-        """EDM's probability-flow ODE dx/dsigma = (x - D(x; sigma)) / sigma from sigma_min (the data, up to that
-        noise) to sigma_max, where x ~ N(0, sigma_max^2 I); None for DDPM (its discrete steps have no ODE here)."""
+        """EDM's probability-flow ODE dx/dsigma = (x - D(x; sigma)) / sigma, from sigma_min (the data, up to that
+        noise) to sigma_max, where x ~ N(0, sigma_max^2 I), written in s = ln sigma: dx/ds = x - D(x; e^s). The same
+        path and density (a change of the time variable), and the steps dopri5 picks spread evenly over the noise
+        scales, not crowded near sigma_min where d(ln sigma) / d sigma = 1 / sigma is large. None for DDPM (its
+        discrete steps have no ODE here)."""
         if self.formulation != "edm":
             return None
 
-        def velocity(sigma: Tensor, x: Tensor) -> Tensor:
-            return (x - self.edm.denoise(lambda y, c: self.predict(net, y, c, labels), x, sigma)) / sigma
+        def velocity(s: Tensor, x: Tensor) -> Tensor:
+            return x - self.edm.denoise(lambda y, c: self.predict(net, y, c, labels), x, s.exp())
 
-        return ProbabilityFlow(velocity, t_data=self.edm.sigma_min, t_noise=self.edm.sigma_max,
-                               noise_std=self.edm.sigma_max)
+        return ProbabilityFlow(velocity, t_data=math.log(self.edm.sigma_min), t_noise=math.log(self.edm.sigma_max),
+                               noise_std=self.edm.sigma_max, time="ln sigma")
 
     def sampling_protocol(self) -> dict:
         protocol = {"formulation": self.formulation, **super().sampling_protocol()}

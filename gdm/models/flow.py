@@ -157,7 +157,7 @@ class Flow(IterativeModel):
 
     def probability_flow(self, net: nn.Module, labels: Tensor | None) -> ProbabilityFlow:
         """The sampling ODE itself, from data at t = 1 to N(0, I) at t = 0."""
-        return ProbabilityFlow(self.velocity(net, labels), t_data=1.0, t_noise=0.0, noise_std=1.0)
+        return ProbabilityFlow(self.velocity(net, labels), t_data=1.0, t_noise=0.0, noise_std=1.0, time="t")
 
     def sampling_protocol(self) -> dict:
         protocol = {"formulation": "rectified flow", **super().sampling_protocol()}

@@ -64,12 +64,13 @@ def per_index_randn(generators: list[torch.Generator], shape: tuple[int, ...], l
 @dataclass
 class ProbabilityFlow:
     """An ODE that carries the data distribution (at t_data) to N(0, noise_std^2 I) (at t_noise):
-    `velocity(t, x)` = dx/dt, t a 0-dimensional tensor."""
+    `velocity(t, x)` = dx/dt, t a 0-dimensional tensor; `time` names t (recorded in the likelihood's protocol)."""
 
     velocity: Callable[[Tensor, Tensor], Tensor]
     t_data: float
     t_noise: float
     noise_std: float
+    time: str
 
 
 EXACT_DIVERGENCE_DIMS = 64  # up to this many dimensions the divergence is exact, above it Hutchinson's estimate
@@ -222,6 +223,7 @@ class IterativeModel(GenerativeModule, Samples):
     def test_protocol(self) -> dict:
         exact = math.prod(self.shape) <= EXACT_DIVERGENCE_DIMS
         return {"estimator": "instantaneous change of variables (probability-flow ODE)", "solver": "dopri5",
+                "ode_time": self.probability_flow(self.net, None).time,
                 "atol": self.nll_tolerance, "rtol": self.nll_tolerance, "weights": "EMA",
                 "divergence": "exact" if exact else "Hutchinson, one Gaussian probe per image",
                 "dequantization": "uniform: y = (k + u) / 256, u ~ U[0, 1)"}
