@@ -32,10 +32,14 @@ FROM_CHECKPOINT = ("model", "data", "metrics", "monitor", "monitor_mode")
 # the nets were trained on): taken from the checkpoint even when the command line picks another data group
 # (`data=paired data.root=DIR`), whose defaults would otherwise reset them.
 TRAINED_DATA = ("direction", "image_size", "channels")
-# Model settings that define what the weights compute without changing their shapes (the shapes are compared
+# Model options that define what the weights compute (EDM's preconditioning: the net learned its inputs' scales):
+# a run on a checkpoint refuses other values, and so does resuming one (the rest of the run would train another
+# function).
+MODEL_TRAINED = ("c_noise_scale", "sigma_data")
+# All model settings that define what the weights compute without changing their shapes (the shapes are compared
 # separately): a run on a checkpoint refuses other values (the classes only for a conditional model). Others
 # (pix2pix's inference mode, the VAE's iwae_k) are evaluation choices: used, logged and recorded.
-TRAINED_HPARAMS = ("image_shape", "num_classes", "direction")
+TRAINED_HPARAMS = ("image_shape", "num_classes", "direction", *MODEL_TRAINED)
 # Model keys that say where a file is now, not what the weights compute: a run on a checkpoint may change them.
 LOCATIONS = ("model.autoencoder",)
 # The config key a user types to set a model setting that the task derives from the data.
@@ -224,11 +228,19 @@ def settings_hint(model: GenerativeModule, checkpoint: dict) -> str:
 SPEED_ONLY = frozenset({"channels_last"})
 
 
-def changed_settings(model: GenerativeModule, checkpoint: dict) -> list[str]:
-    """Model settings that differ from the checkpoint's, as `name: old -> new` (speed-only ones left out)."""
+def changed_settings(model: GenerativeModule, checkpoint: dict, path: str | Path) -> list[str]:
+    """Model settings of a resumed run that differ from the checkpoint's, as `name: old -> new` (speed-only ones
+    left out); one sentence for a model option the weights were trained for (`MODEL_TRAINED`)."""
     saved = checkpoint.get("hyper_parameters", {})
-    return [f"{k}: {saved[k]!r} -> {v!r}" for k, v in model.hparams.items()
-            if k in saved and saved[k] != v and k not in SPEED_ONLY]
+    changed = {k: (saved[k], v) for k, v in model.hparams.items()
+               if k in saved and plain(saved[k]) != plain(v) and k not in SPEED_ONLY}
+    trained = [k for k in MODEL_TRAINED if k in changed]
+    if trained:
+        said = "; ".join(f"model.{k}={typed(plain(changed[k][1]))}, the checkpoint's is "
+                         f"{typed(plain(changed[k][0]))}" for k in trained)
+        raise GdmError(f"ckpt_path={path} holds weights trained with other settings than this run's ({said}): "
+                       "resume with the checkpoint's values, or start a new run.")
+    return [f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items()]
 
 
 # Data settings that change how fast batches arrive, not what is trained on.

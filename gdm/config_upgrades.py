@@ -4,7 +4,8 @@ resume, `load_model`) and a run's config.yaml (`task=compare`) read as what they
 - The GAN's `model.ema_decay` d (per batch of B images; null or 0: no EMA) became `model.ema_halflife_kimg` /
   `model.ema_rampup_ratio`: the same average is a half-life of B ln 2 / -ln d images without a ramp-up.
 - A diffusion model's net saw EDM's c_noise = ln(sigma) / 4 as it is before `model.c_noise_scale` (today 250 by
-  default): a model without the key (`p_mean` names a diffusion model) is read with c_noise_scale = 1.
+  default): an EDM model without the key (`p_mean` names a diffusion model) is read with c_noise_scale = 1 (DDPM
+  has no c_noise).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def upgrade_config(config: MutableMapping) -> MutableMapping:
     model, data = config.get("model"), config.get("data") or {}
     if isinstance(model, MutableMapping):
         for change in upgrade_model_settings(model, data.get("batch_size")):
-            log.info(f"model.{change} (a config of older gdm), what it ran.")
+            log.info(f"a config of older gdm: model.{change}.")
     return config
 
 
@@ -52,7 +53,7 @@ def upgrade_model_settings(model: MutableMapping, batch_size: object) -> list[st
         model["ema_rampup_ratio"] = None
         changes.append(f"ema_decay read as model.ema_halflife_kimg={model['ema_halflife_kimg']} "
                        "model.ema_rampup_ratio=null, the same average")
-    if "p_mean" in model and "c_noise_scale" not in model:
+    if "p_mean" in model and "c_noise_scale" not in model and model.get("formulation", "edm") == "edm":
         model["c_noise_scale"] = 1.0
-        changes.append("c_noise_scale absent: read as 1, EDM's own c_noise")
+        changes.append("c_noise_scale, which older gdm did not have, read as 1: EDM's own c_noise, which it ran")
     return changes

@@ -23,6 +23,8 @@ from pydantic import Field
 from gdm.option_types import checked
 
 LOG_256 = math.log(256.0)
+# How the continuous likelihoods (the Gaussian VAE's, the flow's and EDM's) see the 8-bit images, in their protocols.
+DEQUANTIZATION = "uniform: y = (k + u) / 256, u ~ U[0, 1)"
 Std = Annotated[float | None, Field(gt=0, allow_inf_nan=False, strict=True, description=(
     "a fixed std of the Gaussian on [0, 1] pixels; null: the variance is learned"))]
 

@@ -70,7 +70,7 @@ GradClip = Annotated[float | None, Field(gt=0, strict=True, allow_inf_nan=False,
     "the largest L2 norm of each optimizer's gradients; null: no clipping"))]
 EpochsAtLr = Annotated[Epochs, Field(
     description="epochs at the initial learning rate; 100 in CycleGAN, pix2pix")]
-NLLTolerance = Annotated[float, Field(gt=0, strict=True, allow_inf_nan=False, description=(
+NLLTolerance = Annotated[float, Field(gt=0, lt=1, strict=True, allow_inf_nan=False, description=(
     "dopri5's atol and rtol for test/nll_bpd; 1e-5 in FFJORD (Grathwohl et al. 2019)"))]
 EpochsDecay = Annotated[Epochs, Field(description="epochs of linear decay to 0; 100 in CycleGAN and pix2pix")]
 Visuals = Annotated[Count, Field(description="images in the logged grid")]

@@ -142,8 +142,11 @@ def test_settings_of_older_gdm_read_as_what_ran():
     from gdm.config_upgrades import upgrade_model_settings
 
     edm = {"formulation": "edm", "p_mean": -1.2}  # a diffusion model from before c_noise_scale
-    assert upgrade_model_settings(edm, 64) == ["c_noise_scale absent: read as 1, EDM's own c_noise"]
+    assert upgrade_model_settings(edm, 64) == ["c_noise_scale, which older gdm did not have, read as 1: EDM's own "
+                                               "c_noise, which it ran"]
     assert edm["c_noise_scale"] == 1.0
+    ddpm = {"formulation": "ddpm", "p_mean": -1.2}  # no c_noise: nothing to read, nothing to tell apart
+    assert upgrade_model_settings(ddpm, 64) == [] and "c_noise_scale" not in ddpm
     today = {"p_mean": -1.2, "c_noise_scale": 250.0}
     assert upgrade_model_settings(today, 64) == [] and today["c_noise_scale"] == 250.0
     flow = {"time_sampling": "uniform"}
@@ -155,7 +158,7 @@ def test_settings_of_older_gdm_read_as_what_ran():
 
 @pytest.mark.slow
 def test_a_diffusion_checkpoint_of_older_gdm_keeps_edms_c_noise(tmp_path):
-    from helpers import TINY, TINY_ITERATIVE, compose_config
+    from helpers import TINY, TINY_ITERATIVE, compose_config, compose_typed
 
     from gdm.app import run
     from gdm.checkpoints import load_model
@@ -168,6 +171,18 @@ def test_a_diffusion_checkpoint_of_older_gdm_keeps_edms_c_noise(tmp_path):
     torch.save(new, tmp_path / "old.ckpt")
     assert load_model(tmp_path / "run" / "checkpoints" / "last.ckpt").edm.c_noise_scale == 250.0
     assert load_model(tmp_path / "old.ckpt").edm.c_noise_scale == 1.0
+    # the weights learned scale 1: resuming, or evaluating with the config group named again (today's default),
+    # is refused in one sentence, and resumes with the checkpoint's value
+    train = ["model=diffusion", *TINY_ITERATIVE, *TINY, "logger=none", "test_after_fit=false"]
+    with pytest.raises(GdmError, match=r"holds weights trained with other settings than this run's "
+                                       r"\(model\.c_noise_scale=250\.0, the checkpoint's is 1\.0\)"):
+        run(compose_config([*train, "trainer.max_epochs=2", f"ckpt_path={tmp_path / 'old.ckpt'}"], tmp_path / "r1"))
+    with pytest.raises(GdmError, match=r"holds weights trained for other settings than this run's "
+                                       r"\(model\.c_noise_scale gives c_noise_scale=250\.0"):
+        run(compose_typed(["task=eval", *train, f"ckpt_path={tmp_path / 'old.ckpt'}"], tmp_path / "e1"))
+    run(compose_config([*train, "trainer.max_epochs=2", "model.c_noise_scale=1.0",
+                        f"ckpt_path={tmp_path / 'old.ckpt'}"], tmp_path / "r2"))
+    assert torch.load(tmp_path / "r2" / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 2
 
 
 def test_heun_nfe_is_two_steps_minus_one_and_is_counted():
@@ -356,7 +371,7 @@ def test_the_likelihood_solves_at_the_given_tolerance_and_records_it():
     errors = {}
     for tol in (1e-2, 1e-6):
         model = Flow((2,), stub(gaussian_velocity(mean, std)), nll_tolerance=tol)
-        assert (model.test_protocol()["atol"], model.test_protocol()["rtol"]) == (tol, tol)
+        assert (model.test_protocol()["estimator"]["atol"], model.test_protocol()["estimator"]["rtol"]) == (tol, tol)
         errors[tol] = float((model.log_likelihood(x) - expected).abs().max())
     assert errors[1e-6] < 1e-4 and errors[1e-6] < errors[1e-2]  # the tolerance reaches the solver
 
@@ -372,8 +387,8 @@ def test_edm_probability_flow_likelihood_equals_the_analytic_gaussian():
     expected = gaussian_log_prob(x, mean, math.sqrt(std**2 + 0.002**2))
     torch.testing.assert_close(model.log_likelihood(x), expected, rtol=2e-3, atol=2e-3)
     # solved in ln sigma (the same density), as the protocol says; the flow in its own t
-    assert model.test_protocol()["ode_time"] == "ln sigma"
-    assert Flow((2,), stub(lambda x, c, labels: x)).test_protocol()["ode_time"] == "t"
+    assert model.test_protocol()["estimator"]["ode_time"] == "ln sigma"
+    assert Flow((2,), stub(lambda x, c, labels: x)).test_protocol()["estimator"]["ode_time"] == "t"
 
 
 # ---- short trainings on a toy distribution ----------------------------------------------------

@@ -59,7 +59,7 @@ def test_eval_of_a_vae_reports_the_iwae_nll(tmp_path):
     metrics = json.loads((tmp_path / "eval" / "eval.json").read_text())["metrics"]
     assert metrics["test/nll_iwae"] > 0 and metrics["test/fid_digits"] > 0 and "val/elbo" in metrics
     protocols = json.loads((tmp_path / "eval" / "eval.json").read_text())["protocols"]
-    assert protocols["test/nll_iwae"]["estimator"] == "ELBO and IWAE bound (Burda et al. 2016), k=4"
+    assert protocols["test/nll_iwae"]["estimator"]["method"] == "ELBO and IWAE bound (Burda et al. 2016), k=4"
 
 
 @pytest.mark.slow

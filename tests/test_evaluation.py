@@ -223,6 +223,6 @@ def test_testing_the_best_checkpoint_after_the_fit_keeps_the_runs_own_records(tm
     history = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert summary["test"]  # the test step ran, on the best checkpoint
     iwae = summary["protocols"]["test/nll_iwae"]  # and its values say how they were measured
-    assert iwae["estimator"] == "ELBO and IWAE bound (Burda et al. 2016), k=2" and iwae["split"] == "test"
+    assert iwae["estimator"]["method"] == "ELBO and IWAE bound (Burda et al. 2016), k=2" and iwae["split"] == "test"
     assert summary["step"] == 4 and summary["evaluations"] == 2
     assert history[-1]["wall_seconds"] <= summary["wall_seconds"] < elapsed

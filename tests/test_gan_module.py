@@ -203,8 +203,8 @@ def test_resume_warning_names_optimizer_settings_not_the_layout():
     from gdm.checkpoints import changed_settings
 
     saved = {"hyper_parameters": dict(make_gan(channels_last=True, lr_g=1e-4).hparams)}
-    assert changed_settings(make_gan(channels_last="auto", lr_g=1e-4), saved) == []
-    assert changed_settings(make_gan(channels_last=False, lr_g=3e-4), saved) == ["lr_g: 0.0001 -> 0.0003"]
+    assert changed_settings(make_gan(channels_last="auto", lr_g=1e-4), saved, "last.ckpt") == []
+    assert changed_settings(make_gan(channels_last=False, lr_g=3e-4), saved, "last.ckpt") == ["lr_g: 0.0001 -> 0.0003"]
 
 
 def test_resume_warning_names_a_changed_precision():

@@ -246,7 +246,14 @@ def test_an_adaptive_solver_refuses_a_list_of_steps_and_records_its_mean_nfe(tmp
     report = json.loads((tmp_path / "eval" / "eval.json").read_text())
     assert report["protocols"]["test/fid_digits"]["sampling"]["nfe"] > 6  # measured, the mean per sample
     nll = report["protocols"]["test/nll_bpd"]  # solved to the tolerance asked for, as its protocol says
-    assert (nll["atol"], nll["rtol"]) == (0.001, 0.001) and report["metrics"]["test/nll_bpd"] > 0
+    assert (nll["estimator"]["atol"], nll["estimator"]["rtol"]) == (0.001, 0.001)
+    assert report["metrics"]["test/nll_bpd"] > 0
+    assert report["protocols"]["test/fid_digits"]["changed_from_checkpoint"] == ["nll_tolerance: 0.0001 -> 0.001"]
+    # a test loop of no batch: evaluated without the test values, no traceback
+    run(compose_typed(["task=eval", "print_config=false", ckpt, "eval.num_samples=40", "metrics.batch_size=16",
+                       "++trainer.limit_test_batches=0"], tmp_path / "no_test"))
+    report = json.loads((tmp_path / "no_test" / "eval.json").read_text())
+    assert "test/fid_digits" in report["metrics"] and "test/nll_bpd" not in report["metrics"]
 
 
 def test_eval_nll_tolerance_is_refused_for_a_model_without_a_likelihood():
@@ -256,35 +263,18 @@ def test_eval_nll_tolerance_is_refused_for_a_model_without_a_likelihood():
 
     ddpm = Diffusion((1, 8, 8), partial(UNet, channels=8, channel_mult=[1], patch_size=1), formulation="ddpm",
                      train_timesteps=10)
+    saved = {"hyper_parameters": {"nll_tolerance": 1e-5}}
     with pytest.raises(GdmError) as err:
-        set_nll_tolerance(ddpm, 0.001)
-    assert str(err.value) == ("eval.nll_tolerance=0.001 sets the solver of test/nll_bpd, and this checkpoint's "
-                              "Diffusion with formulation=ddpm reports none (only a pixel-space flow or EDM model "
-                              "does): drop it.")
+        set_nll_tolerance(ddpm, 0.001, saved, [])
+    assert str(err.value) == ("eval.nll_tolerance=0.001 sets the solver of the probability-flow ODE behind "
+                              "test/nll_bpd, and this checkpoint's Diffusion with formulation=ddpm has no "
+                              "probability-flow ODE to solve: drop it.")
     edm = Diffusion((1, 8, 8), partial(UNet, channels=8, channel_mult=[1], patch_size=1))
-    set_nll_tolerance(edm, 0.001)
-    assert edm.nll_tolerance == 0.001 and edm.test_protocol()["atol"] == 0.001
-
-
-@pytest.mark.slow
-def test_guidance_is_an_evaluation_and_sampling_option_on_a_checkpoint(tmp_path):
-    from helpers import TINY, TINY_ITERATIVE, compose_config, compose_typed
-
-    from gdm.app import run
-
-    run_dir = tmp_path / "flow"
-    run(compose_config(["model=flow", "model.conditional=true", *TINY_ITERATIVE, *TINY, "logger=none",
-                        "test_after_fit=false"], run_dir))
-    ckpt = f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"
-    run(compose_typed(["task=eval", "print_config=false", ckpt, "eval.guidance=2.5", "eval.num_samples=40",
-                       "eval.steps=[1,2]"], tmp_path / "eval"))
-    report = json.loads((tmp_path / "eval" / "eval.json").read_text())
-    assert report["protocols"]["test/fid_digits"]["sampling"]["guidance"] == 2.5
-    assert [b["steps"] for b in report["budgets"]] == [1, 2]  # every budget at that guidance
-    run(compose_typed(["task=sample", ckpt, "+sample.n=4", "sample.guidance=3"], tmp_path / "sample"))
-    assert len(list((tmp_path / "sample" / "samples").glob("*.png"))) == 4
-    with pytest.raises(GdmError, match=r"^sample\.guidance=-1.0 must be >= 0|^sample\.guidance=-1"):
-        run(compose_typed(["task=sample", ckpt, "sample.guidance=-1"], tmp_path / "bad"))
+    # what ran is recorded: the checkpoint's tolerance -> eval's (a model.nll_tolerance entry replaced)
+    changed = set_nll_tolerance(edm, 0.001, saved, ["nll_tolerance: 1e-05 -> 0.01", "guidance: 1.0 -> 2.0"])
+    assert changed == ["guidance: 1.0 -> 2.0", "nll_tolerance: 1e-05 -> 0.001"]
+    assert edm.nll_tolerance == 0.001 and edm.test_protocol()["estimator"]["atol"] == 0.001
+    assert set_nll_tolerance(edm, 1e-5, saved, []) == []  # the checkpoint's own: nothing changed
 
 
 # ---- task=compare: the metrics against NFE and time ---------------------------------------------------------
@@ -421,3 +411,40 @@ def test_a_sweep_over_sampling_steps_measures_one_metric(tmp_path):
 
     tables, mismatches = metric_tables(read_runs([tmp_path / "0", tmp_path / "1"])[0])
     assert mismatches == [] and tables[0].sampling == ["sampling"]
+
+
+# ---- task=compare: likelihoods of different families in one column -----------------------------------------------
+
+def test_a_vaes_and_a_flows_bits_per_dimension_share_one_table(tmp_path):
+    """The Gaussian VAE's IWAE bound and the flow's ODE likelihood are bits per dimension of the same dequantized
+    test images: their protocols differ only in the model's estimator, so task=compare compares them."""
+    from helpers import compose_config
+
+    from gdm.app import run
+    from gdm.evaluation.context import with_id
+    from gdm.likelihoods import Gaussian
+    from gdm.models.flow import Flow
+    from gdm.models.vae import VAE
+
+    vae_protocol = VAE.test_protocol(type("V", (), {"iwae_k": 100, "likelihood": Gaussian()})())
+    flow_protocol = Flow((2,), lambda **_: nn.Linear(2, 2)).test_protocol()
+    paths = []
+    for family, protocol, values in (("VAE", vae_protocol, (4.6, 4.7)), ("Flow", flow_protocol, (2.8, 2.9))):
+        for seed, value in zip((1, 2), values):
+            path = make_run(tmp_path / f"{family}{seed}", family, seed, 50.0, {"sampler": "x", "nfe": 1}, 1.0)
+            summary = json.loads((path / "summary.json").read_text())
+            summary["test"] = {"test/nll_bpd": value}
+            summary["protocols"]["test/nll_bpd"] = with_id({"metric": "nll_bpd", "split": "test", "num_real": 180,
+                                                           **protocol})
+            (path / "summary.json").write_text(json.dumps(summary))
+            paths.append(path)
+    out = tmp_path / "report"
+    run(compose_config(["task=compare", f"compare.runs=[{','.join(map(str, paths))}]", "compare.wandb=disabled"],
+                       out))
+    md = (out / "report.md").read_text()
+    section = md[md.index("## test/nll_bpd"):]
+    section = section[:section.index("\n## ", 4)]
+    assert "| model=vae | 2 | 4.65 ± 0.6353 |" in section and "| **model=flow** | 2 | 2.85 ± 0.6353 |" in section
+    assert "protocols differ in estimator: how each model produces what is measured" in section
+    assert "test/nll_bpd: model=vae − model=flow = 1.8, 95% CI [1.8, 1.8]" in section  # compared: one table
+    assert md.count("## test/nll_bpd") == 1

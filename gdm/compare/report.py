@@ -23,7 +23,7 @@ from gdm.compare import cost
 from gdm.compare.runs import Run, SamplingSpread
 from gdm.compare.stats import CONFIDENCE, interval
 from gdm.compare.tables import MetricTable, fmt, labels
-from gdm.evaluation.context import describe, differences, how_sampled
+from gdm.evaluation.context import describe, differences, how_produced
 
 BETTER = {"min": "Lower is better.", "max": "Higher is better.", None: "No direction is better."}
 AXES = (("step", "training step (batches)"), ("images_seen", "images seen"), ("wall_seconds", "wall-clock seconds"))
@@ -235,9 +235,9 @@ class Report:
     def sampling_lines(t: MetricTable) -> list[str]:
         if not t.sampling:
             return []
-        return [f"- the configurations' protocols differ in {', '.join(t.sampling)}: how each model is asked to "
-                "sample (e.g. a conditional model's labels, a sampler's steps), not how it is measured, so they share "
-                "this table."]
+        return [f"- the configurations' protocols differ in {', '.join(t.sampling)}: how each model produces what "
+                "is measured (e.g. a conditional model's labels, a sampler's steps, a likelihood's estimator), not how "
+                "it is measured, so they share this table."]
 
     def spread_lines(self, t: MetricTable) -> list[str]:
         lines = []
@@ -246,7 +246,7 @@ class Report:
             if not st:
                 continue
             other = [d for d in differences(t.protocol, s.protocols.get(t.metric, {}))
-                     if not how_sampled(d) and d.split(".")[0] not in ("sample_seed", "versions")]
+                     if not how_produced(d) and d.split(".")[0] not in ("sample_seed", "versions")]
             caveat = f" (measured with another protocol than this table: {', '.join(other)})" if other else ""
             lines.append(f"- sampling spread of one checkpoint of {self.label(s.configuration)} ({s.checkpoint}): "
                          f"std {fmt(st['std'])} over {st['n']} sample seeds (mean {fmt(st['mean'])}), beside the "

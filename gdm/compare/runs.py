@@ -77,7 +77,8 @@ def read_run(run_dir: Path) -> Run:
     if run.status == "running":
         run.status = "unfinished (still running, or killed)"
     protocols = summary.get("protocols") or {}
-    for name, value in (summary.get("final") or {}).items():
+    # the final evaluation's values and the test step's (a likelihood: the VAE's, the flow's, EDM's test/nll_bpd)
+    for name, value in {**(summary.get("final") or {}), **(summary.get("test") or {})}.items():
         if name in protocols and isinstance(value, (int, float)):
             run.values[name], run.protocols[name] = float(value), protocols[name]
     best = summary.get("best")

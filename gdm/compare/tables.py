@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from gdm.compare.runs import Run
 from gdm.compare.stats import CONFIDENCE, Difference, Interval, difference, interval
-from gdm.evaluation.context import differences, how_sampled, measurement_id
+from gdm.evaluation.context import differences, how_produced, measurement_id
 
 # Words in a metric's name that say which way is better; other values (a discriminator's mean output, ...)
 # get no "best" and no "better".
@@ -103,7 +103,7 @@ def labels(runs: list[Run]) -> tuple[dict[str, str], str]:
 
 def metric_tables(runs: list[Run], confidence: float = CONFIDENCE) -> tuple[list[MetricTable], list[str]]:
     """Tables of the finished runs, per metric and measurement protocol, and the sentences on protocol
-    mismatches. Protocols that differ only in how each model samples (`SAMPLING_FIELDS`) share a table."""
+    mismatches. Protocols that differ only in how each model samples (`MODEL_FIELDS`) share a table."""
     finished = [r for r in runs if r.finished]
     short, _ = labels(finished)
     metrics = sorted({name for r in finished for name in r.values}, key=lambda m: (m.startswith("best "), m))
@@ -133,7 +133,7 @@ def table(metric: str, runs: list[Run], short: dict[str, str], confidence: float
                         best))
     result = MetricTable(metric, runs[0].protocols[metric], rows)
     result.sampling = sorted({d.split(".")[0] for r in runs for d in differences(result.protocol, r.protocols[metric])
-                              if how_sampled(d)})
+                              if how_produced(d)})
     for row_a, row_b in itertools.combinations(rows, 2):
         a, b = row_a.by_seed(), row_b.by_seed()
         if a is None or b is None:  # unpaired: any distinct keys will do

@@ -14,11 +14,12 @@ and its data, the sample seed, how the model drew its samples (`sampling`: the s
 and the library versions. `protocol_id` names it by a short hash of everything but the versions (a library
 upgrade is reported, not treated as another protocol) and the measured fields (`MEASURED`: the sampling cost,
 in seconds per 1,000 samples on the device that ran; an adaptive solver's NFE, a float mean it measured): a
-figure of this machine, not a setting. `differences` lists what two protocols disagree on. `SAMPLING_FIELDS`
-say how the model under test was asked to sample (a conditional model: with which labels; an iterative model:
-with which sampler and steps), not how it is measured: `measurement_id` leaves them out, so a GAN, a
-conditional GAN and a diffusion model at any budget scored the same way can be compared (`gdm.compare`,
-sweeps).
+figure of this machine, not a setting. `differences` lists what two protocols disagree on. `MODEL_FIELDS`
+say how the model under test was asked to produce what is measured (a conditional model: with which labels; an
+iterative model: with which sampler and steps; a likelihood: by which estimator, e.g. the VAE's IWAE bound or
+the flow's ODE), not how it is measured: `measurement_id` leaves them out, so a GAN, a conditional GAN and a
+diffusion model at any budget scored the same way, or a VAE's and a flow's bits per dimension on the same
+dequantized images, can be compared (`gdm.compare`, sweeps).
 
 Sharding: split an evaluation across DDP processes by index, and put the pieces back in index order.
 
@@ -52,7 +53,7 @@ log = logging.getLogger(__name__)
 # Every image that is scored, saved or logged goes through gdm.images.to_uint8 first.
 QUANTIZATION = "uint8: round((x + 1) * 127.5), as the saved PNGs"
 VERSIONED = ("gdm", "torch", "torchmetrics", "torch-fidelity", "timm")
-SAMPLING_FIELDS = ("conditional_labels", "sampling")
+MODEL_FIELDS = ("conditional_labels", "sampling", "estimator")
 MEASURED = ("sampling_cost",)  # measured on the machine that ran: recorded, never part of the id
 
 
@@ -95,13 +96,15 @@ def protocol_id(protocol: dict) -> str:
 
 
 def measurement_id(protocol: dict) -> str:
-    """The protocol's id without the fields that describe the model's sampling (`SAMPLING_FIELDS`)."""
-    return protocol_id({k: v for k, v in protocol.items() if k not in SAMPLING_FIELDS})
+    """The protocol's id without the fields that describe how the model produced what is measured
+    (`MODEL_FIELDS`)."""
+    return protocol_id({k: v for k, v in protocol.items() if k not in MODEL_FIELDS})
 
 
-def how_sampled(field: str) -> bool:
-    """Whether a dotted field name of `differences` (`sampling.steps`) says how the model sampled."""
-    return field.split(".")[0] in SAMPLING_FIELDS
+def how_produced(field: str) -> bool:
+    """Whether a dotted field name of `differences` (`sampling.steps`, `estimator.atol`) says how the model produced
+    what is measured (`MODEL_FIELDS`)."""
+    return field.split(".")[0] in MODEL_FIELDS
 
 
 def with_id(protocol: dict) -> dict:

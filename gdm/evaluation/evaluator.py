@@ -157,7 +157,8 @@ class Evaluator(L.Callback):
         self.loop_images += batch_length(batch)
 
     def loop_images_seen(self, trainer: L.Trainer, pl_module: L.LightningModule) -> int:
-        """The images of the last validation / test loop, summed over processes (a collective: every rank calls)."""
+        """The images of the last validation / test loop, summed over processes (a distributed sampler's padding
+        included: the images the logged mean is over). A collective: every rank calls it."""
         count = torch.tensor(float(self.loop_images), device=pl_module.device)
         return int(trainer.strategy.reduce(count, reduce_op="sum"))
 

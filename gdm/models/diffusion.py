@@ -41,16 +41,7 @@ from gdm.models.iterative import (
     mse,
 )
 from gdm.models.latent import LatentSpace
-from gdm.option_types import (
-    AdamBetas,
-    Flag,
-    GradClip,
-    LearningRate,
-    NLLTolerance,
-    NonNegativeInt,
-    Visuals,
-    checked,
-)
+from gdm.option_types import AdamBetas, Flag, GradClip, LearningRate, NLLTolerance, NonNegativeInt, Visuals, checked
 
 Positive = Annotated[float, Field(gt=0, strict=True, allow_inf_nan=False)]
 Real = Annotated[float, Field(strict=True, allow_inf_nan=False)]

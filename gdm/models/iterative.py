@@ -33,7 +33,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from gdm.errors import GdmError
-from gdm.likelihoods import pixel_levels
+from gdm.likelihoods import DEQUANTIZATION, pixel_levels
 from gdm.models.base import GenerativeModule, Samples, latent_labels, latent_noise
 from gdm.models.ema import EMA, HalfLife, RampUp
 from gdm.models.latent import LatentSpace
@@ -221,12 +221,14 @@ class IterativeModel(GenerativeModule, Samples):
         return self.latent is None and self.probability_flow(self.net, None) is not None
 
     def test_protocol(self) -> dict:
+        """How test/nll and test/nll_bpd are computed: the `estimator` (this model's own way to its likelihood, which
+        `task=compare` sets beside another's, as a sampler) and the images' dequantization."""
         exact = math.prod(self.shape) <= EXACT_DIVERGENCE_DIMS
-        return {"estimator": "instantaneous change of variables (probability-flow ODE)", "solver": "dopri5",
-                "ode_time": self.probability_flow(self.net, None).time,
-                "atol": self.nll_tolerance, "rtol": self.nll_tolerance, "weights": "EMA",
-                "divergence": "exact" if exact else "Hutchinson, one Gaussian probe per image",
-                "dequantization": "uniform: y = (k + u) / 256, u ~ U[0, 1)"}
+        return {"estimator": {"method": "instantaneous change of variables (probability-flow ODE)", "solver": "dopri5",
+                              "ode_time": self.probability_flow(self.net, None).time, "atol": self.nll_tolerance,
+                              "rtol": self.nll_tolerance, "weights": "EMA",
+                              "divergence": "exact" if exact else "Hutchinson, one Gaussian probe per image"},
+                "dequantization": DEQUANTIZATION}
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         """test/nll (nats per image) and test/nll_bpd (bits per dimension) of the 8-bit test images, uniformly

@@ -18,7 +18,7 @@ from typing import Annotated
 import torch
 from pydantic import Field
 
-from gdm.likelihoods import Gaussian
+from gdm.likelihoods import DEQUANTIZATION, Gaussian
 from gdm.models.autoencoder import AutoencoderModule
 from gdm.models.base import latent_noise
 from gdm.option_types import Count, LearningRate, LossWeight, NonNegativeInt, checked
@@ -112,8 +112,14 @@ class VAE(AutoencoderModule):
         self._log_elbo("val", *self.elbo_terms(batch["image"]))
 
     def test_protocol(self) -> dict:
-        return {"estimator": f"ELBO and IWAE bound (Burda et al. 2016), k={self.iwae_k}",
-                "likelihood": type(self.likelihood).__name__.lower()}
+        """How the test values are computed: the `estimator` (the model's own way to its likelihood, which
+        `task=compare` sets beside another's, as a sampler) and, for the Gaussian, the images' dequantization (the
+        flow's and EDM's: test/nll_bpd shares their table)."""
+        protocol = {"estimator": {"method": f"ELBO and IWAE bound (Burda et al. 2016), k={self.iwae_k}",
+                                  "likelihood": type(self.likelihood).__name__.lower()}}
+        if isinstance(self.likelihood, Gaussian):
+            protocol["dequantization"] = DEQUANTIZATION
+        return protocol
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         images = batch["image"]

@@ -162,14 +162,14 @@ def evaluate(cfg: DictConfig) -> float | None:
     model = build_model(cfg, datamodule, from_checkpoint=True)
     resizable = isinstance(model, Translates)  # fully convolutional: runs at any image size
     changed = check_trained_settings(model, checkpoint, cfg.ckpt_path, resizable=resizable)
+    model = load_state(model, checkpoint, cfg.ckpt_path)
+    if options["nll_tolerance"] is not None:
+        changed = set_nll_tolerance(model, options["nll_tolerance"], checkpoint, changed)
     if changed:
         log.warning(f"evaluating with settings other than the checkpoint's ({'; '.join(changed)}): recorded "
                     "in eval.json and in each value's protocol.")
-    model = load_state(model, checkpoint, cfg.ckpt_path)
     if options["guidance"] is not None:  # kept by every budget's set_sampling below
         set_guidance(model, options["guidance"], "eval", opts)
-    if options["nll_tolerance"] is not None:
-        set_nll_tolerance(model, options["nll_tolerance"])
     for steps in budgets:  # every budget is checked before the first evaluation
         set_sampling(model, options["sampler"], steps, opts)
     if len(budgets) > 1 and isinstance(model, Samples) and getattr(model, "nfe", lambda: 1)() is None:
@@ -192,7 +192,8 @@ def evaluate(cfg: DictConfig) -> float | None:
     per_seed = per_budget[0]
     evaluator = per_seed[0]
     set_sampling(model, options["sampler"], budgets[0], opts)  # the test metrics sample as "metrics" did
-    test = trainer.test(model, datamodule=datamodule, verbose=False)[0] if is_overridden("test_step", model) else {}
+    results = trainer.test(model, datamodule=datamodule, verbose=False) if is_overridden("test_step", model) else []
+    test = results[0] if results else {}  # none when the test loop ran no batch (limit_test_batches=0)
     tested = next(cb for cb in trainer.callbacks if isinstance(cb, Evaluator)).protocols if test else {}
     measured = {**evaluator.protocols, **{k: p for k, p in tested.items() if k in test}}  # the test step's too
     protocols = {name: with_id({**p, "changed_from_checkpoint": changed}) if changed else p
@@ -240,14 +241,24 @@ def set_guidance(model, guidance: float, group: str, opts: DictConfig) -> None:
         model.set_sampling(guidance=guidance)
 
 
-def set_nll_tolerance(model, tolerance: float) -> None:
-    """The tolerance of the test likelihood's solver (`eval.nll_tolerance`), recorded in its protocol; one sentence
-    for a model that reports no test/nll_bpd."""
+def set_nll_tolerance(model, tolerance: float, checkpoint: dict, changed: list[str]) -> list[str]:
+    """The tolerance of the test likelihood's ODE solver from `eval.nll_tolerance`; returns `changed` (the settings
+    other than the checkpoint's, as `name: old -> new`) with it. One sentence for a model without that ODE, or for
+    `model.nll_tolerance` typed beside it."""
     if not getattr(model, "has_likelihood", lambda: False)():
-        raise GdmError(f"eval.nll_tolerance={tolerance} sets the solver of test/nll_bpd, and this checkpoint's "
-                       f"{type(model).__name__}{getattr(model, 'formulation_words', lambda: '')()} reports none "
-                       "(only a pixel-space flow or EDM model does): drop it.")
+        why = ("a latent model's density is over its autoencoder's codes, not the images"
+               if getattr(model, "latent", None) is not None else
+               f"this checkpoint's {type(model).__name__}{getattr(model, 'formulation_words', lambda: '')()} has "
+               "no probability-flow ODE to solve")
+        raise GdmError(f"eval.nll_tolerance={tolerance} sets the solver of the probability-flow ODE behind "
+                       f"test/nll_bpd, and {why}: drop it.")
+    if "model.nll_tolerance" in {key for key, deleted in command_line_keys() if not deleted}:
+        raise GdmError(f"model.nll_tolerance and eval.nll_tolerance={tolerance} both set the likelihood's "
+                       "tolerance on a checkpoint: give eval.nll_tolerance alone.")
     model.nll_tolerance = tolerance
+    saved = checkpoint.get("hyper_parameters", {}).get("nll_tolerance")
+    kept = [c for c in changed if not c.startswith("nll_tolerance:")]
+    return kept + ([f"nll_tolerance: {typed_value(saved)} -> {typed_value(tolerance)}"] if saved != tolerance else [])
 
 
 def set_sampling(model, sampler: str | None, steps: int | None, opts: DictConfig) -> None:

@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from gdm.compare.runs import independent_runs, read_run
 from gdm.compare.stats import CONFIDENCE
 from gdm.compare.tables import flat_rows, fmt, labels, metric_tables
-from gdm.evaluation.context import differences, how_sampled
+from gdm.evaluation.context import differences, how_produced
 from gdm.loggers import log_comparison
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ def protocol_mismatch(sweep_dir: Path, rows: list[dict[str, Any]]) -> str | None
         protocols[r["job"]] = summary.get("protocols", {}).get(r["metric"], {})
     # Differences in how a model is asked to sample (a cGAN's labels) or in versions keep values comparable.
     differ = {r["job"]: [d for d in differences(protocols[first["job"]], protocols[r["job"]])
-                         if not how_sampled(d) and not d.startswith("versions.")] for r in measured}
+                         if not how_produced(d) and not d.startswith("versions.")] for r in measured}
     others = [r for r in measured if r["protocol"] != first["protocol"] and differ[r["job"]]]
     if not others:
         return None
