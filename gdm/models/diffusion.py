@@ -240,9 +240,8 @@ class Diffusion(IterativeModel):
     def probability_flow(self, net: nn.Module, labels: Tensor | None) -> ProbabilityFlow | None:
         """EDM's probability-flow ODE dx/dsigma = (x - D(x; sigma)) / sigma, from sigma_min (the data, up to that
         noise) to sigma_max, where x ~ N(0, sigma_max^2 I), written in s = ln sigma: dx/ds = x - D(x; e^s). The same
-        path and density (a change of the time variable), and the steps dopri5 picks spread evenly over the noise
-        scales, not crowded near sigma_min where d(ln sigma) / d sigma = 1 / sigma is large. None for DDPM (its
-        discrete steps have no ODE here)."""
+        path and density (a change of the time variable), which dopri5 crosses in fewer steps at a given tolerance
+        (experiments/diffusion_flow.md, third pass). None for DDPM (its discrete steps have no ODE here)."""
         if self.formulation != "edm":
             return None
 
