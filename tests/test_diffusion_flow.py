@@ -477,3 +477,20 @@ def test_val_loss_protocols_name_the_model_that_defines_the_loss():
     ids = {Evaluator.validation_protocol(None, "val/loss", SimpleNamespace(lightning_module=m), 10)["id"]
            for m in (Flow((2,), net), Diffusion((2,), net), Diffusion((2,), net, formulation="ddpm"))}
     assert len(ids) == 3  # three different losses are never one column of task=compare
+
+
+@pytest.mark.parametrize("key, value", [("c_noise_scale", 1.0), ("sigma_data", 0.75)])
+def test_resuming_with_another_preconditioning_is_refused(key, value):
+    """EDM's c_noise_scale and sigma_data define what the weights compute: a resumed run may not change them
+    (other settings, e.g. the learning rate, it may)."""
+    from gdm.checkpoints import changed_settings
+
+    net = stub(lambda x, c, labels: x)
+    saved = {"hyper_parameters": dict(Diffusion((2,), net).hparams)}
+    with pytest.raises(GdmError) as err:
+        changed_settings(Diffusion((2,), net, **{key: value}), saved, "last.ckpt")
+    old = saved["hyper_parameters"][key]
+    assert str(err.value) == (f"ckpt_path=last.ckpt holds weights trained with other settings than this run's "
+                              f"(model.{key}={value}, the checkpoint's is {old}): resume with the checkpoint's "
+                              "values, or start a new run.")
+    assert changed_settings(Diffusion((2,), net, lr=2e-3), saved, "last.ckpt") == ["lr: 0.001 -> 0.002"]
