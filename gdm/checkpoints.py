@@ -59,7 +59,7 @@ def read_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict:
                        f"{str(err).splitlines()[0][:200]}): pick another one, e.g. the run's best.ckpt.") from None
     if CONFIG not in checkpoint:
         raise GdmError(f"{path} has no gdm config inside: it was not written by a gdm run.")
-    upgrade_config(checkpoint[CONFIG])
+    upgrade_config(checkpoint[CONFIG], path)
     batch = (checkpoint[CONFIG].get("data") or {}).get("batch_size")
     for settings in (checkpoint.get(CONFIG_SOURCE, {}).get("model"), checkpoint.get("hyper_parameters")):
         if settings is not None:  # the settings the run was given, and those the model was built with

@@ -32,13 +32,13 @@ def renamed_option(overrides: list[str]) -> str | None:
     return None
 
 
-def upgrade_config(config: MutableMapping) -> MutableMapping:
+def upgrade_config(config: MutableMapping, source: object) -> MutableMapping:
     """A run's composed config (a dict or DictConfig) in today's keys, changed in place and returned; a log line per
-    option read in today's terms."""
+    option read in today's terms, naming `source` (the checkpoint or run directory the config came from)."""
     model, data = config.get("model"), config.get("data") or {}
     if isinstance(model, MutableMapping):
         for change in upgrade_model_settings(model, data.get("batch_size")):
-            log.info(f"a config of older gdm: model.{change}.")
+            log.info(f"{source} has a config of older gdm: model.{change}.")
     return config
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import re
 import shutil
@@ -218,7 +219,7 @@ def test_html_report_renders_in_headless_chromium(compared, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_run_given_twice_and_a_repeated_seed_are_counted_once(tmp_path):
+def test_a_run_given_twice_and_a_repeated_seed_are_counted_once(tmp_path, monkeypatch):
     from helpers import compose_config
 
     from gdm.app import run
@@ -242,9 +243,15 @@ def test_a_run_given_twice_and_a_repeated_seed_are_counted_once(tmp_path):
 
     run(compose_config(["task=compare", f"compare.runs=[{a},{a}]", "compare.wandb=disabled"], tmp_path / "one"))
     assert "| model=gan | 1 | 30 (one seed) |" in (tmp_path / "one" / "report.md").read_text()
+    # compare.wandb=auto follows the logger chosen: none with logger=none / csv, offline W&B with the default
+    modes = []
+    monkeypatch.setattr("gdm.tasks.compare.log_comparison", lambda *args, mode, **kw: modes.append(mode))
+    for logger in ("none", "csv", "wandb"):
+        run(compose_config(["task=compare", f"compare.runs=[{a}]", f"logger={logger}"], tmp_path / logger))
+    assert modes == ["disabled", "disabled", "auto"]
 
 
-def test_runs_of_the_same_overrides_that_ran_different_settings_are_different_configurations(tmp_path):
+def test_runs_of_the_same_overrides_that_ran_different_settings_are_different_configurations(tmp_path, caplog):
     """A default changed between two runs of `python run.py seed=1`: their config.yaml differ, so they are two
     configurations named by what they ran, not one seed repeated; paths inside a run's own directory and another
     task's options do not count as settings."""
@@ -270,7 +277,9 @@ def test_runs_of_the_same_overrides_that_ran_different_settings_are_different_co
     b = make_run(tmp_path / "b", ["model=gan"], 2, 20.0,
                  config="model:\n  ema_halflife_kimg: 20.0\n  nll_tolerance: 1.0e-5\ndata:\n  num_workers: 4\n"
                         "  root: /y\ntrainer:\n  default_root_dir: /elsewhere\n")
-    runs, _ = read_runs([a, b])
+    with caplog.at_level(logging.INFO, logger="gdm.config_upgrades"):
+        runs, _ = read_runs([a, b])
+    assert f"{a} has a config of older gdm: model.ema_decay read as model.ema_halflife_kimg=None" in caplog.text
     independent_runs(runs)
     assert [r.configuration for r in runs] == ["model=gan model.ema_halflife_kimg=null",
                                                "model=gan model.ema_halflife_kimg=20.0"]

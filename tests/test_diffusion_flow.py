@@ -391,6 +391,14 @@ def test_edm_probability_flow_likelihood_equals_the_analytic_gaussian():
     assert Flow((2,), stub(lambda x, c, labels: x)).test_protocol()["estimator"]["ode_time"] == "t"
 
 
+def test_the_printed_protocol_names_the_likelihoods_estimator_and_tolerance():
+    from gdm.evaluation.context import describe
+
+    line = describe(Flow((2,), stub(lambda x, c, labels: x), nll_tolerance=1e-3).test_protocol())
+    assert line.startswith("estimator instantaneous change of variables (probability-flow ODE), dopri5 atol 0.001 "
+                           "rtol 0.001 [protocol ")
+
+
 # ---- short trainings on a toy distribution ----------------------------------------------------
 
 def toy_data(n: int, generator: torch.Generator) -> torch.Tensor:

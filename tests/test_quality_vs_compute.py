@@ -256,6 +256,19 @@ def test_an_adaptive_solver_refuses_a_list_of_steps_and_records_its_mean_nfe(tmp
     assert "test/fid_digits" in report["metrics"] and "test/nll_bpd" not in report["metrics"]
 
 
+@pytest.mark.parametrize("limit", ["0", "0.0"])
+def test_task_eval_refuses_a_validation_loop_of_no_batch(tmp_path, limit):
+    """The sample metrics are computed in the validation loop: with none, task=eval would evaluate nothing."""
+    from helpers import compose_typed
+
+    from gdm.app import run
+
+    with pytest.raises(GdmError, match=r"^trainer\.limit_val_batches=0 skips the validation loop, where "
+                                       r"task=eval computes every metric of the samples"):
+        run(compose_typed(["task=eval", "print_config=false", "ckpt_path=/nonexistent/last.ckpt",
+                           f"++trainer.limit_val_batches={limit}"], tmp_path))
+
+
 def test_eval_nll_tolerance_is_refused_for_a_model_without_a_likelihood():
     from gdm.models.diffusion import Diffusion
     from gdm.nets.unet import UNet

@@ -118,7 +118,7 @@ def settings(config, run_dir: Path) -> dict[str, object]:
             flat[key] = node
 
     container = OmegaConf.to_container(config, resolve=False) if isinstance(config, DictConfig) else {}
-    walk({k: v for k, v in upgrade_config(container).items() if k in SETTINGS}, "")
+    walk({k: v for k, v in upgrade_config(container, run_dir).items() if k in SETTINGS}, "")
     return flat
 
 

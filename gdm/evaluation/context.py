@@ -139,7 +139,7 @@ def sampling_words(sampling: dict) -> str:
 
 def describe(protocol: dict) -> str:
     """One line for a reader: features (weights hash), resize, direction, sample counts, split, seed, sampler
-    and NFE, device."""
+    and NFE, a likelihood's estimator (its solver's tolerance), device."""
     features = protocol.get("features") or {}
     parts = []
     if features:
@@ -153,6 +153,11 @@ def describe(protocol: dict) -> str:
             parts.append(f"{key} {protocol[key]}")
     if protocol.get("sampling"):
         parts.append(f"sampler {sampling_words(protocol['sampling'])}")
+    estimator = protocol.get("estimator") or {}
+    if estimator:
+        solver = f", {estimator['solver']} atol {estimator.get('atol')} rtol {estimator.get('rtol')}" \
+            if "solver" in estimator else ""
+        parts.append(f"estimator {estimator.get('method')}{solver}")
     return ", ".join(parts) + f" [protocol {protocol.get('id', protocol_id(protocol))}]"
 
 

@@ -5,8 +5,8 @@
 Writes `report.md`, a self-contained `report.html` and `plots/*.png` into the output directory (with quality
 against sampling compute from the runs' final evaluations and from task=eval directories of several
 `eval.steps` budgets: at the top when the runs differ in model family), prints the tables, and logs the table
-and plots to a W&B run of their own (`compare.wandb`: auto = online when it can be, else offline; disabled =
-none).
+and plots to a W&B run of their own (`compare.wandb`: auto = online when it can be, else offline, and none with
+another logger than W&B chosen, e.g. `logger=none`; disabled = none).
 """
 
 from __future__ import annotations
@@ -44,8 +44,11 @@ def compare(cfg: DictConfig) -> float | None:
         log.warning(warning)
     plots = {Path(p).stem: p for key, p in written.items() if key.startswith(("plot", "cost"))}
     project = OmegaConf.select(cfg, "logger.wandb.project", default="gdm")
+    mode = opts.wandb
+    if mode == "auto" and OmegaConf.select(cfg, "logger.wandb") is None:
+        mode = "disabled"  # logger=none / csv / tensorboard: the comparison follows the choice
     where = log_comparison(flat_rows(tables), plots, name=f"compare {out_dir.name}", save_dir=out_dir,
-                           mode=opts.wandb, project=project)
+                           mode=mode, project=project)
     if where:
         log.info(f"W&B: {where}")
     log.info(f"written: {written['markdown'].resolve()} and {written['html'].resolve()}")

@@ -143,6 +143,10 @@ def evaluate(cfg: DictConfig) -> float | None:
     if opts.split not in SPLITS:
         raise GdmError(f"eval.split='{opts.split}' is not a split; choose one of {', '.join(SPLITS)}.")
     options = read_options(eval_options, "eval", opts)
+    if OmegaConf.select(cfg, "trainer.limit_val_batches") == 0:  # 0 or 0.0
+        raise GdmError("trainer.limit_val_batches=0 skips the validation loop, where task=eval computes every "
+                       "metric of the samples (FID and those beside it): drop it, or give eval.num_samples to "
+                       "evaluate on fewer samples.")
     if isinstance(options["steps"], ListConfig):
         options["steps"] = list(options["steps"])  # plain values for eval.json
     seeds = options["sample_seeds"]
