@@ -303,7 +303,7 @@ def load_autoencoder(path: str | Path, image_shape: tuple[int, ...], key: str = 
         raise GdmError(f"{key}={path} is not a file: a latent model needs its autoencoder's checkpoint (the "
                        "architecture; the weights travel in the latent model's checkpoint), e.g. a model=vae run's "
                        "checkpoints/best.ckpt; point the key at where that file is now (on a checkpoint: task=eval or "
-                       f"task=sample ckpt_path=... ++{key}=PATH; in Python: load_model(..., autoencoder=PATH)).")
+                       f"task=sample ckpt_path=... {key}=PATH; in Python: load_model(..., autoencoder=PATH)).")
     checkpoint = read_checkpoint(path, key)
     family = get_class(checkpoint[CONFIG]["model"]["_target_"])
     if not issubclass(family, AutoencoderModule):

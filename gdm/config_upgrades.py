@@ -16,20 +16,10 @@ from collections.abc import MutableMapping
 
 log = logging.getLogger(__name__)
 
-# Options renamed since, as a user may still type them: what to type instead.
+# Options renamed since, as a user may still type them: what to type instead (gdm.command_line says so).
 RENAMED = {"model.ema_decay": ("model.ema_halflife_kimg=H model.ema_rampup_ratio=null, the same average for "
                                "H = B ln 2 / -ln d / 1000 at batch size B (d = 0.99 at batch 64: H = 4.4); "
                                "null: no EMA")}
-
-
-def renamed_option(overrides: list[str]) -> str | None:
-    """One sentence for the first command-line override (`key=value`, `+key=value`) that names a renamed option,
-    else None."""
-    for override in overrides:
-        key, _, value = override.lstrip("+~").partition("=")
-        if key in RENAMED:
-            return f"{key}={value} is an option of older gdm: set {RENAMED[key]}."
-    return None
 
 
 def upgrade_config(config: MutableMapping, source: object) -> MutableMapping:

@@ -1,0 +1,35 @@
+"""The command line as run.py hands it to Hydra (light: no torch, imported before Hydra composes).
+
+An option renamed since (`gdm.config_upgrades.RENAMED`) gets one sentence saying what to type instead, before
+Hydra would answer "not in struct". A checkpoint's task (`task=eval` / `sample` / `translate` with `ckpt_path=`)
+takes its model from the checkpoint, while Hydra composes the default model group (the GAN), whose keys are not
+every model's: a typed `model.KEY=VALUE` that only the checkpoint's model has would stop at Hydra's "Key 'KEY' is not
+in struct". Unless a model group is
+named (`model=diffusion`), such overrides pass on as `++model.KEY=VALUE`; gdm then checks each against the
+checkpoint's model (one sentence for a key it does not have, or for a setting its weights were trained for).
+"""
+
+from __future__ import annotations
+
+from gdm.config_upgrades import RENAMED
+
+CHECKPOINT_TASKS = ("eval", "sample", "translate")
+
+
+def renamed_option(overrides: list[str]) -> str | None:
+    """One sentence for the first command-line override (`key=value`, `+key=value`) that names a renamed option,
+    else None."""
+    for override in overrides:
+        key, _, value = override.lstrip("+~").partition("=")
+        if key in RENAMED:
+            return f"{key}={value} is an option of older gdm: set {RENAMED[key]}."
+    return None
+
+
+def checkpoint_task_overrides(args: list[str]) -> list[str]:
+    """`args` (Hydra overrides, flags kept as they are) with each plain `model.KEY=VALUE` written
+    `++model.KEY=VALUE` when they run a checkpoint's task and name no model group; else `args` unchanged."""
+    keys = {arg.lstrip("+~").partition("=")[0]: arg.partition("=")[2] for arg in args if "=" in arg}
+    if keys.get("task") not in CHECKPOINT_TASKS or "ckpt_path" not in keys or "model" in keys:
+        return args
+    return [f"++{arg}" if arg.startswith("model.") and "=" in arg else arg for arg in args]
