@@ -110,6 +110,58 @@ def test_edm_heun_sampler_converges_to_the_exact_ode_solution_at_second_order():
     assert error[50] / error[200] > 12  # 4x the steps: 16x less error for a second-order method
 
 
+def reference_dpmpp_2m(denoise, latents, sigmas):
+    """k-diffusion's `sample_dpmpp_2m` (crowsonkb/k-diffusion sampling.py; DPM-Solver++(2M), Lu et al. 2022),
+    transcribed, in float64 on the noise levels `sigmas` (steps + 1, the last 0)."""
+    x, old_denoised = latents.double() * sigmas[0], None
+    for i in range(len(sigmas) - 1):
+        denoised = denoise(x, sigmas[i])
+        t, t_next = -sigmas[i].log(), -sigmas[i + 1].log()
+        h = t_next - t
+        if old_denoised is None or sigmas[i + 1] == 0:
+            x = (sigmas[i + 1] / sigmas[i]) * x - (-h).expm1() * denoised
+        else:
+            r = (t - -sigmas[i - 1].log()) / h
+            x = (sigmas[i + 1] / sigmas[i]) * x - (-h).expm1() * ((1 + 1 / (2 * r)) * denoised
+                                                                   - (1 / (2 * r)) * old_denoised)
+        old_denoised = denoised
+    return x
+
+
+def edm_net_of(denoise, scale: float, sigma_data: float = 0.5):
+    """The net F whose EDM-preconditioned denoiser (Table 1, c_noise times `scale`) is `denoise`."""
+    def net(x_in, c_noise, labels):
+        sigma = torch.exp(4 * c_noise.double() / scale).view(-1, *[1] * (x_in.dim() - 1))
+        x = x_in.double() * (sigma_data**2 + sigma**2).sqrt()
+        c_skip = sigma_data**2 / (sigma**2 + sigma_data**2)
+        c_out = sigma * sigma_data / (sigma**2 + sigma_data**2).sqrt()
+        return ((denoise(x, sigma) - c_skip * x) / c_out).float()
+    return net
+
+
+@pytest.mark.parametrize("steps", [2, 5, 18])
+def test_edm_dpm_solver_equals_k_diffusions_dpmpp_2m_and_converges_to_the_exact_ode_solution(steps):
+    noise = torch.randn(16, 3, generator=torch.Generator().manual_seed(0))
+    denoise = gaussian_denoiser(0.0, 0.5)
+    model = Diffusion((3,), stub(edm_net_of(denoise, 250.0)), sampler="dpmpp_2m", steps=steps)
+    ours = model.solve(model.net, noise, None, range(16), seed=0)
+    assert model.nfe() == steps and model.function_evaluations == steps
+    reference = reference_dpmpp_2m(lambda x, sigma: denoise(x, sigma), noise, EDM().sigmas(steps))
+    torch.testing.assert_close(ours.double(), reference, rtol=1e-4, atol=1e-4)
+
+
+def test_edm_dpm_solver_converges_at_second_order():
+    noise = torch.randn(16, 3, generator=torch.Generator().manual_seed(0))
+    exact = noise * 80 * 0.5 / math.sqrt(0.25 + 80**2)
+    model = Diffusion((3,), stub(edm_net_of(gaussian_denoiser(0.0, 0.5), 250.0)), sampler="dpmpp_2m")
+    error = {}
+    for n in (18, 50, 200):
+        model.set_sampling("dpmpp_2m", n)
+        error[n] = float(((model.solve(model.net, noise, None, range(16), seed=0) - exact) / exact).abs().max())
+    assert error[18] < 0.07 and error[200] < 1e-3
+    assert error[50] / error[200] > 12  # 4x the steps: 16x less error for a second-order method
+
+
 def test_edm_noise_grid():
     grid = EDM().sigmas(18)
     assert grid[0] == pytest.approx(80.0) and grid[-2] == pytest.approx(0.002) and grid[-1] == 0
@@ -325,6 +377,16 @@ def test_ema_follows_edms_half_life_with_ramp_up():
     model.net_ema.update(model.net, 98_936)
     assert model.net_ema.decay(64) == pytest.approx(0.5 ** (64 / 500))  # 100k seen: min(500, 5000) = 500
     assert float(model.net_ema.images_seen) == 99_872
+
+
+def test_adam_is_fused_unless_the_gradients_are_clipped():
+    """One kernel for all parameters (as the adversarial models'); Lightning cannot unscale a fused optimizer's
+    16-mixed gradients before clipping, so a clipped model's Adam is the unfused one."""
+    for make in (Flow, Diffusion):
+        assert make((1, 8, 8), tiny_unet()).configure_optimizers().defaults["fused"] is True
+        clipped = make((1, 8, 8), tiny_unet(), grad_clip=1.0).configure_optimizers()
+        assert not clipped.defaults["fused"]
+        assert clipped.defaults["lr"] == 1e-3 and clipped.defaults["betas"] == (0.9, 0.999)
 
 
 def test_label_dropout_uses_the_null_label():

@@ -103,11 +103,8 @@ class AdversarialModule(GenerativeModule):
         return [p for name in names for p in getattr(self, name).parameters()]
 
     def configure_optimizers(self):
-        # Fused Adam updates all parameters in one kernel: several times faster than per-tensor. Lightning cannot
-        # unscale a fused optimizer's 16-mixed gradients before clipping, so clipping takes the unfused one.
-        fused = self.device.type in ("cpu", "cuda") and self.grad_clip is None
-        opt_g = torch.optim.Adam(self._params(self.generators), lr=self.lr_g, betas=self.betas, fused=fused)
-        opt_d = torch.optim.Adam(self._params(self.discriminators), lr=self.lr_d, betas=self.betas, fused=fused)
+        opt_g = self.adam(self._params(self.generators), self.lr_g, self.betas, self.grad_clip)
+        opt_d = self.adam(self._params(self.discriminators), self.lr_d, self.betas, self.grad_clip)
         if self.decay_epochs is None:
             return opt_g, opt_d
         decay = linear_decay(*self.decay_epochs)

@@ -301,6 +301,13 @@ class GenerativeModule(NonFiniteGuard, L.LightningModule):
         self.upgrade_state(checkpoint["state_dict"])
         self.match_optional_state(checkpoint["state_dict"])
 
+    def adam(self, params: list[nn.Parameter], lr: float, betas: tuple[float, float],
+             clip: float | None) -> torch.optim.Adam:
+        """Adam over `params`, fused (all parameters in one kernel: several times faster than per tensor) on CPU and
+        CUDA unless the gradients are clipped (`clip`, an L2 norm): Lightning cannot unscale a fused optimizer's
+        16-mixed gradients before clipping."""
+        return torch.optim.Adam(params, lr=lr, betas=betas, fused=self.device.type in ("cpu", "cuda") and not clip)
+
     def to_model(self, x: torch.Tensor) -> torch.Tensor:
         """A float tensor made outside Lightning's precision plugin (latents, example images) on this model's
         device and in its weights' dtype: bfloat16 under the bf16-true precision, else float32."""

@@ -160,7 +160,8 @@ class IterativeModel(GenerativeModule, Samples):
         self.log("val/loss", loss, batch_size=batch["image"].shape[0], sync_dist=True)
 
     def configure_optimizers(self):
-        optimizer = torch.optim.Adam(self.net.parameters(), lr=self.lr, betas=self.betas)
+        trainer_clip = self._trainer.gradient_clip_val if self._trainer is not None else None
+        optimizer = self.adam(list(self.net.parameters()), self.lr, self.betas, self.grad_clip or trainer_clip)
         if not self.lr_warmup_steps:
             return optimizer
         warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / self.lr_warmup_steps))
