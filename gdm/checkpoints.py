@@ -32,10 +32,10 @@ FROM_CHECKPOINT = ("model", "data", "metrics", "monitor", "monitor_mode")
 # the nets were trained on): taken from the checkpoint even when the command line picks another data group
 # (`data=paired data.root=DIR`), whose defaults would otherwise reset them.
 TRAINED_DATA = ("direction", "image_size", "channels")
-# Model options that define what the weights compute (EDM's preconditioning: the net learned its inputs' scales):
-# a run on a checkpoint refuses other values, and so does resuming one (the rest of the run would train another
-# function).
-MODEL_TRAINED = ("c_noise_scale", "sigma_data")
+# Model options that define what the weights compute (EDM's preconditioning: the net learned its inputs' scales;
+# a diffusion model's formulation and DDPM's noise schedule: what its net predicts, at which noise levels): a run
+# on a checkpoint refuses other values, and so does resuming one (the rest of the run would train another function).
+MODEL_TRAINED = ("c_noise_scale", "sigma_data", "formulation", "beta_schedule", "train_timesteps")
 # All model settings that define what the weights compute without changing their shapes (the shapes are compared
 # separately): a run on a checkpoint refuses other values (the classes only for a conditional model). Others
 # (pix2pix's inference mode, the VAE's iwae_k) are evaluation choices: used, logged and recorded.

@@ -269,9 +269,9 @@ def test_ddpm_schedule_and_epsilon_target():
     torch.testing.assert_close(cosine.alphas_cumprod.double()[:900], (f / f0)[:900], rtol=2e-3, atol=1e-5)
 
 
-@pytest.mark.parametrize("sampler", ["ancestral", "ddim"])
+@pytest.mark.parametrize("sampler", ["ancestral", "ddim", "dpmpp_2m"])
 def test_ddpm_samplers_match_diffusers_steps_and_do_not_depend_on_the_batch(sampler):
-    from diffusers import DDIMScheduler, DDPMScheduler
+    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
     eps_fn = lambda x, c, labels: 0.5 * x + 0.01 * c.view(-1, 1, 1, 1)  # noqa: E731
     model = Diffusion((1, 4, 4), stub(eps_fn), formulation="ddpm", sampler=sampler, steps=10)
@@ -282,14 +282,14 @@ def test_ddpm_samplers_match_diffusers_steps_and_do_not_depend_on_the_batch(samp
     from gdm.models.base import latent_noise
     from gdm.models.iterative import index_generators
 
-    cls = DDPMScheduler if sampler == "ancestral" else DDIMScheduler
+    cls = {"ancestral": DDPMScheduler, "ddim": DDIMScheduler, "dpmpp_2m": DPMSolverMultistepScheduler}[sampler]
     scheduler = cls(num_train_timesteps=1000, beta_schedule="linear", timestep_spacing="trailing")
     scheduler.set_timesteps(10)
     x = latent_noise(range(6), 16, 3).view(6, 1, 4, 4)
     generators = index_generators(range(6), 3, stream=2)
     for t in scheduler.timesteps:
         eps = eps_fn(x, torch.full((6,), float(t)), None)
-        x = scheduler.step(eps, int(t), x, generator=generators).prev_sample
+        x = scheduler.step(eps, t, x, **({} if sampler == "dpmpp_2m" else {"generator": generators})).prev_sample
     torch.testing.assert_close(whole, x.clamp(-1, 1))
     assert model.sampling_protocol()["nfe"] == 10
 
@@ -387,6 +387,35 @@ def test_adam_is_fused_unless_the_gradients_are_clipped():
         clipped = make((1, 8, 8), tiny_unet(), grad_clip=1.0).configure_optimizers()
         assert not clipped.defaults["fused"]
         assert clipped.defaults["lr"] == 1e-3 and clipped.defaults["betas"] == (0.9, 0.999)
+
+
+@pytest.mark.parametrize(("saved_clip", "resumed_clip"), [(None, 1.0), (1.0, None)])
+def test_a_resumed_run_steps_with_the_adam_it_built(saved_clip, resumed_clip):
+    """Optimizer.load_state_dict restores the saved param groups' `fused` flag; a resumed run takes its own."""
+    from gdm.models.base import GenerativeModule
+
+    saved = Flow((1, 8, 8), tiny_unet(), grad_clip=saved_clip)
+    optimizer = saved.configure_optimizers()
+    saved.loss(torch.randn(4, 1, 8, 8), None).mean().backward()
+    optimizer.step()
+    resumed = Flow((1, 8, 8), tiny_unet(), grad_clip=resumed_clip)
+    resumed.load_state_dict(saved.state_dict())
+    built = resumed.configure_optimizers()
+    built.load_state_dict(optimizer.state_dict())
+    assert bool(built.param_groups[0]["fused"]) == (saved_clip is None)  # what load_state_dict leaves
+    GenerativeModule.match_fused([built])
+    assert bool(built.param_groups[0]["fused"]) == (resumed_clip is None)
+    resumed.loss(torch.randn(4, 1, 8, 8), None).mean().backward()
+    built.step()  # steps with the restored moments either way
+    assert all(float(s["step"]) == 2 for s in built.state.values())
+
+
+def test_a_diffusion_models_sampler_steps_and_guidance_change_together():
+    model = Diffusion((2,), stub(lambda x, c, labels: x), num_classes=3, conditional=True)
+    model.set_sampling("dpmpp_2m", None, guidance=2.0)  # task=sample / eval pass all three
+    assert (model.sampler_name, model.steps, model.nfe(), model.guidance) == ("dpmpp_2m", 16, 16, 2.0)
+    model.set_sampling("heun", None)
+    assert (model.steps, model.nfe()) == (18, 35)
 
 
 def test_label_dropout_uses_the_null_label():
@@ -549,18 +578,27 @@ def test_val_loss_protocols_name_the_model_that_defines_the_loss():
     assert len(ids) == 3  # three different losses are never one column of task=compare
 
 
-@pytest.mark.parametrize("key, value", [("c_noise_scale", 1.0), ("sigma_data", 0.75)])
-def test_resuming_with_another_preconditioning_is_refused(key, value):
-    """EDM's c_noise_scale and sigma_data define what the weights compute: a resumed run may not change them
-    (other settings, e.g. the learning rate, it may)."""
-    from gdm.checkpoints import changed_settings
+@pytest.mark.parametrize("formulation, key, value", [
+    ("edm", "c_noise_scale", 1.0), ("edm", "sigma_data", 0.75), ("edm", "formulation", "ddpm"),
+    ("ddpm", "formulation", "edm"), ("ddpm", "beta_schedule", "cosine"), ("ddpm", "train_timesteps", 500)])
+def test_resuming_or_evaluating_with_another_preconditioning_or_schedule_is_refused(formulation, key, value):
+    """EDM's c_noise_scale and sigma_data, the formulation and DDPM's schedule define what the weights compute: a
+    resumed run may not change them, nor may task=eval (other settings, e.g. the learning rate, they may)."""
+    from gdm.checkpoints import changed_settings, check_trained_settings
 
     net = stub(lambda x, c, labels: x)
-    saved = {"hyper_parameters": dict(Diffusion((2,), net).hparams)}
-    with pytest.raises(GdmError) as err:
-        changed_settings(Diffusion((2,), net, **{key: value}), saved, "last.ckpt")
+    sampler = {"edm": "heun", "ddpm": "ancestral"}
+    saved = {"hyper_parameters": dict(Diffusion((2,), net, formulation=formulation).hparams)}
+    other = {"formulation": formulation, key: value}
+    changed = Diffusion((2,), net, **other, sampler=sampler[other["formulation"]], steps=100)
     old = saved["hyper_parameters"][key]
+    with pytest.raises(GdmError) as err:
+        changed_settings(changed, saved, "last.ckpt")
     assert str(err.value) == (f"ckpt_path=last.ckpt holds weights trained with other settings than this run's "
                               f"(model.{key}={value}, the checkpoint's is {old}): resume with the checkpoint's "
                               "values, or start a new run.")
-    assert changed_settings(Diffusion((2,), net, lr=2e-3), saved, "last.ckpt") == ["lr: 0.001 -> 0.002"]
+    with pytest.raises(GdmError, match=r"^ckpt_path=last.ckpt holds weights trained for other settings than this "
+                                       rf"run's \(model\.{key} gives {key}="):
+        check_trained_settings(changed, saved, "last.ckpt")
+    lr = Diffusion((2,), net, formulation=formulation, lr=2e-3)
+    assert changed_settings(lr, saved, "last.ckpt") == ["lr: 0.001 -> 0.002"]

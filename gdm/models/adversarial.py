@@ -273,6 +273,7 @@ class AdversarialModule(GenerativeModule):
             self.to(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
 
     def on_train_start(self) -> None:
+        super().on_train_start()
         # A resumed run restores the optimizer state (Adam's moments) in the layout it was saved in; a run resumed
         # with another channels_last would step mixed layouts (right, but slower) for good.
         self.match_optimizer_state_layout(self.trainer.optimizers)

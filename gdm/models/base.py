@@ -308,6 +308,24 @@ class GenerativeModule(NonFiniteGuard, L.LightningModule):
         16-mixed gradients before clipping."""
         return torch.optim.Adam(params, lr=lr, betas=betas, fused=self.device.type in ("cpu", "cuda") and not clip)
 
+    def on_train_start(self) -> None:
+        self.match_fused(self.trainer.optimizers)
+
+    @staticmethod
+    def match_fused(optimizers) -> None:
+        """A resumed run's optimizers step as `adam` built them: Optimizer.load_state_dict restores the checkpoint's
+        param groups whole, their `fused` flag too, which would keep a run saved fused fused when resumed with
+        clipping (and an unfused one unfused)."""
+        for optimizer in optimizers:
+            fused = optimizer.defaults.get("fused")
+            for group in optimizer.param_groups:
+                if fused and not group.get("fused"):  # a fused step reads its step counts on the parameters' device
+                    for param in group["params"]:
+                        state = optimizer.state.get(param, {})
+                        if "step" in state:
+                            state["step"] = torch.as_tensor(state["step"], dtype=torch.float32, device=param.device)
+                group["fused"] = fused
+
     def to_model(self, x: torch.Tensor) -> torch.Tensor:
         """A float tensor made outside Lightning's precision plugin (latents, example images) on this model's
         device and in its weights' dtype: bfloat16 under the bf16-true precision, else float32."""

@@ -13,9 +13,10 @@
   the second step on, first order on the last (to sigma = 0).
 - `ddpm` (Ho et al. 2020): epsilon prediction on 1,000 discrete steps of a linear (beta 1e-4 to 0.02) or cosine
   (Nichol & Dhariwal 2021) schedule, uniform training steps and the plain MSE; sampled by diffusers' schedulers:
-  `ancestral` (DDPMScheduler, Ho et al.'s sampler, sigma_t^2 = beta-tilde_t, x0 clipped to [-1, 1]) or `ddim`
-  (DDIMScheduler, Song et al. 2021, eta = 0), over `steps` of the 1,000 spaced as "trailing" (Lin et al. 2024: the
-  first step starts at the last training step, which a few-step sampler needs). NFE = steps.
+  `ancestral` (DDPMScheduler, Ho et al.'s sampler, sigma_t^2 = beta-tilde_t, x0 clipped to [-1, 1]), `ddim`
+  (DDIMScheduler, Song et al. 2021, eta = 0) or `dpmpp_2m` (DPMSolverMultistepScheduler, DPM-Solver++(2M)), over
+  `steps` of the 1,000 spaced as "trailing" (Lin et al. 2024: the first step starts at the last training step, which
+  a few-step sampler needs). NFE = steps.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ Real = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 
 log = logging.getLogger(__name__)
 
-SAMPLERS = {"edm": ("heun", "euler", "dpmpp_2m"), "ddpm": ("ancestral", "ddim")}
+SAMPLERS = {"edm": ("heun", "euler", "dpmpp_2m"), "ddpm": ("ancestral", "ddim", "dpmpp_2m")}
 
 
 class EDM:
@@ -161,9 +162,10 @@ class Diffusion(IterativeModel):
         self.formulation, self.train_timesteps, self.beta_schedule = formulation, train_timesteps, beta_schedule
         self.samplers = SAMPLERS[formulation]
         sampler = sampler or self.samplers[0]
-        if sampler in SAMPLERS["edm" if formulation == "ddpm" else "ddpm"]:
+        if sampler in SAMPLERS["edm" if formulation == "ddpm" else "ddpm"] and sampler not in self.samplers:
             raise GdmError(f"sampler={sampler} belongs to the other formulation, and formulation={formulation} "
-                           f"samples with {' or '.join(self.samplers)}: pick one of those, or the formulation.")
+                           f"samples with {' or '.join(self.samplers)}: pick one of those (a data's config in "
+                           "conf/data_model/ may have picked the sampler), or the formulation.")
         super().__init__(image_shape, net, num_classes, conditional, label_dropout, guidance, sampler,
                          steps or self.default_steps(sampler), lr, betas, lr_warmup_steps, grad_clip,
                          ema_halflife_kimg, ema_rampup_ratio, num_visuals, visual_seed, autoencoder=autoencoder,
@@ -178,21 +180,26 @@ class Diffusion(IterativeModel):
                                  persistent=False)
 
     def default_steps(self, sampler: str) -> int:
-        """EDM's 18 steps (its CIFAR-10 setting; also DPM-Solver++'s, whose paper samples in 10-20), DDPM's ancestral
-        sampler its training steps, DDIM 50 (Song et al. 2021; at most the training steps)."""
-        return {"ancestral": self.train_timesteps, "ddim": min(50, self.train_timesteps)}.get(sampler, 18)
+        """EDM's 18 steps for heun and euler (its CIFAR-10 setting), DPM-Solver++(2M) 16 (within the 15-20 steps
+        Lu et al. 2022 find enough for it; experiments/diffusion_flow.md, fourth pass, on the digits), DDPM's
+        ancestral sampler its training steps, DDIM 50 (Song et al. 2021; at most the training steps)."""
+        return {"ancestral": self.train_timesteps, "ddim": min(50, self.train_timesteps),
+                "dpmpp_2m": 16}.get(sampler, 18)
 
     def formulation_words(self) -> str:
         return f" with formulation={self.formulation}"
 
     def ddpm_scheduler(self, sampler: str):
-        """diffusers' scheduler of the DDPM schedule for `sampler` (ancestral: DDPMScheduler, ddim: DDIMScheduler)."""
-        from diffusers import DDIMScheduler, DDPMScheduler  # imported when a DDPM model is used: a heavy import
+        """diffusers' scheduler of the DDPM schedule for `sampler` (ancestral: DDPMScheduler, ddim: DDIMScheduler,
+        dpmpp_2m: DPMSolverMultistepScheduler, DPM-Solver++(2M) of the data prediction, Lu et al. 2022)."""
+        from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler  # a heavy import
 
         options = {"num_train_timesteps": self.train_timesteps, "beta_start": 1e-4, "beta_end": 0.02,
                    "beta_schedule": "linear" if self.beta_schedule == "linear" else "squaredcos_cap_v2",
-                   "clip_sample": True, "prediction_type": "epsilon", "timestep_spacing": "trailing"}
-        return DDPMScheduler(**options) if sampler == "ancestral" else DDIMScheduler(**options)
+                   "prediction_type": "epsilon", "timestep_spacing": "trailing"}
+        if sampler == "dpmpp_2m":
+            return DPMSolverMultistepScheduler(**options, algorithm_type="dpmsolver++", solver_order=2)
+        return (DDPMScheduler if sampler == "ancestral" else DDIMScheduler)(**options, clip_sample=True)
 
     def edm_dpm_solver(self):
         """diffusers' DPM-Solver++(2M) on EDM's grid (rho, sigma_min, sigma_max, then 0) with this model's
@@ -228,8 +235,11 @@ class Diffusion(IterativeModel):
     def nfe(self) -> int:
         return 2 * self.steps - 1 if self.sampler_name == "heun" else self.steps
 
-    def set_sampling(self, sampler: str | None = None, steps: int | None = None) -> None:
-        super().set_sampling(sampler, steps)
+    def set_sampling(self, sampler: str | None = None, steps: int | None = None,
+                     guidance: float | None = None) -> None:
+        super().set_sampling(sampler, steps, guidance)
+        if self.sampler_name == "dpmpp_2m":  # diffusers imported now, not inside a timed sampling
+            from diffusers import DPMSolverMultistepScheduler, EDMDPMSolverMultistepScheduler  # noqa: F401
         if self.formulation == "ddpm" and self.steps > self.train_timesteps:
             raise GdmError(f"steps={self.steps} is more than the {self.train_timesteps} training steps of DDPM: "
                            "use at most that many.")
@@ -254,10 +264,12 @@ class Diffusion(IterativeModel):
         x = noise
         for t in scheduler.timesteps:
             eps = self.predict(net, x, torch.full((1,), float(t), device=x.device), labels)
-            if generators is None:
-                x = scheduler.step(eps, int(t), x, eta=0.0).prev_sample
-            else:  # diffusers draws the step's noise for sample i from generator i
+            if generators is not None:  # diffusers draws the step's noise for sample i from generator i
                 x = scheduler.step(eps, int(t), x, generator=generators).prev_sample
+            elif self.sampler_name == "ddim":
+                x = scheduler.step(eps, int(t), x, eta=0.0).prev_sample
+            else:
+                x = scheduler.step(eps, t, x).prev_sample
         return x
 
     def probability_flow(self, net: nn.Module, labels: Tensor | None) -> ProbabilityFlow | None:
