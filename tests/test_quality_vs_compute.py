@@ -459,5 +459,12 @@ def test_a_vaes_and_a_flows_bits_per_dimension_share_one_table(tmp_path):
     section = section[:section.index("\n## ", 4)]
     assert "| model=vae | 2 | 4.65 ± 0.6353 |" in section and "| **model=flow** | 2 | 2.85 ± 0.6353 |" in section
     assert "protocols differ in estimator: how each model produces what is measured" in section
+    # the header says what the rows share, not the first row's estimator
+    from gdm.evaluation.context import measurement_id
+
+    shared = {"metric": "nll_bpd", "split": "test", "num_real": 180, **flow_protocol}
+    assert (f"Protocol: num_real 180, split test [protocol measurement {measurement_id(shared)}]; estimator: per "
+            "configuration. Lower is better.") in section
+    assert "dopri5" not in section.split("\n")[2]
     assert "test/nll_bpd: model=vae − model=flow = 1.8, 95% CI [1.8, 1.8]" in section  # compared: one table
     assert md.count("## test/nll_bpd") == 1

@@ -23,7 +23,7 @@ from gdm.compare import cost
 from gdm.compare.runs import Run, SamplingSpread
 from gdm.compare.stats import CONFIDENCE, interval
 from gdm.compare.tables import MetricTable, fmt, labels
-from gdm.evaluation.context import describe, differences, how_produced
+from gdm.evaluation.context import describe, differences, how_produced, measurement_id
 
 BETTER = {"min": "Lower is better.", "max": "Higher is better.", None: "No direction is better."}
 AXES = (("step", "training step (batches)"), ("images_seen", "images seen"), ("wall_seconds", "wall-clock seconds"))
@@ -199,7 +199,7 @@ class Report:
         if self.mismatches:
             lines += ["## Protocol mismatches", "", *[f"- {m}" for m in self.mismatches], ""]
         for i, t in enumerate(self.tables):
-            lines += [f"## {t.metric}", "", f"Protocol: {describe(t.protocol)}. "
+            lines += [f"## {t.metric}", "", f"Protocol: {self.shared_protocol(t)}. "
                       f"{BETTER[t.direction]}", "",
                       f"| configuration | n seeds | mean ± {c} CI | std | best seed |", "|---|---|---|---|---|"]
             best = t.best_row()
@@ -230,6 +230,17 @@ class Report:
         if self.repeats:
             lines += ["", "Runs told apart or counted once:", "", *[f"- {note}" for note in self.repeats]]
         return [*lines, ""]
+
+    @staticmethod
+    def shared_protocol(t: MetricTable) -> str:
+        """What a table's rows share: its protocol, less the fields in which the configurations differ (how each
+        produced its values: a sampler, a likelihood's estimator; `sampling_lines` names them), with the id of
+        the measurement then (`measurement_id`), which every row shares."""
+        if not t.sampling:
+            return describe(t.protocol)
+        shared = {k: v for k, v in t.protocol.items() if k not in t.sampling}
+        return describe({**shared, "id": f"measurement {measurement_id(t.protocol)}"}) + \
+            f"; {', '.join(t.sampling)}: per configuration"
 
     @staticmethod
     def sampling_lines(t: MetricTable) -> list[str]:
@@ -280,7 +291,7 @@ class Report:
                                                                       for m in self.mismatches) + "</ul>")
         for i, t in enumerate(self.tables):
             best = t.best_row()
-            parts.append(f"<h2>{e(t.metric)}</h2><p class='protocol'>Protocol: {e(describe(t.protocol))}. "
+            parts.append(f"<h2>{e(t.metric)}</h2><p class='protocol'>Protocol: {e(self.shared_protocol(t))}. "
                          f"{BETTER[t.direction]}</p>")
             parts.append(f"<table class='metric' data-metric='{e(t.metric)}'><tr><th>configuration</th>"
                          f"<th>n seeds</th><th>mean ± {c} CI</th><th>std</th><th>best seed</th></tr>")
