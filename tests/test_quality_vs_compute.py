@@ -174,6 +174,8 @@ def test_eval_steps_list_evaluates_once_per_budget_and_sample_seed():
     spread = records[2]["sample_seeds"]["test/fid_digits"]
     assert spread["values"] == [25.0, 26.0] and spread["mean"] == 25.5 and spread["sample_seeds"] == [0, 1]
     assert sampling_budgets(8) == [8] and sampling_budgets(None) == [None]
+    with pytest.raises(GdmError, match=r"^eval\.steps=\[4, 8, 4\] repeats a budget: give each number of steps once\.$"):
+        sampling_budgets([4, 8, 4])
     assert budget_line(records[2]) == "  steps 4: euler, NFE 4, 40 s per 1,000 samples; test/fid_digits 25"
 
 

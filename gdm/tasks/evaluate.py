@@ -231,8 +231,12 @@ def evaluate(cfg: DictConfig) -> float | None:
 
 
 def sampling_budgets(steps: int | list[int] | None) -> list[int | None]:
-    """The steps of each evaluation: `eval.steps` as a list (null: the checkpoint's own, once)."""
-    return list(steps) if isinstance(steps, list) else [steps]
+    """The steps of each evaluation: `eval.steps` as a list (null: the checkpoint's own, once). GdmError for a
+    list that repeats a value (the same budget evaluated twice, one row in the plots)."""
+    budgets = list(steps) if isinstance(steps, list) else [steps]
+    if len(set(budgets)) < len(budgets):
+        raise GdmError(f"eval.steps={budgets} repeats a budget: give each number of steps once.")
+    return budgets
 
 
 def set_guidance(model, guidance: float, group: str, opts: DictConfig) -> None:
