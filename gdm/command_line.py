@@ -4,9 +4,9 @@ An option renamed since (`gdm.config_upgrades.RENAMED`) gets one sentence saying
 Hydra would answer "not in struct". A checkpoint's task (`task=eval` / `sample` / `translate` with `ckpt_path=`)
 takes its model from the checkpoint, while Hydra composes the default model group (the GAN), whose keys are not
 every model's: a typed `model.KEY=VALUE` that only the checkpoint's model has would stop at Hydra's "Key 'KEY' is not
-in struct". Unless a model group is
-named (`model=diffusion`), such overrides pass on as `++model.KEY=VALUE`; gdm then checks each against the
-checkpoint's model (one sentence for a key it does not have, or for a setting its weights were trained for).
+in struct". Unless a model group is named (`model=diffusion`), such overrides pass on as `++model.KEY=VALUE`; gdm
+then checks each against the checkpoint's model (one sentence for a key it does not have, or for a setting its
+weights were trained for).
 """
 
 from __future__ import annotations
