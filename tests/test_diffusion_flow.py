@@ -467,6 +467,25 @@ def test_the_likelihood_solves_at_the_given_tolerance_and_records_it():
     assert errors[1e-6] < 1e-4 and errors[1e-6] < errors[1e-2]  # the tolerance reaches the solver
 
 
+@pytest.mark.parametrize("make", [Flow, Diffusion])
+def test_the_likelihood_runs_in_float32_under_mixed_precision(make):
+    """Lightning tests under bf16-mixed's autocast: the likelihood's ODE leaves it, so test/nll_bpd is float32's
+    (bfloat16's rounding in the net would otherwise be the solver's error); bf16-true's weights are recorded."""
+    torch.manual_seed(0)
+    model = make((2, 8, 8), tiny_unet(), nll_tolerance=1e-2)  # 128 dimensions: Hutchinson's estimate
+    with torch.no_grad():  # off the zero-initialized output layer: a net whose velocity is not 0
+        for p in model.net_ema.module.parameters():
+            p.normal_(0, 0.2)
+    x = torch.rand(4, 2, 8, 8) * 2 - 1
+    plain = model.log_likelihood(x, generator=torch.Generator().manual_seed(3))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = model.log_likelihood(x, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(mixed, plain, rtol=1e-6, atol=1e-6)
+    assert "net_dtype" not in model.test_protocol()["estimator"]  # float32: protocol ids as before
+    model.net_ema.module.to(torch.bfloat16)
+    assert model.test_protocol()["estimator"]["net_dtype"] == "bfloat16"
+
+
 def test_edm_probability_flow_likelihood_equals_the_analytic_gaussian():
     model = Diffusion((2,), stub(lambda x, c, labels: x))
     # centred data: the likelihood takes x(sigma_max) ~ N(0, sigma_max^2 I), which is off by 2 mean x / sigma_max^2

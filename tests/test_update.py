@@ -160,7 +160,7 @@ def test_trainer_gradient_clip_val_points_manual_optimization_to_model_grad_clip
     from gdm.tasks.build import build_datamodule, build_model, check_gradient_clipping
 
     data = {"cyclegan": "digits_colour", "pix2pix": "digits_paired"}.get(model, "digits")
-    cfg = compose_config([f"model={model}", f"data={data}", "+trainer.gradient_clip_val=0.5"], tmp_path)
+    cfg = compose_config([f"model={model}", f"data={data}", "trainer.gradient_clip_val=0.5"], tmp_path)
     built = build_model(cfg, build_datamodule(cfg), from_checkpoint=True)
     if refused:
         with pytest.raises(GdmError,
@@ -168,3 +168,36 @@ def test_trainer_gradient_clip_val_points_manual_optimization_to_model_grad_clip
             check_gradient_clipping(cfg, built)
     else:  # automatic optimization: Lightning clips
         check_gradient_clipping(cfg, built)
+
+
+@pytest.mark.slow
+def test_a_model_with_its_own_grad_clip_refuses_the_trainers_too(tmp_path):
+    from helpers import compose_config
+
+    from gdm.errors import GdmError
+    from gdm.tasks.build import build_datamodule, build_model, check_gradient_clipping
+
+    cfg = compose_config(["model=flow", "model.grad_clip=1.0", "trainer.gradient_clip_val=0.5"], tmp_path)
+    built = build_model(cfg, build_datamodule(cfg), from_checkpoint=True)
+    with pytest.raises(GdmError, match=r"model.grad_clip=1.0 and trainer.gradient_clip_val=0.5 both clip the gradients "
+                                       r"of model=(flow|Flow): set one of them"):
+        check_gradient_clipping(cfg, built)
+
+
+@pytest.mark.parametrize(("grad_clip", "trainer_clip", "algorithm", "expected"), [
+    (None, 0.5, "value", (0.5, "value")),  # the trainer's algorithm, as it says
+    (None, 0.5, None, (0.5, "norm")),      # Lightning's default
+    (1.0, None, None, (1.0, "norm")),      # model.grad_clip: an L2 norm (DDPM's)
+    (None, None, None, None),
+])
+def test_diffusion_and_flow_clip_as_the_options_say(grad_clip, trainer_clip, algorithm, expected):
+    from gdm.models.flow import Flow
+    from gdm.nets.unet import UNet
+
+    model = Flow((1, 8, 8), functools.partial(UNet, channels=8, channel_mult=(1,), num_res_blocks=1),
+                 grad_clip=grad_clip)
+    seen = []
+    model.clip_gradients = lambda optimizer, gradient_clip_val, gradient_clip_algorithm: seen.append(
+        (gradient_clip_val, gradient_clip_algorithm))
+    model.configure_gradient_clipping(None, trainer_clip, algorithm)
+    assert seen == ([expected] if expected else [])

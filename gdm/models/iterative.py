@@ -168,9 +168,13 @@ class IterativeModel(GenerativeModule, Samples):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": warmup, "interval": "step"}}
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
-        clip = self.grad_clip or gradient_clip_val
-        if clip:
-            self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm")
+        # model.grad_clip is an L2 norm (DDPM's); trainer.gradient_clip_val clips as its gradient_clip_algorithm says.
+        # Both set is refused before training (gdm.tasks.build.check_gradient_clipping).
+        if self.grad_clip:
+            self.clip_gradients(optimizer, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
+        elif gradient_clip_val:
+            self.clip_gradients(optimizer, gradient_clip_val=gradient_clip_val,
+                                gradient_clip_algorithm=gradient_clip_algorithm or "norm")
 
     # ---- likelihood -----------------------------------------------------------------------
 
@@ -184,12 +188,14 @@ class IterativeModel(GenerativeModule, Samples):
         change of variables (Chen et al. 2018): integrating dx/dt = v and d(delta)/dt = div v from t_data to t_noise
         with dopri5 (atol = rtol = `nll_tolerance`), log p(x) = log N(x(t_noise); 0, noise_std^2 I) + delta. The
         divergence is exact up to EXACT_DIVERGENCE_DIMS dimensions, else Hutchinson's estimate with one Gaussian
-        probe per sample held over the solve (FFJORD). Uses the EMA net."""
+        probe per sample held over the solve (FFJORD). Uses the EMA net, in float32 under mixed precision (autocast
+        off: bfloat16's rounding would be the solver's error; under bf16-true the weights stay bfloat16, recorded in
+        `test_protocol`)."""
         from torchdiffeq import odeint  # imported when a likelihood is computed
 
         exact = math.prod(self.shape) <= EXACT_DIVERGENCE_DIMS
         # Lightning tests under inference mode, whose tensors autograd cannot use: leave it, and copy the inputs.
-        with torch.inference_mode(False), self.ema_weights() as net:
+        with torch.inference_mode(False), torch.autocast(x.device.type, enabled=False), self.ema_weights() as net:
             x = x.clone()
             labels = None if labels is None else labels.clone()
             probe = torch.randn(x.shape, device=x.device, generator=generator, dtype=torch.float32)
@@ -225,11 +231,14 @@ class IterativeModel(GenerativeModule, Samples):
         """How test/nll and test/nll_bpd are computed: the `estimator` (this model's own way to its likelihood, which
         `task=compare` sets beside another's, as a sampler) and the images' dequantization."""
         exact = math.prod(self.shape) <= EXACT_DIVERGENCE_DIMS
-        return {"estimator": {"method": "instantaneous change of variables (probability-flow ODE)", "solver": "dopri5",
-                              "ode_time": self.probability_flow(self.net, None).time, "atol": self.nll_tolerance,
-                              "rtol": self.nll_tolerance, "weights": "EMA",
-                              "divergence": "exact" if exact else "Hutchinson, one Gaussian probe per image"},
-                "dequantization": DEQUANTIZATION}
+        estimator = {"method": "instantaneous change of variables (probability-flow ODE)", "solver": "dopri5",
+                     "ode_time": self.probability_flow(self.net, None).time, "atol": self.nll_tolerance,
+                     "rtol": self.nll_tolerance, "weights": "EMA",
+                     "divergence": "exact" if exact else "Hutchinson, one Gaussian probe per image"}
+        net_dtype = next(self.net_ema.module.parameters()).dtype
+        if net_dtype != torch.float32:  # bf16-true: the net's arithmetic is not float32's (absent otherwise, so
+            estimator["net_dtype"] = str(net_dtype).removeprefix("torch.")  # float32 runs keep their protocol ids)
+        return {"estimator": estimator, "dequantization": DEQUANTIZATION}
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         """test/nll (nats per image) and test/nll_bpd (bits per dimension) of the 8-bit test images, uniformly

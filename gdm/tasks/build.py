@@ -150,12 +150,17 @@ def check_training_precision(precision: object) -> None:
 def check_gradient_clipping(cfg: DictConfig, model: GenerativeModule) -> None:
     """trainer.gradient_clip_val is Lightning's clipping for models it optimizes; the adversarial models take their
     optimizer steps themselves (manual optimization), where Lightning would refuse it with advice that is no gdm
-    option."""
+    option. A model with its own `grad_clip` refuses a second, different clipping from the trainer."""
     clip = cfg.trainer.get("gradient_clip_val")
     if clip and not model.automatic_optimization:
         raise GdmError(f"trainer.gradient_clip_val={clip} clips only models Lightning optimizes, and model="
                        f"{choice(cfg, 'model')} takes its optimizer steps itself: set model.grad_clip={clip} "
                        "instead (it clips each optimizer's gradients to that L2 norm).")
+    own = getattr(model, "grad_clip", None)
+    if clip and own:
+        raise GdmError(f"model.grad_clip={own} and trainer.gradient_clip_val={clip} both clip the gradients of "
+                       f"model={choice(cfg, 'model')}: set one of them (model.grad_clip=null, or "
+                       "trainer.gradient_clip_val=null).")
 
 
 def check_run_fits(cfg: DictConfig, datamodule: SplitDataModule, trainer: L.Trainer) -> None:
