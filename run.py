@@ -22,10 +22,11 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    from gdm.command_line import checkpoint_task_overrides, renamed_option  # light: no torch
+    from gdm.command_line import checkpoint_task_deletion, checkpoint_task_overrides, renamed_option  # no torch
 
-    if (renamed := renamed_option(sys.argv[1:])) is not None:  # before Hydra answers "not in struct"
-        print(renamed, file=sys.stderr)
+    # before Hydra answers "not in struct" / "does not exist"
+    if (refused := renamed_option(sys.argv[1:]) or checkpoint_task_deletion(sys.argv[1:])) is not None:
+        print(refused, file=sys.stderr)
         sys.exit(2)
     sys.argv[1:] = checkpoint_task_overrides(sys.argv[1:])
     main()

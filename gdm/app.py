@@ -102,9 +102,23 @@ def user_error(err: BaseException) -> Exception | None:
     return None
 
 
+def check_task_options(cfg: DictConfig) -> None:
+    """An option typed for another task (`sample.steps=8` under task=eval) would be ignored: one sentence naming
+    this task's own option where it has one."""
+    from gdm.checkpoints import command_line_keys
+
+    for key, _ in command_line_keys():
+        group, _, name = key.partition(".")
+        if group in TASKS and group != cfg.task and name:
+            instead = f"set {cfg.task}.{name}= instead" if name in (cfg.get(cfg.task) or {}) else "drop it"
+            raise GdmError(f"{key} is an option of task={group}, and this run is task={cfg.task}, which would ignore "
+                           f"it: {instead}.")
+
+
 def run(cfg: DictConfig) -> float | None:
     if cfg.task not in TASKS:
         raise GdmError(f"task={cfg.task} is not a task; choose one of {', '.join(TASKS)}.")
+    check_task_options(cfg)
     quiet_lightning()
     resolve_user_paths(cfg)  # against the launch directory, whatever hydra.job.chdir says
     if cfg.task not in ("eval", "compare"):  # eval: once merged with the checkpoint's

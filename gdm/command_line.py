@@ -6,7 +6,8 @@ takes its model from the checkpoint, while Hydra composes the default model grou
 every model's: a typed `model.KEY=VALUE` that only the checkpoint's model has would stop at Hydra's "Key 'KEY' is not
 in struct". Unless a model group is named (`model=diffusion`), such overrides pass on as `++model.KEY=VALUE`; gdm
 then checks each against the checkpoint's model (one sentence for a key it does not have, or for a setting its
-weights were trained for).
+weights were trained for). A `~model.KEY` there is refused in one sentence: the checkpoint's model keeps every
+option it was trained with.
 """
 
 from __future__ import annotations
@@ -26,10 +27,32 @@ def renamed_option(overrides: list[str]) -> str | None:
     return None
 
 
+def checkpoint_task_deletion(args: list[str]) -> str | None:
+    """One sentence for a `~model.KEY` on a checkpoint's task that names no model group (Hydra would delete it from
+    the default GAN group, not from the checkpoint's model, or answer "does not exist"), else None."""
+    if checkpoint_task(args) is None:
+        return None
+    for arg in args:
+        if arg.startswith("~model."):
+            key = arg[1:].partition("=")[0]
+            return (f"{arg} deletes an option, but task={checkpoint_task(args)} takes the model from ckpt_path as it "
+                    f"was trained, with every option it had: drop {arg} (set {key}=VALUE to change a setting "
+                    "the checkpoint allows).")
+    return None
+
+
+def checkpoint_task(args: list[str]) -> str | None:
+    """The task when `args` run a checkpoint's task (`task=eval|sample|translate ckpt_path=...`) and name no model
+    group, else None."""
+    keys = {arg.lstrip("+~").partition("=")[0]: arg.partition("=")[2] for arg in args if "=" in arg}
+    if keys.get("task") not in CHECKPOINT_TASKS or "ckpt_path" not in keys or "model" in keys:
+        return None
+    return keys["task"]
+
+
 def checkpoint_task_overrides(args: list[str]) -> list[str]:
     """`args` (Hydra overrides, flags kept as they are) with each plain `model.KEY=VALUE` written
     `++model.KEY=VALUE` when they run a checkpoint's task and name no model group; else `args` unchanged."""
-    keys = {arg.lstrip("+~").partition("=")[0]: arg.partition("=")[2] for arg in args if "=" in arg}
-    if keys.get("task") not in CHECKPOINT_TASKS or "ckpt_path" not in keys or "model" in keys:
+    if checkpoint_task(args) is None:
         return args
     return [f"++{arg}" if arg.startswith("model.") and "=" in arg else arg for arg in args]

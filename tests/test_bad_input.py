@@ -49,6 +49,19 @@ def fails_cleanly(tmp_path: Path, *args: str, message: str, status: int = 2, env
     return out
 
 
+@pytest.mark.parametrize(("args", "message"), [
+    (["task=eval", "ckpt_path=R/last.ckpt", "sample.steps=8"],
+     "sample.steps is an option of task=sample, and this run is task=eval, which would ignore it: set eval.steps= "
+     "instead."),
+    (["task=eval", "ckpt_path=R/last.ckpt", "+sample.n=8"],
+     "sample.n is an option of task=sample, and this run is task=eval, which would ignore it: drop it."),
+    (["eval.split=train"], "eval.split is an option of task=eval, and this run is task=train, which would ignore "
+                           "it: drop it."),
+])
+def test_an_option_of_another_task_is_refused_not_ignored(tmp_path, args, message):
+    fails_cleanly(tmp_path, *args, message=message)
+
+
 @pytest.mark.slow
 def test_unknown_group_option_lists_the_valid_ones(tmp_path):
     out = fails_cleanly(tmp_path, "model=gna", message="Could not find 'model/gna'", status=1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from helpers import run_py
 
-from gdm.command_line import checkpoint_task_overrides
+from gdm.command_line import checkpoint_task_deletion, checkpoint_task_overrides
 
 
 @pytest.mark.parametrize("task", ["eval", "sample", "translate"])
@@ -31,3 +31,23 @@ def test_run_py_answers_a_model_option_on_a_checkpoint_with_gdms_sentence_not_hy
     assert proc.returncode != 0
     assert f"ckpt_path={tmp_path / 'missing.ckpt'} is not a file" in proc.stderr + proc.stdout
     assert "not in struct" not in proc.stderr + proc.stdout
+
+
+@pytest.mark.parametrize("task", ["eval", "sample", "translate"])
+def test_deleting_a_checkpoints_model_option_is_refused_in_one_sentence(task):
+    args = [f"task={task}", "ckpt_path=R/last.ckpt", "~model.guidance"]
+    assert checkpoint_task_deletion(args) == (
+        f"~model.guidance deletes an option, but task={task} takes the model from ckpt_path as it was trained, with "
+        "every option it had: drop ~model.guidance (set model.guidance=VALUE to change a setting the checkpoint "
+        "allows).")
+    assert checkpoint_task_deletion(["~model.guidance", "model=diffusion"]) is None  # training: Hydra's group
+    assert checkpoint_task_deletion([f"task={task}", "ckpt_path=R/last.ckpt", "model=diffusion",
+                                     "~model.guidance"]) is None  # a model group named: Hydra deletes from it
+
+
+def test_run_py_refuses_a_deleted_checkpoint_option_before_hydra(tmp_path):
+    proc = run_py("task=eval", f"ckpt_path={tmp_path / 'x.ckpt'}", "~model.lr", "logger=none",
+                  f"hydra.run.dir={tmp_path / 'out'}")
+    assert proc.returncode == 2
+    assert "~model.lr deletes an option, but task=eval takes the model from ckpt_path" in proc.stderr
+    assert "does not exist" not in proc.stderr + proc.stdout
