@@ -470,3 +470,51 @@ def test_a_vaes_and_a_flows_bits_per_dimension_share_one_table(tmp_path):
     assert "dopri5" not in section.split("\n")[2]
     assert "test/nll_bpd: model=vae − model=flow = 1.8, 95% CI [1.8, 1.8]" in section  # compared: one table
     assert md.count("## test/nll_bpd") == 1
+
+
+def make_evaluation(path, run_dir, split: str, fid: float, overrides: tuple[str, ...] = ()):
+    """A task=eval directory of one evaluation of `run_dir`'s checkpoint against the `split` images (training
+    measured against train's)."""
+    (path / ".hydra").mkdir(parents=True)
+    (path / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in ("task=eval", *overrides)))
+    sampling = {"sampler": "euler", "steps": 8, "nfe": 8}
+    name = f"{split}/fid_digits"
+    protocol = {**fid_protocol(sampling, 80.0), "real_split": split}
+    report = {"checkpoint": str(run_dir / "checkpoints" / "last.ckpt"), "model": "Diffusion", "split": split,
+              "metrics": {name: fid, f"{split}/sample_seconds_per_1000": 80.0},
+              "protocols": {name: protocol, f"{split}/sample_seconds_per_1000": cost_protocol(sampling)},
+              "names_in_training": {name: FID, f"{split}/sample_seconds_per_1000": COST}, "trained_split": "train"}
+    (path / "eval.json").write_text(json.dumps(report))
+    return path
+
+
+def test_evaluations_of_one_budget_are_rows_under_the_names_task_eval_gave_them(tmp_path):
+    """task=compare of task=eval directories alone: each is a row (its configuration the training run's, then
+    how it evaluated), pooled over the training seeds; a test-split FID is not titled val/ in the plots."""
+    from gdm.compare import cost
+    from gdm.compare.runs import independent_runs, read_runs
+    from gdm.compare.tables import metric_tables
+
+    paths = []
+    for seed, fids in ((1, (50.0, 52.0)), (2, (54.0, 57.0))):
+        run_dir = make_run(tmp_path / f"run{seed}", "Diffusion", seed, 40.0, {"sampler": "euler", "nfe": 8}, 80.0)
+        paths += [make_evaluation(tmp_path / f"dpm{seed}", run_dir, "test", fids[0]),
+                  make_evaluation(tmp_path / f"heun{seed}", run_dir, "test", fids[1], ("eval.sampler=heun",))]
+    runs, _ = independent_runs(read_runs(paths)[0])
+    dpm = "model=diffusion task=eval eval.split=test"
+    assert [(r.configuration, r.seed) for r in runs] == [
+        (dpm, 1), (f"{dpm} eval.sampler=heun", 1), (dpm, 2), (f"{dpm} eval.sampler=heun", 2)]
+    (table,) = [t for t in metric_tables(runs)[0] if t.metric == "test/fid_digits"]
+    assert [(row.values, row.stats.mean) for row in table.rows] == [
+        ([50.0, 54.0], 52.0), ([52.0, 57.0], 54.5)]
+    budgets = cost.read_budgets(runs, paths)
+    assert len(budgets) == 4  # one per eval directory, none twice through its row
+    assert all(set(b.values) == {"test/fid_digits"} for b in budgets)  # not val/: another split than training's
+
+
+def test_an_evaluation_against_trainings_split_lines_up_with_the_runs(tmp_path):
+    from gdm.compare import cost
+
+    run_dir = make_run(tmp_path / "run", "Diffusion", 1, 40.0, {"sampler": "euler", "nfe": 8}, 80.0)
+    (budget,) = cost.eval_budgets(make_evaluation(tmp_path / "eval", run_dir, "train", 41.0))
+    assert budget.values == {FID: 41.0} and budget.seconds_per_1000 == 80.0

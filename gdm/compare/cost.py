@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gdm.compare.runs import Run, training_run
+from gdm.compare.runs import Run, training_names, training_run
 from gdm.compare.stats import CONFIDENCE, Interval, interval
 from gdm.compare.tables import fmt, labels
 from gdm.evaluation.context import describe, measurement_id
@@ -68,7 +68,7 @@ def sample_metric(name: str, protocol: dict | None) -> bool:
 def run_budget(run: Run) -> Budget | None:
     """A finished run's final evaluation as one budget; None when its protocols record no sampling."""
     sampled = {k: p for k, p in run.protocols.items() if not k.startswith("best ") and sample_metric(k, p)}
-    if not run.finished or not sampled:
+    if not run.finished or not sampled or run.evaluation:  # a task=eval directory's: `eval_budgets` reads it
         return None
     first = next(iter(sampled.values()))
     cost = first.get("sampling_cost") or {}
@@ -82,7 +82,7 @@ def eval_budgets(eval_dir: Path) -> list[Budget]:
     protocols record no sampling)."""
     report = json.loads((eval_dir / "eval.json").read_text())
     configuration, seed = training_run(report)
-    names = report.get("names_in_training", {})  # eval names values by split (test/fid_digits); tables by training's
+    names = training_names(report)  # eval names values by split (test/fid_digits); runs by training's (val/)
     protocols = {names.get(k, k): p for k, p in report.get("protocols", {}).items()}
     sampling = next((p["sampling"] for p in protocols.values() if p and "sampling" in p), None)
     if sampling is None:

@@ -1,5 +1,7 @@
 """Runs to compare, read from their directories (no W&B needed): run directories, sweep directories (their
-job sub-directories), and task=eval directories with several sample seeds (the sampling spread).
+job sub-directories), and task=eval directories: with several sample seeds (the sampling spread), at several
+sampling budgets (drawn against compute, `gdm.compare.cost`), or of one evaluation (a row of the tables, under
+the names task=eval gave its values: `read_evaluation`).
 
 A run's configuration is its command-line overrides (`.hydra/overrides.yaml`) except the seed and the keys
 that do not change what is trained or measured (`gdm.multirun.configuration`), so the seeds of one
@@ -37,6 +39,7 @@ class Run:
     grid: Path | None = None
     family: str | None = None  # the model's class (config.yaml's model._target_), e.g. GAN
     settings: dict[str, object] = field(default_factory=dict)  # what it ran: config.yaml flattened (`settings`)
+    evaluation: bool = False  # a task=eval directory's values of one checkpoint (`read_evaluation`), not a training run
 
     @property
     def finished(self) -> bool:
@@ -169,6 +172,46 @@ def training_run(eval_report: dict) -> tuple[str | None, int | None]:
     return run.configuration, run.seed
 
 
+def read_evaluation(eval_dir: Path) -> Run:
+    """A task=eval directory as a row of the tables: the values of its checkpoint under the names task=eval gave
+    them (`test/fid_digits`: measured against that split), its configuration the training run's (where that
+    directory is on this machine, else the eval directory) followed by `task=eval eval.split=S` and the eval's own
+    overrides (`eval.sampler=heun`), its seed the training seed, so the evaluations of one configuration's seeds
+    pool as runs do."""
+    report = json.loads((eval_dir / "eval.json").read_text())
+    configuration, seed = training_run(report)
+    overrides_file = eval_dir / ".hydra" / "overrides.yaml"
+    typed = [o for o in (OmegaConf.load(overrides_file) if overrides_file.is_file() else [])
+             if override_key(o) not in ("task", "eval.split")]  # how it evaluated: eval.sampler=heun, ...
+    how = " ".join(["task=eval", f"eval.split={report.get('split')}", *configuration_of(typed)])
+    run = Run(eval_dir, f"{configuration or eval_dir} {how}", seed, "finished", family=report.get("model"),
+              evaluation=True)
+    protocols = report.get("protocols", {})
+    for name, value in report.get("metrics", {}).items():
+        if name in protocols and isinstance(value, (int, float)):
+            run.values[name], run.protocols[name] = float(value), protocols[name]
+    return run
+
+
+def configuration_of(overrides: list[str]) -> list[str]:
+    """The overrides that define what was measured (`configuration`), as a list (none: empty)."""
+    kept = configuration(overrides)
+    return [] if kept == "(defaults)" else kept.split(" ")
+
+
+def training_names(report: dict) -> dict[str, str]:
+    """eval.json's `names_in_training` (`test/fid_digits` -> `val/fid_digits`) restricted to the values measured as
+    training measured them (against its real split, or against none, as the sampling time), so that they line up
+    with the runs' values in the quality-against-compute plots; the others keep the name task=eval gave them (a
+    plot of test-split values is not titled val/). (An eval.json without `trained_split`, from an older gdm: all of
+    them.)"""
+    names, trained = report.get("names_in_training", {}), report.get("trained_split")
+    protocols = report.get("protocols", {})
+    if trained is None:
+        return names
+    return {k: v for k, v in names.items() if (protocols.get(k) or {}).get("real_split") in (None, trained)}
+
+
 def read_spread(eval_dir: Path) -> SamplingSpread:
     report = json.loads((eval_dir / "eval.json").read_text())
     checkpoint = Path(report.get("checkpoint", ""))
@@ -176,6 +219,7 @@ def read_spread(eval_dir: Path) -> SamplingSpread:
     overrides_file = run_dir / ".hydra" / "overrides.yaml"
     config = configuration(list(OmegaConf.load(overrides_file))) if overrides_file.is_file() else None
     # task=eval names a value by the split it measured (`test/fid_digits`); the tables by the training name.
+    # A spread sits beside the training-seed std of the same metric, its other protocol noted (`spread_lines`).
     names = report.get("names_in_training", {})
     stats = {names.get(k, k): v for k, v in report["sample_seeds"].items()}
     protocols = {names.get(k, k): v for k, v in report.get("protocols", {}).items()}
@@ -232,6 +276,8 @@ def read_runs(paths: list[str | Path]) -> tuple[list[Run], list[SamplingSpread]]
                                "spread, or with this gdm to draw it against compute.")
             if "sample_seeds" in report:
                 spreads.append(read_spread(path))
+            elif "budgets" not in report:  # one evaluation: a row of the tables (several budgets: drawn by cost)
+                runs.append(read_evaluation(path))
             budgets += sampled  # read by gdm.compare.cost
         elif is_run_dir(path):
             runs.append(read_run(path))

@@ -220,6 +220,7 @@ def evaluate(cfg: DictConfig) -> float | None:
                                if name.startswith(("val/", "test/")))),
         "protocols": {names[name]: p for name, p in protocols.items()},
         "names_in_training": {new: old for old, new in names.items() if new != old},
+        "trained_split": trained_split,  # the real split of the training run's sample metrics
     }
     if seeds > 1:
         report["sample_seeds"] = sample_seed_spread(per_seed, names)
