@@ -257,3 +257,27 @@ def test_slurm_launcher_writes_the_documented_sbatch_fields(tmp_path, monkeypatc
                  "--signal=USR1@120"):
         assert f"#SBATCH {line}\n" in script, line
     assert "--signal=USR2" not in script
+
+
+def test_jobs_of_other_tasks_finish_by_what_their_task_writes(tmp_path):
+    """A multirun of task=sample / eval / translate / compare writes no summary.json: each job has finished when it
+    wrote its task's output (grid.png, eval.json, the translate.output folder's files, report.md)."""
+    from gdm.tasks.sweep_summary import job_rows
+
+    def job(name: str, task: str, writes: str | None, config: str = "") -> None:
+        (tmp_path / name / ".hydra").mkdir(parents=True)
+        (tmp_path / name / ".hydra" / "config.yaml").write_text(f"task: {task}\n{config}")
+        (tmp_path / name / ".hydra" / "overrides.yaml").write_text(f"- task={task}\n")
+        if writes:
+            (tmp_path / name / writes).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / name / writes).write_text("{}")
+
+    job("0", "sample", "grid.png")
+    job("1", "sample", None)  # stopped before its grid
+    job("2", "eval", "eval.json")
+    job("3", "translate", "out/a.png", f"translate:\n  output: {tmp_path / '3' / 'out'}\n")
+    job("4", "translate", None, f"translate:\n  output: {tmp_path / '4' / 'out'}\n")
+    job("5", "compare", "report.md")
+    job("6", "train", None)  # training without summary.json: failed before it started
+    assert [r["status"] for r in job_rows(tmp_path)] == [
+        "finished", "failed", "finished", "finished", "failed", "finished", "failed"]

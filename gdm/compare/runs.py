@@ -193,6 +193,15 @@ def read_evaluation(eval_dir: Path) -> Run:
     return run
 
 
+def is_single_evaluation(path: Path) -> bool:
+    """A task=eval directory of one evaluation: one sample seed, one budget (`read_evaluation` reads it)."""
+    eval_file = path / "eval.json"
+    if not eval_file.is_file():
+        return False
+    report = json.loads(eval_file.read_text())
+    return "sample_seeds" not in report and "budgets" not in report
+
+
 def configuration_of(overrides: list[str]) -> list[str]:
     """The overrides that define what was measured (`configuration`), as a list (none: empty)."""
     kept = configuration(overrides)
@@ -276,7 +285,7 @@ def read_runs(paths: list[str | Path]) -> tuple[list[Run], list[SamplingSpread]]
                                "spread, or with this gdm to draw it against compute.")
             if "sample_seeds" in report:
                 spreads.append(read_spread(path))
-            elif "budgets" not in report:  # one evaluation: a row of the tables (several budgets: drawn by cost)
+            elif is_single_evaluation(path):  # a row of the tables (several budgets: drawn by gdm.compare.cost)
                 runs.append(read_evaluation(path))
             budgets += sampled  # read by gdm.compare.cost
         elif is_run_dir(path):

@@ -5,7 +5,8 @@
   best monitored value (and the id of the protocol it was measured with) from its `summary.json` into
   `sweep_summary.csv` in the sweep directory, prints them as a table, and warns when jobs measured their
   values with different protocols (e.g. `metrics.fid.num_samples` swept): those are not comparable. A sweep
-  goes on past a failed job, but exits with status 1 when any job did not finish.
+  goes on past a failed job, but exits with status 1 when any job did not finish. A job of another task (a
+  multirun of task=eval / sample / translate / compare) has finished when it wrote what its task writes.
   It also groups the jobs by configuration (every override but the seed, `gdm.multirun.configuration`)
   and writes, per metric, n, mean, std and the Student-t 95% interval over the seeds into `sweep_groups.csv`
   and `sweep_groups.md`, prints them, and logs them as a W&B table when the sweep logs to W&B.
@@ -22,7 +23,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from gdm.compare.runs import independent_runs, read_run
+from gdm.compare.runs import independent_runs, is_single_evaluation, read_evaluation, read_run
 from gdm.compare.stats import CONFIDENCE
 from gdm.compare.tables import flat_rows, fmt, labels, metric_tables
 from gdm.evaluation.context import differences, how_produced
@@ -30,6 +31,23 @@ from gdm.loggers import log_comparison
 
 log = logging.getLogger(__name__)
 DONE = ("finished", "pruned")  # job statuses that count as success for the sweep's exit status
+
+
+def job_task(job_dir: Path) -> str:
+    """The task a job ran (its .hydra/config.yaml `task`; train where that file is missing)."""
+    config_file = job_dir / ".hydra" / "config.yaml"
+    config = OmegaConf.load(config_file) if config_file.is_file() else None
+    return str(config.get("task", "train")) if isinstance(config, DictConfig) else "train"
+
+
+def task_output_written(job_dir: Path, task: str) -> bool:
+    """Whether a job of another task than training wrote what that task writes when it finishes: eval.json,
+    sample's grid.png, compare's report.md, translate's output folder with a file in it."""
+    if task == "translate":
+        output = OmegaConf.select(OmegaConf.load(job_dir / ".hydra" / "config.yaml"), "translate.output")
+        return output is not None and Path(output).is_dir() and any(Path(output).iterdir())
+    return (job_dir / {"eval": "eval.json", "sample": "grid.png", "compare": "report.md"}.get(task, "summary.json")
+            ).is_file()
 
 
 def job_rows(sweep_dir: Path) -> list[dict[str, Any]]:
@@ -41,8 +59,12 @@ def job_rows(sweep_dir: Path) -> list[dict[str, Any]]:
         summary_file = job_dir / "summary.json"
         summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
         best = summary.get("best") or {}
-        # No summary.json: the job failed before training started (its run.log says why).
-        rows.append({"job": job_dir.name, "overrides": " ".join(overrides), "status": summary.get("status", "failed"),
+        task = job_task(job_dir)
+        # Training without summary.json failed before it started (its run.log says why); another task's job is
+        # judged by what it writes.
+        status = (summary.get("status", "failed") if task == "train"
+                  else "finished" if task_output_written(job_dir, task) else "failed")
+        rows.append({"job": job_dir.name, "overrides": " ".join(overrides), "status": status,
                      "metric": best.get("metric", summary.get("monitor", "")), "best": best.get("value", ""),
                      "best_step": best.get("step", ""), "protocol": best.get("protocol", ""), "dir": str(job_dir)})
     return rows
@@ -105,7 +127,11 @@ class SweepSummary(Callback):
 
     @staticmethod
     def write_groups(config: DictConfig, sweep_dir: Path, job_dirs: list[Path]) -> None:
-        runs, repeats = independent_runs([read_run(job) for job in job_dirs])  # e.g. `-m seed=1,1`: one sample
+        # Training jobs, and task=eval jobs of one evaluation each (their values under eval's names); the other
+        # tasks' jobs hold no values.
+        read = [read_run(job) if job_task(job) == "train" else read_evaluation(job) for job in job_dirs
+                if job_task(job) == "train" or is_single_evaluation(job)]
+        runs, repeats = independent_runs(read)  # e.g. `-m seed=1,1`: one sample
         tables, mismatches = metric_tables(runs)
         rows = flat_rows(tables)
         if not rows:
