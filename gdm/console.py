@@ -49,16 +49,23 @@ def config_summary(cfg: DictConfig) -> str:
     """Two or three lines: the config groups picked, the command-line overrides, where the full config is."""
     lines = [f"task={cfg.get('task')} (print_config=full prints the whole config; the run directory keeps it in "
              ".hydra/config.yaml)"]
+    task = cfg.get("task")
+    # A checkpoint's task takes its model, data and metrics from the checkpoint (groups typed on the command line
+    # show under overrides), not from the groups Hydra composed by default (model=gan).
+    not_used = ("model", "data_model", "data", "metrics") if task in ("eval", "sample", "translate") else ()
     if HydraConfig.initialized():
         hydra = HydraConfig.get()
         picked = [f"{group}={option}" for group, option in sorted(hydra.runtime.choices.items())
-                  if option is not None and not group.startswith("hydra/") and group != "hydra"]
+                  if option is not None and not group.startswith("hydra/") and group != "hydra"
+                  and group not in not_used]
         lines.append("  groups: " + " ".join(picked))
         if hydra.overrides.task:
             lines.append("  overrides: " + " ".join(hydra.overrides.task))
-    if cfg.get("task") == "eval":
+    if task == "eval":
         lines.append("  model, data and metrics from the checkpoint: "
                      f"{cfg.model.get('_target_', '?').rsplit('.', 1)[-1]}")
+    elif task in ("sample", "translate"):
+        lines.append(f"  model from the checkpoint: {cfg.get('ckpt_path')}")
     return "\n".join(lines)
 
 

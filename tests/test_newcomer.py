@@ -69,3 +69,15 @@ def test_eval_says_its_fid_uses_another_split_than_training(tmp_path, caplog):
     with caplog.at_level(logging.INFO):
         write_report(dict(report), tmp_path / "eval.json", trained_split="test")
     assert "FID here compares" not in caplog.text
+
+
+@pytest.mark.parametrize("task", ["sample", "translate"])
+def test_a_checkpoint_tasks_summary_does_not_name_the_default_model(tmp_path, task):
+    """The model comes from the checkpoint: the summary does not list the default groups (model=gan) as picked."""
+    from helpers import run_py
+
+    missing = tmp_path / "missing.ckpt"
+    proc = run_py(f"task={task}", f"ckpt_path={missing}", "logger=none", f"hydra.run.dir={tmp_path / 'out'}")
+    groups = next(line for line in proc.stdout.splitlines() if line.startswith("  groups: "))
+    assert "model=" not in groups and "data=" not in groups and "metrics=" not in groups
+    assert f"  model from the checkpoint: {missing}" in proc.stdout
