@@ -244,13 +244,13 @@ def test_an_adaptive_solver_refuses_a_list_of_steps_and_records_its_mean_nfe(tmp
         run(compose_typed(["task=eval", "print_config=false", ckpt, "eval.sampler=dopri5", "eval.steps=[1,2]"],
                           tmp_path / "refused"))
     run(compose_typed(["task=eval", "print_config=false", ckpt, "eval.sampler=dopri5", "eval.num_samples=40",
-                       "metrics.batch_size=16", "eval.nll_tolerance=0.001"], tmp_path / "eval"))
+                       "metrics.batch_size=16", "eval.nll_tolerance=0.01"], tmp_path / "eval"))
     report = json.loads((tmp_path / "eval" / "eval.json").read_text())
     assert report["protocols"]["test/fid_digits"]["sampling"]["nfe"] > 6  # measured, the mean per sample
     nll = report["protocols"]["test/nll_bpd"]  # solved to the tolerance asked for, as its protocol says
-    assert (nll["estimator"]["atol"], nll["estimator"]["rtol"]) == (0.001, 0.001)
+    assert (nll["estimator"]["atol"], nll["estimator"]["rtol"]) == (0.01, 0.01)
     assert report["metrics"]["test/nll_bpd"] > 0
-    assert report["protocols"]["test/fid_digits"]["changed_from_checkpoint"] == ["nll_tolerance: 0.0001 -> 0.001"]
+    assert report["protocols"]["test/fid_digits"]["changed_from_checkpoint"] == ["nll_tolerance: 0.001 -> 0.01"]
     # a test loop of no batch: evaluated without the test values, no traceback
     run(compose_typed(["task=eval", "print_config=false", ckpt, "eval.num_samples=40", "metrics.batch_size=16",
                        "++trainer.limit_test_batches=0"], tmp_path / "no_test"))
