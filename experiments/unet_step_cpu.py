@@ -3,8 +3,10 @@
 The net of `conf/data_model/digits_diffusion.yaml` (the flow's is the same) on a batch of 64 random 1 x 32 x 32
 images: forward, MSE, backward and Adam's step, timed over --steps after --warmup, at dropout 0.1 (DDPM's, the
 flow's) and 0 (the EDM digits config's), with Adam unfused (torch's default on a CPU) and fused (gdm's,
-`GenerativeModule.adam`). Variants alternate, round after round, so a slower machine moment hits them alike;
-prints the median ms per step of each.
+`GenerativeModule.adam`). With `--channels 64 48 32` the variants are instead the net at each width (the
+config's dropout, fused Adam), and `--bf16` adds each under bf16 autocast (`trainer.precision=bf16-mixed`).
+Variants alternate, round after round, so a slower machine moment hits them alike; prints the median ms per step
+of each.
 """
 
 from __future__ import annotations
@@ -28,21 +30,34 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--channels", type=int, nargs="*", help="compare these U-Net widths instead")
+    parser.add_argument("--bf16", action="store_true", help="also time each variant under bf16 autocast")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     net_options = OmegaConf.to_container(OmegaConf.load(CONFIG).model.net)
     x, t = torch.randn(64, 1, 32, 32), torch.rand(64)
-    variants = {f"dropout {d}, Adam {'fused' if fused else 'unfused'}": (d, fused)
-                for d in (0.1, 0.0) for fused in (False, True)}
-    steps = {}
-    for name, (dropout, fused) in variants.items():
+    if args.channels:
+        variants = {f"{c} channels": ({**net_options, "channels": c}, True) for c in args.channels}
+    else:
+        variants = {f"dropout {d}, Adam {'fused' if fused else 'unfused'}": ({**net_options, "dropout": d}, fused)
+                    for d in (0.1, 0.0) for fused in (False, True)}
+    if args.bf16:
+        variants = {f"{name}{suffix}": (*variant, bf16) for name, variant in variants.items()
+                    for suffix, bf16 in (("", False), (", bf16 autocast", True))}
+    else:
+        variants = {name: (*variant, False) for name, variant in variants.items()}
+    steps, sizes = {}, {}
+    for name, (options, fused, bf16) in variants.items():
         torch.manual_seed(0)
-        net = UNet(image_shape=(1, 32, 32), **{**net_options, "dropout": dropout})
+        net = UNet(image_shape=(1, 32, 32), **options)
+        sizes[name] = sum(p.numel() for p in net.parameters()) / 1e6
         optimizer = torch.optim.Adam(net.parameters(), lr=1e-3, fused=fused)
 
-        def step(net=net, optimizer=optimizer) -> None:
+        def step(net=net, optimizer=optimizer, bf16=bf16) -> None:
             optimizer.zero_grad(set_to_none=True)
-            ((net(x, t) - x) ** 2).mean().backward()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss = ((net(x, t).float() - x) ** 2).mean()
+            loss.backward()
             optimizer.step()
 
         for _ in range(args.warmup):
@@ -55,10 +70,10 @@ def main() -> None:
             for _ in range(args.steps):
                 step()
             times[name].append((time.perf_counter() - start) / args.steps * 1000)
-    print(f"digits U-Net ({sum(p.numel() for p in UNet(image_shape=(1, 32, 32), **net_options).parameters()) / 1e6:.1f}"
-          f" M parameters), batch 64, {args.threads} threads, torch {torch.__version__}: median ms per step")
+    print(f"digits U-Net, batch 64, {args.threads} threads, torch {torch.__version__}: median ms per step")
     for name, values in times.items():
-        print(f"  {name:<32} {statistics.median(values):7.1f}  (rounds: {', '.join(f'{v:.1f}' for v in values)})")
+        print(f"  {name:<36} {statistics.median(values):7.1f}  ({sizes[name]:.2f} M parameters; rounds: "
+              f"{', '.join(f'{v:.1f}' for v in values)})")
 
 
 if __name__ == "__main__":

@@ -127,9 +127,11 @@ class Diffusion(IterativeModel):
         formulation: Annotated[Literal["edm", "ddpm"], Field(
             description="edm: Karras et al. 2022; ddpm: Ho et al. 2020")] = "edm",
         sampler: Annotated[str | None, Field(description=(
-            "edm: heun (EDM's) | euler; ddpm: ancestral (DDPM's) | ddim; null: the formulation's first"))] = None,
+            "edm: heun (EDM's) | euler | dpmpp_2m; ddpm: ancestral (DDPM's) | ddim | dpmpp_2m; null: the "
+            "formulation's first"))] = None,
         steps: Annotated[Steps | None, Field(description=(
-            "sampler steps; null: 18 for edm (NFE 35, EDM's CIFAR-10), 1000 for ddpm ancestral, 50 for ddim"))] = None,
+            "sampler steps; null: 18 for heun (NFE 35, EDM's CIFAR-10) and euler, 16 for dpmpp_2m, 1000 for "
+            "ancestral, 50 for ddim"))] = None,
         sigma_data: Annotated[Positive, Field(description="EDM's data std, 0.5 in EDM")] = 0.5,
         p_mean: Annotated[Real, Field(description="EDM's training ln-sigma mean, -1.2 in EDM")] = -1.2,
         p_std: Annotated[Positive, Field(description="EDM's training ln-sigma std, 1.2 in EDM")] = 1.2,
