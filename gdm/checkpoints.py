@@ -85,6 +85,18 @@ def check_same_model(cfg: DictConfig, checkpoint: dict, path: str | Path) -> Non
                        f"the checkpoint of a {wanted} run, or the {saved} model config.")
 
 
+def check_model_group(cfg: DictConfig, checkpoint: dict, path: str | Path, task: str) -> None:
+    """A checkpoint's task (eval, sample, translate) with a model group typed (`model=diffusion`) needs the
+    checkpoint's model class: another class would load weights of the same shapes into another model (a flow's
+    U-Net into EDM's preconditioning) and report numbers of neither, or be ignored."""
+    if ("model", False) not in command_line_keys():
+        return
+    saved, wanted = model_name(checkpoint[CONFIG]), model_name(cfg)
+    if saved != wanted:
+        raise GdmError(f"model= picks a {wanted} model, but ckpt_path={path} holds a {saved}: task={task} runs "
+                       f"the checkpoint's model, so drop model= (or point ckpt_path at a {wanted} run's checkpoint).")
+
+
 def command_line_keys() -> list[tuple[str, bool]]:
     """(key, deleted) for each override the user typed (`data=mnist` gives `data`); none outside Hydra."""
     if not HydraConfig.initialized():
@@ -184,6 +196,7 @@ def check_typed_settings(cfg: DictConfig, checkpoint: dict, path: str | Path, ta
     typed on the command line (`model.latent_dim=64`, `data.image_size=64`) would be ignored, so one that
     differs from the checkpoint's is refused in one sentence naming both values (`hint`: what to use
     instead)."""
+    check_model_group(cfg, checkpoint, path, task)
     trained = OmegaConf.create(checkpoint["gdm_config"])
     for key, deleted in command_line_keys():
         group, _, name = key.partition(".")

@@ -33,11 +33,13 @@ def checkpoint_task_deletion(args: list[str]) -> str | None:
     if checkpoint_task(args) is None:
         return None
     for arg in args:
-        if arg.startswith("~model."):
-            key = arg[1:].partition("=")[0]
-            return (f"{arg} deletes an option, but task={checkpoint_task(args)} takes the model from ckpt_path as it "
-                    f"was trained, with every option it had: drop {arg} (set {key}=VALUE to change a setting "
-                    "the checkpoint allows).")
+        if arg.startswith("~model.") or arg.partition("=")[0] == "~model":
+            key, task = arg[1:].partition("=")[0], checkpoint_task(args)
+            instead = (f"set {key}=VALUE to change a setting the checkpoint allows" if task == "eval" else
+                       "sample.sampler / sample.steps / sample.guidance choose how it samples" if task == "sample"
+                       else "translate.direction / translate.load_size choose how it translates")
+            return (f"{arg} deletes an option, but task={task} takes the model from ckpt_path as it was trained, "
+                    f"with every option it had: drop {arg} ({instead}).")
     return None
 
 

@@ -110,6 +110,23 @@ def test_a_checkpoint_of_another_model(tmp_path, gan_ckpt):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("task", ["eval", "sample", "translate"])
+def test_a_checkpoint_task_with_another_model_group(task, tmp_path, gan_ckpt):
+    """A model group of another class on a checkpoint's task would load the weights into another model (same
+    shapes: a flow's U-Net into EDM) or be ignored: refused, naming both classes."""
+    paths = [f"translate.input={tmp_path}", f"translate.output={tmp_path / 'out'}"] if task == "translate" else []
+    fails_cleanly(tmp_path, f"task={task}", f"ckpt_path={gan_ckpt}", "model=vae", *paths,
+                  message=f"model= picks a VAE model, but ckpt_path={gan_ckpt} holds a GAN: task={task} runs the "
+                          "checkpoint's model, so drop model= (or point ckpt_path at a VAE run's checkpoint).")
+
+
+def test_a_checkpoint_task_with_its_own_model_group_runs(tmp_path, gan_ckpt):
+    run(compose_config(["task=sample", f"ckpt_path={gan_ckpt}", "model=gan", "+sample.n=2", "logger=none",
+                        "print_config=false"], tmp_path / "sample"))
+    assert (tmp_path / "sample" / "grid.png").is_file()
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("task", ["train", "eval", "sample"])
 def test_a_ckpt_path_that_does_not_exist(task, tmp_path):
     fails_cleanly(tmp_path, f"task={task}", f"ckpt_path={tmp_path / 'nope.ckpt'}",

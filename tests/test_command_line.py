@@ -36,10 +36,14 @@ def test_run_py_answers_a_model_option_on_a_checkpoint_with_gdms_sentence_not_hy
 @pytest.mark.parametrize("task", ["eval", "sample", "translate"])
 def test_deleting_a_checkpoints_model_option_is_refused_in_one_sentence(task):
     args = [f"task={task}", "ckpt_path=R/last.ckpt", "~model.guidance"]
+    instead = {"eval": "set model.guidance=VALUE to change a setting the checkpoint allows",
+               "sample": "sample.sampler / sample.steps / sample.guidance choose how it samples",
+               "translate": "translate.direction / translate.load_size choose how it translates"}[task]
     assert checkpoint_task_deletion(args) == (
         f"~model.guidance deletes an option, but task={task} takes the model from ckpt_path as it was trained, with "
-        "every option it had: drop ~model.guidance (set model.guidance=VALUE to change a setting the checkpoint "
-        "allows).")
+        f"every option it had: drop ~model.guidance ({instead}).")
+    assert checkpoint_task_deletion([f"task={task}", "ckpt_path=R/last.ckpt", "~model"]).startswith(
+        f"~model deletes an option, but task={task} takes the model from ckpt_path")  # the whole group
     assert checkpoint_task_deletion(["~model.guidance", "model=diffusion"]) is None  # training: Hydra's group
     assert checkpoint_task_deletion([f"task={task}", "ckpt_path=R/last.ckpt", "model=diffusion",
                                      "~model.guidance"]) is None  # a model group named: Hydra deletes from it

@@ -51,6 +51,7 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from gdm.checkpoints import (
+    check_model_group,
     check_trained_settings,
     checkpoint_step,
     command_line_keys,
@@ -153,6 +154,7 @@ def evaluate(cfg: DictConfig) -> float | None:
     budgets = sampling_budgets(options["steps"])
     seed = L.seed_everything(seed_option(cfg), workers=True)  # the VAE's ELBO / IWAE draw from the global RNG
     checkpoint = read_checkpoint(cfg.ckpt_path)
+    check_model_group(cfg, checkpoint, cfg.ckpt_path, "eval")
     cfg = config_for_checkpoint(cfg, checkpoint)
     trained_split = OmegaConf.select(cfg, "metrics.fid.real_split")
     with open_dict(cfg):
