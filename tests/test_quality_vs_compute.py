@@ -518,3 +518,20 @@ def test_an_evaluation_against_trainings_split_lines_up_with_the_runs(tmp_path):
     run_dir = make_run(tmp_path / "run", "Diffusion", 1, 40.0, {"sampler": "euler", "nfe": 8}, 80.0)
     (budget,) = cost.eval_budgets(make_evaluation(tmp_path / "eval", run_dir, "train", 41.0))
     assert budget.values == {FID: 41.0} and budget.seconds_per_1000 == 80.0
+
+
+def test_a_sweep_of_evaluations_is_read_as_its_evaluations(tmp_path):
+    """`python run.py -m task=eval ckpt_path=A,B` leaves a sweep directory of task=eval jobs: task=compare reads
+    each job as the evaluation it is (a failed job as failed), not as a training run without summary.json."""
+    from gdm.compare.runs import independent_runs, read_runs
+
+    sweep = tmp_path / "sweep"
+    for job, seed, fid in (("0", 1, 50.0), ("1", 2, 54.0)):
+        run_dir = make_run(tmp_path / f"run{seed}", "Diffusion", seed, 40.0, {"sampler": "euler", "nfe": 8}, 80.0)
+        make_evaluation(sweep / job, run_dir, "test", fid)
+    (sweep / "2" / ".hydra").mkdir(parents=True)  # a job that stopped before its eval.json
+    runs, _ = read_runs([sweep])
+    assert [(r.seed, r.status) for r in runs] == [
+        (1, "finished"), (2, "finished"), (None, "failed (no summary.json: see its log)")]
+    kept, _ = independent_runs(runs)
+    assert [r.values["test/fid_digits"] for r in kept if r.finished] == [50.0, 54.0]

@@ -268,13 +268,14 @@ def independent_runs(runs: list[Run]) -> tuple[list[Run], list[str]]:
 
 
 def read_runs(paths: list[str | Path]) -> tuple[list[Run], list[SamplingSpread]]:
-    """Every run under `paths` (run or sweep directories) and every sampling spread (eval directories);
-    a path that is none of these fails in one sentence."""
+    """Every run under `paths` (run or sweep directories; a sweep's jobs may be training runs or task=eval
+    directories) and every sampling spread (eval directories); a path that is none of these fails in one
+    sentence."""
     runs, spreads, budgets = [], [], 0
-    for given in paths:
-        path = Path(given).expanduser()
-        if not path.is_dir():
-            raise GdmError(f"compare.runs: {given} is not a directory: pass run or sweep directories.")
+
+    def read(path: Path, given: str | Path) -> bool:
+        """Reads one run or task=eval directory; False when `path` is neither."""
+        nonlocal budgets
         eval_file = path / "eval.json"
         if eval_file.is_file():
             report = json.loads(eval_file.read_text())
@@ -290,8 +291,20 @@ def read_runs(paths: list[str | Path]) -> tuple[list[Run], list[SamplingSpread]]
             budgets += sampled  # read by gdm.compare.cost
         elif is_run_dir(path):
             runs.append(read_run(path))
-        elif path.is_dir() and job_dirs(path):
-            runs += [read_run(job) for job in job_dirs(path)]
+        else:
+            return False
+        return True
+
+    for given in paths:
+        path = Path(given).expanduser()
+        if not path.is_dir():
+            raise GdmError(f"compare.runs: {given} is not a directory: pass run or sweep directories.")
+        if read(path, given):
+            continue
+        if job_dirs(path):
+            for job in job_dirs(path):
+                if not read(job, job):
+                    runs.append(read_run(job))  # a job that wrote neither: recorded with its status
         else:
             raise GdmError(f"compare.runs: {given} is neither a run directory (with .hydra/ or summary.json) nor "
                            "a sweep directory (with job sub-directories): pass run or sweep directories.")
