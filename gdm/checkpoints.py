@@ -9,6 +9,7 @@ inside it), and compose the config of a run that works on a checkpoint (eval, sa
 from __future__ import annotations
 
 import logging
+import pickle
 from pathlib import Path
 
 import torch
@@ -55,8 +56,12 @@ def read_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated, not a torch file, or pickled objects we do not load
-        raise GdmError(f"{key}={path} cannot be read as a checkpoint ({type(err).__name__}: "
-                       f"{str(err).splitlines()[0][:200]}): pick another one, e.g. the run's best.ckpt.") from None
+        # torch's own text for an unpickling failure advises weights_only=False, which no gdm option sets
+        reason = ("not a torch file, or one holding objects other than tensors and plain values"
+                  if isinstance(err, pickle.UnpicklingError) else f"{type(err).__name__}: "
+                  f"{str(err).splitlines()[0][:200]}")
+        raise GdmError(f"{key}={path} cannot be read as a checkpoint ({reason}): pick another one, e.g. the run's "
+                       "best.ckpt.") from None
     if CONFIG not in checkpoint:
         raise GdmError(f"{path} has no gdm config inside: it was not written by a gdm run.")
     upgrade_config(checkpoint[CONFIG], path)

@@ -146,6 +146,20 @@ def test_a_truncated_checkpoint(tmp_path, gan_ckpt):
     fails_cleanly(tmp_path, "task=eval", f"ckpt_path={broken}", message=f"ckpt_path={broken} cannot be read")
 
 
+def test_a_file_of_random_bytes_is_not_a_checkpoint(tmp_path):
+    """torch's unpickling error advises weights_only=False, which no gdm option sets: the sentence says what the
+    file is not instead."""
+    from gdm.checkpoints import read_checkpoint
+
+    noise = tmp_path / "noise.ckpt"
+    noise.write_bytes(np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8).tobytes())
+    with pytest.raises(GdmError) as err:
+        read_checkpoint(noise)
+    assert str(err.value) == (f"ckpt_path={noise} cannot be read as a checkpoint (not a torch file, or one holding "
+                              "objects other than tensors and plain values): pick another one, e.g. the run's "
+                              "best.ckpt.")
+
+
 @pytest.mark.slow
 def test_wandb_online_without_network_fails_within_seconds(tmp_path):
     env = {"WANDB_API_KEY": "0" * 40, "WANDB_BASE_URL": "http://127.0.0.1:9"}  # nothing listens on port 9

@@ -5,6 +5,7 @@ makes no host-device synchronisation."""
 from __future__ import annotations
 
 import functools
+import re
 
 import lightning as L
 import pytest
@@ -181,6 +182,28 @@ def test_a_model_with_its_own_grad_clip_refuses_the_trainers_too(tmp_path):
     built = build_model(cfg, build_datamodule(cfg), from_checkpoint=True)
     with pytest.raises(GdmError, match=r"model.grad_clip=1.0 and trainer.gradient_clip_val=0.5 both clip the gradients "
                                        r"of model=(flow|Flow): set one of them"):
+        check_gradient_clipping(cfg, built)
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["trainer.gradient_clip_val=abc"], "trainer.gradient_clip_val='abc' must be a number >= 0"),
+    (["trainer.gradient_clip_val=-1"], "trainer.gradient_clip_val=-1 must be a number >= 0"),
+    (["trainer.gradient_clip_algorithm=sign", "trainer.gradient_clip_val=1"],
+     "trainer.gradient_clip_algorithm='sign' is not one of Lightning's: choose norm"),
+    (["trainer.gradient_clip_algorithm=value"],  # alone, it would silently do nothing
+     "trainer.gradient_clip_algorithm=value says how trainer.gradient_clip_val clips, and that is not set"),
+    (["model.grad_clip=1.0", "trainer.gradient_clip_algorithm=value"],  # model.grad_clip clips the norm anyway
+     "trainer.gradient_clip_algorithm=value says how trainer.gradient_clip_val clips, and that is not set"),
+])
+def test_trainer_clipping_values_are_refused_in_one_sentence(tmp_path, overrides, message):
+    from helpers import compose_config
+
+    from gdm.errors import GdmError
+    from gdm.tasks.build import build_datamodule, build_model, check_gradient_clipping
+
+    cfg = compose_config(["model=flow", *overrides], tmp_path)
+    built = build_model(cfg, build_datamodule(cfg), from_checkpoint=True)
+    with pytest.raises(GdmError, match="^" + re.escape(message)):
         check_gradient_clipping(cfg, built)
 
 

@@ -151,7 +151,17 @@ def check_gradient_clipping(cfg: DictConfig, model: GenerativeModule) -> None:
     """trainer.gradient_clip_val is Lightning's clipping for models it optimizes; the adversarial models take their
     optimizer steps themselves (manual optimization), where Lightning would refuse it with advice that is no gdm
     option. A model with its own `grad_clip` refuses a second, different clipping from the trainer."""
-    clip = cfg.trainer.get("gradient_clip_val")
+    clip, algorithm = cfg.trainer.get("gradient_clip_val"), cfg.trainer.get("gradient_clip_algorithm")
+    if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float)) or clip < 0):
+        raise GdmError(f"trainer.gradient_clip_val={clip!r} must be a number >= 0 (the gradient norm or value to clip "
+                       "at) or null (no clipping).")
+    if algorithm is not None and algorithm not in ("norm", "value"):
+        raise GdmError(f"trainer.gradient_clip_algorithm={algorithm!r} is not one of Lightning's: choose norm (clip "
+                       "the L2 norm of all gradients) or value (clip each element), or null (norm).")
+    if algorithm is not None and not clip:
+        raise GdmError(f"trainer.gradient_clip_algorithm={algorithm} says how trainer.gradient_clip_val clips, and "
+                       "that is not set: set trainer.gradient_clip_val (model.grad_clip, where a model has it, "
+                       "always clips the L2 norm), or drop the algorithm.")
     if clip and not model.automatic_optimization:
         raise GdmError(f"trainer.gradient_clip_val={clip} clips only models Lightning optimizes, and model="
                        f"{choice(cfg, 'model')} takes its optimizer steps itself: set model.grad_clip={clip} "
