@@ -313,6 +313,21 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu",
     return load_state(model, checkpoint, path).to(map_location).eval()
 
 
+def load_teacher(path: str | Path, image_shape: tuple[int, ...], key: str = "model.teacher") -> GenerativeModule:
+    """The trained model of the checkpoint a reflow trains from (the value of config `key`), for data of
+    `image_shape` (C, H, W). Raises GdmError when the file is missing or was trained on images of another shape
+    (the model checks the family: `gdm.models.flow.Flow.start_from_teacher`)."""
+    if not Path(path).expanduser().is_file():
+        raise GdmError(f"{key}={path} is not a file: reflow needs a trained flow's checkpoint, e.g. a model=flow "
+                       "run's checkpoints/last.ckpt.")
+    trained = tuple(read_checkpoint(path, key)["hyper_parameters"]["image_shape"])
+    if trained != tuple(image_shape):
+        raise GdmError(f"{key}={path} was trained on {' x '.join(map(str, trained))} images (channels x height x "
+                       f"width), and this data's are {' x '.join(map(str, image_shape))}: train the reflow on the "
+                       "teacher's data and image size.")
+    return load_model(path)
+
+
 def load_autoencoder(path: str | Path, image_shape: tuple[int, ...], key: str = "model.autoencoder") -> LatentSpace:
     """The latent space of the gdm AE or VAE checkpoint at `path` (the value of config `key`), for data of
     `image_shape` (C, H, W); its scale is 1 until fitted. Raises GdmError when the file is missing, is not an AE

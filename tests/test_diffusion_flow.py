@@ -316,6 +316,16 @@ def test_logit_normal_times():
     assert float(logit.mean()) == pytest.approx(0.5, abs=0.03) and float(logit.std()) == pytest.approx(0.8, abs=0.03)
 
 
+def test_u_shaped_times_are_lee_et_als_mixture_of_exponentials():
+    # t or 1 - t, even odds, t of density a exp(a t) / (exp(a) - 1) on [0, 1] (Lee et al. 2024, t_dist.py)
+    model = Flow((2,), stub(lambda x, c, labels: x), time_sampling="u_shaped", u_shape=4.0)
+    t = model.training_times(100_000, "cpu", torch.Generator().manual_seed(0))
+    a, x = 4.0, torch.linspace(0, 1, 11)
+    cdf = 0.5 * (torch.expm1(a * x) - torch.expm1(a * (1 - x)) + math.expm1(a)) / math.expm1(a)
+    torch.testing.assert_close((t[:, None] <= x).float().mean(0), cdf, atol=0.005, rtol=0)
+    assert float(((t < 0.1) | (t > 0.9)).float().mean()) == pytest.approx(float(2 * cdf[1]), abs=0.01)
+
+
 def test_ot_pairing_is_the_least_cost_permutation():
     g = torch.Generator().manual_seed(5)
     x0, x1 = torch.randn(6, 3, generator=g), torch.randn(6, 3, generator=g)

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from gdm.callbacks.checkpointing import AtomicCheckpointIO, CheckpointContents
 from gdm.callbacks.optuna_pruning import OptunaPruning
-from gdm.checkpoints import load_autoencoder
+from gdm.checkpoints import load_autoencoder, load_teacher
 from gdm.data.base import SplitDataModule
 from gdm.errors import GdmError
 from gdm.evaluation.evaluator import Evaluator
@@ -42,9 +42,11 @@ def build_datamodule(cfg: DictConfig) -> SplitDataModule:
     return datamodule
 
 
-def build_model(cfg: DictConfig, datamodule: SplitDataModule, from_checkpoint: bool = False) -> GenerativeModule:
+def build_model(cfg: DictConfig, datamodule: SplitDataModule, from_checkpoint: bool = False,
+                training: bool = False) -> GenerativeModule:
     """The model of `cfg.model`, sized from the data. Before training, fitted to the training split (k-means
-    clusters, class frequencies); `from_checkpoint`: not, as a checkpoint's state dict holds those (eval, resume)."""
+    clusters, class frequencies); `from_checkpoint`: not, as a checkpoint's state dict holds those (eval, resume).
+    `training` (a new or resumed run): a reflow's teacher is loaded, to draw its pairs."""
     # Sized from the data: the shape is passed in Python, not merged into the config.
     # Checked on the class first, before its nets are sized (the wrong kind of data is the first thing to say),
     # then on the instance (a conditional GAN also needs labels).
@@ -52,10 +54,12 @@ def build_model(cfg: DictConfig, datamodule: SplitDataModule, from_checkpoint: b
     with options_of("model", cfg.model, ("data", cfg.data)):
         make_model = instantiate(cfg.model, _partial_=True, _convert_="all")
         image_shape = tuple(int(n) for n in datamodule.image_shape)
-        latent = {}
+        built = {}  # models built from other checkpoints, passed in Python
         if cfg.model.get("autoencoder"):  # a latent diffusion / flow model: the frozen AE or VAE first
-            latent["latent"] = build_latent_space(cfg.model.autoencoder, image_shape, datamodule, from_checkpoint)
-        model = make_model(image_shape=image_shape, num_classes=datamodule.num_classes, **latent)
+            built["latent"] = build_latent_space(cfg.model.autoencoder, image_shape, datamodule, from_checkpoint)
+        if training and cfg.model.get("teacher"):  # reflow: the trained flow whose pairs this one learns
+            built["teacher_model"] = load_teacher(cfg.model.teacher, image_shape)
+        model = make_model(image_shape=image_shape, num_classes=datamodule.num_classes, **built)
         check_provides(cfg, model.requires, datamodule)
         if not from_checkpoint:
             if getattr(model, "clusters", None) is not None:  # self-conditioning: k-means on the training images

@@ -50,7 +50,7 @@ def train(cfg: DictConfig) -> float | None:
                  or any(run_dir.glob("checkpoints/*.ckpt")) or any(run_dir.glob("hpc_ckpt_*.ckpt")))
     resume = resume_from(cfg) if resumable else None
     datamodule = build_datamodule(cfg)
-    model = build_model(cfg, datamodule, from_checkpoint=resume is not None)
+    model = build_model(cfg, datamodule, from_checkpoint=resume is not None, training=True)
     check_gradient_clipping(cfg, model)
     if resume is not None:
         check_fits(model, resume[1], resume[0])
