@@ -588,6 +588,13 @@ def test_bad_options_say_which_and_why():
     model = Flow((2,), net)
     with pytest.raises(GdmError, match="sampler=ancestral is not a sampler of Flow: choose one of euler"):
         model.set_sampling("ancestral")
+    # on a trained model (task=eval / sample) the advice is about sampling, not about how to train
+    with pytest.raises(GdmError, match=r"and this model was trained unconditional: drop guidance=2.0 \(1, the model "
+                                       r"alone, is its only value\), or guide a model trained with labels"):
+        model.set_sampling(guidance=2.0)
+    no_null = Flow((2,), net, num_classes=3, conditional=True, label_dropout=0.0)
+    with pytest.raises(GdmError, match="which label_dropout=0 never trained: drop guidance=3.0"):
+        no_null.set_sampling(guidance=3.0)
     with pytest.raises(GdmError, match="steps=0 must be an integer >= 1"):
         model.set_sampling(steps=0)
     with pytest.raises(GdmError, match="steps=2000 is more than the 1000 training steps"):

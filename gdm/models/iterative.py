@@ -290,16 +290,21 @@ class IterativeModel(GenerativeModule, Samples):
         raise NotImplementedError
 
     @staticmethod
-    def check_guidance(guidance: float, conditional: bool, label_dropout: float) -> None:
-        """GdmError when a guidance scale other than 1 has no trained unconditional prediction to mix in."""
+    def check_guidance(guidance: float, conditional: bool, label_dropout: float, trained: bool = False) -> None:
+        """GdmError when a guidance scale other than 1 has no trained unconditional prediction to mix in. `trained`:
+        set on a trained model, whose conditioning can no longer change (the advice says so)."""
         if guidance < 0:
             raise GdmError(f"guidance={guidance} must be >= 0 (1: the conditional model alone).")
         if guidance != 1.0 and not conditional:
             raise GdmError(f"guidance={guidance} mixes conditional and unconditional predictions, and this model "
-                           "is unconditional: set guidance=1, or conditional=true with labelled data.")
+                           + (f"was trained unconditional: drop guidance={guidance} (1, the model alone, is its only "
+                              "value), or guide a model trained with labels (conditional=true)." if trained else
+                              "is unconditional: set guidance=1, or conditional=true with labelled data."))
         if guidance != 1.0 and label_dropout == 0:
             raise GdmError(f"guidance={guidance} mixes in the prediction for the null label, which label_dropout=0 "
-                           "never trains: set label_dropout above 0 (0.1 in Ho & Salimans 2022), or guidance=1.")
+                           + (f"never trained: drop guidance={guidance} (1 is this model's only value), or guide a "
+                              "model trained with label_dropout above 0." if trained else
+                              "never trains: set label_dropout above 0 (0.1 in Ho & Salimans 2022), or guidance=1."))
 
     def default_steps(self, sampler: str) -> int | None:
         """The steps `sampler` takes when none are given; None: the current ones (a family whose samplers' steps
@@ -312,7 +317,7 @@ class IterativeModel(GenerativeModule, Samples):
         the current one (another sampler without steps: that sampler's `default_steps`). Raises GdmError naming
         the value otherwise."""
         if guidance is not None:
-            self.check_guidance(float(guidance), self.conditional, self.label_dropout)
+            self.check_guidance(float(guidance), self.conditional, self.label_dropout, trained=True)
             self.guidance = float(guidance)
         if sampler is not None and sampler not in self.samplers:
             raise GdmError(f"sampler={sampler} is not a sampler of {type(self).__name__}"

@@ -49,7 +49,8 @@ class Couplings:
         return cls(torch.cat(noise), torch.cat(samples), torch.cat(labels) if labels else None)
 
     def batch(self, n: int) -> tuple[Tensor, Tensor, Tensor | None]:
-        """`n` pairs drawn uniformly with replacement by the global CPU RNG (restored on an exact resume):
+        """`n` pairs drawn uniformly with replacement by the global CPU RNG (its own stream in each DDP process,
+        restored on an exact resume: gdm.callbacks.checkpointing):
         (x_0, x_1, labels or None), on the CPU."""
         index = torch.randint(len(self), (n,))
         return self.noise[index], self.samples[index], None if self.labels is None else self.labels[index]
