@@ -37,6 +37,8 @@ TRAINED_DATA = ("direction", "image_size", "channels")
 # a diffusion model's formulation and DDPM's noise schedule: what its net predicts, at which noise levels): a run
 # on a checkpoint refuses other values, and so does resuming one (the rest of the run would train another function).
 MODEL_TRAINED = ("c_noise_scale", "sigma_data", "formulation", "beta_schedule", "train_timesteps")
+# What draws a reflow's pairs, which a resumed run draws again: it may not change (the teacher's file may move).
+PAIRS_SETTINGS = ("teacher_pairs", "teacher_sampler", "teacher_steps")
 # All model settings that define what the weights compute without changing their shapes (the shapes are compared
 # separately): a run on a checkpoint refuses other values (the classes only for a conditional model). Others
 # (pix2pix's inference mode, the VAE's iwae_k) are evaluation choices: used, logged and recorded.
@@ -250,9 +252,14 @@ def changed_settings(model: GenerativeModule, checkpoint: dict, path: str | Path
     """Model settings of a resumed run that differ from the checkpoint's, as `name: old -> new` (speed-only ones
     left out); one sentence for a model option the weights were trained for (`MODEL_TRAINED`)."""
     saved = checkpoint.get("hyper_parameters", {})
+    if (saved.get("teacher") is None) != (model.hparams.get("teacher") is None):
+        raise GdmError(f"ckpt_path={path} is a reflow of model.teacher={saved['teacher']}, whose pairs a resumed run "
+                       "draws again: set model.teacher to where that file is now." if saved.get("teacher") else
+                       f"ckpt_path={path} trained on independent pairs, not a teacher's: drop model.teacher to resume "
+                       "it, or start a new run for the reflow.")
     changed = {k: (saved[k], v) for k, v in model.hparams.items()
                if k in saved and plain(saved[k]) != plain(v) and k not in SPEED_ONLY}
-    trained = [k for k in MODEL_TRAINED if k in changed]
+    trained = [k for k in (*MODEL_TRAINED, *PAIRS_SETTINGS) if k in changed]
     if trained:
         said = "; ".join(f"model.{k}={typed(plain(changed[k][1]))}, the checkpoint's is "
                          f"{typed(plain(changed[k][0]))}" for k in trained)
@@ -313,13 +320,16 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu",
     return load_state(model, checkpoint, path).to(map_location).eval()
 
 
-def load_teacher(path: str | Path, image_shape: tuple[int, ...], key: str = "model.teacher") -> GenerativeModule:
+def load_teacher(path: str | Path, image_shape: tuple[int, ...], resuming: bool = False,
+                 key: str = "model.teacher") -> GenerativeModule:
     """The trained model of the checkpoint a reflow trains from (the value of config `key`), for data of
-    `image_shape` (C, H, W). Raises GdmError when the file is missing or was trained on images of another shape
-    (the model checks the family: `gdm.models.flow.Flow.start_from_teacher`)."""
+    `image_shape` (C, H, W); `resuming`: for a resumed run (the message says why it needs the file). Raises GdmError
+    when the file is missing or was trained on images of another shape (the model checks the family:
+    `gdm.models.flow.Flow.start_from_teacher`)."""
     if not Path(path).expanduser().is_file():
-        raise GdmError(f"{key}={path} is not a file: reflow needs a trained flow's checkpoint, e.g. a model=flow "
-                       "run's checkpoints/last.ckpt.")
+        raise GdmError(f"{key}={path} is not a file: " + (
+            f"a resumed reflow draws its pairs again from its teacher: set {key} to where that file is now."
+            if resuming else "point it at a trained flow's checkpoint, e.g. a model=flow run's checkpoints/last.ckpt."))
     trained = tuple(read_checkpoint(path, key)["hyper_parameters"]["image_shape"])
     if trained != tuple(image_shape):
         raise GdmError(f"{key}={path} was trained on {' x '.join(map(str, trained))} images (channels x height x "

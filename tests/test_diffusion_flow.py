@@ -585,6 +585,8 @@ def test_bad_options_say_which_and_why():
         Flow((2,), net, steps=0)
     with pytest.raises(ValidationError, match="sampler"):
         Flow((2,), net, sampler="rk45")
+    with pytest.raises(ValidationError, match="u_shape"):  # exp(a) overflows float32 above 88
+        Flow((2,), net, time_sampling="u_shaped", u_shape=100.0)
     model = Flow((2,), net)
     with pytest.raises(GdmError, match="sampler=ancestral is not a sampler of Flow: choose one of euler"):
         model.set_sampling("ancestral")

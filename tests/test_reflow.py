@@ -93,6 +93,29 @@ def test_the_student_starts_from_the_teachers_ema_weights_and_checkpoints_no_tea
     assert checkpoint[PAIRS_SEED_KEY] == resumed.pairs_seed == 12345
 
 
+def test_a_resume_keeps_what_draws_the_pairs_and_the_protocol_records_them():
+    from gdm.checkpoints import changed_settings
+
+    net = tiny_unet()
+    saved = {"hyper_parameters": dict(Flow((1, 8, 8), net, teacher="a.ckpt", teacher_pairs=50).hparams)}
+    moved = Flow((1, 8, 8), net, teacher="b.ckpt", teacher_pairs=50)
+    assert changed_settings(moved, saved, "last.ckpt") == ["teacher: 'a.ckpt' -> 'b.ckpt'"]  # the file may move
+    with pytest.raises(GdmError) as caught:
+        changed_settings(Flow((1, 8, 8), net), saved, "last.ckpt")
+    assert str(caught.value) == ("ckpt_path=last.ckpt is a reflow of model.teacher=a.ckpt, whose pairs a resumed run "
+                                 "draws again: set model.teacher to where that file is now.")
+    with pytest.raises(GdmError, match=r"other settings than this run's \(model.teacher_pairs=60, the checkpoint's "
+                                       r"is 50\)"):
+        changed_settings(Flow((1, 8, 8), net, teacher="a.ckpt", teacher_pairs=60), saved, "last.ckpt")
+    plain = {"hyper_parameters": dict(Flow((1, 8, 8), net).hparams)}
+    with pytest.raises(GdmError, match="trained on independent pairs, not a teacher's: drop model.teacher"):
+        changed_settings(moved, plain, "last.ckpt")
+    moved.pairs_seed = 7
+    assert moved.sampling_protocol()["reflow"] == {"teacher": "b.ckpt", "pairs": 50, "pairs_seed": 7,
+                                                   "teacher_sampler": None, "teacher_steps": None}
+    assert "reflow" not in Flow((1, 8, 8), net).sampling_protocol()  # plain flows keep their protocol ids
+
+
 @pytest.mark.parametrize(("teacher", "student", "message"), [
     (lambda: Diffusion((1, 8, 8), tiny_unet()), {}, "is a Diffusion checkpoint, and reflow needs a flow's"),
     (lambda: Flow((1, 8, 8), tiny_unet(), num_classes=3, conditional=True), {"num_classes": 3},
@@ -131,6 +154,14 @@ def test_a_reflow_run_trains_on_its_teachers_pairs_and_samples_in_its_own_steps(
     assert f"reflow: 30 pairs drawn by {flow_ckpt} (heun, 2 steps, seed {checkpoint[PAIRS_SEED_KEY]})" in caplog.text
 
 
+def test_the_reflow_recipe_without_a_teacher_is_refused(tmp_path):
+    with pytest.raises(Exception) as caught:  # noqa: B017 - Hydra may wrap it
+        run(compose_config(["experiment=digits_reflow", *TINY, "logger=none"], tmp_path / "reflow"))
+    assert str(user_error(caught.value)) == (
+        "model.teacher=RUN/checkpoints/last.ckpt is not a file: point it at a trained flow's checkpoint, e.g. a "
+        "model=flow run's checkpoints/last.ckpt.")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("case", ["missing", "size", "conditioning"])
 def test_a_wrong_teacher_file_is_refused_before_training(case, flow_ckpt, tmp_path):
@@ -140,7 +171,7 @@ def test_a_wrong_teacher_file_is_refused_before_training(case, flow_ckpt, tmp_pa
     with pytest.raises(Exception) as caught:  # noqa: B017 - Hydra may wrap it
         run(compose_config(overrides, tmp_path / "reflow"))
     mistake = str(user_error(caught.value))
-    message = {"missing": "is not a file: reflow needs a trained flow's checkpoint",
+    message = {"missing": "is not a file: point it at a trained flow's checkpoint",
                "size": "was trained on 1 x 16 x 16 images (channels x height x width), and this data's are "
                        "1 x 32 x 32",
                "conditioning": "is unconditional and this model is not: set model.conditional=false"}[case]

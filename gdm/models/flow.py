@@ -108,8 +108,8 @@ class Flow(IterativeModel):
             "training times: uniform | logit_normal (Esser et al. 2024) | u_shaped (Lee et al. 2024)"))] = "uniform",
         logit_mean: Annotated[Real, Field(description="logit-normal m, 0 in Esser et al.")] = 0.0,
         logit_std: Annotated[Tolerance, Field(description="logit-normal s, 1 in Esser et al.")] = 1.0,
-        u_shape: Annotated[Tolerance, Field(description="u_shaped times: t or 1 - t, t of density ~ exp(a t); a = 4 "
-                                                        "in Lee et al. 2024")] = 4.0,
+        u_shape: Annotated[float, Field(gt=0, le=50, strict=True, description=(
+            "u_shaped times: t or 1 - t, t of density ~ exp(a t); a = 4 in Lee et al. 2024"))] = 4.0,
         ot_pairing: Annotated[Flag, Field(description="minibatch OT pairing of noise and data (OT-CFM)")] = False,
         conditional: Flag = False,
         label_dropout: LabelDropout = 0.1,
@@ -183,7 +183,9 @@ class Flow(IterativeModel):
         if self.teacher_model is None:
             return
         if self.pairs_seed is None:  # a new run: the pairs' noise apart from any evaluation's sample sequence
-            self.pairs_seed = int(np.random.SeedSequence([torch.initial_seed(), PAIRS_STREAM]).generate_state(1)[0])
+            seed = int(np.random.SeedSequence([torch.initial_seed(), PAIRS_STREAM]).generate_state(1)[0])
+            # rank 0's: under DDP the other processes are re-seeded for streams of their own, and all draw one set
+            self.pairs_seed = int(self.trainer.strategy.broadcast(seed, src=0)) if self.attached_trainer() else seed
         teacher = self.teacher_model.to(self.device)
         start = time.perf_counter()
         self.couplings = Couplings.draw(teacher, self.teacher_pairs, self.pairs_seed)
@@ -264,4 +266,8 @@ class Flow(IterativeModel):
         protocol = {"formulation": "rectified flow", **super().sampling_protocol()}
         if self.sampler_name == "dopri5":
             protocol.update(atol=self.atol, rtol=self.rtol, steps=None)
+        if self.teacher is not None:  # what the weights were trained on (absent otherwise: plain flows keep their ids)
+            protocol["reflow"] = {"teacher": self.teacher, "pairs": self.teacher_pairs, "pairs_seed": self.pairs_seed,
+                                  "teacher_sampler": self.hparams.get("teacher_sampler"),
+                                  "teacher_steps": self.hparams.get("teacher_steps")}
         return protocol

@@ -58,7 +58,7 @@ def build_model(cfg: DictConfig, datamodule: SplitDataModule, from_checkpoint: b
         if cfg.model.get("autoencoder"):  # a latent diffusion / flow model: the frozen AE or VAE first
             built["latent"] = build_latent_space(cfg.model.autoencoder, image_shape, datamodule, from_checkpoint)
         if training and cfg.model.get("teacher"):  # reflow: the trained flow whose pairs this one learns
-            built["teacher_model"] = load_teacher(cfg.model.teacher, image_shape)
+            built["teacher_model"] = load_teacher(cfg.model.teacher, image_shape, resuming=from_checkpoint)
         model = make_model(image_shape=image_shape, num_classes=datamodule.num_classes, **built)
         check_provides(cfg, model.requires, datamodule)
         if not from_checkpoint:
