@@ -93,6 +93,18 @@ def test_the_student_starts_from_the_teachers_ema_weights_and_checkpoints_no_tea
     assert checkpoint[PAIRS_SEED_KEY] == resumed.pairs_seed == 12345
 
 
+def test_every_process_draws_the_pairs_of_rank_0s_seed():
+    from types import SimpleNamespace
+
+    teacher = gaussian_teacher()
+    student = Flow((2,), partial(TimeMLP, width=8, depth=1), teacher="t.ckpt", teacher_pairs=5)
+    object.__setattr__(student, "teacher_model", teacher)
+    student._trainer = SimpleNamespace(strategy=SimpleNamespace(broadcast=lambda obj, src: 1234 if src == 0 else obj))
+    student.on_fit_start()  # a process other than rank 0 (its own torch seed) takes rank 0's broadcast pair seed
+    assert student.pairs_seed == 1234 and student.teacher_model is None
+    torch.testing.assert_close(student.couplings.noise, latent_noise(range(5), 2, 1234))
+
+
 def test_a_resume_keeps_what_draws_the_pairs_and_the_protocol_records_them():
     from gdm.checkpoints import changed_settings
 
