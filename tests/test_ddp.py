@@ -76,3 +76,20 @@ def test_each_rank_draws_its_own_random_stream():
 
     assert torch.equal(draws(0), draws(0, world_size=1))  # rank 0 and single-process runs: unchanged
     assert not torch.equal(draws(0), draws(1)) and torch.equal(draws(1), draws(1))
+
+
+@pytest.mark.slow
+def test_a_reflow_draws_the_same_pairs_in_every_process(tmp_path):
+    """Ranks > 0 move to random streams of their own at fit start; the reflow's pairs still come from rank 0's seed,
+    so every process trains on one set of pairs (each drawing its own batches from it)."""
+    flow = ["model=flow", "data.image_size=16", "model.net.channels=16", "model.net.num_res_blocks=1",
+            "model.steps=2", "metrics.fid.num_samples=20", "test_after_fit=false", *SMALL]
+    proc = run_py(*flow, f"hydra.run.dir={tmp_path / 'teacher'}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    teacher = tmp_path / "teacher" / "checkpoints" / "last.ckpt"
+    proc = run_py(*flow, "trainer=ddp_cpu", f"model.teacher={teacher}", "model.teacher_pairs=20",
+                  f"hydra.run.dir={tmp_path / 'reflow'}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    logs = [(tmp_path / "reflow" / name).read_text() for name in ("run.log", "train_ddp_process_1.log")]
+    seeds = [log.split("reflow: 20 pairs drawn by ", 1)[1].split("seed ", 1)[1].split(")", 1)[0] for log in logs]
+    assert seeds[0] == seeds[1] and seeds[0].isdigit()
