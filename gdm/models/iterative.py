@@ -360,12 +360,17 @@ class IterativeModel(GenerativeModule, Samples):
         index (None when unconditional)."""
         return latent_labels(indices, self.class_probs, seed).to(self.device) if self.conditional else None
 
+    def initial_noise(self, indices: Sequence[int], seed: int) -> Tensor:
+        """Samples `indices`' starting noise (N, *shape), standard normal, each from its own seeded generator, on
+        this model's device and in its weights' dtype."""
+        return self.to_model(latent_noise(indices, math.prod(self.shape), seed).view(-1, *self.shape))
+
     @torch.no_grad()
     def generate(self, indices: Sequence[int] | Tensor, seed: int = 0, labels: Tensor | None = None) -> Tensor:
         """Samples `indices` of the seeded sequence from the EMA net: (N, C, H, W) in [-1, 1]. A conditional model
         draws class `labels[i]` for sample i (else class-balanced labels, seeded per index)."""
         indices = indices.tolist() if isinstance(indices, Tensor) else list(indices)
-        noise = self.to_model(latent_noise(indices, math.prod(self.shape), seed).view(-1, *self.shape))
+        noise = self.initial_noise(indices, seed)
         if self.conditional:
             labels = self.sample_labels(indices, seed) if labels is None else labels
             labels = torch.as_tensor(labels, device=self.device).long()

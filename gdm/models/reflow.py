@@ -11,12 +11,8 @@ run draws them again from the teacher's file and the pair seed its checkpoint ho
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
-
-from gdm.models.base import latent_noise
 
 
 class Couplings:
@@ -33,12 +29,13 @@ class Couplings:
     @torch.no_grad()
     def draw(cls, teacher, count: int, seed: int, batch_size: int = 500) -> Couplings:
         """Pairs 0..count-1 of `teacher` (a `gdm.models.flow.Flow`, on its device, with the sampler it is set to):
-        pair i's noise is sample i's of the seeded sequence `seed` (`gdm.models.base.latent_noise`), its x_1 the
-        teacher's ODE solution from it (unclamped, in its space), its label the class-balanced label of index i."""
+        pair i's noise is sample i's of the seeded sequence `seed` (`initial_noise`, as `generate` draws it), its
+        x_1 the teacher's ODE solution from it (unclamped, in its space), its label the class-balanced label of
+        index i."""
         noise, samples, labels = [], [], []
         for start in range(0, count, batch_size):
             indices = list(range(start, min(start + batch_size, count)))
-            x0 = teacher.to_model(latent_noise(indices, math.prod(teacher.shape), seed).view(-1, *teacher.shape))
+            x0 = teacher.initial_noise(indices, seed)
             y = teacher.sample_labels(indices, seed)
             with teacher.ema_weights() as net:
                 x1 = teacher.solve(net, x0, y, indices, seed)
