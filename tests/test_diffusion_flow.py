@@ -162,6 +162,25 @@ def test_edm_dpm_solver_converges_at_second_order():
     assert error[50] / error[200] > 12  # 4x the steps: 16x less error for a second-order method
 
 
+def test_edm_unipc_follows_the_exact_ode_solution_on_the_flow_path():
+    # UniPC on x_flow = x / (1 + sigma): EDM's exact map of N(0, 0.5^2) data, at second order in the steps
+    noise = torch.randn(16, 3, generator=torch.Generator().manual_seed(0))
+    exact = noise * 80 * 0.5 / math.sqrt(0.25 + 80**2)
+    model = Diffusion((3,), stub(edm_net_of(gaussian_denoiser(0.0, 0.5), 250.0)), sampler="unipc", steps=5)
+    error = {}
+    for n in (5, 40, 160):
+        model.set_sampling("unipc", n)
+        model.function_evaluations = 0
+        error[n] = float(((model.solve(model.net, noise, None, range(16), seed=0) - exact) / exact).abs().max())
+        assert model.nfe() == n == model.function_evaluations
+    assert error[5] < 0.15 and error[160] < 3e-4
+    assert error[40] / error[160] > 8  # 4x the steps: about 16x less error for a second-order method
+    torch.testing.assert_close(model.edm.flow_grid(4), torch.tensor([80 / 81 * (1 - i / 4) for i in range(4)],
+                                                                    dtype=torch.float64))
+    protocol = model.sampling_protocol()
+    assert protocol["grid"] == "uniform in sigma / (1 + sigma)" and "rho" not in protocol
+
+
 def test_edm_noise_grid():
     grid = EDM().sigmas(18)
     assert grid[0] == pytest.approx(80.0) and grid[-2] == pytest.approx(0.002) and grid[-1] == 0
@@ -269,9 +288,9 @@ def test_ddpm_schedule_and_epsilon_target():
     torch.testing.assert_close(cosine.alphas_cumprod.double()[:900], (f / f0)[:900], rtol=2e-3, atol=1e-5)
 
 
-@pytest.mark.parametrize("sampler", ["ancestral", "ddim", "dpmpp_2m"])
+@pytest.mark.parametrize("sampler", ["ancestral", "ddim", "dpmpp_2m", "unipc"])
 def test_ddpm_samplers_match_diffusers_steps_and_do_not_depend_on_the_batch(sampler):
-    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
 
     eps_fn = lambda x, c, labels: 0.5 * x + 0.01 * c.view(-1, 1, 1, 1)  # noqa: E731
     model = Diffusion((1, 4, 4), stub(eps_fn), formulation="ddpm", sampler=sampler, steps=10)
@@ -282,14 +301,16 @@ def test_ddpm_samplers_match_diffusers_steps_and_do_not_depend_on_the_batch(samp
     from gdm.models.base import latent_noise
     from gdm.models.iterative import index_generators
 
-    cls = {"ancestral": DDPMScheduler, "ddim": DDIMScheduler, "dpmpp_2m": DPMSolverMultistepScheduler}[sampler]
+    cls = {"ancestral": DDPMScheduler, "ddim": DDIMScheduler, "dpmpp_2m": DPMSolverMultistepScheduler,
+           "unipc": UniPCMultistepScheduler}[sampler]
     scheduler = cls(num_train_timesteps=1000, beta_schedule="linear", timestep_spacing="trailing")
     scheduler.set_timesteps(10)
     x = latent_noise(range(6), 16, 3).view(6, 1, 4, 4)
     generators = index_generators(range(6), 3, stream=2)
     for t in scheduler.timesteps:
         eps = eps_fn(x, torch.full((6,), float(t)), None)
-        x = scheduler.step(eps, t, x, **({} if sampler == "dpmpp_2m" else {"generator": generators})).prev_sample
+        x = scheduler.step(eps, t, x, **({"generator": generators} if sampler in ("ancestral", "ddim") else {})
+                           ).prev_sample
     torch.testing.assert_close(whole, x.clamp(-1, 1))
     assert model.sampling_protocol()["nfe"] == 10
 
@@ -367,6 +388,34 @@ def test_flow_dopri5_is_accurate_and_its_nfe_measured():
     assert model.sampling_protocol()["nfe"] == pytest.approx((4 * counts[0] + 6 * counts[1]) / 10)
     model.begin_measurement()
     assert model.sampling_protocol()["nfe"] is None
+
+
+def test_flow_unipc_follows_the_exact_ode_solution_of_a_gaussian():
+    # the linear path's ODE maps noise z to mean + std z for N(mean, std^2 I) data; UniPC at second order
+    mean = torch.tensor([0.5, -1.0, 2.0])
+    model = Flow((3,), stub(gaussian_velocity(mean, 0.3)), sampler="unipc", steps=5)
+    noise = torch.randn(16, 3, generator=torch.Generator().manual_seed(0))
+    error = {}
+    for n in (5, 40, 160):
+        model.set_sampling("unipc", n)
+        model.function_evaluations = 0
+        error[n] = float((model.solve(model.net, noise, None, range(16), 0) - (mean + 0.3 * noise)).abs().max())
+        assert model.nfe() == n == model.function_evaluations
+    assert error[5] < 0.2 and error[160] < 3e-4
+    assert error[40] / error[160] > 8
+
+
+def test_image_samples_are_drawn_channels_last_and_the_weights_restored():
+    torch.manual_seed(0)
+    model = Flow((1, 8, 8), tiny_unet(dropout=0.0), sampler="unipc", steps=3)
+    for p in model.net_ema.module.parameters():
+        nn.init.normal_(p, std=0.1)  # not the zero-initialised output
+    samples = model.generate(range(4), seed=1)
+    with model.evaluating(model.net_ema.module):  # the same solve with NCHW weights and inputs
+        nchw = model.solve(model.net_ema.module, model.initial_noise(range(4), 1), None, range(4), 1).clamp(-1, 1)
+    torch.testing.assert_close(samples, nchw, rtol=1e-4, atol=1e-5)
+    assert samples.abs().max() > 0.05  # not a zero net's output
+    assert all(p.is_contiguous() for p in model.net_ema.module.parameters()) and not model.ema_nhwc
 
 
 def test_samples_do_not_depend_on_the_batch_and_guidance_mixes_predictions():

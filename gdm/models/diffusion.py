@@ -10,11 +10,14 @@
   NFE = 2 steps - 1 (18 steps, NFE 35, in the paper); `euler` takes the first-order steps only (NFE = steps);
   `dpmpp_2m` is DPM-Solver++(2M) (Lu et al. 2022, the multistep second-order solver of the data prediction) on the
   same grid, by diffusers' EDMDPMSolverMultistepScheduler: one net call per step (NFE = steps), second order from
-  the second step on, first order on the last (to sigma = 0).
+  the second step on, first order on the last (to sigma = 0); `unipc` is UniPC (Zhao et al. 2023) by diffusers'
+  UniPCMultistepScheduler on the rectified-flow path x / (1 + sigma), on a grid uniform in sigma / (1 + sigma) from
+  sigma_max to 0 (`gdm.models.multistep`; NFE = steps).
 - `ddpm` (Ho et al. 2020): epsilon prediction on 1,000 discrete steps of a linear (beta 1e-4 to 0.02) or cosine
   (Nichol & Dhariwal 2021) schedule, uniform training steps and the plain MSE; sampled by diffusers' schedulers:
   `ancestral` (DDPMScheduler, Ho et al.'s sampler, sigma_t^2 = beta-tilde_t, x0 clipped to [-1, 1]), `ddim`
-  (DDIMScheduler, Song et al. 2021, eta = 0) or `dpmpp_2m` (DPMSolverMultistepScheduler, DPM-Solver++(2M)), over
+  (DDIMScheduler, Song et al. 2021, eta = 0), `dpmpp_2m` (DPMSolverMultistepScheduler, DPM-Solver++(2M)) or
+  `unipc` (UniPCMultistepScheduler, UniPC-2 with the bh2 corrector, Zhao et al. 2023), over
   `steps` of the 1,000 spaced as "trailing" (Lin et al. 2024: the first step starts at the last training step, which
   a few-step sampler needs). NFE = steps.
 """
@@ -45,6 +48,7 @@ from gdm.models.iterative import (
     mse,
 )
 from gdm.models.latent import LatentSpace
+from gdm.models.multistep import unipc
 from gdm.option_types import AdamBetas, Flag, GradClip, LearningRate, NLLTolerance, NonNegativeInt, Visuals, checked
 
 Positive = Annotated[float, Field(gt=0, strict=True, allow_inf_nan=False)]
@@ -52,7 +56,7 @@ Real = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 
 log = logging.getLogger(__name__)
 
-SAMPLERS = {"edm": ("heun", "euler", "dpmpp_2m"), "ddpm": ("ancestral", "ddim", "dpmpp_2m")}
+SAMPLERS = {"edm": ("heun", "euler", "dpmpp_2m", "unipc"), "ddpm": ("ancestral", "ddim", "dpmpp_2m", "unipc")}
 
 
 class EDM:
@@ -96,6 +100,13 @@ class EDM:
         grid = (self.sigma_max**inv + i / (steps - 1) * (self.sigma_min**inv - self.sigma_max**inv)) ** self.rho
         return torch.cat([grid, torch.zeros(1, dtype=torch.float64)])
 
+    def flow_grid(self, steps: int) -> Tensor:
+        """UniPC's grid (steps,) on the rectified-flow path (`gdm.models.multistep`), s = sigma / (1 + sigma):
+        uniform from sigma_max's s down to 0 (the 0 not included), as a flow's uniform time grid; at 4-8 steps it
+        beats the rho grid here (experiments/diffusion_flow.md, seventh pass)."""
+        s_max = self.sigma_max / (1 + self.sigma_max)
+        return torch.linspace(s_max, 0, steps + 1, dtype=torch.float64)[:-1]
+
     def sample(self, denoise, noise: Tensor, steps: int, heun: bool) -> Tensor:
         """EDM's deterministic sampler (Algorithm 1, S_churn = 0; edm/generate.py `edm_sampler`): x_0 = noise
         sigma_0, Euler steps along dx/dsigma = (x - D(x; sigma)) / sigma, with Heun's correction except on the last
@@ -127,11 +138,11 @@ class Diffusion(IterativeModel):
         formulation: Annotated[Literal["edm", "ddpm"], Field(
             description="edm: Karras et al. 2022; ddpm: Ho et al. 2020")] = "edm",
         sampler: Annotated[str | None, Field(description=(
-            "edm: heun (EDM's) | euler | dpmpp_2m; ddpm: ancestral (DDPM's) | ddim | dpmpp_2m; null: the "
-            "formulation's first"))] = None,
+            "edm: heun (EDM's) | euler | dpmpp_2m | unipc; ddpm: ancestral (DDPM's) | ddim | dpmpp_2m | unipc; null: "
+            "the formulation's first"))] = None,
         steps: Annotated[Steps | None, Field(description=(
-            "sampler steps; null: 18 for heun (NFE 35, EDM's CIFAR-10) and euler, 16 for dpmpp_2m, 1000 for "
-            "ancestral, 50 for ddim"))] = None,
+            "sampler steps; null: 18 for heun (NFE 35, EDM's CIFAR-10) and euler, 16 for dpmpp_2m, 10 for unipc, "
+            "1000 for ancestral, 50 for ddim"))] = None,
         sigma_data: Annotated[Positive, Field(description="EDM's data std, 0.5 in EDM")] = 0.5,
         p_mean: Annotated[Real, Field(description="EDM's training ln-sigma mean, -1.2 in EDM")] = -1.2,
         p_std: Annotated[Positive, Field(description="EDM's training ln-sigma std, 1.2 in EDM")] = 1.2,
@@ -183,10 +194,11 @@ class Diffusion(IterativeModel):
 
     def default_steps(self, sampler: str) -> int:
         """EDM's 18 steps for heun and euler (its CIFAR-10 setting), DPM-Solver++(2M) 16 (within the 15-20 steps
-        Lu et al. 2022 find enough for it; experiments/diffusion_flow.md, fourth pass, on the digits), DDPM's
-        ancestral sampler its training steps, DDIM 50 (Song et al. 2021; at most the training steps)."""
+        Lu et al. 2022 find enough for it; experiments/diffusion_flow.md, fourth pass, on the digits), UniPC 10 (the
+        top of the 5-10 NFE Zhao et al. 2023 evaluate it at), DDPM's ancestral sampler its training steps, DDIM 50
+        (Song et al. 2021; at most the training steps)."""
         return {"ancestral": self.train_timesteps, "ddim": min(50, self.train_timesteps),
-                "dpmpp_2m": 16}.get(sampler, 18)
+                "dpmpp_2m": 16, "unipc": 10}.get(sampler, 18)
 
     def formulation_words(self) -> str:
         return f" with formulation={self.formulation}"
@@ -194,13 +206,15 @@ class Diffusion(IterativeModel):
     def ddpm_scheduler(self, sampler: str):
         """diffusers' scheduler of the DDPM schedule for `sampler` (ancestral: DDPMScheduler, ddim: DDIMScheduler,
         dpmpp_2m: DPMSolverMultistepScheduler, DPM-Solver++(2M) of the data prediction, Lu et al. 2022)."""
-        from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler  # a heavy import
+        from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
 
         options = {"num_train_timesteps": self.train_timesteps, "beta_start": 1e-4, "beta_end": 0.02,
                    "beta_schedule": "linear" if self.beta_schedule == "linear" else "squaredcos_cap_v2",
                    "prediction_type": "epsilon", "timestep_spacing": "trailing"}
         if sampler == "dpmpp_2m":
             return DPMSolverMultistepScheduler(**options, algorithm_type="dpmsolver++", solver_order=2)
+        if sampler == "unipc":
+            return UniPCMultistepScheduler(**options, solver_order=2, solver_type="bh2")
         return (DDPMScheduler if sampler == "ancestral" else DDIMScheduler)(**options, clip_sample=True)
 
     def edm_dpm_solver(self):
@@ -257,6 +271,9 @@ class Diffusion(IterativeModel):
                 # the (guided) net F; the scheduler forms D = c_skip x + c_out F as Table 1 does
                 x = scheduler.step(self.predict(net, c_in * x, c_noise, labels), t, x).prev_sample
             return x
+        if self.formulation == "edm" and self.sampler_name == "unipc":
+            s = self.edm.flow_grid(self.steps)
+            return unipc(lambda x, s: self.edm_flow_prediction(net, labels, x, s), noise * s[0], s)
         if self.formulation == "edm":
             return self.edm.sample(lambda x, sigma: self.edm.denoise(
                 lambda y, c: self.predict(net, y, c, labels), x, sigma), noise, self.steps, self.sampler_name == "heun")
@@ -274,6 +291,12 @@ class Diffusion(IterativeModel):
                 x = scheduler.step(eps, t, x).prev_sample
         return x
 
+    def edm_flow_prediction(self, net: nn.Module, labels: Tensor | None, x: Tensor, s: Tensor) -> Tensor:
+        """EDM's denoiser read on the rectified-flow path (`gdm.models.multistep`): at x = x_edm / (1 + sigma),
+        s = sigma / (1 + sigma), the noise - data prediction (x - D(x_edm; sigma)) / s."""
+        sigma = s / (1 - s)
+        return (x - self.edm.denoise(lambda y, c: self.predict(net, y, c, labels), x * (1 + sigma), sigma)) / s
+
     def probability_flow(self, net: nn.Module, labels: Tensor | None) -> ProbabilityFlow | None:
         """EDM's probability-flow ODE dx/dsigma = (x - D(x; sigma)) / sigma, from sigma_min (the data, up to that
         noise) to sigma_max, where x ~ N(0, sigma_max^2 I), written in s = ln sigma: dx/ds = x - D(x; e^s). The same
@@ -290,7 +313,9 @@ class Diffusion(IterativeModel):
 
     def sampling_protocol(self) -> dict:
         protocol = {"formulation": self.formulation, **super().sampling_protocol()}
-        if self.formulation == "edm":
+        if self.formulation == "edm" and self.sampler_name == "unipc":
+            protocol.update(sigma_max=self.edm.sigma_max, grid="uniform in sigma / (1 + sigma)")
+        elif self.formulation == "edm":
             protocol.update(sigma_min=self.edm.sigma_min, sigma_max=self.edm.sigma_max, rho=self.edm.rho)
         else:
             protocol.update(beta_schedule=self.beta_schedule, timestep_spacing="trailing")

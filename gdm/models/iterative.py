@@ -22,7 +22,8 @@ A family (`gdm.models.diffusion`, `gdm.models.flow`) gives its training loss (`l
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -114,6 +115,7 @@ class IterativeModel(GenerativeModule, Samples):
         self.sampler_name, self.steps = "", 1
         self.set_sampling(sampler, steps)
         self.function_evaluations = 0  # of the net, counted over the last `generate` (adaptive solvers)
+        self.ema_nhwc = False  # while `ema_weights` holds the EMA net channels-last
         self._measured = [0.0, 0]  # adaptive solvers: evaluations x samples, and samples, since begin_measurement
 
     # ---- training -------------------------------------------------------------------------
@@ -257,14 +259,30 @@ class IterativeModel(GenerativeModule, Samples):
 
     # ---- sampling -------------------------------------------------------------------------
 
-    def ema_weights(self):
-        """Context in which the EMA copy of the net is in eval mode (dropout off); yields it."""
-        return self.evaluating(self.net_ema.module)
+    @contextmanager
+    def ema_weights(self) -> Iterator[nn.Module]:
+        """Context in which the EMA copy of the net is in eval mode (dropout off), and an image net's weights and
+        inputs are channels-last (NHWC: the digits U-Net's sampling is measured faster so on the CPU, its training
+        not; experiments/diffusion_flow.md, seventh pass); yields it, restored after."""
+        net = self.net_ema.module
+        nhwc = len(self.shape) == 3
+        with self.evaluating(net):
+            if nhwc:
+                net.to(memory_format=torch.channels_last)
+                self.ema_nhwc = True
+            try:
+                yield net
+            finally:
+                if nhwc:
+                    net.to(memory_format=torch.contiguous_format)
+                    self.ema_nhwc = False
 
     def run_net(self, net: nn.Module, x: Tensor, c_noise: Tensor, labels: Tensor | None) -> Tensor:
         """net(x, c_noise, labels) in the weights' dtype (bfloat16 under bf16-true, while the samplers' and the
         losses' arithmetic stays in float32), returned in `x`'s dtype; `c_noise` (N,) or a scalar."""
         x_in = self.to_model(x)
+        if self.ema_nhwc and net is self.net_ema.module:
+            x_in = x_in.contiguous(memory_format=torch.channels_last)
         return net(x_in, c_noise.reshape(-1).expand(x.shape[0]).to(x_in.dtype), labels).to(x.dtype)
 
     def predict(self, net: nn.Module, x: Tensor, c_noise: Tensor, labels: Tensor | None) -> Tensor:
@@ -328,6 +346,8 @@ class IterativeModel(GenerativeModule, Samples):
             steps = self.default_steps(sampler)
         self.sampler_name = sampler or self.sampler_name
         self.steps = steps or self.steps
+        if self.sampler_name == "unipc":  # diffusers imported now, not inside a timed sampling
+            from diffusers import UniPCMultistepScheduler  # noqa: F401
 
     def formulation_words(self) -> str:
         return ""

@@ -1,0 +1,31 @@
+"""UniPC (Zhao et al. 2023, "UniPC: A Unified Predictor-Corrector Framework for Fast Sampling of Diffusion Models"),
+by diffusers' UniPCMultistepScheduler, on the rectified-flow path x = (1 - s) x_0 + s n (s = 1: noise, 0: data), for
+flows and for EDM.
+
+EDM's probability-flow ODE is this path's ODE up to a change of variables: x_flow = x_edm / (1 + sigma) with
+s = sigma / (1 + sigma) (both have the data prediction D and log-SNR lambda = -ln sigma), so one solver in
+diffusers' "flow_prediction" convention (the net's output read as noise - data) serves both families, on each
+family's own noise grid.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+
+def unipc(flow_prediction: Callable[[Tensor, Tensor], Tensor], x: Tensor, s: Tensor) -> Tensor:
+    """Integrate from `x` (N, ...) at path position s[0] to the data at s = 0 on the grid `s` (steps,) (decreasing
+    in (0, 1], without the final 0), one call of `flow_prediction(x, s)` -> noise - data (N, ...) per step
+    (NFE = steps). UniPC of the data prediction, second order with the bh2 corrector (diffusers' defaults), first
+    order on the last step."""
+    from diffusers import UniPCMultistepScheduler  # a heavy import: only when this sampler is used
+
+    scheduler = UniPCMultistepScheduler(use_flow_sigmas=True, flow_shift=1.0, prediction_type="flow_prediction",
+                                        solver_order=2, solver_type="bh2", final_sigmas_type="zero")
+    scheduler.set_timesteps(sigmas=s.double().cpu().numpy(), device=x.device)
+    for t, sigma in zip(scheduler.timesteps, scheduler.sigmas[:-1], strict=True):
+        x = scheduler.step(flow_prediction(x, sigma.to(x.device, torch.float32)), t, x).prev_sample
+    return x
