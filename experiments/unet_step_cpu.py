@@ -85,7 +85,7 @@ def main() -> None:
 
 def compare_layouts(net_options: dict, x: torch.Tensor, t: torch.Tensor, args) -> None:
     """The config's net in NCHW and NHWC: median ms per training step, and seconds per 1,000 samples per NFE."""
-    calls, sizes = {}, {}
+    calls = {}
     x_sample, t_sample = torch.randn(250, 1, 32, 32), torch.full((250,), 500.0)
     for layout in (torch.contiguous_format, torch.channels_last):
         name = "NHWC" if layout == torch.channels_last else "NCHW"

@@ -416,6 +416,9 @@ def test_image_samples_are_drawn_channels_last_and_the_weights_restored():
     torch.testing.assert_close(samples, nchw, rtol=1e-4, atol=1e-5)
     assert samples.abs().max() > 0.05  # not a zero net's output
     assert all(p.is_contiguous() for p in model.net_ema.module.parameters()) and not model.ema_nhwc
+    with torch.inference_mode():  # as Lightning evaluates: the weights stay tensors the EMA update and autograd use
+        model.generate(range(2), seed=1)
+    assert not any(p.is_inference() for p in model.net_ema.module.parameters())
 
 
 def test_samples_do_not_depend_on_the_batch_and_guidance_mixes_predictions():

@@ -268,14 +268,19 @@ class IterativeModel(GenerativeModule, Samples):
         nhwc = len(self.shape) == 3
         with self.evaluating(net):
             if nhwc:
-                net.to(memory_format=torch.channels_last)
-                self.ema_nhwc = True
+                self.set_ema_layout(torch.channels_last)
             try:
                 yield net
             finally:
                 if nhwc:
-                    net.to(memory_format=torch.contiguous_format)
-                    self.ema_nhwc = False
+                    self.set_ema_layout(torch.contiguous_format)
+
+    def set_ema_layout(self, layout: torch.memory_format) -> None:
+        # Outside inference mode, which Lightning's evaluation loops run in: the EMA's weights must stay ordinary
+        # tensors, which the EMA update and the likelihood's autograd use after.
+        with torch.inference_mode(False):
+            self.net_ema.module.to(memory_format=layout)
+        self.ema_nhwc = layout == torch.channels_last
 
     def run_net(self, net: nn.Module, x: Tensor, c_noise: Tensor, labels: Tensor | None) -> Tensor:
         """net(x, c_noise, labels) in the weights' dtype (bfloat16 under bf16-true, while the samplers' and the
