@@ -163,7 +163,7 @@ def test_a_reflow_run_trains_on_its_teachers_pairs_and_samples_in_its_own_steps(
     assert not any(key.startswith("teacher") for key in checkpoint["state_dict"])
     model = load_model(tmp_path / "reflow/checkpoints/last.ckpt")  # no teacher needed to evaluate or sample
     assert model.sampling_protocol()["nfe"] == 1 and model.couplings is None
-    assert f"reflow: 30 pairs drawn by {flow_ckpt} (heun, 2 steps, seed {checkpoint[PAIRS_SEED_KEY]})" in caplog.text
+    assert f"reflow: 30 pairs drawn by {flow_ckpt} (unipc, 2 steps, seed {checkpoint[PAIRS_SEED_KEY]})" in caplog.text
 
 
 def test_the_reflow_recipe_without_a_teacher_is_refused(tmp_path):
