@@ -154,11 +154,11 @@ class IterativeModel(GenerativeModule, Samples):
         self.net_ema.update(self.net, batch["image"].shape[0] * world)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        # The same noise at every evaluation (seeded by the batch), so val/loss moves only with the weights.
+        # The trained net's loss (not the EMA's), with the same noise at every evaluation (seeded by the batch), so
+        # val/loss moves only with the weights.
         generator = torch.Generator(device=self.device).manual_seed(batch_idx)
         labels = batch["label"] if self.conditional else None
-        with self.ema_weights():
-            loss = self.loss(self.to_space(batch["image"]), labels, generator).mean()
+        loss = self.loss(self.to_space(batch["image"]), labels, generator).mean()
         self.log("val/loss", loss, batch_size=batch["image"].shape[0], sync_dist=True)
 
     def configure_optimizers(self):

@@ -26,6 +26,9 @@ def unipc(flow_prediction: Callable[[Tensor, Tensor], Tensor], x: Tensor, s: Ten
     scheduler = UniPCMultistepScheduler(use_flow_sigmas=True, flow_shift=1.0, prediction_type="flow_prediction",
                                         solver_order=2, solver_type="bh2", final_sigmas_type="zero")
     scheduler.set_timesteps(sigmas=s.double().cpu().numpy(), device=x.device)
+    # Step through the grid in order: diffusers would find the first step by its integer timestep, 1000 s rounded,
+    # which two grid points share from about 1,000 steps on (and then it starts one step late and runs off the end).
+    scheduler.set_begin_index(0)
     for t, sigma in zip(scheduler.timesteps, scheduler.sigmas[:-1], strict=True):
         x = scheduler.step(flow_prediction(x, sigma.to(x.device, torch.float32)), t, x).prev_sample
     return x
