@@ -181,6 +181,19 @@ def test_edm_unipc_follows_the_exact_ode_solution_on_the_flow_path():
     assert protocol["grid"] == "uniform in sigma / (1 + sigma)" and "rho" not in protocol
 
 
+@pytest.mark.parametrize(("formulation", "sampler", "steps"), [
+    ("edm", "unipc", 2000), ("edm", "dpmpp_2m", 2000), ("ddpm", "unipc", 1000), ("ddpm", "dpmpp_2m", 1000)])
+def test_multistep_samplers_step_through_long_grids_in_order(formulation, sampler, steps):
+    # diffusers finds a scheduler's first step by its timestep: a grid whose rounded timesteps repeat (UniPC's on
+    # the flow path from about 1,000 steps on) must still take every step once, and end at the data
+    model = Diffusion((1, 2, 2), stub(lambda x, c, labels: 0.5 * x), formulation=formulation, sampler=sampler,
+                      steps=steps)
+    with torch.no_grad():
+        out = model.solve(model.net, torch.randn(3, 1, 2, 2, generator=torch.Generator().manual_seed(0)), None,
+                          range(3), 0)
+    assert model.function_evaluations == steps and torch.isfinite(out).all()
+
+
 def test_edm_noise_grid():
     grid = EDM().sigmas(18)
     assert grid[0] == pytest.approx(80.0) and grid[-2] == pytest.approx(0.002) and grid[-1] == 0
