@@ -281,3 +281,32 @@ def test_jobs_of_other_tasks_finish_by_what_their_task_writes(tmp_path):
     job("6", "train", None)  # training without summary.json: failed before it started
     assert [r["status"] for r in job_rows(tmp_path)] == [
         "finished", "failed", "finished", "finished", "failed", "finished", "failed"]
+
+
+def test_an_eval_multirun_summary_names_the_metric_each_job_measured(tmp_path, caplog):
+    """`python run.py -m task=eval ckpt_path=A,B`: the summary's value column is each job's value of the monitored
+    metric, under the name task=eval gave it, not an empty "best" column."""
+    import logging
+
+    from omegaconf import OmegaConf
+
+    from gdm.tasks.sweep_summary import SweepSummary, job_rows
+
+    for job, fid in (("0", 41.5), ("1", 38.25)):
+        d = tmp_path / job
+        (d / ".hydra").mkdir(parents=True)
+        (d / ".hydra" / "config.yaml").write_text("task: eval\nmonitor: val/fid_digits\n")
+        (d / ".hydra" / "overrides.yaml").write_text(f"- task=eval\n- ckpt_path=/runs/{job}/last.ckpt\n")
+        (d / "eval.json").write_text(json.dumps({
+            "step": 40, "metrics": {"test/fid_digits": fid, "test/kid_digits": 0.01},
+            "protocols": {"test/fid_digits": {"id": "abc"}, "test/kid_digits": {"id": "def"}},
+            "names_in_training": {"test/fid_digits": "val/fid_digits", "test/kid_digits": "val/kid_digits"}}))
+    rows = job_rows(tmp_path)
+    assert [(r["metric"], r["best"], r["protocol"]) for r in rows] == [
+        ("test/fid_digits", 41.5, "abc"), ("test/fid_digits", 38.25, "abc")]
+    with caplog.at_level(logging.INFO, logger="gdm.tasks.sweep_summary"):
+        SweepSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
+    table = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("sweep summary"))
+    header, first, second = table.splitlines()[1:4]
+    assert header.endswith("status    test/fid_digits") and "best" not in header
+    assert first.endswith("41.5000") and second.endswith("38.2500")

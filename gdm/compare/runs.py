@@ -25,6 +25,7 @@ from gdm.errors import GdmError
 from gdm.multirun import configuration, override_key
 
 GRID = "samples_last.png"
+LAST_CHECKPOINT = "last.ckpt"  # the checkpoint of a run's final state (its summary's "final" values)
 
 
 @dataclass
@@ -163,13 +164,19 @@ def model_family(config) -> str | None:
 
 def training_run(eval_report: dict) -> tuple[str | None, int | None]:
     """The configuration and seed of the run whose checkpoint a task=eval report scored (None where that run's
-    directory is not on this machine)."""
-    run_dir = Path(eval_report.get("checkpoint", "")).parent.parent
+    directory is not on this machine). The configuration names the checkpoint when it is not the run's
+    `last.ckpt` (`ckpt=best.ckpt`): another checkpoint of one run is another model, not a repeat of its seed, and
+    last.ckpt is the model the run's own final values measured."""
+    checkpoint = Path(eval_report.get("checkpoint", ""))
+    run_dir = checkpoint.parent.parent
     overrides_file = run_dir / ".hydra" / "overrides.yaml"
     if not overrides_file.is_file():
         return None, None
     run = read_run(run_dir)
-    return run.configuration, run.seed
+    if checkpoint.name == LAST_CHECKPOINT:
+        return run.configuration, run.seed
+    which = f"ckpt={checkpoint.name}"
+    return (which if run.configuration == "(defaults)" else f"{run.configuration} {which}"), run.seed
 
 
 def read_evaluation(eval_dir: Path) -> Run:
@@ -184,7 +191,8 @@ def read_evaluation(eval_dir: Path) -> Run:
     typed = [o for o in (OmegaConf.load(overrides_file) if overrides_file.is_file() else [])
              if override_key(o) not in ("task", "eval.split")]  # how it evaluated: eval.sampler=heun, ...
     how = " ".join(["task=eval", f"eval.split={report.get('split')}", *configuration_of(typed)])
-    run = Run(eval_dir, f"{configuration or eval_dir} {how}", seed, "finished", family=report.get("model"),
+    trained = str(eval_dir) if configuration is None else "" if configuration == "(defaults)" else configuration
+    run = Run(eval_dir, f"{trained} {how}".strip(), seed, "finished", family=report.get("model"),
               evaluation=True)
     protocols = report.get("protocols", {})
     for name, value in report.get("metrics", {}).items():

@@ -92,12 +92,13 @@ def sentence(metric: str, a: str, b: str, d: Difference) -> str:
 
 
 def labels(runs: list[Run]) -> tuple[dict[str, str], str]:
-    """Each configuration without the overrides every run shares, and those shared overrides."""
+    """Each configuration without the overrides every run shares (in full where it has no others: it is not the
+    defaults), and those shared overrides."""
     configurations = list(dict.fromkeys(r.configuration for r in runs))
     if len(configurations) < 2:
         return {c: c for c in configurations}, ""
     common = set.intersection(*(set(c.split()) for c in configurations))
-    short = {c: " ".join(o for o in c.split() if o not in common) or "(defaults)" for c in configurations}
+    short = {c: " ".join(o for o in c.split() if o not in common) or c for c in configurations}
     return short, " ".join(o for o in configurations[0].split() if o in common)
 
 

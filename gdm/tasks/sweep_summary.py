@@ -2,7 +2,8 @@
 `gdm.multirun`.)
 
 - `SweepSummary`: a Hydra callback that, when the sweep ends, collects every job's overrides, status and
-  best monitored value (and the id of the protocol it was measured with) from its `summary.json` into
+  best monitored value (and the id of the protocol it was measured with) from its `summary.json` (a task=eval
+  job's value of the monitored metric, from its `eval.json`) into
   `sweep_summary.csv` in the sweep directory, prints them as a table, and warns when jobs measured their
   values with different protocols (e.g. `metrics.fid.num_samples` swept): those are not comparable. A sweep
   goes on past a failed job, but exits with status 1 when any job did not finish. A job of another task (a
@@ -58,16 +59,32 @@ def job_rows(sweep_dir: Path) -> list[dict[str, Any]]:
         overrides = OmegaConf.load(overrides_file) if overrides_file.is_file() else []
         summary_file = job_dir / "summary.json"
         summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
-        best = summary.get("best") or {}
         task = job_task(job_dir)
+        best = summary.get("best") or (evaluated(job_dir) if task == "eval" else {})
         # Training without summary.json failed before it started (its run.log says why); another task's job is
         # judged by what it writes.
         status = (summary.get("status", "failed") if task == "train"
                   else "finished" if task_output_written(job_dir, task) else "failed")
-        rows.append({"job": job_dir.name, "overrides": " ".join(overrides), "status": status,
+        rows.append({"job": job_dir.name, "task": task, "overrides": " ".join(overrides), "status": status,
                      "metric": best.get("metric", summary.get("monitor", "")), "best": best.get("value", ""),
                      "best_step": best.get("step", ""), "protocol": best.get("protocol", ""), "dir": str(job_dir)})
     return rows
+
+
+def evaluated(job_dir: Path) -> dict[str, Any]:
+    """A task=eval job's value of the monitored metric, under the name task=eval gave it (`test/fid_digits`), as
+    summary.json's "best" holds a training run's: {"metric", "value", "step", "protocol"}; {} without eval.json."""
+    eval_file = job_dir / "eval.json"
+    if not eval_file.is_file():
+        return {}
+    report = json.loads(eval_file.read_text())
+    monitor = OmegaConf.select(OmegaConf.load(job_dir / ".hydra" / "config.yaml"), "monitor", default=None)
+    names = report.get("names_in_training", {})
+    name = next((n for n in report.get("metrics", {}) if names.get(n, n) == monitor), None)
+    if name is None:
+        return {}
+    return {"metric": name, "value": report["metrics"][name], "step": report.get("step", ""),
+            "protocol": (report.get("protocols", {}).get(name) or {}).get("id", "")}
 
 
 def protocol_mismatch(sweep_dir: Path, rows: list[dict[str, Any]]) -> str | None:
@@ -79,8 +96,8 @@ def protocol_mismatch(sweep_dir: Path, rows: list[dict[str, Any]]) -> str | None
     first = measured[0]
     protocols = {}
     for r in measured:
-        summary = json.loads((Path(r["dir"]) / "summary.json").read_text())
-        protocols[r["job"]] = summary.get("protocols", {}).get(r["metric"], {})
+        record = json.loads((Path(r["dir"]) / ("eval.json" if r.get("task") == "eval" else "summary.json")).read_text())
+        protocols[r["job"]] = record.get("protocols", {}).get(r["metric"], {})
     # Differences in how a model is asked to sample (a cGAN's labels) or in versions keep values comparable.
     differ = {r["job"]: [d for d in differences(protocols[first["job"]], protocols[r["job"]])
                          if not how_produced(d) and not d.startswith("versions.")] for r in measured}
@@ -110,10 +127,14 @@ class SweepSummary(Callback):
         common = set.intersection(*(set(r["overrides"].split()) for r in rows))
         swept = [" ".join(o for o in r["overrides"].split() if o not in common) or "-" for r in rows]
         width = max(len("overrides"), *(len(s) for s in swept))
-        lines = [f"{'job':>4}  {'overrides':<{width}}  {'status':<8}  best {rows[0]['metric']}"]
+        # The value column: a training job's best monitored value, an eval job's value of it (none for the other
+        # tasks, whose jobs measure nothing)
+        metric = next((r["metric"] for r in rows if r["metric"]), "")
+        column = "" if not metric else f"  best {metric}" if rows[0].get("task", "train") == "train" else f"  {metric}"
+        lines = [f"{'job':>4}  {'overrides':<{width}}  {'status':<8}{column}"]
         for r, s in zip(rows, swept):
-            best = f"{r['best']:.4f}" if isinstance(r["best"], float) else "-"
-            lines.append(f"{r['job']:>4}  {s:<{width}}  {r['status']:<8}  {best}")
+            best = "" if not column else f"  {r['best']:.4f}" if isinstance(r["best"], float) else "  -"
+            lines.append(f"{r['job']:>4}  {s:<{width}}  {r['status']:<8}{best}")
         log.info("sweep summary (%s):\n%s", path, "\n".join(lines))
         mismatch = protocol_mismatch(sweep_dir, rows)
         if mismatch:
