@@ -9,6 +9,7 @@ import json
 import logging
 from functools import partial
 from itertools import count
+from pathlib import Path
 
 import lightning as L
 import pytest
@@ -243,6 +244,11 @@ def test_an_adaptive_solver_refuses_a_list_of_steps_and_records_its_mean_nfe(tmp
                                        r"sampler dopri5 chooses its own steps"):
         run(compose_typed(["task=eval", "print_config=false", ckpt, "eval.sampler=dopri5", "eval.steps=[1,2]"],
                           tmp_path / "refused"))
+    for task in ("eval", "sample"):  # one number of steps would change nothing either
+        with pytest.raises(GdmError, match=rf"^{task}\.steps=5 has no effect: sampler dopri5 chooses its own steps .*: "
+                                           rf"drop {task}\.steps, or give a fixed-step sampler \({task}\.sampler="):
+            run(compose_typed([f"task={task}", "print_config=false", ckpt, f"{task}.sampler=dopri5", f"{task}.steps=5"],
+                              tmp_path / f"refused_{task}"))
     run(compose_typed(["task=eval", "print_config=false", ckpt, "eval.sampler=dopri5", "eval.num_samples=40",
                        "metrics.batch_size=16", "eval.nll_tolerance=0.01"], tmp_path / "eval"))
     report = json.loads((tmp_path / "eval" / "eval.json").read_text())
@@ -472,15 +478,16 @@ def test_a_vaes_and_a_flows_bits_per_dimension_share_one_table(tmp_path):
     assert md.count("## test/nll_bpd") == 1
 
 
-def make_evaluation(path, run_dir, split: str, fid: float, overrides: tuple[str, ...] = ()):
-    """A task=eval directory of one evaluation of `run_dir`'s checkpoint against the `split` images (training
+def make_evaluation(path, run_dir, split: str, fid: float, overrides: tuple[str, ...] = (),
+                    checkpoint: str = "last.ckpt"):
+    """A task=eval directory of one evaluation of `run_dir`'s `checkpoint` against the `split` images (training
     measured against train's)."""
     (path / ".hydra").mkdir(parents=True)
     (path / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in ("task=eval", *overrides)))
     sampling = {"sampler": "euler", "steps": 8, "nfe": 8}
     name = f"{split}/fid_digits"
     protocol = {**fid_protocol(sampling, 80.0), "real_split": split}
-    report = {"checkpoint": str(run_dir / "checkpoints" / "last.ckpt"), "model": "Diffusion", "split": split,
+    report = {"checkpoint": str(run_dir / "checkpoints" / checkpoint), "model": "Diffusion", "split": split,
               "metrics": {name: fid, f"{split}/sample_seconds_per_1000": 80.0},
               "protocols": {name: protocol, f"{split}/sample_seconds_per_1000": cost_protocol(sampling)},
               "names_in_training": {name: FID, f"{split}/sample_seconds_per_1000": COST}, "trained_split": "train"}
@@ -510,6 +517,43 @@ def test_evaluations_of_one_budget_are_rows_under_the_names_task_eval_gave_them(
     budgets = cost.read_budgets(runs, paths)
     assert len(budgets) == 4  # one per eval directory, none twice through its row
     assert all(set(b.values) == {"test/fid_digits"} for b in budgets)  # not val/: another split than training's
+
+
+def test_evaluations_of_a_runs_best_and_last_checkpoints_are_two_models_not_two_repeats(tmp_path):
+    """best.ckpt and last.ckpt of one run are different models: two rows and two lines, each with its seed once,
+    not one configuration whose seed repeats (the second dropped as a repeat, or pooled beside the first as if
+    another seed). last.ckpt lines up with the run's own final values."""
+    from gdm.compare import cost
+    from gdm.compare.runs import independent_runs, read_runs
+    from gdm.compare.tables import metric_tables
+
+    paths = []
+    for seed, (last, best) in ((1, (50.0, 45.0)), (2, (54.0, 47.0))):
+        run_dir = make_run(tmp_path / f"run{seed}", "Diffusion", seed, 40.0, {"sampler": "euler", "nfe": 8}, 80.0)
+        paths += [make_evaluation(tmp_path / f"last{seed}", run_dir, "test", last),
+                  make_evaluation(tmp_path / f"best{seed}", run_dir, "test", best, checkpoint="best.ckpt")]
+    runs, notes = independent_runs(read_runs(paths)[0])
+    assert notes == []
+    last = "model=diffusion task=eval eval.split=test"
+    assert [(r.configuration, r.seed) for r in runs] == [
+        (last, 1), (f"model=diffusion ckpt=best.ckpt {last.split(' ', 1)[1]}", 1), (last, 2),
+        (f"model=diffusion ckpt=best.ckpt {last.split(' ', 1)[1]}", 2)]
+    (table,) = [t for t in metric_tables(runs)[0] if t.metric == "test/fid_digits"]
+    assert [(row.seeds, row.values, row.stats.mean) for row in table.rows] == [
+        ([1, 2], [50.0, 54.0], 52.0), ([1, 2], [45.0, 47.0], 46.0)]
+    (drawn,) = cost.lines(cost.read_budgets(runs, paths), "test/fid_digits")
+    assert sorted(len(line.points) for line in drawn[1]) == [1, 1]
+    assert sorted(line.points[0].stats.mean for line in drawn[1]) == [46.0, 52.0]
+
+
+def test_a_configuration_with_only_the_shared_overrides_is_labelled_in_full_not_as_the_defaults():
+    from gdm.compare.runs import Run
+    from gdm.compare.tables import labels
+
+    runs = [Run(Path("a"), "model=flow", 1, "finished"), Run(Path("b"), "model=flow model.steps=8", 1, "finished")]
+    assert labels(runs) == ({"model=flow": "model=flow", "model=flow model.steps=8": "model.steps=8"}, "model=flow")
+    runs = [Run(Path("a"), "(defaults)", 1, "finished"), Run(Path("b"), "model=flow", 1, "finished")]
+    assert labels(runs)[0] == {"(defaults)": "(defaults)", "model=flow": "model=flow"}
 
 
 def test_an_evaluation_against_trainings_split_lines_up_with_the_runs(tmp_path):

@@ -207,6 +207,24 @@ def test_trainer_clipping_values_are_refused_in_one_sentence(tmp_path, overrides
         check_gradient_clipping(cfg, built)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["model=flow", "model.grad_clip=1.0", "trainer.gradient_clip_val=0.5"], "both clip the gradients"),
+    (["model=flow", "data.batch_size=5000"], "data.batch_size=5000 is larger than the"),  # a check of the trainer
+])
+def test_a_run_refused_before_training_writes_no_config_yaml(tmp_path, overrides, message):
+    """config.yaml says what a run ran: one refused by a check that needs the built model or trainer records
+    nothing, as one refused by the option checks before it."""
+    from helpers import compose_config
+
+    from gdm.errors import GdmError
+    from gdm.tasks.train import train
+
+    with pytest.raises(GdmError, match=message):
+        train(compose_config(overrides, tmp_path))
+    assert not (tmp_path / "config.yaml").exists()
+
+
 @pytest.mark.parametrize(("grad_clip", "trainer_clip", "algorithm", "expected"), [
     (None, 0.5, "value", (0.5, "value")),  # the trainer's algorithm, as it says
     (None, 0.5, None, (0.5, "norm")),      # Lightning's default

@@ -69,7 +69,7 @@ from gdm.evaluation.evaluator import Evaluator, write_json
 from gdm.metrics.sample_quality import COST
 from gdm.models.base import Samples, Translates
 from gdm.tasks.build import build_datamodule, build_evaluator, build_model, build_trainer, seed_option
-from gdm.tasks.options import eval_options, options_of, read_options
+from gdm.tasks.options import check_steps_apply, eval_options, options_of, read_options
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +182,7 @@ def evaluate(cfg: DictConfig) -> float | None:
         raise GdmError(f"eval.steps={typed_value(opts.get('steps'))} asks for one evaluation per number of steps, "
                        f"and sampler {model.sampling_protocol()['sampler']} chooses its own steps (its NFE is "
                        "measured): evaluate it once, without eval.steps, or give a fixed-step sampler.")
+    check_steps_apply(model, "eval.steps", budgets[0])
     trainer = None
 
     def evaluate_once(first: bool) -> Evaluator:

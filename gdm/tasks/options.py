@@ -315,6 +315,16 @@ def eval_options(num_samples: Annotated[SampleCount | None, Field(
     """task=eval's options."""
 
 
+def check_steps_apply(model, key: str, steps: int | None) -> None:
+    """Steps given as `key` (`eval.steps`, `sample.steps`) to a model whose sampler chooses its own (an adaptive
+    solver, dopri5: its NFE is measured, `nfe()` is None) would change nothing: GdmError in one sentence."""
+    if steps is not None and getattr(model, "nfe", lambda: 1)() is None:
+        group = key.split(".", 1)[0]
+        raise GdmError(f"{key}={steps} has no effect: sampler {model.sampling_protocol()['sampler']} chooses its own "
+                       f"steps (an adaptive solver; its NFE is measured): drop {key}, or give a fixed-step sampler "
+                       f"({group}.sampler=heun, euler, ...).")
+
+
 @checked
 def translate_options(load_size: Annotated[Annotated[int, Strict(), Field(ge=8)] | None, Field(description=(
         "pixels of each image's short side before translating; null: each image's own size"))] = None,

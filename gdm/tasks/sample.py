@@ -29,7 +29,7 @@ from gdm.evaluation.context import sampling_words
 from gdm.images import grid_uint8, save_png, to_uint8
 from gdm.metrics.sample_quality import sampled_labels
 from gdm.models.base import Samples
-from gdm.tasks.options import options_of, read_options, sample_options
+from gdm.tasks.options import check_steps_apply, options_of, read_options, sample_options
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,7 @@ def sample(cfg: DictConfig) -> None:
     if sampler is not None or steps is not None or guidance is not None:
         with options_of("sample", opts):
             model.set_sampling(sampler=sampler, steps=steps, guidance=guidance)
+        check_steps_apply(model, "sample.steps", steps)
     model = model.to("cuda" if torch.cuda.is_available() else "cpu")
     conditional = model.conditional
     classes = len(model.class_probs) if conditional else 0

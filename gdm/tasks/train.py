@@ -42,8 +42,6 @@ def train(cfg: DictConfig) -> float | None:
         cfg.seed = seed  # seed=null: the seed Lightning drew, recorded in config.yaml and the checkpoints
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    if rank_zero_only.rank == 0:  # DDP: ranks > 0 write no files
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
     # Nothing to continue, nor to keep from being overwritten, in a new run directory given neither option.
     resumable = (cfg.get("resume") is not None or cfg.get("ckpt_path")
@@ -72,6 +70,9 @@ def train(cfg: DictConfig) -> float | None:
         trainer = build_trainer(cfg, callbacks, loggers)
         check_run_fits(cfg, datamodule, trainer)
         check_evaluation(cfg, evaluator, model, datamodule)
+        # config.yaml, once every check has passed: a run refused before training records no settings it never ran
+        if rank_zero_only.rank == 0:  # DDP: ranks > 0 write no files
+            (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         start_loggers(loggers, OmegaConf.to_container(cfg, resolve=True))
         trainer.fit(model, datamodule=datamodule, ckpt_path=str(resume[0]) if resume else None)
         evaluator.finish(trainer, model, datamodule)
