@@ -179,6 +179,29 @@ def test_edm_unipc_follows_the_exact_ode_solution_on_the_flow_path():
                                                                     dtype=torch.float64))
     protocol = model.sampling_protocol()
     assert protocol["grid"] == "uniform in sigma / (1 + sigma)" and "rho" not in protocol
+    assert (protocol["solver_order"], protocol["solver_type"]) == (2, "bh2")  # what ran, as the scheduler was built
+
+
+def test_every_unipc_protocol_records_the_solver_it_ran():
+    """The flow's, EDM's and DDPM's UniPC protocols name the order and corrector of the scheduler they build."""
+    from gdm.models.multistep import SOLVER_ORDER, SOLVER_TYPE
+
+    models = [Flow((3,), stub(lambda x, t, labels: x), sampler="unipc", steps=4),
+              Diffusion((3,), stub(edm_net_of(gaussian_denoiser(0.0, 0.5), 250.0)), sampler="unipc", steps=4),
+              Diffusion((3,), stub(lambda x, t, labels: x), formulation="ddpm", sampler="unipc", steps=4)]
+    built = models[2].ddpm_scheduler("unipc").config
+    assert (built.solver_order, built.solver_type) == (SOLVER_ORDER, SOLVER_TYPE) == (2, "bh2")
+    for model in models:
+        protocol = model.sampling_protocol()
+        assert (protocol["sampler"], protocol["nfe"]) == ("unipc", 4)
+        assert (protocol["solver_order"], protocol["solver_type"]) == (2, "bh2"), type(model).__name__
+    models[0].set_sampling("heun", 4)
+    assert "solver_order" not in models[0].sampling_protocol()  # the other samplers keep their protocols
+    from gdm.evaluation.context import sampling_words  # the printed line names EDM's grid, as its protocol does
+
+    assert sampling_words(models[1].sampling_protocol()) == "unipc, 4 steps, NFE 4, grid uniform in sigma / (1 + sigma)"
+    assert sampling_words(models[0].sampling_protocol()) == "heun, 4 steps, NFE 8"
+    assert sampling_words({"sampler": "dopri5", "steps": None, "nfe": 74.1234}) == "dopri5, NFE 74.12"
 
 
 @pytest.mark.parametrize(("formulation", "sampler", "steps"), [
@@ -710,3 +733,32 @@ def test_resuming_or_evaluating_with_another_preconditioning_or_schedule_is_refu
         check_trained_settings(changed, saved, "last.ckpt")
     lr = Diffusion((2,), net, formulation=formulation, lr=2e-3)
     assert changed_settings(lr, saved, "last.ckpt") == ["lr: 0.001 -> 0.002"]
+
+
+@pytest.mark.parametrize("sampler", ["dopri5", "unipc"])
+def test_a_sigterm_stops_sampling_and_the_likelihood_at_the_next_net_call(sampler):
+    """A preempted run's dopri5 solve of minutes stops at its next net evaluation (Lightning's SIGTERMException,
+    which writes the on-exception checkpoint), not when the solve ends."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    class Trainer:  # what Lightning's signal handler sets on SIGTERM
+        received_sigterm = False
+
+    trainer, calls = Trainer(), []
+
+    def velocity(x, t, labels):
+        calls.append(1)
+        if len(calls) == 3:
+            trainer.received_sigterm = True
+        return -x
+
+    model = Flow((3,), stub(velocity), sampler=sampler, steps=8)
+    model._trainer = trainer
+    with pytest.raises(SIGTERMException):
+        model.generate(range(4))
+    assert len(calls) == 3  # none after the signal
+    with pytest.raises(SIGTERMException):
+        model.log_likelihood(torch.zeros(2, 3))
+    assert len(calls) == 3
+    trainer.received_sigterm = False
+    assert model.generate(range(4)).shape == (4, 3)  # runs on without the signal

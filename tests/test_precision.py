@@ -75,3 +75,28 @@ def test_a_bf16_true_run_trains_scores_and_saves(model, weight, tmp_path):
     assert state[weight].dtype == torch.bfloat16
     samples = load_model(tmp_path / "checkpoints" / "last.ckpt").generate(range(4))  # task=sample: float32 again
     assert samples.dtype == torch.float32 and samples.shape == (4, 1, 16, 16) and torch.isfinite(samples).all()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("overrides", "sampler"), [
+    (["model=flow"], "unipc"), (["model=flow"], "heun"), (["model=diffusion"], "unipc"),
+    (["model=diffusion"], "heun"), (["model=diffusion", "model.formulation=ddpm"], "ddim"),
+])
+def test_bf16_weights_leave_the_samplers_arithmetic_in_float32(tmp_path, overrides, sampler):
+    """Under bf16-true only the net runs in bfloat16: every sampler's state (the noise, each step's x) stays
+    float32, as `run_net` says, so its rounding is not the solver's error."""
+    cfg = compose_config([*overrides, *TINY_ITERATIVE], tmp_path)
+    half = build_model(cfg, build_datamodule(cfg)).to(torch.bfloat16).eval()
+    half.set_sampling(sampler, 3)
+    seen, run_net = [], half.run_net
+
+    def recording(net, x, c_noise, labels):
+        seen.append(x.dtype)
+        out = run_net(net, x, c_noise, labels)
+        seen.append(out.dtype)
+        return out
+
+    half.run_net = recording
+    samples = half.generate(range(4), seed=1)
+    assert len(seen) >= 6 and set(seen) == {torch.float32}
+    assert samples.dtype == torch.float32 and torch.isfinite(samples).all()

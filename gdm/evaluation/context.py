@@ -130,11 +130,13 @@ def differences(a: dict, b: dict, prefix: str = "") -> list[str]:
 
 def sampling_words(sampling: dict) -> str:
     """A model's `sampling_protocol()` for a reader: 'heun, 18 steps, NFE 35' (NFE: the net's forward passes
-    per sample; an adaptive solver's measured mean to 4 digits)."""
+    per sample; an adaptive solver's measured mean to 4 digits), and the noise grid where the sampler records one
+    ('unipc, 5 steps, NFE 5, grid uniform in sigma / (1 + sigma)')."""
     steps = f", {sampling['steps']} steps" if sampling.get("steps") is not None else ""
     nfe = sampling.get("nfe")
-    return f"{sampling.get('sampler')}{steps}, NFE {nfe:.4g}" if isinstance(nfe, float) else \
-        f"{sampling.get('sampler')}{steps}, NFE {nfe}"
+    nfe = f"{nfe:.4g}" if isinstance(nfe, float) else nfe
+    grid = f", grid {sampling['grid']}" if sampling.get("grid") else ""
+    return f"{sampling.get('sampler')}{steps}, NFE {nfe}{grid}"
 
 
 def describe(protocol: dict) -> str:

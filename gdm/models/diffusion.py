@@ -48,7 +48,7 @@ from gdm.models.iterative import (
     mse,
 )
 from gdm.models.latent import LatentSpace
-from gdm.models.multistep import unipc
+from gdm.models.multistep import SOLVER_ORDER, SOLVER_TYPE, unipc
 from gdm.option_types import AdamBetas, Flag, GradClip, LearningRate, NLLTolerance, NonNegativeInt, Visuals, checked
 
 Positive = Annotated[float, Field(gt=0, strict=True, allow_inf_nan=False)]
@@ -214,7 +214,7 @@ class Diffusion(IterativeModel):
         if sampler == "dpmpp_2m":
             return DPMSolverMultistepScheduler(**options, algorithm_type="dpmsolver++", solver_order=2)
         if sampler == "unipc":
-            return UniPCMultistepScheduler(**options, solver_order=2, solver_type="bh2")
+            return UniPCMultistepScheduler(**options, solver_order=SOLVER_ORDER, solver_type=SOLVER_TYPE)
         return (DDPMScheduler if sampler == "ancestral" else DDIMScheduler)(**options, clip_sample=True)
 
     def edm_dpm_solver(self):

@@ -30,6 +30,7 @@ from typing import Annotated
 import numpy as np
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from pydantic import Field
 from torch import Tensor, nn
 
@@ -38,6 +39,7 @@ from gdm.likelihoods import DEQUANTIZATION, pixel_levels
 from gdm.models.base import GenerativeModule, Samples, latent_labels, latent_noise
 from gdm.models.ema import EMA, HalfLife, RampUp
 from gdm.models.latent import LatentSpace
+from gdm.models.multistep import unipc_protocol
 from gdm.option_types import AdamBetas, Count, Flag, GradClip, LearningRate, NLLTolerance, NonNegativeInt, Visuals
 
 NetFactory = Callable[..., nn.Module]
@@ -292,7 +294,12 @@ class IterativeModel(GenerativeModule, Samples):
 
     def predict(self, net: nn.Module, x: Tensor, c_noise: Tensor, labels: Tensor | None) -> Tensor:
         """The net's output at `x`, guided: u + guidance * (c - u) for a conditional model with guidance != 1 (one
-        batch of both), counted as one function evaluation per sample."""
+        batch of both), counted as one function evaluation per sample. After a SIGTERM (a preemption) it raises
+        Lightning's SIGTERMException instead: a sampling or likelihood solve of minutes (dopri5) stops at its next net
+        call, as training stops after its batch, and the run's on-exception checkpoint and records are written."""
+        trainer = self._trainer
+        if trainer is not None and trainer.received_sigterm:
+            raise SIGTERMException
         self.function_evaluations += 1
         if labels is None or self.guidance == 1.0:
             return self.run_net(net, x, c_noise, labels)
@@ -370,6 +377,8 @@ class IterativeModel(GenerativeModule, Samples):
         nfe = self.nfe()
         protocol = {"sampler": self.sampler_name, "steps": self.steps,
                     "nfe": nfe if nfe is not None else self.measured_nfe(), "weights": "EMA"}
+        if self.sampler_name == "unipc":
+            protocol.update(unipc_protocol())
         if self.conditional:
             protocol["guidance"] = self.guidance
         if self.latent is not None:
@@ -387,8 +396,9 @@ class IterativeModel(GenerativeModule, Samples):
 
     def initial_noise(self, indices: Sequence[int], seed: int) -> Tensor:
         """Samples `indices`' starting noise (N, *shape), standard normal, each from its own seeded generator, on
-        this model's device and in its weights' dtype."""
-        return self.to_model(latent_noise(indices, math.prod(self.shape), seed).view(-1, *self.shape))
+        this model's device, in float32: the samplers' arithmetic stays float32 under bf16-true too (`run_net` casts
+        the net's inputs to its weights' dtype and its output back)."""
+        return latent_noise(indices, math.prod(self.shape), seed).view(-1, *self.shape).to(self.device)
 
     @torch.no_grad()
     def generate(self, indices: Sequence[int] | Tensor, seed: int = 0, labels: Tensor | None = None) -> Tensor:
@@ -411,7 +421,7 @@ class IterativeModel(GenerativeModule, Samples):
 
     def decode_samples(self, x: Tensor) -> Tensor:
         """Samples in the model's space -> images in [-1, 1] (a latent model decodes them)."""
-        return self.latent.decode(x) if self.latent is not None else x
+        return self.latent.decode(self.to_model(x)) if self.latent is not None else x
 
     def visuals(self, examples: dict[str, Tensor]) -> dict[str, tuple[Tensor, int]]:
         n, seed = self.num_visuals, self.visual_seed

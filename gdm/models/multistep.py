@@ -15,6 +15,15 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+# UniPC's settings, diffusers' defaults (Zhao et al. 2023's UniPC-2 with the B(h) = e^h - 1 corrector), recorded in
+# each sample metric's protocol (`unipc_protocol`).
+SOLVER_ORDER, SOLVER_TYPE = 2, "bh2"
+
+
+def unipc_protocol() -> dict:
+    """The settings of UniPC fixed here, for a sample metric's protocol."""
+    return {"solver_order": SOLVER_ORDER, "solver_type": SOLVER_TYPE}
+
 
 def unipc(flow_prediction: Callable[[Tensor, Tensor], Tensor], x: Tensor, s: Tensor) -> Tensor:
     """Integrate from `x` (N, ...) at path position s[0] to the data at s = 0 on the grid `s` (steps,) (decreasing
@@ -24,7 +33,8 @@ def unipc(flow_prediction: Callable[[Tensor, Tensor], Tensor], x: Tensor, s: Ten
     from diffusers import UniPCMultistepScheduler  # a heavy import: only when this sampler is used
 
     scheduler = UniPCMultistepScheduler(use_flow_sigmas=True, flow_shift=1.0, prediction_type="flow_prediction",
-                                        solver_order=2, solver_type="bh2", final_sigmas_type="zero")
+                                        solver_order=SOLVER_ORDER, solver_type=SOLVER_TYPE,
+                                        final_sigmas_type="zero")
     scheduler.set_timesteps(sigmas=s.double().cpu().numpy(), device=x.device)
     # Step through the grid in order: diffusers would find the first step by its integer timestep, 1000 s rounded,
     # which two grid points share from about 1,000 steps on (and then it starts one step late and runs off the end).
