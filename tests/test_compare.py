@@ -305,3 +305,14 @@ def test_a_sweep_summary_counts_jobs_of_one_configuration_and_seed_once(tmp_path
     final = next(r for r in rows if r["metric"] == FID)
     assert (final["n"], final["seeds"], float(final["mean"])) == ("2", "1 2", 32.0)
     assert f"{jobs[1]} repeats {jobs[0]} (the same configuration and seed 1)" in (sweep / "sweep_groups.md").read_text()
+
+
+def test_a_run_refused_before_training_keeps_the_seed_it_was_given(tmp_path):
+    """A refused run writes no config.yaml: its seed, listed beside its failure, is the composed config's."""
+    from gdm.compare.runs import read_run
+
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "overrides.yaml").write_text("- data.batch_size=5000\n")
+    (tmp_path / ".hydra" / "config.yaml").write_text("seed: 42\ntask: train\n")
+    run = read_run(tmp_path)
+    assert (run.seed, run.finished, run.configuration) == (42, False, "data.batch_size=5000")

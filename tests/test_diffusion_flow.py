@@ -762,3 +762,15 @@ def test_a_sigterm_stops_sampling_and_the_likelihood_at_the_next_net_call(sample
     assert len(calls) == 3
     trainer.received_sigterm = False
     assert model.generate(range(4)).shape == (4, 3)  # runs on without the signal
+
+
+@pytest.mark.parametrize(("steps", "said"), [(5, "eval.steps=5"), ([5], r"eval.steps=\[5\]")])
+def test_steps_given_to_an_adaptive_solver_are_refused_as_typed(steps, said):
+    from gdm.tasks.options import check_steps_apply
+
+    model = Flow((3,), stub(lambda x, t, labels: -x), sampler="dopri5", steps=8)
+    with pytest.raises(GdmError, match=rf"^{said} has no effect: sampler dopri5 chooses its own steps"):
+        check_steps_apply(model, "eval.steps", steps)
+    check_steps_apply(model, "eval.steps", None)  # none given: nothing to refuse
+    model.set_sampling("heun", 4)
+    check_steps_apply(model, "eval.steps", steps)  # a fixed-step sampler takes them

@@ -253,6 +253,7 @@ def test_an_adaptive_solver_refuses_a_list_of_steps_and_records_its_mean_nfe(tmp
                        "metrics.batch_size=16", "eval.nll_tolerance=0.01"], tmp_path / "eval"))
     report = json.loads((tmp_path / "eval" / "eval.json").read_text())
     assert report["protocols"]["test/fid_digits"]["sampling"]["nfe"] > 6  # measured, the mean per sample
+    assert report["monitor"] == "test/fid_digits"  # the checkpoint's val/fid_digits, as this evaluation names it
     nll = report["protocols"]["test/nll_bpd"]  # solved to the tolerance asked for, as its protocol says
     assert (nll["estimator"]["atol"], nll["estimator"]["rtol"]) == (0.01, 0.01)
     assert report["metrics"]["test/nll_bpd"] > 0

@@ -284,29 +284,32 @@ def test_jobs_of_other_tasks_finish_by_what_their_task_writes(tmp_path):
 
 
 def test_an_eval_multirun_summary_names_the_metric_each_job_measured(tmp_path, caplog):
-    """`python run.py -m task=eval ckpt_path=A,B`: the summary's value column is each job's value of the monitored
-    metric, under the name task=eval gave it, not an empty "best" column."""
+    """`python run.py -m task=eval ckpt_path=A,B`: the summary's value column is each job's value of the
+    checkpoint's monitored metric (eval.json's "monitor": a VAE's val/elbo), under the name task=eval gave it, not
+    an empty "best" column, nor the FID that the job's own config (the defaults) monitors."""
     import logging
 
     from omegaconf import OmegaConf
 
     from gdm.tasks.sweep_summary import SweepSummary, job_rows
 
-    for job, fid in (("0", 41.5), ("1", 38.25)):
+    for job, elbo in (("0", -711.5), ("1", -690.25)):
         d = tmp_path / job
         (d / ".hydra").mkdir(parents=True)
         (d / ".hydra" / "config.yaml").write_text("task: eval\nmonitor: val/fid_digits\n")
         (d / ".hydra" / "overrides.yaml").write_text(f"- task=eval\n- ckpt_path=/runs/{job}/last.ckpt\n")
         (d / "eval.json").write_text(json.dumps({
-            "step": 40, "metrics": {"test/fid_digits": fid, "test/kid_digits": 0.01},
-            "protocols": {"test/fid_digits": {"id": "abc"}, "test/kid_digits": {"id": "def"}},
-            "names_in_training": {"test/fid_digits": "val/fid_digits", "test/kid_digits": "val/kid_digits"}}))
+            "step": 40, "monitor": "val/elbo", "metrics": {"test/fid_digits": 2640.3, "val/elbo": elbo},
+            "protocols": {"test/fid_digits": {"id": "abc"}, "val/elbo": {"id": "def"}},
+            "names_in_training": {"test/fid_digits": "val/fid_digits"}}))
     rows = job_rows(tmp_path)
     assert [(r["metric"], r["best"], r["protocol"]) for r in rows] == [
-        ("test/fid_digits", 41.5, "abc"), ("test/fid_digits", 38.25, "abc")]
+        ("val/elbo", -711.5, "def"), ("val/elbo", -690.25, "def")]
     with caplog.at_level(logging.INFO, logger="gdm.tasks.sweep_summary"):
         SweepSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
     table = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("sweep summary"))
     header, first, second = table.splitlines()[1:4]
-    assert header.endswith("status    test/fid_digits") and "best" not in header
-    assert first.endswith("41.5000") and second.endswith("38.2500")
+    assert header.endswith("status    val/elbo") and "best" not in header
+    assert first.endswith("-711.5000") and second.endswith("-690.2500")
+    (tmp_path / "1" / "eval.json").write_text(json.dumps({"metrics": {"val/elbo": 1.0}}))  # an older gdm's: no monitor
+    assert job_rows(tmp_path)[1]["metric"] == "" and job_rows(tmp_path)[1]["best"] == ""

@@ -71,6 +71,9 @@ def read_run(run_dir: Path) -> Run:
     seed = config.get("seed")
     if seed is None:
         seed = next((int(o.split("=", 1)[1]) for o in overrides if override_key(o) == "seed"), None)
+    composed = run_dir / ".hydra" / "config.yaml"  # a run refused before training wrote no config.yaml
+    if seed is None and composed.is_file() and isinstance(hydra_config := OmegaConf.load(composed), DictConfig):
+        seed = hydra_config.get("seed")
     summary_file = run_dir / "summary.json"
     run = Run(run_dir, configuration(overrides), seed, "failed (no summary.json: see its log)",
               family=model_family(config), settings=settings(config, run_dir))

@@ -182,7 +182,7 @@ def evaluate(cfg: DictConfig) -> float | None:
         raise GdmError(f"eval.steps={typed_value(opts.get('steps'))} asks for one evaluation per number of steps, "
                        f"and sampler {model.sampling_protocol()['sampler']} chooses its own steps (its NFE is "
                        "measured): evaluate it once, without eval.steps, or give a fixed-step sampler.")
-    check_steps_apply(model, "eval.steps", budgets[0])
+    check_steps_apply(model, "eval.steps", options["steps"])
     trainer = None
 
     def evaluate_once(first: bool) -> Evaluator:
@@ -229,9 +229,10 @@ def evaluate(cfg: DictConfig) -> float | None:
         report["sample_seeds"] = sample_seed_spread(per_seed, names)
     if isinstance(options["steps"], list):
         report["budgets"] = budget_records(per_budget, budgets, names)
+    # the checkpoint's monitored metric, under the name given here (an eval multirun's summary shows its value)
+    report["monitor"] = split_name(cfg.monitor, protocols.get(cfg.monitor), opts.split)
     write_report(report, Path(cfg.paths.output_dir) / "eval.json", trained_split)
-    monitor = split_name(cfg.monitor, protocols.get(cfg.monitor), opts.split)
-    return report["metrics"].get(monitor)
+    return report["metrics"].get(report["monitor"])
 
 
 def sampling_budgets(steps: int | list[int] | None) -> list[int | None]:

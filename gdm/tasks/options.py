@@ -315,7 +315,7 @@ def eval_options(num_samples: Annotated[SampleCount | None, Field(
     """task=eval's options."""
 
 
-def check_steps_apply(model, key: str, steps: int | None) -> None:
+def check_steps_apply(model, key: str, steps: int | list[int] | None) -> None:
     """Steps given as `key` (`eval.steps`, `sample.steps`) to a model whose sampler chooses its own (an adaptive
     solver, dopri5: its NFE is measured, `nfe()` is None) would change nothing: GdmError in one sentence."""
     if steps is not None and getattr(model, "nfe", lambda: 1)() is None:

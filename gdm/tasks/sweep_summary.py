@@ -72,16 +72,16 @@ def job_rows(sweep_dir: Path) -> list[dict[str, Any]]:
 
 
 def evaluated(job_dir: Path) -> dict[str, Any]:
-    """A task=eval job's value of the monitored metric, under the name task=eval gave it (`test/fid_digits`), as
-    summary.json's "best" holds a training run's: {"metric", "value", "step", "protocol"}; {} without eval.json."""
+    """A task=eval job's value of the checkpoint's monitored metric, under the name task=eval gave it
+    (`test/fid_digits`; eval.json's "monitor"), as summary.json's "best" holds a training run's: {"metric",
+    "value", "step", "protocol"}; {} without eval.json, or one from an older gdm that does not record it (the
+    job's own config holds the defaults' monitor, not the checkpoint's)."""
     eval_file = job_dir / "eval.json"
     if not eval_file.is_file():
         return {}
     report = json.loads(eval_file.read_text())
-    monitor = OmegaConf.select(OmegaConf.load(job_dir / ".hydra" / "config.yaml"), "monitor", default=None)
-    names = report.get("names_in_training", {})
-    name = next((n for n in report.get("metrics", {}) if names.get(n, n) == monitor), None)
-    if name is None:
+    name = report.get("monitor")
+    if name not in report.get("metrics", {}):
         return {}
     return {"metric": name, "value": report["metrics"][name], "step": report.get("step", ""),
             "protocol": (report.get("protocols", {}).get(name) or {}).get("id", "")}
