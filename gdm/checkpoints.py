@@ -165,11 +165,12 @@ def plain(value):
 
 
 def check_trained_settings(model: GenerativeModule, checkpoint: dict, path: str | Path,
-                           resizable: bool = False) -> list[str]:
+                           resizable: bool = False, cfg: DictConfig | None = None) -> list[str]:
     """A model built to receive a checkpoint's weights (eval): GdmError in one sentence naming both values
     when a setting the weights were trained for (`TRAINED_HPARAMS`, or any that changes the weights' shapes)
     differs; `resizable` (a fully convolutional translator): another image size is allowed. Returns the
-    settings that differ and are used, as `name: old -> new`, for the log and the record."""
+    settings that differ and are used, as `name: old -> new`, for the log and the record. `cfg`: the run's config,
+    to name a net's own setting (`model.net.channels`) whose change does not fit the weights."""
     saved = checkpoint.get("hyper_parameters", {})
     unused = {*SPEED_ONLY, *(() if getattr(model, "conditional", False) else ("num_classes",))}
     changed = {k: (saved[k], v) for k, v in model.hparams.items()
@@ -189,9 +190,9 @@ def check_trained_settings(model: GenerativeModule, checkpoint: dict, path: str 
     if trained:
         raise refuse(trained, "holds weights trained for other settings than this run's")
     try:
-        check_fits(model, checkpoint, path)
+        check_fits(model, checkpoint, path, cfg)
     except GdmError:
-        if not changed:  # a net's own setting (model.generator.ngf): check_fits names the tensor that differs
+        if not changed:  # a net's own setting (model.net.channels): check_fits names it
             raise
         raise refuse(sorted(changed), "holds weights whose shapes do not fit this run's settings") from None
     return [f"{k}: {typed(plain(old))} -> {typed(plain(new))}" for k, (old, new) in changed.items()]
@@ -217,9 +218,11 @@ def check_typed_settings(cfg: DictConfig, checkpoint: dict, path: str | Path, ta
                            f"trained, so drop the override{hint}.")
 
 
-def check_fits(model: GenerativeModule, checkpoint: dict, path: str | Path) -> None:
-    """Resuming: the checkpoint's weights must have this model's names and shapes (same class, other settings
-    such as `model=cgan` vs `model=gan` or another image size would fail deep inside Lightning)."""
+def check_fits(model: GenerativeModule, checkpoint: dict, path: str | Path, cfg: DictConfig | None = None) -> None:
+    """Resuming or evaluating: the checkpoint's weights must have this model's names and shapes (same class; other
+    settings such as `model=cgan` vs `model=gan` or another image size would fail deep inside Lightning). GdmError
+    otherwise, naming the settings of a net inside the model that differ from `cfg`'s (`model.net.channels`) when
+    there are any, else the first tensor that differs."""
     optional = model.optional_state  # entries a resumed run may add or drop (match_optional_state)
     model.upgrade_state(checkpoint["state_dict"])
 
@@ -228,11 +231,35 @@ def check_fits(model: GenerativeModule, checkpoint: dict, path: str | Path) -> N
 
     mine, theirs = shapes(model.state_dict()), shapes(checkpoint["state_dict"])
     differ = sorted(set(mine) ^ set(theirs)) or [k for k in mine if mine[k] != theirs[k]]
-    if differ:
-        raise GdmError(f"ckpt_path={path} does not fit this model ({differ[0]}: "
-                       f"{theirs.get(differ[0], 'absent')} in the checkpoint, {mine.get(differ[0], 'absent')} here): "
-                       "the model or data settings differ from the run that wrote it"
-                       f"{settings_hint(model, checkpoint)}.")
+    if not differ:
+        return
+    tensor = f"{differ[0]}: {theirs.get(differ[0], 'absent')} in the checkpoint, {mine.get(differ[0], 'absent')} here"
+    nets = changed_net_settings(cfg, checkpoint)
+    if nets:
+        said = "; ".join(f"{key}={typed(new)} here, the checkpoint's is {typed(old)}" for key, old, new in nets)
+        raise GdmError(f"ckpt_path={path} does not fit this model ({tensor}), whose nets' settings differ from the "
+                       f"checkpoint's ({said}): drop those overrides, or set them to the checkpoint's values.")
+    raise GdmError(f"ckpt_path={path} does not fit this model ({tensor}): the model or data settings differ from "
+                   f"the run that wrote it{settings_hint(model, checkpoint)}.")
+
+
+def changed_net_settings(cfg: DictConfig | None, checkpoint: dict) -> list[tuple[str, object, object]]:
+    """(key, checkpoint's value, this run's value) for each setting of a net built inside the model
+    (`model.net.channels`, `model.generator.ngf`: config groups, not the model's hyperparameters) that differs
+    between `cfg` and the run that wrote `checkpoint`; a setting one side lacks shows as 'absent'."""
+    saved = ((checkpoint.get(CONFIG) or {}).get("model")) or {}
+    if cfg is None or OmegaConf.select(cfg, "model") is None:
+        return []
+    wanted = OmegaConf.to_container(cfg.model, resolve=True)
+    found = []
+    for name in sorted(set(saved) & set(wanted)):
+        old, new = saved[name], wanted[name]
+        if not (isinstance(old, dict) and isinstance(new, dict)):
+            continue  # the model's own settings: its hyperparameters, named by settings_hint
+        for key in sorted(set(old) | set(new)):
+            if plain(old.get(key, "absent")) != plain(new.get(key, "absent")):
+                found.append((f"model.{name}.{key}", old.get(key, "absent"), new.get(key, "absent")))
+    return found
 
 
 def settings_hint(model: GenerativeModule, checkpoint: dict) -> str:

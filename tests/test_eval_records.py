@@ -111,7 +111,8 @@ def test_translate_refuses_a_typed_direction_against_the_checkpoint(pix2pix_run,
                               "latent_dim=64, the checkpoint's is 100)"),
     (["data.image_size=32"], "holds weights trained for other settings than this run's (data.image_size / "
                              "data.channels gives image_shape=[1, 32, 32], the checkpoint's is [1, 16, 16])"),
-    (["model.generator.ngf=8"], "does not fit this model (generator."),  # a net's setting: the tensor named
+    (["model.generator.ngf=8"], "whose nets' settings differ from the checkpoint's (model.generator.ngf=8 here, the "
+                                "checkpoint's is 32)"),  # a net's setting: named from the configs
 ])
 @pytest.mark.slow
 def test_eval_refuses_a_gans_trained_settings_named_otherwise(cgan_ckpt, tmp_path, overrides, message):

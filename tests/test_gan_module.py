@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from functools import partial
 from types import SimpleNamespace
 
@@ -12,7 +13,7 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
-from gdm.checkpoints import check_fits, load_state
+from gdm.checkpoints import changed_net_settings, check_fits, load_state
 from gdm.data.digits import DigitsDataModule
 from gdm.errors import GdmError
 from gdm.models.gan import GAN
@@ -325,6 +326,29 @@ def test_lecam_is_off_by_default_and_its_decay_is_read_only_when_it_is_on():
     assert make_gan(lecam_decay=1.5).lecam is None  # an option not in use is not checked (LeCam checks it)
     with pytest.raises(ValidationError):
         make_gan(lecam_weight=0.3, lecam_decay=1.5)
+
+
+def test_a_checkpoint_of_another_net_width_is_refused_naming_the_option():
+    """A net's own setting (model.generator.ngf) is no model hyperparameter: the refusal names it from the configs,
+    with both values, and without configs still names the first tensor that differs."""
+    from omegaconf import OmegaConf
+
+    torch.manual_seed(0)
+    wider = GAN(SHAPE, generator=partial(DCGANGenerator, ngf=16), discriminator=partial(DCGANDiscriminator, ndf=8),
+                latent_dim=16)
+    saved = {"generator": {"_target_": "gdm.nets.dcgan.DCGANGenerator", "ngf": 16}, "lr": 2e-4}
+    checkpoint = {"state_dict": wider.state_dict(), "hyper_parameters": dict(wider.hparams),
+                  "gdm_config": {"model": saved}}
+    here = OmegaConf.create({"model": {**saved, "generator": {**saved["generator"], "ngf": 8}}})
+    with pytest.raises(GdmError, match=re.escape(
+            "whose nets' settings differ from the checkpoint's (model.generator.ngf=8 here, the checkpoint's is 16): "
+            "drop those overrides, or set them to the checkpoint's values.")):
+        check_fits(make_gan(), checkpoint, "wide.ckpt", here)
+    with pytest.raises(GdmError, match=re.escape("does not fit this model (generator.main.0.weight: (16, 32, 4, 4) in "
+                                                 "the checkpoint, (16, 16, 4, 4) here): the model or data settings "
+                                                 "differ from the run that wrote it.")):
+        check_fits(make_gan(), checkpoint, "wide.ckpt")
+    assert not changed_net_settings(OmegaConf.create({"model": saved}), checkpoint)
 
 
 def test_lecam_can_be_switched_on_or_off_when_resuming():

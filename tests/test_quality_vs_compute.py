@@ -257,7 +257,9 @@ def test_an_adaptive_solver_refuses_a_list_of_steps_and_records_its_mean_nfe(tmp
     nll = report["protocols"]["test/nll_bpd"]  # solved to the tolerance asked for, as its protocol says
     assert (nll["estimator"]["atol"], nll["estimator"]["rtol"]) == (0.01, 0.01)
     assert report["metrics"]["test/nll_bpd"] > 0
-    assert report["protocols"]["test/fid_digits"]["changed_from_checkpoint"] == ["nll_tolerance: 0.001 -> 0.01"]
+    # the tolerance changes the likelihood alone: recorded in its protocol and the report, not in the FID's
+    assert nll["changed_from_checkpoint"] == report["changed_from_checkpoint"] == ["nll_tolerance: 0.001 -> 0.01"]
+    assert "changed_from_checkpoint" not in report["protocols"]["test/fid_digits"]
     # a test loop of no batch: evaluated without the test values, no traceback
     run(compose_typed(["task=eval", "print_config=false", ckpt, "eval.num_samples=40", "metrics.batch_size=16",
                        "++trainer.limit_test_batches=0"], tmp_path / "no_test"))
@@ -276,6 +278,15 @@ def test_task_eval_refuses_a_validation_loop_of_no_batch(tmp_path, limit):
                                        r"task=eval computes every metric of the samples"):
         run(compose_typed(["task=eval", "print_config=false", "ckpt_path=/nonexistent/last.ckpt",
                            f"++trainer.limit_val_batches={limit}"], tmp_path))
+
+
+def test_a_changed_setting_is_recorded_in_the_protocols_of_the_metrics_it_changes():
+    from gdm.tasks.evaluate import changes_to
+
+    changed = ["nll_tolerance: 1e-05 -> 0.001", "guidance: 1.0 -> 2.0"]
+    assert changes_to("test/nll_bpd", changed) == changes_to("test/nll", changed) == changed
+    assert changes_to("val/fid_digits", changed) == changes_to("val/loss", changed) == ["guidance: 1.0 -> 2.0"]
+    assert changes_to("val/loss", changed[:1]) == []
 
 
 def test_eval_nll_tolerance_is_refused_for_a_model_without_a_likelihood():

@@ -167,13 +167,13 @@ def evaluate(cfg: DictConfig) -> float | None:
     datamodule = build_datamodule(cfg)
     model = build_model(cfg, datamodule, from_checkpoint=True)
     resizable = isinstance(model, Translates)  # fully convolutional: runs at any image size
-    changed = check_trained_settings(model, checkpoint, cfg.ckpt_path, resizable=resizable)
+    changed = check_trained_settings(model, checkpoint, cfg.ckpt_path, resizable=resizable, cfg=cfg)
     model = load_state(model, checkpoint, cfg.ckpt_path)
     if options["nll_tolerance"] is not None:
         changed = set_nll_tolerance(model, options["nll_tolerance"], checkpoint, changed)
     if changed:
         log.warning(f"evaluating with settings other than the checkpoint's ({'; '.join(changed)}): recorded "
-                    "in eval.json and in each value's protocol.")
+                    "in eval.json and in the protocol of each value they change.")
     if options["guidance"] is not None:  # kept by every budget's set_sampling below
         set_guidance(model, options["guidance"], "eval", opts)
     for steps in budgets:  # every budget is checked before the first evaluation
@@ -203,8 +203,8 @@ def evaluate(cfg: DictConfig) -> float | None:
     test = results[0] if results else {}  # none when the test loop ran no batch (limit_test_batches=0)
     tested = next(cb for cb in trainer.callbacks if isinstance(cb, Evaluator)).protocols if test else {}
     measured = {**evaluator.protocols, **{k: p for k, p in tested.items() if k in test}}  # the test step's too
-    protocols = {name: with_id({**p, "changed_from_checkpoint": changed}) if changed else p
-                 for name, p in measured.items()}
+    protocols = {name: with_id({**p, "changed_from_checkpoint": changes}) if (changes := changes_to(name, changed))
+                 else p for name, p in measured.items()}
     names = {name: split_name(name, protocols.get(name), opts.split) for name in {**evaluator.final, **test}}
     values = {**evaluator.final, **test}
     report = {
@@ -272,6 +272,15 @@ def set_nll_tolerance(model, tolerance: float, checkpoint: dict, changed: list[s
     saved = checkpoint.get("hyper_parameters", {}).get("nll_tolerance")
     kept = [c for c in changed if not c.startswith("nll_tolerance:")]
     return kept + ([f"nll_tolerance: {typed_value(saved)} -> {typed_value(tolerance)}"] if saved != tolerance else [])
+
+
+# Settings whose change reaches some metrics only: the likelihood solver's tolerance changes test/nll(_bpd) alone.
+CHANGES_ONLY = {"nll_tolerance": ("test/nll",)}
+
+
+def changes_to(name: str, changed: list[str]) -> list[str]:
+    """The settings among `changed` (`name: old -> new`) that change metric `name`, for its protocol."""
+    return [c for c in changed if name.startswith(CHANGES_ONLY.get(c.partition(":")[0], ("",)))]
 
 
 def set_sampling(model, sampler: str | None, steps: int | None, opts: DictConfig) -> None:

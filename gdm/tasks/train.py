@@ -51,7 +51,7 @@ def train(cfg: DictConfig) -> float | None:
     model = build_model(cfg, datamodule, from_checkpoint=resume is not None, training=True)
     check_gradient_clipping(cfg, model)
     if resume is not None:
-        check_fits(model, resume[1], resume[0])
+        check_fits(model, resume[1], resume[0], cfg)
         changed = changed_settings(model, resume[1], resume[0]) + changed_data(cfg, resume[1])
         if changed:  # the restored optimizers and schedulers carry the checkpoint's learning rates and betas
             log.warning(f"resuming with settings that differ from the checkpoint's ({'; '.join(changed)}): the "
