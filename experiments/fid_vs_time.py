@@ -1,5 +1,6 @@
 """FID against training time for several families: one line per family (the mean over its runs, i.e. seeds, with
-the min-max band), from each run's metrics.jsonl (every evaluation's value and the wall seconds since the start).
+the min-max band; an error bar for runs of one evaluation), from each run's metrics.jsonl (every evaluation's
+value and the wall seconds since the start).
 
     python experiments/fid_vs_time.py --out experiments/fid_vs_time.png \
         GAN=outputs/gan_s42,outputs/gan_s1,outputs/gan_s2 FLOW=... DIFFUSION=...
@@ -47,9 +48,11 @@ def main() -> None:
         seconds = clock[0] if args.seconds == "first" else clock.mean(0)
         fid = np.array([[p[1] for p in c[:n]] for c in curves])
         mean = fid.mean(0)
-        ax.plot(seconds, mean, marker="o", label=f"{label} ({len(curves)} runs)")
-        if len(curves) > 1:
+        line, = ax.plot(seconds, mean, marker="o", label=f"{label} ({len(curves)} runs)")
+        if len(curves) > 1 and n > 1:
             ax.fill_between(seconds, fid.min(0), fid.max(0), alpha=0.2)
+        elif len(curves) > 1:  # one evaluation per run: its min-max as an error bar (a band needs two)
+            ax.errorbar(seconds, mean, yerr=[mean - fid.min(0), fid.max(0) - mean], color=line.get_color(), capsize=4)
         print(f"{label}: " + ", ".join(f"{s:.0f} s -> {f:.1f}" for s, f in zip(seconds, mean, strict=True)))
         for threshold in thresholds:
             reached = [s for s, f in zip(seconds, mean, strict=True) if f <= threshold]

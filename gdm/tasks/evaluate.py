@@ -178,10 +178,6 @@ def evaluate(cfg: DictConfig) -> float | None:
         set_guidance(model, options["guidance"], "eval", opts)
     for steps in budgets:  # every budget is checked before the first evaluation
         set_sampling(model, options["sampler"], steps, opts)
-    if len(budgets) > 1 and isinstance(model, Samples) and getattr(model, "nfe", lambda: 1)() is None:
-        raise GdmError(f"eval.steps={typed_value(opts.get('steps'))} asks for one evaluation per number of steps, "
-                       f"and sampler {model.sampling_protocol()['sampler']} chooses its own steps (its NFE is "
-                       "measured): evaluate it once, without eval.steps, or give a fixed-step sampler.")
     check_steps_apply(model, "eval.steps", options["steps"])
     trainer = None
 
