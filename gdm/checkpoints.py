@@ -245,20 +245,25 @@ def check_fits(model: GenerativeModule, checkpoint: dict, path: str | Path, cfg:
 
 def changed_net_settings(cfg: DictConfig | None, checkpoint: dict) -> list[tuple[str, object, object]]:
     """(key, checkpoint's value, this run's value) for each setting of a net built inside the model
-    (`model.net.channels`, `model.generator.ngf`: config groups, not the model's hyperparameters) that differs
-    between `cfg` and the run that wrote `checkpoint`; a setting one side lacks shows as 'absent'."""
+    (`model.net.channels`, `model.generator.ngf`: config groups, not the model's hyperparameters) whose value
+    differs between `cfg` and the run that wrote `checkpoint`. None when the two are not the same model and nets
+    with other values (another model group, e.g. `model=cgan` on a GAN's checkpoint: a model or net setting that
+    one side lacks), where a value is not what to change."""
     saved = ((checkpoint.get(CONFIG) or {}).get("model")) or {}
     if cfg is None or OmegaConf.select(cfg, "model") is None:
         return []
     wanted = OmegaConf.to_container(cfg.model, resolve=True)
+    if set(saved) != set(wanted) or saved.get("_target_") != wanted.get("_target_"):
+        return []
     found = []
-    for name in sorted(set(saved) & set(wanted)):
+    for name in sorted(saved):
         old, new = saved[name], wanted[name]
         if not (isinstance(old, dict) and isinstance(new, dict)):
             continue  # the model's own settings: its hyperparameters, named by settings_hint
-        for key in sorted(set(old) | set(new)):
-            if plain(old.get(key, "absent")) != plain(new.get(key, "absent")):
-                found.append((f"model.{name}.{key}", old.get(key, "absent"), new.get(key, "absent")))
+        if set(old) != set(new):
+            return []
+        found += [(f"model.{name}.{key}", old[key], new[key]) for key in sorted(old)
+                  if plain(old[key]) != plain(new[key])]
     return found
 
 

@@ -196,6 +196,13 @@ def test_runs_write_checkpoints_atomically(tmp_path):
 
 
 @pytest.mark.slow
+def test_resuming_with_another_net_width_names_the_option(tmp_path, gan_ckpt):
+    fails_cleanly(tmp_path, "model.generator.ngf=16", f"ckpt_path={gan_ckpt}",
+                  message="whose nets' settings differ from the checkpoint's (model.generator.ngf=16 here, the "
+                          "checkpoint's is 32): drop those overrides, or set them to the checkpoint's values.")
+
+
+@pytest.mark.slow
 def test_a_checkpoint_of_the_same_class_with_other_settings(tmp_path, gan_ckpt):
     fails_cleanly(tmp_path, "model=cgan", f"ckpt_path={gan_ckpt}",
                   message=f"ckpt_path={gan_ckpt} does not fit this model")

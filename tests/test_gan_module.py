@@ -349,6 +349,9 @@ def test_a_checkpoint_of_another_net_width_is_refused_naming_the_option():
                                                  "differ from the run that wrote it.")):
         check_fits(make_gan(), checkpoint, "wide.ckpt")
     assert not changed_net_settings(OmegaConf.create({"model": saved}), checkpoint)
+    # another model's nets (model=cgan on a GAN's checkpoint: a setting one side lacks): no value to name
+    conditional = {**saved, "generator": {**saved["generator"], "ngf": 8, "label_dim": 50}}
+    assert changed_net_settings(OmegaConf.create({"model": conditional}), checkpoint) == []
 
 
 def test_lecam_can_be_switched_on_or_off_when_resuming():
