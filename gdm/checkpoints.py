@@ -170,7 +170,8 @@ def check_trained_settings(model: GenerativeModule, checkpoint: dict, path: str 
     when a setting the weights were trained for (`TRAINED_HPARAMS`, or any that changes the weights' shapes)
     differs; `resizable` (a fully convolutional translator): another image size is allowed. Returns the
     settings that differ and are used, as `name: old -> new`, for the log and the record. `cfg`: the run's config,
-    to name a net's own setting (`model.net.channels`) whose change does not fit the weights."""
+    whose nets' own settings (`model.net.channels`) are named in the refusal when they do not fit the weights, and
+    returned among the changes when they do (`model.net.dropout`)."""
     saved = checkpoint.get("hyper_parameters", {})
     unused = {*SPEED_ONLY, *(() if getattr(model, "conditional", False) else ("num_classes",))}
     changed = {k: (saved[k], v) for k, v in model.hparams.items()
@@ -195,7 +196,8 @@ def check_trained_settings(model: GenerativeModule, checkpoint: dict, path: str 
         if not changed:  # a net's own setting (model.net.channels): check_fits names it
             raise
         raise refuse(sorted(changed), "holds weights whose shapes do not fit this run's settings") from None
-    return [f"{k}: {typed(plain(old))} -> {typed(plain(new))}" for k, (old, new) in changed.items()]
+    return ([f"{k}: {typed(plain(old))} -> {typed(plain(new))}" for k, (old, new) in changed.items()]
+            + net_changes(cfg, checkpoint))
 
 
 def check_typed_settings(cfg: DictConfig, checkpoint: dict, path: str | Path, task: str,
@@ -280,9 +282,11 @@ def settings_hint(model: GenerativeModule, checkpoint: dict) -> str:
 SPEED_ONLY = frozenset({"channels_last"})
 
 
-def changed_settings(model: GenerativeModule, checkpoint: dict, path: str | Path) -> list[str]:
+def changed_settings(model: GenerativeModule, checkpoint: dict, path: str | Path,
+                     cfg: DictConfig | None = None) -> list[str]:
     """Model settings of a resumed run that differ from the checkpoint's, as `name: old -> new` (speed-only ones
-    left out); one sentence for a model option the weights were trained for (`MODEL_TRAINED`)."""
+    left out), its nets' settings in `cfg` among them (`model.net.dropout: 0.1 -> 0.3`); one sentence for a model
+    option the weights were trained for (`MODEL_TRAINED`)."""
     saved = checkpoint.get("hyper_parameters", {})
     if (saved.get("teacher") is None) != (model.hparams.get("teacher") is None):
         raise GdmError(f"ckpt_path={path} is a reflow of model.teacher={saved['teacher']}, whose pairs a resumed run "
@@ -297,7 +301,12 @@ def changed_settings(model: GenerativeModule, checkpoint: dict, path: str | Path
                          f"{typed(plain(changed[k][0]))}" for k in trained)
         raise GdmError(f"ckpt_path={path} holds weights trained with other settings than this run's ({said}): "
                        "resume with the checkpoint's values, or start a new run.")
-    return [f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items()]
+    return [f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items()] + net_changes(cfg, checkpoint)
+
+
+def net_changes(cfg: DictConfig | None, checkpoint: dict) -> list[str]:
+    """`changed_net_settings` as `key: old -> new`, for the log and the record."""
+    return [f"{key}: {typed(old)} -> {typed(new)}" for key, old, new in changed_net_settings(cfg, checkpoint)]
 
 
 # Data settings that change how fast batches arrive, not what is trained on.

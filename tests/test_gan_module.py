@@ -208,6 +208,22 @@ def test_resume_warning_names_optimizer_settings_not_the_layout():
     assert changed_settings(make_gan(channels_last=False, lr_g=3e-4), saved, "last.ckpt") == ["lr_g: 0.0001 -> 0.0003"]
 
 
+def test_resume_warning_names_a_changed_net_setting_that_fits_the_weights():
+    """model.net.dropout or model.generator.upsample keep the weights' shapes: a resumed run takes them, and its
+    warning (and task=eval's record) names them as it names the model's own settings."""
+    from omegaconf import OmegaConf
+
+    from gdm.checkpoints import changed_settings
+
+    gan = make_gan()
+    saved_model = {"generator": {"ngf": 8, "upsample": "transposed"}, "lr_g": 2e-4}
+    saved = {"hyper_parameters": dict(gan.hparams), "gdm_config": {"model": saved_model}}
+    same = OmegaConf.create({"model": saved_model})
+    other = OmegaConf.create({"model": {**saved_model, "generator": {"ngf": 8, "upsample": "nearest"}}})
+    assert changed_settings(gan, saved, "last.ckpt", same) == []
+    assert changed_settings(gan, saved, "last.ckpt", other) == ["model.generator.upsample: transposed -> nearest"]
+
+
 def test_resume_warning_names_a_changed_precision():
     from omegaconf import OmegaConf
 

@@ -52,7 +52,7 @@ def train(cfg: DictConfig) -> float | None:
     check_gradient_clipping(cfg, model)
     if resume is not None:
         check_fits(model, resume[1], resume[0], cfg)
-        changed = changed_settings(model, resume[1], resume[0]) + changed_data(cfg, resume[1])
+        changed = changed_settings(model, resume[1], resume[0], cfg) + changed_data(cfg, resume[1])
         if changed:  # the restored optimizers and schedulers carry the checkpoint's learning rates and betas
             log.warning(f"resuming with settings that differ from the checkpoint's ({'; '.join(changed)}): the "
                         "run continues with them, except optimizer and scheduler settings (lr, betas), which "
