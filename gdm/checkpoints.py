@@ -180,6 +180,9 @@ def check_trained_settings(model: GenerativeModule, checkpoint: dict, path: str 
     def refuse(names: list[str], why: str) -> GdmError:
         said = "; ".join(f"{SETTING_KEYS.get(k, 'model.' + k)} gives {k}={typed(plain(changed[k][1]))}, the "
                          f"checkpoint's is {typed(plain(changed[k][0]))}" for k in names)
+        if ("model", False) in command_line_keys():  # the group's defaults replaced the checkpoint's settings
+            return GdmError(f"ckpt_path={path} {why} ({said}): model= replaces the checkpoint's model settings "
+                            "with that config's, so drop model= to use the model as it was trained.")
         return GdmError(f"ckpt_path={path} {why} ({said}): drop those overrides, or set them to the "
                         "checkpoint's values.")
 

@@ -113,6 +113,8 @@ def test_translate_refuses_a_typed_direction_against_the_checkpoint(pix2pix_run,
                              "data.channels gives image_shape=[1, 32, 32], the checkpoint's is [1, 16, 16])"),
     (["model.generator.ngf=8"], "whose nets' settings differ from the checkpoint's (model.generator.ngf=8 here, the "
                                 "checkpoint's is 32)"),  # a net's setting: named from the configs
+    (["model=gan"], "model= replaces the checkpoint's model settings with that config's, so drop model= to use the "
+                    "model as it was trained."),  # a group typed: its defaults, not overrides, differ
 ])
 @pytest.mark.slow
 def test_eval_refuses_a_gans_trained_settings_named_otherwise(cgan_ckpt, tmp_path, overrides, message):
