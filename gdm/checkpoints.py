@@ -251,7 +251,7 @@ def check_fits(model: GenerativeModule, checkpoint: dict, path: str | Path, cfg:
 def changed_net_settings(cfg: DictConfig | None, checkpoint: dict) -> list[tuple[str, object, object]]:
     """(key, checkpoint's value, this run's value) for each setting of a net built inside the model
     (`model.net.channels`, `model.generator.ngf`: config groups, not the model's hyperparameters) whose value
-    differs between `cfg` and the run that wrote `checkpoint`. None when the two are not the same model and nets
+    differs between `cfg` and the run that wrote `checkpoint`. Empty when the two are not the same model and nets
     with other values (another model group, e.g. `model=cgan` on a GAN's checkpoint: a model or net setting that
     one side lacks), where a value is not what to change."""
     saved = ((checkpoint.get(CONFIG) or {}).get("model")) or {}
